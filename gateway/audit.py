@@ -57,9 +57,7 @@ class AuditEntry:
             details = json.loads(row.details)
         except ValueError:
             details = {"unparseable": row.details}
-        return cls(
-            row.seq, row.recorded_at, row.actor, row.action, row.subject, details, row.prev_hash, row.hash
-        )
+        return cls(row.seq, row.recorded_at, row.actor, row.action, row.subject, details, row.prev_hash, row.hash)
 
     def as_dict(self) -> dict[str, Any]:
         return {

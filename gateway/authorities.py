@@ -134,9 +134,7 @@ def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> li
 class Allowlist:
     """Every change runs in one transaction together with its audit record."""
 
-    def __init__(
-        self, db: Database, keyring: Keyring, *, reserved: Iterable[str] = (), gateway_key: str | None
-    ):
+    def __init__(self, db: Database, keyring: Keyring, *, reserved: Iterable[str] = (), gateway_key: str | None):
         self._db = db
         self._keyring = keyring
         # The gateway's own addresses can never belong to an authority: that way lies a mail loop.
@@ -158,9 +156,7 @@ class Allowlist:
     async def _claim(self, session: AsyncSession, addresses: Sequence[str], owner: Authority | None) -> None:
         for address in addresses:
             if address in self._reserved:
-                raise AllowlistError(
-                    f"{address} is the gateway's own address and cannot belong to an authority"
-                )
+                raise AllowlistError(f"{address} is the gateway's own address and cannot belong to an authority")
         taken = await session.execute(
             select(AuthorityAddress.address, Authority.name)
             .join(Authority)
@@ -204,18 +200,14 @@ class Allowlist:
         if not name:
             raise UsageError("--name must not be empty")
         if auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(
-                f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})"
-            )
+            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
         canonical_area = resolve_area(kind, area)
         addresses = _addresses(emails)
         if not addresses:
             raise UsageError("give at least one --email")
         async with self._db.transaction() as session:
             existing = (
-                await session.execute(
-                    select(Authority.name).where(func.lower(Authority.name) == name.lower())
-                )
+                await session.execute(select(Authority.name).where(func.lower(Authority.name) == name.lower()))
             ).scalar()
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
@@ -237,9 +229,7 @@ class Allowlist:
             session.add(row)
             await session.flush()
             view = AuthorityView.of(row)
-            await audit.record(
-                session, actor=actor, action="authority.add", subject=name, details=view.as_dict()
-            )
+            await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
         return Change(view, tuple(warnings))
 
     async def list(self) -> list[AuthorityView]:
@@ -266,13 +256,9 @@ class Allowlist:
         actor: str,
     ) -> Change:
         if auth_policy is not None and auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(
-                f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})"
-            )
+            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
         if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
-            raise UsageError(
-                "nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email"
-            )
+            raise UsageError("nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email")
         async with self._db.transaction() as session:
             row = await self._find(session, name)
             before = AuthorityView.of(row)
@@ -288,9 +274,7 @@ class Allowlist:
             row.updated_at = dt.datetime.now(dt.UTC)
             await session.flush()
             after = AuthorityView.of(row)
-            changed = {
-                k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v
-            }
+            changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
             await audit.record(
                 session,
                 actor=actor,
@@ -306,9 +290,7 @@ class Allowlist:
             raise UsageError("--name must not be empty")
         clash = (
             await session.execute(
-                select(Authority.name).where(
-                    func.lower(Authority.name) == new_name.lower(), Authority.id != row.id
-                )
+                select(Authority.name).where(func.lower(Authority.name) == new_name.lower(), Authority.id != row.id)
             )
         ).scalar()
         if clash is not None:
@@ -325,9 +307,7 @@ class Allowlist:
         await self._claim(session, add, row)
         remaining = (current - set(remove)) | set(add)
         if not remaining:
-            raise AllowlistError(
-                f"{row.name!r} would have no address left: add another before removing the last"
-            )
+            raise AllowlistError(f"{row.name!r} would have no address left: add another before removing the last")
         if add or remove:
             info = await in_thread(self._keyring.inspect, row.key_fingerprint)
             if info is None or not info.emails & remaining:

@@ -126,9 +126,7 @@ async def _allowlist(args: argparse.Namespace) -> AsyncIterator[Allowlist]:
 async def cmd_init(args: argparse.Namespace) -> int:
     config = _config(args)
     if not re.fullmatch(r"0|[1-9][0-9]*[dwmy]?", args.key_expiry):
-        raise UsageError(
-            f"--key-expiry {args.key_expiry!r}: use 0 (never), or a number with d, w, m or y (e.g. 2y)"
-        )
+        raise UsageError(f"--key-expiry {args.key_expiry!r}: use 0 (never), or a number with d, w, m or y (e.g. 2y)")
     created = Keyring.create_home(config.gpg.home)
     print(f"GnuPG home {config.gpg.home} {'created' if created else 'exists'} (mode 0700)")
     db = create_database(config.database)
@@ -137,9 +135,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
         if before == after:
             print(f"database {config.database.display_url} is up to date (schema {after})")
         else:
-            print(
-                f"database {config.database.display_url} upgraded from schema {before or 'none'} to {after}"
-            )
+            print(f"database {config.database.display_url} upgraded from schema {before or 'none'} to {after}")
         keyring = Keyring(config.gpg.home, config.gpg.binary)
         generated = await _ensure_signing_key(config, keyring, args.key_expiry)
         if before != after or generated:
@@ -258,9 +254,7 @@ async def cmd_register_show(args: argparse.Namespace) -> int:
     grouped: dict[tuple[str, ...], list[int]] = {}
     for area in summary.areas:
         totals = grouped.setdefault(key(area), [0, 0, 0, 0, 0])
-        for i, n in enumerate(
-            (area.homes, area.registered, area.suspended, area.closed, area.enforcement_actions)
-        ):
+        for i, n in enumerate((area.homes, area.registered, area.suspended, area.closed, area.enforcement_actions)):
             totals[i] += n
     headers = ["police force area"] + (["local authority"] if args.by == "local-authority" else [])
     print_table(
@@ -391,9 +385,7 @@ async def cmd_authority_remove(args: argparse.Namespace) -> int:
     async with _allowlist(args) as allowlist:
         change = await allowlist.remove(args.authority, actor=args.actor)
     assert change.authority is not None  # noqa: S101 - remove always reports what it removed
-    print(
-        f"removed authority {change.authority.name!r} and its {len(change.authority.addresses)} address(es)"
-    )
+    print(f"removed authority {change.authority.name!r} and its {len(change.authority.addresses)} address(es)")
     return 0
 
 
@@ -559,9 +551,7 @@ class _Commands:
         parents = [self.parents.common]
         parents += [self.parents.acting] if acting else []
         parents += [self.parents.listing] if listing else []
-        sub: argparse.ArgumentParser = group.add_parser(
-            name, help=help_text, description=help_text, parents=parents
-        )
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text, parents=parents)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -603,9 +593,7 @@ def _register_commands(c: _Commands) -> None:
         "write a realistic synthetic register (fake data) for demos, tests and benchmarks",
     )
     sample.add_argument("--homes", required=True, type=int, metavar="N", help="number of homes")
-    sample.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for homes.csv and enforcement.csv"
-    )
+    sample.add_argument("--out", required=True, metavar="DIR", help="directory for homes.csv and enforcement.csv")
     sample.add_argument("--seed", type=int, default=2013, help="random seed (same seed, same register)")
     show = c.command(register, "show", cmd_register_show, "summarise the register by area", listing=True)
     show.add_argument(
@@ -658,9 +646,7 @@ def _authority_commands(c: _Commands) -> None:
     )
     update.add_argument("authority", metavar="NAME")
     update.add_argument("--name", help="new name")
-    update.add_argument(
-        "--kind", choices=KINDS, help="new kind (give --area with it for police and local authorities)"
-    )
+    update.add_argument("--kind", choices=KINDS, help="new kind (give --area with it for police and local authorities)")
     update.add_argument("--area", help="new area")
     update.add_argument("--auth", choices=AUTH_POLICIES, help="new authentication policy")
     update.add_argument("--add-email", action="append", metavar="ADDR", help="add a secure address")
@@ -710,9 +696,7 @@ def _audit_and_other_commands(c: _Commands) -> None:
         "list the police force areas and local authorities the gateway knows",
         listing=True,
     )
-    demo = c.command(
-        c.root, "demo", cmd_demo, "set up a throwaway gateway with sample data and show it working"
-    )
+    demo = c.command(c.root, "demo", cmd_demo, "set up a throwaway gateway with sample data and show it working")
     demo.add_argument("--dir", default="demo", help="where to put the demo's files (default ./demo)")
 
 

@@ -238,9 +238,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         authserv_id=gw.text("authserv_id"),
     )
     if not re.fullmatch(r"[A-Z][A-Z0-9 -]*", gateway.marking):
-        raise gw.fail(
-            "marking", f"must be upper-case letters, digits, spaces and hyphens, got {gateway.marking!r}"
-        )
+        raise gw.fail("marking", f"must be upper-case letters, digits, spaces and hyphens, got {gateway.marking!r}")
     gw.finish()
 
     db = sections["database"] or _Section(path, "database", {})
@@ -271,9 +269,7 @@ def _database_url(section: _Section, config_path: Path) -> Secret:
     if url.startswith(("sqlite:///", "sqlite+aiosqlite:///")):
         file = url.split(":///", 1)[1]
         if not file or file == ":memory:" or file.startswith("file:"):
-            raise section.fail(
-                "url", "needs a database file path (an in-memory database would lose everything)"
-            )
+            raise section.fail("url", "needs a database file path (an in-memory database would lose everything)")
         target = Path(file).expanduser()
         if not target.is_absolute():
             target = (config_path.parent / target).resolve()
@@ -283,9 +279,7 @@ def _database_url(section: _Section, config_path: Path) -> Secret:
     if url.startswith("postgresql+asyncpg://"):
         return Secret(url)
     scheme = url.split(":", 1)[0]
-    raise section.fail(
-        "url", f"unsupported database {scheme!r} (use sqlite:///PATH or postgresql+asyncpg://...)"
-    )
+    raise section.fail("url", f"unsupported database {scheme!r} (use sqlite:///PATH or postgresql+asyncpg://...)")
 
 
 def _fingerprint(section: _Section, key: str) -> str | None:
@@ -325,9 +319,7 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
     username = section.text("username")
     password = section.secret("password")
     if (username is None) != (password is None):
-        raise section.fail(
-            "username" if username is None else "password", "username and password go together"
-        )
+        raise section.fail("username" if username is None else "password", "username and password go together")
     settings = SmtpSettings(
         host=section.required_text("host"),
         port=section.integer("port", default_port, 1, 65535),

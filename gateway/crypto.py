@@ -44,17 +44,16 @@ class KeyInfo:
     can_sign: bool
 
     def problems(self, now: dt.datetime | None = None) -> list[str]:
-        """Why this key cannot be pinned for an authority, if it cannot."""
+        """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
         moment = now or dt.datetime.now(dt.UTC)
-        found = []
         if self.revoked:
-            found.append("the key is revoked")
+            return ["the key is revoked"]
         if self.expired or (self.expires is not None and self.expires <= moment):
             when = self.expires.date().isoformat() if self.expires else "an unknown date"
-            found.append(f"the key expired on {when}")
-        elif not self.can_encrypt:
-            found.append("the key has no valid encryption-capable subkey")
-        return found
+            return [f"the key expired on {when}"]
+        if not self.can_encrypt:
+            return ["the key has no valid encryption-capable subkey"]
+        return []
 
 
 def _epoch(value: str) -> dt.datetime | None:

@@ -28,9 +28,7 @@ class DemoAuthority:
 
 
 AUTHORITIES = (
-    DemoAuthority(
-        "West Mercia Police", "police", "West Mercia", "disclosures@westmercia.police.example", "wmp.asc"
-    ),
+    DemoAuthority("West Mercia Police", "police", "West Mercia", "disclosures@westmercia.police.example", "wmp.asc"),
     DemoAuthority(
         "Shropshire Council",
         "local-authority",

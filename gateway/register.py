@@ -90,9 +90,7 @@ class RegisterRefused(GatewayError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
         count = len(self.problems)
-        super().__init__(
-            f"register refused, nothing imported: {count} problem{'s' if count != 1 else ''} found"
-        )
+        super().__init__(f"register refused, nothing imported: {count} problem{'s' if count != 1 else ''} found")
 
 
 @dataclass(frozen=True)
@@ -170,9 +168,7 @@ class _Reader:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
-            self.problem(
-                line, None, f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-            )
+            self.problem(line, None, f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); save the file as UTF-8")
             return
         if "\x00" in text:
             self.problem(text[: text.index("\x00")].count("\n") + 1, None, "contains a NUL byte")
@@ -213,9 +209,7 @@ class _Reader:
                 self.problem(1, name, "column appears more than once")
                 ok = False
             elif name not in self.columns:
-                self.problem(
-                    1, name, "unknown column (only Schedule 5 paragraphs 1, 2, 3 and 10 data may be imported)"
-                )
+                self.problem(1, name, "unknown column (only Schedule 5 paragraphs 1, 2, 3 and 10 data may be imported)")
                 ok = False
             seen.add(name)
         for name in self.columns:
@@ -260,9 +254,7 @@ def _postcode(reader: _Reader, line: int, value: str | None) -> str | None:
 
 
 def _telephone(reader: _Reader, line: int, value: str | None) -> None:
-    if value is not None and (
-        not _TELEPHONE.fullmatch(value) or not 10 <= sum(ch.isdigit() for ch in value) <= 15
-    ):
+    if value is not None and (not _TELEPHONE.fullmatch(value) or not 10 <= sum(ch.isdigit() for ch in value) <= 15):
         reader.problem(line, "telephone", f"{value!r} is not a telephone number")
 
 
@@ -284,9 +276,7 @@ def _area(reader: _Reader, line: int, la_name: str | None, pfa_name: str | None)
     return la if pfa is not None else None
 
 
-def _one_of(
-    reader: _Reader, line: int, column: str, value: str | None, allowed: tuple[str, ...]
-) -> str | None:
+def _one_of(reader: _Reader, line: int, column: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
     if value is None:
         return None
     if value.lower() not in allowed:
@@ -381,9 +371,7 @@ def parse_register(
         home = _home(homes_reader, line, cells)
         raw_urn = cells["urn"].strip().upper()
         if raw_urn in first_line:
-            homes_reader.problem(
-                line, "urn", f"duplicate URN {raw_urn} (first on line {first_line[raw_urn]})"
-            )
+            homes_reader.problem(line, "urn", f"duplicate URN {raw_urn} (first on line {first_line[raw_urn]})")
         elif raw_urn:
             first_line[raw_urn] = line
             if home is not None:
@@ -456,9 +444,7 @@ async def import_register(
             details={
                 "homes_file": str(register.homes_file.path),
                 "homes_sha256": register.homes_file.sha256,
-                "enforcement_file": str(register.enforcement_file.path)
-                if register.enforcement_file
-                else None,
+                "enforcement_file": str(register.enforcement_file.path) if register.enforcement_file else None,
                 "enforcement_sha256": register.enforcement_file.sha256 if register.enforcement_file else None,
                 "homes": len(register.homes),
                 "enforcement_actions": len(register.enforcement),
@@ -526,7 +512,5 @@ async def summarise(session: AsyncSession) -> RegisterSummary:
         )
         for (pfa, la), counts in sorted(by_area.items())
     )
-    last = (
-        await session.execute(select(RegisterImport).order_by(RegisterImport.id.desc()).limit(1))
-    ).scalar()
+    last = (await session.execute(select(RegisterImport).order_by(RegisterImport.id.desc()).limit(1))).scalar()
     return RegisterSummary(areas, last)

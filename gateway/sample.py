@@ -145,7 +145,9 @@ def write_sample(out_dir: Path, homes: int, *, seed: int = 2013, today: date | N
     # Demo data needs repeatability, not unpredictability, and a private generator keeps it seed-bound.
     rng = random.Random(seed)  # noqa: S311
     home_columns = _home_columns(rng, homes)
-    enforcement = _enforcement_rows(rng, home_columns["urn"], home_columns["status"], today or date.today())
+    # Through the ordinal, so that a datetime passed as today still gives plain YYYY-MM-DD dates.
+    last_day = date.fromordinal((today or date.today()).toordinal())
+    enforcement = _enforcement_rows(rng, home_columns["urn"], home_columns["status"], last_day)
     homes_path = out_dir / "homes.csv"
     enforcement_path = out_dir / "enforcement.csv"
     try:
@@ -160,9 +162,7 @@ def write_sample(out_dir: Path, homes: int, *, seed: int = 2013, today: date | N
             writer.writerow(ENFORCEMENT_COLUMNS)
             writer.writerows(enforcement)
     except OSError as error:
-        raise GatewayError(
-            f"cannot write the sample register to {out_dir}: {error.strerror or error}"
-        ) from error
+        raise GatewayError(f"cannot write the sample register to {out_dir}: {error.strerror or error}") from error
     return SampleSummary(homes_path, enforcement_path, homes, len(enforcement))
 
 
@@ -247,8 +247,7 @@ def _enforcement_rows(
         else:
             natures = rng.choices(_ENFORCEMENT_NATURES, k=count)
         rows.extend(
-            (urn, (today - timedelta(days=age)).isoformat(), nature)
-            for age, nature in zip(ages, natures, strict=True)
+            (urn, (today - timedelta(days=age)).isoformat(), nature) for age, nature in zip(ages, natures, strict=True)
         )
     return rows
 
@@ -376,13 +375,11 @@ def _telephone_numbers() -> tuple[str, ...]:
 
 @cache
 def _home_names() -> tuple[str, ...]:
-    compounds = [
-        f"{stem}{ending} {kind}" for stem, ending, kind in product(_HOME_STEMS, _HOME_ENDINGS, _HOME_KINDS)
-    ]
+    compounds = [f"{stem}{ending} {kind}" for stem, ending, kind in product(_HOME_STEMS, _HOME_ENDINGS, _HOME_KINDS)]
     plain = [f"{word} {kind}" for word, kind in product(_HOME_WORDS, _HOME_KINDS)]
     # About half "Oakfield House", a quarter "Meadow View" and a quarter "The Willows".
-    plain_times = len(compounds) // (2 * len(plain))
-    plural_times = len(compounds) // (2 * len(_HOME_PLURALS))
+    plain_times = len(compounds) // len(plain)
+    plural_times = len(compounds) // len(_HOME_PLURALS)
     return _repeated(
         [
             *((name, 2) for name in compounds),

@@ -112,9 +112,7 @@ async def require_current_schema(db: Database) -> None:
     """Refuse to work on a database that `gateway init` has not brought up to date."""
     try:
         async with db.engine.connect() as connection:
-            current = await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+            current = await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseError(f"cannot open database {db.settings.display_url}: {_describe(exc)}") from None
     if current is None:

@@ -1,0 +1,368 @@
+"""The allowlist: which public authorities may ask, from which secure addresses, with which pinned key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from gateway import audit
+from gateway.addresses import normalise_address
+from gateway.crypto import KeyInfo, Keyring, in_thread, scan_key
+from gateway.db.engine import Database
+from gateway.db.models import Authority, AuthorityAddress
+from gateway.errors import GatewayError, UsageError
+from gateway.reference import find_local_authority, find_police_force_area
+
+KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
+NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
+AUTH_POLICIES: tuple[str, ...] = ("pgp", "dmarc", "pgp-or-dmarc")
+DEFAULT_AUTH_POLICY = "pgp-or-dmarc"
+KEY_EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+class AllowlistError(GatewayError):
+    """An allowlist change that cannot be made as asked."""
+
+
+@dataclass(frozen=True)
+class AuthorityView:
+    name: str
+    kind: str
+    area: str | None
+    auth_policy: str
+    status: str
+    addresses: tuple[str, ...]
+    key_fingerprint: str
+    key_expires: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: Authority) -> AuthorityView:
+        return cls(
+            name=row.name,
+            kind=row.kind,
+            area=row.area,
+            auth_policy=row.auth_policy,
+            status=row.status,
+            addresses=tuple(a.address for a in row.addresses),
+            key_fingerprint=row.key_fingerprint,
+            key_expires=row.key_expires,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "area": self.area,
+            "auth_policy": self.auth_policy,
+            "status": self.status,
+            "addresses": list(self.addresses),
+            "key_fingerprint": self.key_fingerprint,
+            "key_expires": self.key_expires.isoformat() if self.key_expires else None,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an allowlist command did, and anything the admin should be warned about."""
+
+    authority: AuthorityView | None
+    warnings: tuple[str, ...] = ()
+
+
+def resolve_area(kind: str, area: str | None) -> str | None:
+    """The canonical area for this kind of authority, or a one-line reason it cannot be."""
+    if kind not in KINDS:
+        raise AllowlistError(f"unknown kind {kind!r} (choose one of {', '.join(KINDS)})")
+    if kind in NATIONAL_KINDS:
+        if area is not None:
+            raise AllowlistError(f"a {kind} authority is national and takes no --area")
+        return None
+    if area is None:
+        what = "police force area" if kind == "police" else "local authority"
+        raise AllowlistError(f"a {kind} authority needs --area: its {what}")
+    if kind == "police":
+        found = find_police_force_area(area)
+        if found is None:
+            raise AllowlistError(f"unknown police force area {area!r} (see `gateway areas`)")
+        return found
+    la = find_local_authority(area)
+    if la is None:
+        raise AllowlistError(f"unknown local authority {area!r} (see `gateway areas`)")
+    return la.name
+
+
+def _addresses(emails: Iterable[str]) -> list[str]:
+    found: list[str] = []
+    for email in emails:
+        try:
+            address = normalise_address(email)
+        except ValueError as exc:
+            raise AllowlistError(str(exc)) from None
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> list[str]:
+    """Warnings for a key that is acceptable; AllowlistError for one that is not."""
+    problems = info.problems(now)
+    if problems:
+        raise AllowlistError(f"key {info.fingerprint} refused: {'; '.join(problems)}")
+    if not info.emails & set(addresses):
+        carried = ", ".join(sorted(info.emails)) or "no email address"
+        raise AllowlistError(
+            f"key {info.fingerprint} refused: none of its user IDs is one of the authority's addresses "
+            f"({', '.join(addresses)}); it carries {carried}"
+        )
+    if info.expires is not None and info.expires - now < KEY_EXPIRY_WARNING:
+        return [f"key {info.fingerprint} expires on {info.expires.date().isoformat()}: ask for a renewed key"]
+    return []
+
+
+class Allowlist:
+    """Every change runs in one transaction together with its audit record."""
+
+    def __init__(self, db: Database, keyring: Keyring, *, reserved: Iterable[str] = (), gateway_key: str | None):
+        self._db = db
+        self._keyring = keyring
+        # The gateway's own addresses can never belong to an authority: that way lies a mail loop.
+        self._reserved = frozenset(reserved)
+        self._gateway_key = gateway_key
+
+    async def _find(self, session: AsyncSession, name: str) -> Authority:
+        row = (
+            await session.execute(
+                select(Authority)
+                .where(func.lower(Authority.name) == name.strip().lower())
+                .options(selectinload(Authority.addresses))
+            )
+        ).scalar()
+        if row is None:
+            raise AllowlistError(f"no authority named {name!r} (see `gateway authority list`)")
+        return row
+
+    async def _claim(self, session: AsyncSession, addresses: Sequence[str], owner: Authority | None) -> None:
+        for address in addresses:
+            if address in self._reserved:
+                raise AllowlistError(f"{address} is the gateway's own address and cannot belong to an authority")
+        taken = await session.execute(
+            select(AuthorityAddress.address, Authority.name)
+            .join(Authority)
+            .where(AuthorityAddress.address.in_(addresses))
+        )
+        for address, holder in taken.all():
+            if owner is None or holder != owner.name:
+                raise AllowlistError(f"{address} is already registered to authority {holder!r}")
+
+    async def _pin(self, key_data: bytes, addresses: Sequence[str]) -> tuple[KeyInfo, list[str]]:
+        info = await in_thread(scan_key, key_data)
+        warnings = _key_checks(info, addresses, dt.datetime.now(dt.UTC))
+        if info.fingerprint == self._gateway_key:
+            raise AllowlistError("that is the gateway's own key, not the authority's")
+        imported = await in_thread(self._keyring.import_public, key_data)
+        if imported != info.fingerprint:
+            raise AllowlistError(f"gpg imported {imported}, expected {info.fingerprint}")
+        return info, warnings
+
+    async def _release_key(self, fingerprint: str) -> None:
+        """After a change commits, drop a key no authority pins any more: nothing can pick it by mistake."""
+        async with self._db.transaction() as session:
+            still_pinned = (
+                await session.execute(select(func.count()).where(Authority.key_fingerprint == fingerprint))
+            ).scalar_one()
+        if not still_pinned and fingerprint != self._gateway_key:
+            await in_thread(self._keyring.delete_public, fingerprint)
+
+    async def add(
+        self,
+        *,
+        name: str,
+        kind: str,
+        area: str | None,
+        emails: Sequence[str],
+        key_data: bytes,
+        auth_policy: str = DEFAULT_AUTH_POLICY,
+        actor: str,
+    ) -> Change:
+        name = " ".join(name.split())
+        if not name:
+            raise UsageError("--name must not be empty")
+        if auth_policy not in AUTH_POLICIES:
+            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        canonical_area = resolve_area(kind, area)
+        addresses = _addresses(emails)
+        if not addresses:
+            raise UsageError("give at least one --email")
+        async with self._db.transaction() as session:
+            existing = (
+                await session.execute(select(Authority.name).where(func.lower(Authority.name) == name.lower()))
+            ).scalar()
+            if existing is not None:
+                raise AllowlistError(f"an authority named {existing!r} already exists")
+            await self._claim(session, addresses, None)
+            info, warnings = await self._pin(key_data, addresses)
+            now = dt.datetime.now(dt.UTC)
+            row = Authority(
+                name=name,
+                kind=kind,
+                area=canonical_area,
+                auth_policy=auth_policy,
+                status="active",
+                key_fingerprint=info.fingerprint,
+                key_expires=info.expires,
+                created_at=now,
+                updated_at=now,
+                addresses=[AuthorityAddress(address=a) for a in addresses],
+            )
+            session.add(row)
+            await session.flush()
+            view = AuthorityView.of(row)
+            await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
+        return Change(view, tuple(warnings))
+
+    async def list(self) -> list[AuthorityView]:
+        async with self._db.transaction() as session:
+            rows = await session.execute(
+                select(Authority).options(selectinload(Authority.addresses)).order_by(Authority.name)
+            )
+            return [AuthorityView.of(row) for row in rows.scalars()]
+
+    async def show(self, name: str) -> AuthorityView:
+        async with self._db.transaction() as session:
+            return AuthorityView.of(await self._find(session, name))
+
+    async def update(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        kind: str | None = None,
+        area: str | None = None,
+        auth_policy: str | None = None,
+        add_emails: Sequence[str] = (),
+        remove_emails: Sequence[str] = (),
+        actor: str,
+    ) -> Change:
+        if auth_policy is not None and auth_policy not in AUTH_POLICIES:
+            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
+            raise UsageError("nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email")
+        async with self._db.transaction() as session:
+            row = await self._find(session, name)
+            before = AuthorityView.of(row)
+            if new_name is not None:
+                await self._rename(session, row, new_name)
+            if kind is not None or area is not None:
+                # A new kind restates its area (national kinds take none): the old area never carries over.
+                row.kind = kind or row.kind
+                row.area = resolve_area(row.kind, area)
+            if auth_policy is not None:
+                row.auth_policy = auth_policy
+            await self._change_addresses(session, row, _addresses(add_emails), _addresses(remove_emails))
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            after = AuthorityView.of(row)
+            changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.update",
+                subject=after.name,
+                details={"changed": changed},
+            )
+        return Change(after)
+
+    async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
+        new_name = " ".join(new_name.split())
+        if not new_name:
+            raise UsageError("--name must not be empty")
+        clash = (
+            await session.execute(
+                select(Authority.name).where(func.lower(Authority.name) == new_name.lower(), Authority.id != row.id)
+            )
+        ).scalar()
+        if clash is not None:
+            raise AllowlistError(f"an authority named {clash!r} already exists")
+        row.name = new_name
+
+    async def _change_addresses(
+        self, session: AsyncSession, row: Authority, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        current = {a.address for a in row.addresses}
+        for address in remove:
+            if address not in current:
+                raise AllowlistError(f"{address} is not one of {row.name!r}'s addresses")
+        await self._claim(session, add, row)
+        remaining = (current - set(remove)) | set(add)
+        if not remaining:
+            raise AllowlistError(f"{row.name!r} would have no address left: add another before removing the last")
+        if add or remove:
+            info = await in_thread(self._keyring.inspect, row.key_fingerprint)
+            if info is None or not info.emails & remaining:
+                raise AllowlistError(
+                    f"the pinned key {row.key_fingerprint} would carry none of {row.name!r}'s addresses: "
+                    "set a key for the new address first (`gateway authority set-key`)"
+                )
+        row.addresses = [a for a in row.addresses if a.address not in remove]
+        row.addresses.extend(AuthorityAddress(address=a) for a in add if a not in current)
+
+    async def set_status(self, name: str, status: str, *, actor: str) -> Change:
+        async with self._db.transaction() as session:
+            row = await self._find(session, name)
+            if row.status == status:
+                raise AllowlistError(f"authority {row.name!r} is already {status}")
+            row.status = status
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            verb = "suspend" if status == "suspended" else "resume"
+            await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
+            return Change(AuthorityView.of(row))
+
+    async def remove(self, name: str, *, actor: str) -> Change:
+        async with self._db.transaction() as session:
+            row = await self._find(session, name)
+            gone = AuthorityView.of(row)
+            await session.delete(row)
+            await session.flush()
+            await audit.record(
+                session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
+            )
+        await self._release_key(gone.key_fingerprint)
+        return Change(gone)
+
+    async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
+        async with self._db.transaction() as session:
+            row = await self._find(session, name)
+            old = row.key_fingerprint
+            info, warnings = await self._pin(key_data, [a.address for a in row.addresses])
+            row.key_fingerprint = info.fingerprint
+            row.key_expires = info.expires
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.set-key",
+                subject=row.name,
+                details={
+                    "old_fingerprint": old,
+                    "new_fingerprint": info.fingerprint,
+                    "key_expires": info.expires,
+                },
+            )
+            view = AuthorityView.of(row)
+        if old != info.fingerprint:
+            await self._release_key(old)
+        return Change(view, tuple(warnings))

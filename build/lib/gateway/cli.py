@@ -1,0 +1,750 @@
+"""The `gateway` command: admin and operator commands, one clear line on any error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime as dt
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from gateway import __version__, audit
+from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
+from gateway.config import Config, load_config, resolve_config_path
+from gateway.crypto import KeyProblem, Keyring, in_thread
+from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
+from gateway.demo import run_demo
+from gateway.errors import GatewayError, UsageError
+from gateway.reference import local_authorities, police_force_areas
+from gateway.register import RegisterRefused, import_register, parse_register, summarise
+from gateway.sample import write_sample
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+EXIT_INTERNAL = 70  # EX_SOFTWARE
+
+
+# ---------------------------------------------------------------- output
+
+
+def _emit_json(value: Any, out: TextIO | None = None) -> None:
+    json.dump(value, out or sys.stdout, indent=2, default=str, ensure_ascii=False)
+    (out or sys.stdout).write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for row in [list(headers), ["-" * w for w in widths], *cells]:
+        stream.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _warn(message: str) -> None:
+    print(f"gateway: warning: {message}", file=sys.stderr)
+
+
+def _date(value: dt.datetime | None) -> str:
+    return value.date().isoformat() if value else "never"
+
+
+class _Bar:
+    """A progress bar per stage on a terminal; silent when stderr is a pipe or a file."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tqdm[Any]] = {}
+        self._enabled = sys.stderr.isatty()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit="row", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(getattr(args, "config", None)))
+
+
+@asynccontextmanager
+async def _database(config: Config) -> AsyncIterator[Database]:
+    db = create_database(config.database)
+    try:
+        await require_current_schema(db)
+        yield db
+    finally:
+        await db.close()
+
+
+def _keyring(config: Config) -> Keyring:
+    if not config.gpg.home.is_dir():
+        raise GatewayError(f"GnuPG home {config.gpg.home} does not exist: run `gateway init` first")
+    return Keyring(config.gpg.home, config.gpg.binary)
+
+
+def _read_key_file(path: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise GatewayError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+@asynccontextmanager
+async def _allowlist(args: argparse.Namespace) -> AsyncIterator[Allowlist]:
+    config = _config(args)
+    keyring = _keyring(config)
+    async with _database(config) as db:
+        yield Allowlist(
+            db,
+            keyring,
+            reserved={config.gateway.address, config.gateway.admin_address},
+            gateway_key=config.gpg.signing_key,
+        )
+
+
+# ---------------------------------------------------------------- init and keys
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if not re.fullmatch(r"0|[1-9][0-9]*[dwmy]?", args.key_expiry):
+        raise UsageError(f"--key-expiry {args.key_expiry!r}: use 0 (never), or a number with d, w, m or y (e.g. 2y)")
+    created = Keyring.create_home(config.gpg.home)
+    print(f"GnuPG home {config.gpg.home} {'created' if created else 'exists'} (mode 0700)")
+    db = create_database(config.database)
+    try:
+        before, after = await upgrade_schema(db)
+        if before == after:
+            print(f"database {config.database.display_url} is up to date (schema {after})")
+        else:
+            print(f"database {config.database.display_url} upgraded from schema {before or 'none'} to {after}")
+        keyring = Keyring(config.gpg.home, config.gpg.binary)
+        generated = await _ensure_signing_key(config, keyring, args.key_expiry)
+        if before != after or generated:
+            async with db.transaction() as session:
+                await audit.record(
+                    session,
+                    actor=args.actor,
+                    action="gateway.init",
+                    subject=config.gateway.address,
+                    details={"schema_before": before, "schema_after": after, "generated_key": generated},
+                )
+    finally:
+        await db.close()
+    return 0
+
+
+async def _ensure_signing_key(config: Config, keyring: Keyring, expiry: str) -> str | None:
+    """Check the configured key, or make one; returns the fingerprint of a key made now."""
+    address = config.gateway.address
+    if config.gpg.signing_key:
+        fingerprint = config.gpg.signing_key
+        info = await in_thread(keyring.inspect, fingerprint)
+        if info is None or not await in_thread(keyring.has_secret, fingerprint):
+            raise KeyProblem(f"[gpg] signing_key {fingerprint} has no secret key in {config.gpg.home}")
+        problems = info.problems()
+        if not info.can_sign:
+            problems.append("it cannot sign")
+        if problems:
+            raise KeyProblem(f"[gpg] signing_key {fingerprint} is unusable: {'; '.join(problems)}")
+        print(f"signing key {fingerprint} is usable (expires {_date(info.expires)})")
+        return None
+    for fingerprint in await in_thread(keyring.secret_fingerprints):
+        info = await in_thread(keyring.inspect, fingerprint)
+        if info is not None and address in info.emails and not info.problems():
+            print(f"a gateway key for {address} already exists: {fingerprint}")
+            print(f'put it into {config.path}:\n\n[gpg]\nsigning_key = "{fingerprint}"')
+            return None
+    fingerprint = await in_thread(keyring.generate, "HMCI register disclosure gateway", address, expiry)
+    print(f"generated the gateway's signing and encryption key: {fingerprint}")
+    print(f'put it into {config.path}:\n\n[gpg]\nsigning_key = "{fingerprint}"')
+    return fingerprint
+
+
+async def cmd_key_export(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if not config.gpg.signing_key:
+        raise GatewayError(f"{config.path}: [gpg] signing_key is not set: run `gateway init` and set it")
+    keyring = _keyring(config)
+    sys.stdout.write(await in_thread(keyring.export_public, config.gpg.signing_key))
+    return 0
+
+
+# ---------------------------------------------------------------- register
+
+
+async def cmd_register_import(args: argparse.Namespace) -> int:
+    config = _config(args)
+    bar = _Bar()
+    try:
+        parsed = await asyncio.to_thread(
+            parse_register, Path(args.homes), Path(args.enforcement) if args.enforcement else None, bar
+        )
+        if args.check:
+            counts = f"{len(parsed.homes)} homes, {len(parsed.enforcement)} enforcement actions"
+            print(f"register OK: {counts} (not imported)")
+            return 0
+        async with _database(config) as db:
+            summary = await import_register(db, parsed, actor=args.actor, progress=bar)
+    finally:
+        bar.close()
+    print(
+        f"imported {summary.homes} homes and {summary.enforcement_actions} enforcement actions "
+        f"(import {summary.import_id}, replaced {summary.replaced_homes} homes; "
+        f"homes file sha256 {summary.homes_sha256})"
+    )
+    return 0
+
+
+async def cmd_register_sample(args: argparse.Namespace) -> int:
+    summary = await asyncio.to_thread(write_sample, Path(args.out), args.homes, seed=args.seed)
+    print(
+        f"wrote {summary.homes} synthetic homes to {summary.homes_path} and "
+        f"{summary.enforcement_actions} enforcement actions to {summary.enforcement_path}"
+    )
+    return 0
+
+
+async def cmd_register_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db, db.transaction() as session:
+        summary = await summarise(session)
+    if args.json:
+        _emit_json(
+            {
+                "homes": summary.homes,
+                "last_import": None
+                if summary.last_import is None
+                else {
+                    "id": summary.last_import.id,
+                    "imported_at": summary.last_import.imported_at.isoformat(),
+                    "actor": summary.last_import.actor,
+                    "homes_sha256": summary.last_import.homes_sha256,
+                },
+                "areas": [{**area.__dict__, "homes": area.homes} for area in summary.areas],
+            }
+        )
+        return 0
+    if summary.last_import is None:
+        print("the register is empty: load it with `gateway register import --homes FILE`")
+        return 0
+    key = (
+        (lambda a: (a.police_force_area,))
+        if args.by == "police"
+        else (lambda a: (a.police_force_area, a.local_authority))
+    )
+    grouped: dict[tuple[str, ...], list[int]] = {}
+    for area in summary.areas:
+        totals = grouped.setdefault(key(area), [0, 0, 0, 0, 0])
+        for i, n in enumerate((area.homes, area.registered, area.suspended, area.closed, area.enforcement_actions)):
+            totals[i] += n
+    headers = ["police force area"] + (["local authority"] if args.by == "local-authority" else [])
+    print_table(
+        [*headers, "homes", "registered", "suspended", "closed", "enforcement"],
+        [[*k, *v] for k, v in sorted(grouped.items())],
+    )
+    last = summary.last_import
+    print(
+        f"\n{summary.homes} homes in {len(grouped)} areas; last import {last.id} on "
+        f"{last.imported_at.isoformat(timespec='seconds')} by {last.actor}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- authorities
+
+
+def _print_authority(view: AuthorityView) -> None:
+    rows = [
+        ("name", view.name),
+        ("kind", view.kind),
+        ("area", view.area or "all of England (national)"),
+        ("status", view.status),
+        ("authentication", view.auth_policy),
+        ("addresses", ", ".join(view.addresses)),
+        ("key", view.key_fingerprint),
+        ("key expires", _date(view.key_expires)),
+        ("created", view.created_at.isoformat(timespec="seconds")),
+        ("updated", view.updated_at.isoformat(timespec="seconds")),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':16}{value}")
+
+
+def _report(change: Change, verb: str, args: argparse.Namespace) -> int:
+    for warning in change.warnings:
+        _warn(warning)
+    if change.authority is None:
+        return 0
+    if getattr(args, "json", False):
+        _emit_json(change.authority.as_dict())
+    else:
+        print(f"{verb} authority {change.authority.name!r}")
+        _print_authority(change.authority)
+    return 0
+
+
+async def cmd_authority_add(args: argparse.Namespace) -> int:
+    key_data = _read_key_file(args.key)
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.add(
+            name=args.name,
+            kind=args.kind,
+            area=args.area,
+            emails=args.email,
+            key_data=key_data,
+            auth_policy=args.auth,
+            actor=args.actor,
+        )
+    return _report(change, "added", args)
+
+
+async def cmd_authority_list(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        views = await allowlist.list()
+    if args.json:
+        _emit_json([v.as_dict() for v in views])
+    elif not views:
+        print("no authorities yet: add one with `gateway authority add`")
+    else:
+        print_table(
+            ["name", "kind", "area", "status", "auth", "addresses", "key", "key expires"],
+            [
+                [
+                    v.name,
+                    v.kind,
+                    v.area or "(national)",
+                    v.status,
+                    v.auth_policy,
+                    ", ".join(v.addresses),
+                    v.key_fingerprint[-16:],
+                    _date(v.key_expires),
+                ]
+                for v in views
+            ],
+        )
+    return 0
+
+
+async def cmd_authority_show(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        view = await allowlist.show(args.authority)
+    if args.json:
+        _emit_json(view.as_dict())
+    else:
+        _print_authority(view)
+    return 0
+
+
+async def cmd_authority_update(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.update(
+            args.authority,
+            new_name=args.name,
+            kind=args.kind,
+            area=args.area,
+            auth_policy=args.auth,
+            add_emails=args.add_email or (),
+            remove_emails=args.remove_email or (),
+            actor=args.actor,
+        )
+    return _report(change, "updated", args)
+
+
+async def cmd_authority_suspend(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.set_status(args.authority, "suspended", actor=args.actor)
+    return _report(change, "suspended", args)
+
+
+async def cmd_authority_resume(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.set_status(args.authority, "active", actor=args.actor)
+    return _report(change, "resumed", args)
+
+
+async def cmd_authority_remove(args: argparse.Namespace) -> int:
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.remove(args.authority, actor=args.actor)
+    assert change.authority is not None  # noqa: S101 - remove always reports what it removed
+    print(f"removed authority {change.authority.name!r} and its {len(change.authority.addresses)} address(es)")
+    return 0
+
+
+async def cmd_authority_set_key(args: argparse.Namespace) -> int:
+    key_data = _read_key_file(args.key_file)
+    async with _allowlist(args) as allowlist:
+        change = await allowlist.set_key(args.authority, key_data, actor=args.actor)
+    return _report(change, "new key pinned for", args)
+
+
+# ---------------------------------------------------------------- audit
+
+
+def _since(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: expected an ISO date or date-time, e.g. 2026-11-01") from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+async def cmd_audit_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db, db.transaction() as session:
+        records = [entry async for entry in audit.entries(session, _since(args.since))]
+    if args.json:
+        _emit_json([entry.as_dict() for entry in records])
+    elif not records:
+        print("no audit records" + (f" since {args.since}" if args.since else ""))
+    else:
+        print_table(
+            ["seq", "recorded at (UTC)", "actor", "action", "subject"],
+            [[e.seq, e.recorded_at, e.actor, e.action, e.subject] for e in records],
+        )
+    return 0
+
+
+def _defuse(value: str) -> str:
+    # A spreadsheet runs a cell that starts with one of these as a formula; a leading quote makes it text.
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r", "\n") else value
+
+
+async def cmd_audit_export(args: argparse.Namespace) -> int:
+    config = _config(args)
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\r\n") if args.format == "csv" else None
+    if writer is not None:
+        writer.writerow(["seq", "recorded_at", "actor", "action", "subject", "details", "prev_hash", "hash"])
+    async with _database(config) as db, db.transaction() as session:
+        async for entry in audit.entries(session, _since(args.since)):
+            row = entry.as_dict()
+            if writer is None:
+                out.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str) + "\n")
+            else:
+                row["details"] = audit.canonical_json(entry.details)
+                writer.writerow([_defuse(str(row[k])) for k in row])
+    return 0
+
+
+async def cmd_audit_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db, db.transaction() as session:
+        result = await audit.verify(session)
+    if args.json:
+        _emit_json(
+            {
+                "ok": result.ok,
+                "records": result.records,
+                "head_seq": result.head_seq,
+                "head_hash": result.head_hash,
+                "problem": result.problem,
+            }
+        )
+    elif result.ok:
+        print(f"audit trail intact: {result.records} records; head {result.head_seq} {result.head_hash}")
+    if not result.ok:
+        print(f"gateway: error: audit trail broken: {result.problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- reference data and demo
+
+
+async def cmd_areas(args: argparse.Namespace) -> int:
+    if args.json:
+        _emit_json(
+            {
+                pfa: [la.name for la in local_authorities() if la.police_force_area == pfa]
+                for pfa in police_force_areas()
+            }
+        )
+        return 0
+    print_table(
+        ["police force area", "local authorities"],
+        [
+            [pfa, ", ".join(la.name for la in local_authorities() if la.police_force_area == pfa)]
+            for pfa in police_force_areas()
+        ],
+    )
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    return await run_demo(Path(args.dir), main)
+
+
+# ---------------------------------------------------------------- parser
+
+
+@dataclass(frozen=True)
+class _Parents:
+    """Options shared by many commands; argparse needs them as parent parsers."""
+
+    common: argparse.ArgumentParser
+    acting: argparse.ArgumentParser
+    listing: argparse.ArgumentParser
+
+
+def _parents() -> _Parents:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a sub-command's default from overwriting a value given before the sub-command.
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="settings file (default: $GATEWAY_CONFIG, else ./config/gateway.toml)",
+    )
+    acting = argparse.ArgumentParser(add_help=False)
+    acting.add_argument(
+        "--actor",
+        default=argparse.SUPPRESS,
+        help="who is making this change, for the audit trail (default: your OS user name)",
+    )
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    return _Parents(common, acting, listing)
+
+
+class _Commands:
+    """Builds the command tree: a group is a noun, a command a verb under it."""
+
+    def __init__(self, root: argparse.ArgumentParser, parents: _Parents) -> None:
+        self.parents = parents
+        self.root = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def group(self, name: str, help_text: str) -> Any:
+        sub = self.root.add_parser(name, help=help_text, description=help_text, parents=[self.parents.common])
+        return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    def command(
+        self,
+        group: Any,
+        name: str,
+        handler: Handler,
+        help_text: str,
+        *,
+        acting: bool = False,
+        listing: bool = False,
+    ) -> argparse.ArgumentParser:
+        parents = [self.parents.common]
+        parents += [self.parents.acting] if acting else []
+        parents += [self.parents.listing] if listing else []
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text, parents=parents)
+        sub.set_defaults(handler=handler)
+        return sub
+
+
+def _init_and_key_commands(c: _Commands) -> None:
+    init = c.command(
+        c.root,
+        "init",
+        cmd_init,
+        "create or upgrade the database schema and the GnuPG home; make the gateway's key if none is set",
+        acting=True,
+    )
+    init.add_argument(
+        "--key-expiry",
+        default="2y",
+        metavar="WHEN",
+        help="validity of a newly generated gateway key, in gpg's syntax (default 2y; 0 = never)",
+    )
+    key = c.group("key", "the gateway's own OpenPGP key")
+    c.command(key, "export", cmd_key_export, "print the gateway's public key (authorities need it)")
+
+
+def _register_commands(c: _Commands) -> None:
+    register = c.group("register", "the register of children's homes")
+    imp = c.command(
+        register,
+        "import",
+        cmd_register_import,
+        "replace the register with the homes (and enforcement actions) in these CSV files",
+        acting=True,
+    )
+    imp.add_argument("--homes", required=True, metavar="FILE", help="homes CSV (see README for the columns)")
+    imp.add_argument("--enforcement", metavar="FILE", help="enforcement actions CSV: urn, date, nature")
+    imp.add_argument("--check", action="store_true", help="only check the files; import nothing")
+    sample = c.command(
+        register,
+        "sample",
+        cmd_register_sample,
+        "write a realistic synthetic register (fake data) for demos, tests and benchmarks",
+    )
+    sample.add_argument("--homes", required=True, type=int, metavar="N", help="number of homes")
+    sample.add_argument("--out", required=True, metavar="DIR", help="directory for homes.csv and enforcement.csv")
+    sample.add_argument("--seed", type=int, default=2013, help="random seed (same seed, same register)")
+    show = c.command(register, "show", cmd_register_show, "summarise the register by area", listing=True)
+    show.add_argument(
+        "--by",
+        choices=("police", "local-authority"),
+        default="police",
+        help="group by police force area (default) or by local authority",
+    )
+
+
+def _authority_commands(c: _Commands) -> None:
+    authority = c.group("authority", "the allowlist of authorities, their secure addresses and pinned keys")
+    add = c.command(
+        authority,
+        "add",
+        cmd_authority_add,
+        "register an authority with its addresses and key",
+        acting=True,
+        listing=True,
+    )
+    add.add_argument("--name", required=True, help="the authority's name, e.g. 'West Mercia Police'")
+    add.add_argument("--kind", required=True, choices=KINDS)
+    add.add_argument("--area", help="police force area (police) or local authority (local-authority)")
+    add.add_argument(
+        "--email",
+        required=True,
+        action="append",
+        metavar="ADDR",
+        help="a registered secure address (repeat for more)",
+    )
+    add.add_argument(
+        "--key", required=True, metavar="FILE.asc", help="the authority's OpenPGP public key ('-' = stdin)"
+    )
+    add.add_argument(
+        "--auth",
+        choices=AUTH_POLICIES,
+        default=DEFAULT_AUTH_POLICY,
+        help=f"how its requests are authenticated (default {DEFAULT_AUTH_POLICY})",
+    )
+    c.command(authority, "list", cmd_authority_list, "list the authorities", listing=True)
+    show = c.command(authority, "show", cmd_authority_show, "show one authority", listing=True)
+    show.add_argument("authority", metavar="NAME")
+    update = c.command(
+        authority,
+        "update",
+        cmd_authority_update,
+        "change an authority's name, kind, area, authentication or addresses",
+        acting=True,
+        listing=True,
+    )
+    update.add_argument("authority", metavar="NAME")
+    update.add_argument("--name", help="new name")
+    update.add_argument("--kind", choices=KINDS, help="new kind (give --area with it for police and local authorities)")
+    update.add_argument("--area", help="new area")
+    update.add_argument("--auth", choices=AUTH_POLICIES, help="new authentication policy")
+    update.add_argument("--add-email", action="append", metavar="ADDR", help="add a secure address")
+    update.add_argument("--remove-email", action="append", metavar="ADDR", help="remove a secure address")
+    for name, handler, text in (
+        ("suspend", cmd_authority_suspend, "stop all disclosures to an authority until it is resumed"),
+        ("resume", cmd_authority_resume, "allow a suspended authority again"),
+        (
+            "remove",
+            cmd_authority_remove,
+            "delete an authority and its addresses (the audit trail keeps the record)",
+        ),
+    ):
+        sub = c.command(authority, name, handler, text, acting=True, listing=True)
+        sub.add_argument("authority", metavar="NAME")
+    set_key = c.command(
+        authority,
+        "set-key",
+        cmd_authority_set_key,
+        "pin a new OpenPGP key for an authority",
+        acting=True,
+        listing=True,
+    )
+    set_key.add_argument("authority", metavar="NAME")
+    set_key.add_argument("key_file", metavar="FILE.asc", help="the new public key ('-' = stdin)")
+
+
+def _audit_and_other_commands(c: _Commands) -> None:
+    audit_group = c.group("audit", "the hash-chained audit trail")
+    since_help = "only records at or after this ISO date or time (UTC)"
+    audit_list = c.command(audit_group, "list", cmd_audit_list, "list audit records", listing=True)
+    audit_list.add_argument("--since", metavar="WHEN", help=since_help)
+    export = c.command(audit_group, "export", cmd_audit_export, "export audit records to stdout")
+    export.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    export.add_argument("--since", metavar="WHEN", help=since_help)
+    c.command(
+        audit_group,
+        "verify",
+        cmd_audit_verify,
+        "check the hash chain; exit 1 naming the first altered, removed or reordered record",
+        listing=True,
+    )
+    c.command(
+        c.root,
+        "areas",
+        cmd_areas,
+        "list the police force areas and local authorities the gateway knows",
+        listing=True,
+    )
+    demo = c.command(c.root, "demo", cmd_demo, "set up a throwaway gateway with sample data and show it working")
+    demo.add_argument("--dir", default="demo", help="where to put the demo's files (default ./demo)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parents = _parents()
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="HMCI's register disclosure gateway: admin and operator commands.",
+        parents=[parents.common, parents.acting],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = _Commands(parser, parents)
+    _init_and_key_commands(commands)
+    _register_commands(commands)
+    _authority_commands(commands)
+    _audit_and_other_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "actor"):
+        args.actor = audit.default_actor()
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except RegisterRefused as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except GatewayError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gateway: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`gateway audit list | head`): not an error worth a word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get("GATEWAY_DEBUG"):
+            raise
+        print(
+            f"gateway: internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]} "
+            "(set GATEWAY_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,331 @@
+"""The settings file, read once at start and validated into frozen objects."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from gateway.addresses import normalise_address
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+CONFIG_ENV = "GATEWAY_CONFIG"
+DEFAULT_MARKING = "OFFICIAL-SENSITIVE"
+
+ImapTls = Literal["tls", "none"]
+SmtpTls = Literal["starttls", "tls", "none"]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A password or credential-bearing URL; it never shows itself in a repr or a log line."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    address: str
+    admin_address: str
+    marking: str
+    authserv_id: str | None
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: Secret
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.value.startswith("sqlite")
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password replaced, safe to print."""
+        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url.value)
+
+
+@dataclass(frozen=True)
+class GpgSettings:
+    home: Path
+    signing_key: str | None
+    binary: str
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str
+    port: int
+    username: str
+    password: Secret
+    tls: ImapTls
+    folder: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None
+    password: Secret | None
+    tls: SmtpTls
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    database: DatabaseSettings
+    gpg: GpgSettings
+    imap: ImapSettings | None
+    smtp: SmtpSettings | None
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """One TOML table being read: typed getters, and a complaint about any key nobody asked for."""
+
+    def __init__(self, path: Path, name: str, table: Mapping[str, Any]) -> None:
+        self._path = path
+        self._name = name
+        self._table = table
+        self._seen: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._path}: [{self._name}] {key}: {problem}")
+
+    def has(self, key: str) -> bool:
+        return key in self._table
+
+    def _get(self, key: str, kind: type[T], kind_name: str) -> T | None:
+        self._seen.add(key)
+        if key not in self._table:
+            return None
+        value = self._table[key]
+        # bool is an int subclass in Python; a port of `true` is a mistake, not 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"expected {kind_name}, got {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self._get(key, str, "a string")
+        if value is None:
+            return default
+        if not value.strip():
+            raise self.fail(key, "must not be empty")
+        return value.strip()
+
+    def required_text(self, key: str) -> str:
+        value = self.text(key)
+        if value is None:
+            raise self.fail(key, "required setting is missing")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key, int, "an integer")
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise self.fail(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.text(key) or default
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return value
+
+    def address(self, key: str) -> str:
+        try:
+            return normalise_address(self.required_text(key))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def path(self, key: str, default: str) -> Path:
+        value = Path(self.text(key, default) or default).expanduser()
+        return value if value.is_absolute() else (self._path.parent / value).resolve()
+
+    def secret(self, key: str) -> Secret | None:
+        """`key = "..."`, `key_file = "path"` or `key_env = "VARIABLE"`: at most one of them."""
+        given = [k for k in (key, f"{key}_file", f"{key}_env") if self.has(k)]
+        for k in (key, f"{key}_file", f"{key}_env"):
+            self._seen.add(k)
+        if len(given) > 1:
+            raise self.fail(key, f"give only one of {', '.join(given)}")
+        if not given:
+            return None
+        if given[0] == key:
+            return Secret(self._get(key, str, "a string") or "")
+        if given[0] == f"{key}_file":
+            file = self.path(f"{key}_file", "")
+            try:
+                return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                raise self.fail(f"{key}_file", f"cannot read {file}: {exc.strerror}") from None
+        variable = self.required_text(f"{key}_env")
+        value = os.environ.get(variable)
+        if value is None:
+            raise self.fail(f"{key}_env", f"environment variable {variable} is not set")
+        return Secret(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._table) - self._seen)
+        if unknown:
+            raise self.fail(unknown[0], "unknown setting")
+
+
+_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp")
+
+
+def resolve_config_path(cli_path: str | None) -> Path:
+    """--config, else $GATEWAY_CONFIG, else ./config/gateway.toml."""
+    if cli_path:
+        return Path(cli_path)
+    from_env = os.environ.get(CONFIG_ENV)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (copy config/gateway.example.toml there, "
+            f"or pass --config PATH or set {CONFIG_ENV})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(path.resolve(), document)
+
+
+def _table(path: Path, document: Mapping[str, Any], name: str) -> _Section | None:
+    if name not in document:
+        return None
+    table = document[name]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
+    return _Section(path, name, cast(dict[str, Any], table))
+
+
+def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
+    unknown = sorted(set(document) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
+    empty = _Section(path, "gateway", {})
+    sections = {name: _table(path, document, name) for name in _SECTIONS}
+
+    gw = sections["gateway"] or empty
+    gateway = GatewaySettings(
+        address=gw.address("address"),
+        admin_address=gw.address("admin_address"),
+        marking=gw.text("marking", DEFAULT_MARKING) or DEFAULT_MARKING,
+        authserv_id=gw.text("authserv_id"),
+    )
+    if not re.fullmatch(r"[A-Z][A-Z0-9 -]*", gateway.marking):
+        raise gw.fail("marking", f"must be upper-case letters, digits, spaces and hyphens, got {gateway.marking!r}")
+    gw.finish()
+
+    db = sections["database"] or _Section(path, "database", {})
+    database = DatabaseSettings(url=_database_url(db, path))
+    db.finish()
+
+    g = sections["gpg"] or _Section(path, "gpg", {})
+    gpg = GpgSettings(
+        home=g.path("home", "gnupg"),
+        signing_key=_fingerprint(g, "signing_key"),
+        binary=g.text("binary", "gpg") or "gpg",
+    )
+    g.finish()
+
+    return Config(
+        path=path,
+        gateway=gateway,
+        database=database,
+        gpg=gpg,
+        imap=_imap(sections["imap"]),
+        smtp=_smtp(sections["smtp"]),
+    )
+
+
+def _database_url(section: _Section, config_path: Path) -> Secret:
+    given = section.secret("url")
+    url = given.value if given else "sqlite:///gateway.db"
+    if url.startswith(("sqlite:///", "sqlite+aiosqlite:///")):
+        file = url.split(":///", 1)[1]
+        if not file or file == ":memory:" or file.startswith("file:"):
+            raise section.fail("url", "needs a database file path (an in-memory database would lose everything)")
+        target = Path(file).expanduser()
+        if not target.is_absolute():
+            target = (config_path.parent / target).resolve()
+        return Secret(f"sqlite+aiosqlite:///{target}")
+    if url.startswith(("postgresql://", "postgres://")):
+        return Secret("postgresql+asyncpg://" + url.split("://", 1)[1])
+    if url.startswith("postgresql+asyncpg://"):
+        return Secret(url)
+    scheme = url.split(":", 1)[0]
+    raise section.fail("url", f"unsupported database {scheme!r} (use sqlite:///PATH or postgresql+asyncpg://...)")
+
+
+def _fingerprint(section: _Section, key: str) -> str | None:
+    value = section.text(key)
+    if value is None:
+        return None
+    fingerprint = value.replace(" ", "").upper()
+    if not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
+        raise section.fail(key, "must be a full 40-hex-digit key fingerprint (see `gateway init`)")
+    return fingerprint
+
+
+def _imap(section: _Section | None) -> ImapSettings | None:
+    if section is None:
+        return None
+    tls = cast(ImapTls, section.choice("tls", ("tls", "none"), "tls"))
+    password = section.secret("password")
+    if password is None:
+        raise section.fail("password", "required setting is missing (or give password_file / password_env)")
+    settings = ImapSettings(
+        host=section.required_text("host"),
+        port=section.integer("port", 993 if tls == "tls" else 143, 1, 65535),
+        username=section.required_text("username"),
+        password=password,
+        tls=tls,
+        folder=section.text("folder", "INBOX") or "INBOX",
+    )
+    section.finish()
+    return settings
+
+
+def _smtp(section: _Section | None) -> SmtpSettings | None:
+    if section is None:
+        return None
+    tls = cast(SmtpTls, section.choice("tls", ("starttls", "tls", "none"), "starttls"))
+    default_port = {"starttls": 587, "tls": 465, "none": 25}[tls]
+    username = section.text("username")
+    password = section.secret("password")
+    if (username is None) != (password is None):
+        raise section.fail("username" if username is None else "password", "username and password go together")
+    settings = SmtpSettings(
+        host=section.required_text("host"),
+        port=section.integer("port", default_port, 1, 65535),
+        username=username,
+        password=password,
+        tls=tls,
+    )
+    section.finish()
+    return settings

@@ -1,0 +1,203 @@
+"""python-gnupg at the edge: inspect, import, pin, export and generate OpenPGP keys."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gnupg
+
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+# python-gnupg runs one gpg process per call; more than a few at once only queue on gpg-agent. A thread
+# semaphore, not an asyncio one, because it must not belong to any one event loop.
+_GPG_CALLS = threading.BoundedSemaphore(4)
+
+
+class KeyProblem(GatewayError):
+    """A key that cannot be used, or a keyring that cannot be opened."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    fingerprint: str
+    user_ids: tuple[str, ...]
+    emails: frozenset[str]
+    created: dt.datetime
+    expires: dt.datetime | None
+    revoked: bool
+    expired: bool
+    can_encrypt: bool
+    can_sign: bool
+
+    def problems(self, now: dt.datetime | None = None) -> list[str]:
+        """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
+        moment = now or dt.datetime.now(dt.UTC)
+        if self.revoked:
+            return ["the key is revoked"]
+        if self.expired or (self.expires is not None and self.expires <= moment):
+            when = self.expires.date().isoformat() if self.expires else "an unknown date"
+            return [f"the key expired on {when}"]
+        if not self.can_encrypt:
+            return ["the key has no valid encryption-capable subkey"]
+        return []
+
+
+def _epoch(value: str) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(int(value), dt.UTC) if value else None
+
+
+def _key_info(entry: dict[str, Any], uid_map: dict[str, dict[str, str]]) -> KeyInfo:
+    # Validity letters (DETAILS: field 2): r = revoked, e = expired. Capability (field 12) upper-case
+    # letters are what the key as a whole can do now, counting only its valid subkeys.
+    uids = tuple(uid for uid in entry["uids"] if uid_map.get(uid, {}).get("trust") not in ("r", "e"))
+    emails = frozenset(addr.lower() for _name, addr in map(parseaddr, uids) if "@" in addr)
+    cap = entry.get("cap", "")
+    return KeyInfo(
+        fingerprint=entry["fingerprint"],
+        user_ids=uids,
+        emails=emails,
+        created=_epoch(entry["date"]) or dt.datetime.fromtimestamp(0, dt.UTC),
+        expires=_epoch(entry.get("expires", "")),
+        revoked=entry.get("trust") == "r",
+        expired=entry.get("trust") == "e",
+        can_encrypt="E" in cap,
+        can_sign="S" in cap,
+    )
+
+
+def kill_agent(home: Path) -> None:
+    """gpg-agent outlives the process that started it, one per home: stop it when the home is done with."""
+    if shutil.which("gpgconf"):
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["gpgconf", "--homedir", str(home), "--kill", "all"],  # noqa: S607 - gpgconf from PATH, like gpg
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+
+
+class Keyring:
+    """One GnuPG home. Keys are always named by full fingerprint, never looked up by user ID."""
+
+    def __init__(self, home: Path, binary: str = "gpg") -> None:
+        self.home = home
+        if shutil.which(binary) is None:
+            raise KeyProblem(f"{binary} not found: install GnuPG (Debian: apt-get install gnupg)")
+        try:
+            self._gpg = gnupg.GPG(gpgbinary=binary, gnupghome=str(home))
+        except (OSError, ValueError) as exc:
+            raise KeyProblem(f"cannot use GnuPG home {home}: {exc}") from None
+        self._gpg.encoding = "utf-8"
+
+    @staticmethod
+    def create_home(home: Path) -> bool:
+        """Make the GnuPG home private to this user (gpg refuses unsafe homes); True if it was created."""
+        created = not home.exists()
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        return created
+
+    def inspect(self, fingerprint: str) -> KeyInfo | None:
+        listing = self._gpg.list_keys(keys=[fingerprint])
+        for entry in listing:
+            if entry["fingerprint"] == fingerprint:
+                return _key_info(entry, listing.uid_map)
+        return None
+
+    def has_secret(self, fingerprint: str) -> bool:
+        return fingerprint in self.secret_fingerprints()
+
+    def import_public(self, data: bytes) -> str:
+        """Import exactly one public key; returns its fingerprint. Inspect it with `scan_key` first."""
+        result = self._gpg.import_keys(data)
+        fingerprints = sorted(set(result.fingerprints))
+        if len(fingerprints) != 1:
+            raise KeyProblem(f"expected to import one key, gpg imported {len(fingerprints)}")
+        return str(fingerprints[0])
+
+    def export_public(self, fingerprint: str) -> str:
+        armored = self._gpg.export_keys([fingerprint], armor=True)
+        text = armored if isinstance(armored, str) else armored.decode("ascii")
+        if "BEGIN PGP PUBLIC KEY BLOCK" not in text:
+            raise KeyProblem(f"no public key {fingerprint} in {self.home}")
+        return text
+
+    def delete_public(self, fingerprint: str) -> None:
+        self._gpg.delete_keys([fingerprint])
+
+    def secret_fingerprints(self) -> list[str]:
+        return [entry["fingerprint"] for entry in self._gpg.list_keys(secret=True)]
+
+    def generate(self, name: str, address: str, expire: str) -> str:
+        """Ed25519 to sign, a Cv25519 subkey to encrypt, no passphrase (see the README's security model)."""
+        spec = self._gpg.gen_key_input(
+            key_type="EDDSA",
+            key_curve="ed25519",
+            key_usage="sign,cert",
+            subkey_type="ECDH",
+            subkey_curve="cv25519",
+            subkey_usage="encrypt",
+            name_real=name,
+            name_email=address,
+            expire_date=expire,
+            no_protection=True,
+        )
+        result = self._gpg.gen_key(spec)
+        if not result.fingerprint:
+            raise KeyProblem(f"gpg could not generate a key in {self.home}: {result.stderr.strip()[-200:]}")
+        return str(result.fingerprint)
+
+
+@contextmanager
+def scratch_keyring(binary: str = "gpg") -> Iterator[Keyring]:
+    """A throwaway GnuPG home, so that a key can be looked at before it goes anywhere near the real one."""
+    with tempfile.TemporaryDirectory(prefix="gateway-gpg-") as tmp:
+        home = Path(tmp)
+        os.chmod(home, 0o700)
+        try:
+            yield Keyring(home, binary)
+        finally:
+            kill_agent(home)
+
+
+def scan_key(data: bytes, binary: str = "gpg") -> KeyInfo:
+    """What a key file holds, refused unless it is exactly one public key."""
+    if not data.strip():
+        raise KeyProblem("the key file is empty")
+    with scratch_keyring(binary) as scratch:
+        result = scratch._gpg.import_keys(data)
+        if int(result.sec_read or 0) > 0:
+            raise KeyProblem("the key file holds secret key material: give the authority's public key only")
+        fingerprints = sorted(set(result.fingerprints))
+        if not fingerprints:
+            raise KeyProblem("the key file holds no OpenPGP public key")
+        if len(fingerprints) > 1:
+            raise KeyProblem(f"the key file holds {len(fingerprints)} keys: give exactly one")
+        info = scratch.inspect(fingerprints[0])
+        if info is None:
+            raise KeyProblem("gpg imported the key but cannot list it")
+        return info
+
+
+async def in_thread(call: Callable[..., T], *args: Any) -> T:
+    """Run a blocking gpg call off the event loop, a few at a time."""
+
+    def limited() -> T:
+        with _GPG_CALLS:
+            return call(*args)
+
+    return await asyncio.to_thread(limited)

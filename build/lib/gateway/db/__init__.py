@@ -1,0 +1,1 @@
+"""The gateway's database: models, the engine, and migrations."""

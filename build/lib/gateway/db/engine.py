@@ -1,0 +1,130 @@
+"""Opening the database: one async engine, SQLite made safe for concurrent writers, schema checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from gateway.config import DatabaseSettings
+from gateway.errors import GatewayError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any constant shared by every writer of the audit chain: PostgreSQL serialises appends on it.
+AUDIT_LOCK_KEY = 0x6761_7465
+
+
+class DatabaseError(GatewayError):
+    """The database cannot be reached, or its schema is not the one this code expects."""
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the driver so that "begin" below decides how to start.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # A deferred BEGIN upgrades to a write lock mid-transaction and fails with "database is locked"
+    # when two writers meet; IMMEDIATE takes the lock up front and waits out busy_timeout instead.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    settings: DatabaseSettings
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One unit of work: committed when the block ends, rolled back if it raises."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def create_database(settings: DatabaseSettings) -> Database:
+    url = settings.url.value
+    if settings.is_sqlite:
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    else:
+        engine = create_async_engine(url, pool_pre_ping=True)
+    return Database(engine, async_sessionmaker(engine, expire_on_commit=False), settings)
+
+
+def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", "gateway.db:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise DatabaseError("the installed gateway package has no migrations: reinstall it")
+    return head
+
+
+def _describe(exc: BaseException) -> str:
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return " ".join(str(inner).split()) or type(inner).__name__
+
+
+async def upgrade_schema(db: Database) -> tuple[str | None, str]:
+    """Bring the schema to the newest migration; returns (revision before, revision after)."""
+
+    def run(connection: Connection) -> str | None:
+        before = MigrationContext.configure(connection).get_current_revision()
+        command.upgrade(_alembic_config(connection), "head")
+        return before
+
+    try:
+        async with db.engine.begin() as connection:
+            before = await connection.run_sync(run)
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseError(f"cannot migrate database {db.settings.display_url}: {_describe(exc)}") from None
+    return before, head_revision()
+
+
+async def require_current_schema(db: Database) -> None:
+    """Refuse to work on a database that `gateway init` has not brought up to date."""
+    try:
+        async with db.engine.connect() as connection:
+            current = await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseError(f"cannot open database {db.settings.display_url}: {_describe(exc)}") from None
+    if current is None:
+        raise DatabaseError(f"database {db.settings.display_url} has no schema yet: run `gateway init` first")
+    if current != head_revision():
+        raise DatabaseError(
+            f"database {db.settings.display_url} is at schema {current}, "
+            f"this gateway needs {head_revision()}: run `gateway init` to upgrade"
+        )
+
+
+async def lock_audit_chain(session: AsyncSession) -> None:
+    """Serialise audit appends; SQLite's BEGIN IMMEDIATE already does, PostgreSQL needs a lock."""
+    if (await session.connection()).dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})

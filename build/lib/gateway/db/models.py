@@ -1,0 +1,128 @@
+"""Tables of the register, the allowlist of authorities and the audit trail."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Date, DateTime, ForeignKey, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite would otherwise hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class RegisterImport(Base):
+    __tablename__ = "register_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    homes_file: Mapped[str] = mapped_column(Text)
+    homes_sha256: Mapped[str] = mapped_column(String(64))
+    enforcement_file: Mapped[str | None] = mapped_column(Text)
+    enforcement_sha256: Mapped[str | None] = mapped_column(String(64))
+    home_count: Mapped[int] = mapped_column(Integer)
+    enforcement_count: Mapped[int] = mapped_column(Integer)
+
+
+class Home(Base):
+    __tablename__ = "homes"
+
+    urn: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text)
+    postcode: Mapped[str] = mapped_column(String(10))
+    telephone: Mapped[str | None] = mapped_column(String(40))
+    local_authority: Mapped[str] = mapped_column(String(100), index=True)
+    police_force_area: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    provider_name: Mapped[str] = mapped_column(Text)
+    provider_address: Mapped[str] = mapped_column(Text)
+    provider_type: Mapped[str] = mapped_column(String(20))
+    responsible_individual_name: Mapped[str | None] = mapped_column(Text)
+    responsible_individual_address: Mapped[str | None] = mapped_column(Text)
+    manager_name: Mapped[str | None] = mapped_column(Text)
+    manager_address: Mapped[str | None] = mapped_column(Text)
+    import_id: Mapped[int] = mapped_column(ForeignKey("register_imports.id"))
+
+
+class EnforcementAction(Base):
+    __tablename__ = "enforcement_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    urn: Mapped[str] = mapped_column(ForeignKey("homes.urn", ondelete="CASCADE"), index=True)
+    date: Mapped[dt.date] = mapped_column(Date)
+    nature: Mapped[str] = mapped_column(Text)
+
+
+class Authority(Base):
+    __tablename__ = "authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    area: Mapped[str | None] = mapped_column(String(100))
+    auth_policy: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    key_fingerprint: Mapped[str] = mapped_column(String(40))
+    key_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    addresses: Mapped[list[AuthorityAddress]] = relationship(
+        back_populates="authority", cascade="all, delete-orphan", order_by="AuthorityAddress.address"
+    )
+
+
+class AuthorityAddress(Base):
+    __tablename__ = "authority_addresses"
+
+    # The primary key is what makes "one address belongs to at most one authority" hold under any race.
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id", ondelete="CASCADE"), index=True)
+
+    authority: Mapped[Authority] = relationship(back_populates="addresses")
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit_log"
+
+    # seq is assigned by the writer (last + 1), not by the database, so a gap is evidence of a deletion.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Stored as the exact text that was hashed, so no backend's datetime round-trip can break the chain.
+    recorded_at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    subject: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,33 @@
+# Sourced by scripts/demo and scripts/test: installs what a fresh Debian machine lacks, then the venv.
+# Usage: bootstrap [dev]
+bootstrap() {
+    local extras="${1:-}"
+    if ! command -v python3 >/dev/null; then
+        echo "scripts: python3 is required (Debian: apt-get install python3)" >&2
+        return 1
+    fi
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "scripts: Python 3.11 or newer is required, found $(python3 --version 2>&1)" >&2
+        return 1
+    fi
+    local packages=()
+    command -v gpg >/dev/null || packages+=(gnupg)
+    command -v gpgconf >/dev/null || packages+=(gpgconf)
+    [ -d .venv ] || python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+    if [ "${#packages[@]}" -gt 0 ]; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "scripts: installing ${packages[*]} with apt-get" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+    fi
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+    if [ "$extras" = dev ]; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    else
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+    fi
+}

@@ -1,0 +1,256 @@
+"""Shared fixtures: real gpg keys made once per session, real SQLite and PostgreSQL databases, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway.cli import main
+from gateway.crypto import kill_agent
+
+POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "GATEWAY_TEST_REQUIRE_POSTGRES"
+
+POLICE_ADDRESS = "disclosures@westmercia.police.example"
+LA_ADDRESS = "dcs.secure@shropshire.gov.example"
+OCC_ADDRESS = "register@occ.example"
+GATEWAY_ADDRESS = "register-requests@hmci.example"
+ADMIN_ADDRESS = "gateway-admin@hmci.example"
+
+
+# ---------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class AuthorityKey:
+    fingerprint: str
+    public: bytes
+
+    def write(self, directory: Path, name: str) -> Path:
+        path = directory / name
+        path.write_bytes(self.public)
+        return path
+
+
+@dataclass(frozen=True)
+class AuthorityKeys:
+    police: AuthorityKey
+    police_renewed: AuthorityKey
+    la: AuthorityKey
+    occ: AuthorityKey
+    expired: AuthorityKey
+    revoked: AuthorityKey
+    sign_only: AuthorityKey
+    wrong_uid: AuthorityKey
+    expiring_soon: AuthorityKey
+    secret: bytes
+    two_keys: bytes
+
+
+class _KeyMaker:
+    """Makes keys with the gpg command line, as an authority would, in a home of its own."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def gpg(self, *args: str, faked_time: str | None = None) -> str:
+        command = [
+            "gpg",
+            "--homedir",
+            str(self.home),
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]
+        if faked_time:
+            command += ["--faked-system-time", faked_time]
+        result = subprocess.run([*command, *args], capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"gpg {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def fingerprint(self, uid: str) -> str:
+        listing = self.gpg("--with-colons", "--list-keys", f"={uid}")
+        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+
+    def make(self, uid: str, *, encrypt: bool = True, expiry: str = "2y", faked_time: str | None = None) -> str:
+        self.gpg("--quick-gen-key", uid, "ed25519", "sign,cert", expiry, faked_time=faked_time)
+        fingerprint = self.fingerprint(uid)
+        if encrypt:
+            self.gpg("--quick-add-key", fingerprint, "cv25519", "encr", expiry, faked_time=faked_time)
+        return fingerprint
+
+    def key(self, fingerprint: str) -> AuthorityKey:
+        return AuthorityKey(fingerprint, self.gpg("--armor", "--export", fingerprint).encode())
+
+    def revoke(self, fingerprint: str) -> None:
+        # gpg stores a revocation certificate for every new key, with its armour line defused by a colon.
+        certificate = (self.home / "openpgp-revocs.d" / f"{fingerprint}.rev").read_text()
+        revocation = self.home / "revoke.asc"
+        revocation.write_text(
+            certificate.replace(":-----BEGIN PGP PUBLIC KEY BLOCK", "-----BEGIN PGP PUBLIC KEY BLOCK")
+        )
+        self.gpg("--import", str(revocation))
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
+    home = tmp_path_factory.mktemp("authority-keys")
+    home.chmod(0o700)
+    maker = _KeyMaker(home)
+    try:
+        police = maker.make(f"West Mercia Police <{POLICE_ADDRESS}>")
+        renewed = maker.make(f"West Mercia Police (2027) <{POLICE_ADDRESS}>")
+        la = maker.make(f"Shropshire Council <{LA_ADDRESS}>")
+        occ = maker.make(f"OCC <{OCC_ADDRESS}>")
+        expired = maker.make(f"Expired <{POLICE_ADDRESS}>", expiry="1d", faked_time="20200101T000000")
+        revoked = maker.make(f"Revoked <{POLICE_ADDRESS}>")
+        maker.revoke(revoked)
+        sign_only = maker.make(f"Sign Only <{POLICE_ADDRESS}>", encrypt=False)
+        wrong_uid = maker.make("Somebody Else <someone@else.example>")
+        soon = maker.make(f"Soon <{POLICE_ADDRESS}>", expiry="10d")
+        yield AuthorityKeys(
+            police=maker.key(police),
+            police_renewed=maker.key(renewed),
+            la=maker.key(la),
+            occ=maker.key(occ),
+            expired=maker.key(expired),
+            revoked=maker.key(revoked),
+            sign_only=maker.key(sign_only),
+            wrong_uid=maker.key(wrong_uid),
+            expiring_soon=maker.key(soon),
+            secret=maker.gpg("--armor", "--export-secret-keys", police).encode(),
+            two_keys=maker.key(police).public + maker.key(la).public,
+        )
+    finally:
+        kill_agent(home)
+
+
+# ---------------------------------------------------------------- databases
+
+
+def _postgres_base_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        reason = f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)"
+        if os.environ.get(REQUIRE_POSTGRES_ENV):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _admin(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    base = _postgres_base_url()
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"PostgreSQL at {base} is not reachable: {exc}"
+        if os.environ.get(REQUIRE_POSTGRES_ENV):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    prefix, _, _ = base.rpartition("/")
+    try:
+        yield f"{prefix}/{name}"
+    finally:
+        asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+# ---------------------------------------------------------------- the gateway through its CLI
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Gateway:
+    """A gateway in a temporary directory, driven through `gateway.cli.main` like an admin would."""
+
+    directory: Path
+    database_url: str
+    signing_key: str | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "gateway.toml"
+
+    @property
+    def gnupg_home(self) -> Path:
+        return self.directory / "gnupg"
+
+    def write_config(self, extra: str = "") -> None:
+        signing = f'signing_key = "{self.signing_key}"\n' if self.signing_key else ""
+        self.config_path.write_text(
+            f'[gateway]\naddress = "{GATEWAY_ADDRESS}"\nadmin_address = "{ADMIN_ADDRESS}"\n\n'
+            f'[database]\nurl = "{self.database_url}"\n\n[gpg]\nhome = "gnupg"\n{signing}{extra}'
+        )
+
+    def run(self, *argv: str) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--config", str(self.config_path), *argv])
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def ok(self, *argv: str) -> str:
+        result = self.run(*argv)
+        assert result.code == 0, f"gateway {' '.join(argv)} exited {result.code}: {result.err}"
+        return result.out
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
+    """Configured but not yet initialised."""
+    gateway = Gateway(tmp_path, database_url)
+    gateway.write_config()
+    try:
+        yield gateway
+    finally:
+        kill_agent(gateway.gnupg_home)
+
+
+@pytest.fixture
+def gateway(fresh_gateway: Gateway) -> Gateway:
+    """Initialised, with its own key generated and set in the config, as an admin would leave it."""
+    out = fresh_gateway.ok("init")
+    fresh_gateway.signing_key = out.split('signing_key = "')[1].split('"')[0]
+    fresh_gateway.write_config()
+    return fresh_gateway

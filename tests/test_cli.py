@@ -1,0 +1,161 @@
+"""The command line as an admin meets it: help everywhere, one-line errors, init and the gateway's own key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_parser, main
+from gateway.crypto import kill_agent
+from tests.conftest import GATEWAY_ADDRESS, Gateway
+
+
+def all_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for action in parser._actions:  # argparse offers no public way to walk its tree
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_commands(sub, (*prefix, name))
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = list(all_commands(build_parser()))
+    assert ("authority", "set-key") in commands
+    assert len(commands) > 20
+    for command in commands:
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--help"])
+        assert exited.value.code == 0
+        assert "usage: gateway" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    by_module = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, check=False
+    )
+    script = Path(sys.executable).parent / "gateway"
+    by_script = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+    assert by_module.returncode == by_script.returncode == 0
+    assert by_module.stdout == by_script.stdout == "gateway 0.1.0\n"
+
+
+def test_missing_config_is_one_line_and_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_CONFIG": str(tmp_path / "nowhere.toml")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "authority", "list"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 78
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"gateway: error: {tmp_path}/nowhere.toml: config file not found (copy config/gateway.example.toml there, "
+        "or pass --config PATH or set GATEWAY_CONFIG)\n"
+    )
+
+
+def test_config_option_works_before_and_after_the_command(gateway: Gateway) -> None:
+    after = main(["areas", "--json"])
+    assert after == 0
+    assert main(["register", "show", "--config", str(gateway.config_path), "--json"]) == 0
+
+
+def test_init_makes_a_private_home_and_a_usable_key(fresh_gateway: Gateway) -> None:
+    out = fresh_gateway.ok("init")
+    assert stat.S_IMODE(fresh_gateway.gnupg_home.stat().st_mode) == 0o700
+    assert "upgraded from schema none to 0001" in out
+    fingerprint = out.split('signing_key = "')[1].split('"')[0]
+    assert len(fingerprint) == 40
+
+    again = fresh_gateway.ok("init")
+    assert f"a gateway key for {GATEWAY_ADDRESS} already exists: {fingerprint}" in again
+    assert "is up to date (schema 0001)" in again
+
+    fresh_gateway.signing_key = fingerprint
+    fresh_gateway.write_config()
+    assert f"signing key {fingerprint} is usable" in fresh_gateway.ok("init")
+    actions = [r["action"] for r in json.loads(fresh_gateway.ok("audit", "list", "--json"))]
+    assert actions == ["gateway.init"]
+
+
+def test_init_refuses_a_configured_key_it_does_not_hold(fresh_gateway: Gateway) -> None:
+    fresh_gateway.signing_key = "0123456789ABCDEF0123456789ABCDEF01234567"
+    fresh_gateway.write_config()
+    result = fresh_gateway.run("init")
+    assert result.code == 1
+    assert result.err.strip().endswith("has no secret key in " + str(fresh_gateway.gnupg_home))
+
+
+def test_key_export_prints_the_public_key(gateway: Gateway, tmp_path: Path) -> None:
+    exported = gateway.ok("key", "export")
+    assert exported.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert "PRIVATE" not in exported
+    (tmp_path / "exported.asc").write_text(exported)
+    home = tmp_path / "authority-home"
+    home.mkdir(mode=0o700)
+    try:
+        shown = subprocess.run(
+            ["gpg", "--homedir", str(home), "--with-colons", "--show-keys", str(tmp_path / "exported.asc")],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        kill_agent(home)
+    assert f":{gateway.signing_key}:" in shown
+    assert GATEWAY_ADDRESS in shown
+
+
+def test_key_export_without_a_key_says_what_to_do(fresh_gateway: Gateway) -> None:
+    result = fresh_gateway.run("key", "export")
+    assert result.code == 1
+    assert "[gpg] signing_key is not set: run `gateway init` and set it" in result.err
+
+
+def test_commands_on_an_uninitialised_database_say_run_init(fresh_gateway: Gateway) -> None:
+    result = fresh_gateway.run("register", "show")
+    assert result.code == 1
+    assert result.err.strip().endswith("has no schema yet: run `gateway init` first")
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, "postgresql+asyncpg://nobody:secret@127.0.0.1:1/none")
+    gateway.write_config()
+    result = gateway.run("audit", "verify")
+    assert result.code == 1
+    assert result.err.startswith(
+        "gateway: error: cannot open database postgresql+asyncpg://nobody:***@127.0.0.1:1/none"
+    )
+    assert "secret" not in result.err
+    assert len(result.err.splitlines()) == 1
+
+
+def test_bad_arguments_are_usage_errors(gateway: Gateway) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(gateway.config_path), "authority", "add", "--kind", "army"])
+    assert exited.value.code == 2
+
+
+def test_areas_lists_the_reference_data(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["areas", "--json"]) == 0
+    areas = json.loads(capsys.readouterr().out)
+    assert len(areas) == 39
+    assert "Shropshire" in areas["West Mercia"]
+
+
+def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "audit trail intact: 5 records" in out
+    assert "$ gateway authority add" in out
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0  # a rerun starts afresh
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    assert main(["demo", "--dir", str(tmp_path / "precious")]) == 1
+    assert (tmp_path / "precious" / "thesis.tex").exists()

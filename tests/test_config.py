@@ -1,0 +1,179 @@
+"""The settings file: defaults, secrets, and one clear line naming the key and the file for every mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    DatabaseSettings,
+    Secret,
+    load_config,
+    resolve_config_path,
+)
+from gateway.errors import ConfigError
+
+MINIMAL = '[gateway]\naddress = "requests@hmci.example"\nadmin_address = "admin@hmci.example"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return str(caught.value)
+
+
+def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.gateway.marking == "OFFICIAL-SENSITIVE"
+    assert config.database.url.value == f"sqlite+aiosqlite:///{tmp_path.resolve()}/gateway.db"
+    assert config.gpg.home == (tmp_path / "gnupg").resolve()
+    assert config.gpg.signing_key is None
+    assert config.imap is None
+    assert config.smtp is None
+
+
+def test_addresses_are_stored_lower_case(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL.replace("requests@", "Requests@").replace("hmci", "HMCI", 1)))
+    assert config.gateway.address == "requests@hmci.example"
+
+
+def test_unknown_key_is_named_with_its_section_and_file(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + "colour = 'blue'\n")
+    assert message == f"{(tmp_path / 'gateway.toml').resolve()}: [gateway] colour: unknown setting"
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    assert refusal(tmp_path, MINIMAL + "[imapp]\nhost = 'x'\n").endswith("[imapp]: unknown section")
+
+
+def test_wrong_type_names_key_and_what_was_expected(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "imap.example"\nport = "993"\nusername = "u"\npassword = "p"\n'
+    assert refusal(tmp_path, text).endswith("[imap] port: expected an integer, got str '993'")
+
+
+def test_boolean_is_not_accepted_as_a_port(tmp_path: Path) -> None:
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\nport = true\n'
+    assert "[smtp] port: expected an integer, got bool True" in refusal(tmp_path, text)
+
+
+def test_missing_required_value_is_named(tmp_path: Path) -> None:
+    message = refusal(tmp_path, '[gateway]\naddress = "requests@hmci.example"\n')
+    assert message.endswith("[gateway] admin_address: required setting is missing")
+
+
+def test_missing_imap_host_is_named(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nusername = "u"\npassword = "p"\n'
+    assert refusal(tmp_path, text).endswith("[imap] host: required setting is missing")
+
+
+def test_invalid_tls_mode_lists_the_choices(tmp_path: Path) -> None:
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\ntls = "ssl"\n'
+    assert refusal(tmp_path, text).endswith("[smtp] tls: must be one of 'starttls', 'tls', 'none', got 'ssl'")
+
+
+def test_bad_address_is_refused(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL.replace("admin@hmci.example", "not an address"))
+    assert "[gateway] admin_address: 'not an address' is not a valid email address" in message
+
+
+def test_short_fingerprint_is_refused(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + '[gpg]\nsigning_key = "DEADBEEF"\n')
+    assert message.endswith("[gpg] signing_key: must be a full 40-hex-digit key fingerprint (see `gateway init`)")
+
+
+def test_fingerprint_with_spaces_is_normalised(tmp_path: Path) -> None:
+    spaced = "0123 4567 89ab cdef 0123  4567 89AB CDEF 0123 4567"
+    config = load_config(write(tmp_path, MINIMAL + f'[gpg]\nsigning_key = "{spaced}"\n'))
+    assert config.gpg.signing_key == "0123456789ABCDEF0123456789ABCDEF01234567"
+
+
+def test_invalid_toml_says_where(tmp_path: Path) -> None:
+    assert "not valid TOML" in refusal(tmp_path, MINIMAL + "port = \n")
+
+
+def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file not found \(copy config/gateway\.example\.toml"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_password_from_file(tmp_path: Path) -> None:
+    (tmp_path / "imap.secret").write_text("s3cret\n")
+    text = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword_file = "imap.secret"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.imap is not None
+    assert config.imap.password.value == "s3cret"
+    assert config.imap.port == 993
+
+
+def test_password_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "from-env")
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\nusername = "u"\npassword_env = "TEST_SMTP_PASSWORD"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.smtp is not None
+    assert config.smtp.password == Secret("from-env")
+    assert config.smtp.port == 587
+
+
+def test_unset_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_UNSET_PASSWORD", raising=False)
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword_env = "TEST_UNSET_PASSWORD"\n'
+    assert refusal(tmp_path, text).endswith("[imap] password_env: environment variable TEST_UNSET_PASSWORD is not set")
+
+
+def test_two_forms_of_one_secret_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = "a"\npassword_env = "B"\n'
+    assert refusal(tmp_path, text).endswith("[imap] password: give only one of password, password_env")
+
+
+def test_secrets_never_show_in_a_repr(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = "hunter2"\n'
+    config = load_config(write(tmp_path, text))
+    assert "hunter2" not in repr(config)
+
+
+def test_postgres_url_gets_the_async_driver_and_prints_without_password(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "postgresql://gw:pw@db.example:5432/gateway"\n'
+    settings = load_config(write(tmp_path, text)).database
+    assert settings.url.value == "postgresql+asyncpg://gw:pw@db.example:5432/gateway"
+    assert settings.display_url == "postgresql+asyncpg://gw:***@db.example:5432/gateway"
+    assert not settings.is_sqlite
+
+
+def test_unsupported_database_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "mysql://db.example/gateway"\n'
+    assert "[database] url: unsupported database 'mysql'" in refusal(tmp_path, text)
+
+
+def test_in_memory_sqlite_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "sqlite:///:memory:"\n'
+    assert "an in-memory database would lose everything" in refusal(tmp_path, text)
+
+
+def test_display_url_of_sqlite_is_the_url() -> None:
+    assert DatabaseSettings(Secret("sqlite+aiosqlite:////x.db")).display_url == "sqlite+aiosqlite:////x.db"
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    assert resolve_config_path(None) == DEFAULT_CONFIG_PATH
+    monkeypatch.setenv("GATEWAY_CONFIG", "/etc/gateway/from-env.toml")
+    assert resolve_config_path(None) == Path("/etc/gateway/from-env.toml")
+    assert resolve_config_path("/etc/gateway/from-cli.toml") == Path("/etc/gateway/from-cli.toml")
+
+
+def test_shipped_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_IMAP_PASSWORD", "x")
+    monkeypatch.setenv("GATEWAY_SMTP_PASSWORD", "y")
+    config = load_config(Path(__file__).parent.parent / "config" / "gateway.example.toml")
+    assert config.imap is not None
+    assert config.smtp is not None
+    assert config.smtp.tls == "starttls"

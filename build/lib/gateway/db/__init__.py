@@ -1,1 +1,0 @@
-"""The gateway's database: models, the engine, and migrations."""

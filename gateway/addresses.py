@@ -19,14 +19,14 @@ def normalise_address(text: str) -> str:
         raise ValueError("an email address is empty")
     if not candidate.isascii():
         raise ValueError(f"{candidate!r} is not a plain ASCII address (non-ASCII addresses are refused)")
-    candidate = candidate.lower()
-    if len(candidate) > 254:
+    address = candidate.lower()
+    if len(address) > 254:
         raise ValueError(f"{candidate!r} is longer than 254 characters")
-    if not _ADDR_SPEC.fullmatch(candidate):
+    if not _ADDR_SPEC.fullmatch(address):
         raise ValueError(f"{candidate!r} is not a valid email address (expected local-part@domain)")
-    local, _, domain = candidate.rpartition("@")
+    local, _, domain = address.rpartition("@")
     if len(local) > 64:
         raise ValueError(f"{candidate!r} has a local part longer than 64 characters")
     if domain.rsplit(".", 1)[-1].isdigit():
         raise ValueError(f"{candidate!r} has a numeric top-level domain")
-    return candidate
+    return address

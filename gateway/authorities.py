@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +168,7 @@ class Allowlist:
                 raise AllowlistError(f"{address} is already registered to authority {holder!r}")
 
     async def _pin(self, key_data: bytes, addresses: Sequence[str]) -> tuple[KeyInfo, list[str]]:
-        info = await in_thread(scan_key, key_data)
+        info = await in_thread(scan_key, key_data, self._keyring.binary)
         warnings = _key_checks(info, addresses, dt.datetime.now(dt.UTC))
         if info.fingerprint == self._gateway_key:
             raise AllowlistError("that is the gateway's own key, not the authority's")
@@ -184,6 +185,16 @@ class Allowlist:
             ).scalar_one()
         if not still_pinned and fingerprint != self._gateway_key:
             await in_thread(self._keyring.delete_public, fingerprint)
+
+    @asynccontextmanager
+    async def _releasing_on_failure(self, imported: list[str]) -> AsyncIterator[None]:
+        """If the change around a key import fails, take the key out again unless something else pins it."""
+        try:
+            yield
+        except BaseException:
+            for fingerprint in imported:
+                await self._release_key(fingerprint)
+            raise
 
     async def add(
         self,
@@ -205,7 +216,8 @@ class Allowlist:
         addresses = _addresses(emails)
         if not addresses:
             raise UsageError("give at least one --email")
-        async with self._db.transaction() as session:
+        pinned: list[str] = []
+        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
             existing = (
                 await session.execute(select(Authority.name).where(func.lower(Authority.name) == name.lower()))
             ).scalar()
@@ -213,6 +225,7 @@ class Allowlist:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
             info, warnings = await self._pin(key_data, addresses)
+            pinned.append(info.fingerprint)
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -271,10 +284,13 @@ class Allowlist:
             if auth_policy is not None:
                 row.auth_policy = auth_policy
             await self._change_addresses(session, row, _addresses(add_emails), _addresses(remove_emails))
+            after = AuthorityView.of(row)
+            changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
+            if not changed:
+                raise AllowlistError(f"nothing changed: {row.name!r} already has those settings")
             row.updated_at = dt.datetime.now(dt.UTC)
             await session.flush()
             after = AuthorityView.of(row)
-            changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
             await audit.record(
                 session,
                 actor=actor,
@@ -303,16 +319,16 @@ class Allowlist:
         current = {a.address for a in row.addresses}
         for address in remove:
             if address not in current:
-                raise AllowlistError(f"{address} is not one of {row.name!r}'s addresses")
+                raise AllowlistError(f"{address} is not an address of {row.name!r}")
         await self._claim(session, add, row)
         remaining = (current - set(remove)) | set(add)
         if not remaining:
-            raise AllowlistError(f"{row.name!r} would have no address left: add another before removing the last")
+            raise AllowlistError(f"{row.name!r} would be left with no address: add another before removing the last")
         if add or remove:
             info = await in_thread(self._keyring.inspect, row.key_fingerprint)
             if info is None or not info.emails & remaining:
                 raise AllowlistError(
-                    f"the pinned key {row.key_fingerprint} would carry none of {row.name!r}'s addresses: "
+                    f"the pinned key {row.key_fingerprint} would carry none of the addresses of {row.name!r}: "
                     "set a key for the new address first (`gateway authority set-key`)"
                 )
         row.addresses = [a for a in row.addresses if a.address not in remove]
@@ -343,10 +359,12 @@ class Allowlist:
         return Change(gone)
 
     async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
-        async with self._db.transaction() as session:
+        pinned: list[str] = []
+        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
             row = await self._find(session, name)
             old = row.key_fingerprint
             info, warnings = await self._pin(key_data, [a.address for a in row.addresses])
+            pinned.append(info.fingerprint)
             row.key_fingerprint = info.fingerprint
             row.key_expires = info.expires
             row.updated_at = dt.datetime.now(dt.UTC)

@@ -24,7 +24,7 @@ from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.demo import run_demo
-from gateway.errors import GatewayError, UsageError
+from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
@@ -182,7 +182,7 @@ async def _ensure_signing_key(config: Config, keyring: Keyring, expiry: str) -> 
 async def cmd_key_export(args: argparse.Namespace) -> int:
     config = _config(args)
     if not config.gpg.signing_key:
-        raise GatewayError(f"{config.path}: [gpg] signing_key is not set: run `gateway init` and set it")
+        raise ConfigError(f"{config.path}: [gpg] signing_key is not set: run `gateway init` and set it")
     keyring = _keyring(config)
     sys.stdout.write(await in_thread(keyring.export_public, config.gpg.signing_key))
     return 0
@@ -192,7 +192,6 @@ async def cmd_key_export(args: argparse.Namespace) -> int:
 
 
 async def cmd_register_import(args: argparse.Namespace) -> int:
-    config = _config(args)
     bar = _Bar()
     try:
         parsed = await asyncio.to_thread(
@@ -202,7 +201,9 @@ async def cmd_register_import(args: argparse.Namespace) -> int:
             counts = f"{len(parsed.homes)} homes, {len(parsed.enforcement)} enforcement actions"
             print(f"register OK: {counts} (not imported)")
             return 0
-        async with _database(config) as db:
+        if args.enforcement is None:
+            _warn("no --enforcement file given: the register will hold no enforcement actions")
+        async with _database(_config(args)) as db:
             summary = await import_register(db, parsed, actor=args.actor, progress=bar)
     finally:
         bar.close()
@@ -384,9 +385,7 @@ async def cmd_authority_resume(args: argparse.Namespace) -> int:
 async def cmd_authority_remove(args: argparse.Namespace) -> int:
     async with _allowlist(args) as allowlist:
         change = await allowlist.remove(args.authority, actor=args.actor)
-    assert change.authority is not None  # noqa: S101 - remove always reports what it removed
-    print(f"removed authority {change.authority.name!r} and its {len(change.authority.addresses)} address(es)")
-    return 0
+    return _report(change, "removed", args)
 
 
 async def cmd_authority_set_key(args: argparse.Namespace) -> int:
@@ -462,7 +461,8 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
             }
         )
     elif result.ok:
-        print(f"audit trail intact: {result.records} records; head {result.head_seq} {result.head_hash}")
+        noun = "record" if result.records == 1 else "records"
+        print(f"audit trail intact: {result.records} {noun}; head {result.head_seq} {result.head_hash}")
     if not result.ok:
         print(f"gateway: error: audit trail broken: {result.problem}", file=sys.stderr)
         return 1

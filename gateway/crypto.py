@@ -95,6 +95,7 @@ class Keyring:
 
     def __init__(self, home: Path, binary: str = "gpg") -> None:
         self.home = home
+        self.binary = binary
         if shutil.which(binary) is None:
             raise KeyProblem(f"{binary} not found: install GnuPG (Debian: apt-get install gnupg)")
         try:

@@ -1,4 +1,4 @@
-"""A throwaway gateway with a synthetic register and two authorities, driven through the real commands."""
+"""A throwaway gateway with a synthetic register and three authorities, driven through the real commands."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
             raise GatewayError(f"demo step `gateway {line}` failed with exit code {code}")
 
     try:
-        await step("init")
+        await step("init", "--actor", "demo-admin")
         keyring = Keyring(directory / "gnupg")
         fingerprint = (await in_thread(keyring.secret_fingerprints))[0]
         config.write_text(CONFIG + f'signing_key = "{fingerprint}"\n')

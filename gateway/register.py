@@ -340,14 +340,14 @@ def _iso_date(text: str | None) -> dt.date | None:
         return None
 
 
-def _enforcement(reader: _Reader, line: int, cells: dict[str, str], urns: set[str]) -> EnforcementRow | None:
+def _enforcement(reader: _Reader, line: int, cells: dict[str, str], urns: set[str] | None) -> EnforcementRow | None:
     before = len(reader.problems)
     urn = _clean(reader, line, "urn", cells["urn"], required=True)
     date_text = _clean(reader, line, "date", cells["date"], required=True)
     nature = _clean(reader, line, "nature", cells["nature"], required=True)
     if urn is not None:
         urn = urn.upper()
-        if urn not in urns:
+        if urns is not None and urn not in urns:
             reader.problem(line, "urn", f"enforcement for unknown URN {urn} (not in the homes file)")
     date = _iso_date(date_text)
     if date_text is not None and date is None:
@@ -386,7 +386,8 @@ def parse_register(
     if enforcement_path is not None:
         enforcement_reader = _Reader(enforcement_path, ENFORCEMENT_COLUMNS, problems)
         enforcement_reader.read()
-        urns = set(first_line)
+        # When the homes file could not be read at all, every URN would look unknown: say nothing of them.
+        urns = set(first_line) if homes_reader.rows else None
         for line, cells in enforcement_reader.rows:
             action = _enforcement(enforcement_reader, line, cells, urns)
             if action is not None:

@@ -194,8 +194,11 @@ def test_suspend_resume_update_and_remove(gateway: Gateway, keys: AuthorityKeys)
         "gateway: error: nothing to update"
     )
 
-    out = gateway.ok("authority", "remove", "West Mercia Police")
-    assert out.strip() == "removed authority 'West Mercia Police' and its 2 address(es)"
+    no_change = gateway.run("authority", "update", "West Mercia Police", "--auth", "pgp")
+    assert refused(no_change) == "gateway: error: nothing changed: 'West Mercia Police' already has those settings"
+
+    removed = json.loads(gateway.ok("authority", "remove", "West Mercia Police", "--json"))
+    assert removed["addresses"] == [POLICE_ADDRESS, "second@westmercia.police.example"]
     assert json.loads(gateway.ok("authority", "list", "--json")) == []
     assert keys.police.fingerprint not in keyring_fingerprints(gateway)
     actions = [r["action"] for r in json.loads(gateway.ok("audit", "list", "--json"))]

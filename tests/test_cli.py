@@ -112,14 +112,17 @@ def test_key_export_prints_the_public_key(gateway: Gateway, tmp_path: Path) -> N
 
 def test_key_export_without_a_key_says_what_to_do(fresh_gateway: Gateway) -> None:
     result = fresh_gateway.run("key", "export")
-    assert result.code == 1
+    assert result.code == 78
     assert "[gpg] signing_key is not set: run `gateway init` and set it" in result.err
 
 
 def test_commands_on_an_uninitialised_database_say_run_init(fresh_gateway: Gateway) -> None:
     result = fresh_gateway.run("register", "show")
     assert result.code == 1
-    assert result.err.strip().endswith("has no schema yet: run `gateway init` first")
+    assert result.err.strip().endswith("run `gateway init` first")
+    assert len(result.err.splitlines()) == 1
+    # Looking must not create an empty database file that would then pass for a real one.
+    assert not (fresh_gateway.directory / "gateway.db").exists()
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:

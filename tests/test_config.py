@@ -170,10 +170,27 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_config_path("/etc/gateway/from-cli.toml") == Path("/etc/gateway/from-cli.toml")
 
 
-def test_shipped_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+EXAMPLE = Path(__file__).parent.parent / "config" / "gateway.example.toml"
+
+
+def test_shipped_example_works_as_copied() -> None:
+    config = load_config(EXAMPLE)
+    assert config.gateway.address == "register-requests@hmci.example"
+    assert config.imap is None
+
+
+def test_shipped_example_mailbox_sections_work_when_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GATEWAY_IMAP_PASSWORD", "x")
     monkeypatch.setenv("GATEWAY_SMTP_PASSWORD", "y")
-    config = load_config(Path(__file__).parent.parent / "config" / "gateway.example.toml")
+    settings = ("[imap]", "[smtp]", "host = ", "username = ", "password_env = ")
+    lines = [
+        line[2:] if line.startswith("# ") and line[2:].startswith(settings) else line
+        for line in EXAMPLE.read_text().splitlines()
+    ]
+    config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.imap is not None
+    assert config.imap.password.value == "x"
     assert config.smtp is not None
     assert config.smtp.tls == "starttls"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, parse_register
 from gateway.sample import write_sample
 from tests.conftest import Gateway
@@ -248,6 +249,32 @@ def test_a_refused_file_leaves_the_register_untouched(gateway: Gateway, tmp_path
     ]
     assert show(gateway)["homes"] == 100
     assert [r["action"] for r in json.loads(gateway.ok("audit", "list", "--json"))].count("register.import") == 1
+
+
+def test_a_bad_homes_header_does_not_flood_enforcement_with_unknown_urns(tmp_path: Path) -> None:
+    homes = write_csv(tmp_path / "homes.csv", [*HOME_COLUMNS, "notes"], [home(notes="x")])
+    enforcement = write_csv(
+        tmp_path / "e.csv", ENFORCEMENT_COLUMNS, [{"urn": "SC100001", "date": "2024-01-01", "nature": "n"}]
+    )
+    assert problems(homes, enforcement) == [
+        f"{homes}:1: notes: unknown column (only Schedule 5 paragraphs 1, 2, 3 and 10 data may be imported)"
+    ]
+
+
+def test_check_needs_no_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = write_sample(tmp_path / "register", 5)
+    code = main(
+        ["--config", str(tmp_path / "absent.toml"), "register", "import", "--check", "--homes", str(sample.homes_path)]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.startswith("register OK: 5 homes")
+
+
+def test_import_without_enforcement_file_warns(gateway: Gateway, tmp_path: Path) -> None:
+    sample = write_sample(tmp_path / "register", 5)
+    result = gateway.run("register", "import", "--homes", str(sample.homes_path))
+    assert result.code == 0
+    assert "warning: no --enforcement file given: the register will hold no enforcement actions" in result.err
 
 
 def test_check_only_imports_nothing(gateway: Gateway, tmp_path: Path) -> None:

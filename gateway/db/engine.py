@@ -61,10 +61,13 @@ class Database:
         await self.engine.dispose()
 
 
+def sqlite_path(settings: DatabaseSettings) -> Path | None:
+    return Path(settings.url.value.split(":///", 1)[1]) if settings.is_sqlite else None
+
+
 def create_database(settings: DatabaseSettings) -> Database:
     url = settings.url.value
     if settings.is_sqlite:
-        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
@@ -100,6 +103,9 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
         command.upgrade(_alembic_config(connection), "head")
         return before
 
+    file = sqlite_path(db.settings)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     try:
         async with db.engine.begin() as connection:
             before = await connection.run_sync(run)
@@ -110,6 +116,9 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
 
 async def require_current_schema(db: Database) -> None:
     """Refuse to work on a database that `gateway init` has not brought up to date."""
+    file = sqlite_path(db.settings)
+    if file is not None and not file.exists():
+        raise DatabaseError(f"database file {file} does not exist: run `gateway init` first")
     try:
         async with db.engine.connect() as connection:
             current = await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())

@@ -24,10 +24,17 @@ bootstrap() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    if [ "$extras" = dev ]; then
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-    else
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+    # pip and the build backend are chatty even with -q: keep their words unless something fails.
+    local log
+    log="$(mktemp)"
+    local target="."
+    [ "$extras" = dev ] && target=".[dev]"
+    if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e "$target"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "scripts: installing the gateway into .venv failed (pip's output above)" >&2
+        return 1
     fi
+    rm -f "$log"
 }

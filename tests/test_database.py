@@ -1,0 +1,35 @@
+"""SQLite is opened the way concurrent writers need: WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from gateway.config import DatabaseSettings, Secret
+from gateway.db.engine import SQLITE_BUSY_TIMEOUT_MS, create_database, upgrade_schema
+
+
+async def test_sqlite_connections_are_set_up_for_concurrent_writers(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.db"
+    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{file}")))
+    try:
+        await upgrade_schema(db)
+        async with db.transaction() as session:
+            pragmas = {
+                name: (await session.execute(text(f"PRAGMA {name}"))).scalar()
+                for name in ("journal_mode", "busy_timeout", "foreign_keys")
+            }
+            # Nothing has been written yet, but BEGIN IMMEDIATE already holds the write lock, so another
+            # writer waits at its start instead of failing half-way with "database is locked".
+            other = sqlite3.connect(file, timeout=0, isolation_level=None)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+    finally:
+        await db.close()
+    assert pragmas == {"journal_mode": "wal", "busy_timeout": SQLITE_BUSY_TIMEOUT_MS, "foreign_keys": 1}

@@ -167,15 +167,22 @@ class Allowlist:
             if owner is None or holder != owner.name:
                 raise AllowlistError(f"{address} is already registered to authority {holder!r}")
 
-    async def _pin(self, key_data: bytes, addresses: Sequence[str]) -> tuple[KeyInfo, list[str]]:
+    async def _pin(self, key_data: bytes, addresses: Sequence[str], imported: list[str]) -> tuple[KeyInfo, list[str]]:
+        """Check, import and re-check a key; `imported` learns of the import at once, for clean-up on failure."""
         info = await in_thread(scan_key, key_data, self._keyring.binary)
-        warnings = _key_checks(info, addresses, dt.datetime.now(dt.UTC))
+        _key_checks(info, addresses, dt.datetime.now(dt.UTC))
         if info.fingerprint == self._gateway_key:
             raise AllowlistError("that is the gateway's own key, not the authority's")
-        imported = await in_thread(self._keyring.import_public, key_data)
-        if imported != info.fingerprint:
-            raise AllowlistError(f"gpg imported {imported}, expected {info.fingerprint}")
-        return info, warnings
+        fingerprint = await in_thread(self._keyring.import_public, key_data)
+        imported.append(fingerprint)
+        if fingerprint != info.fingerprint:
+            raise AllowlistError(f"gpg imported {fingerprint}, expected {info.fingerprint}")
+        # Importing merges with any copy the keyring already holds (a revocation imported earlier, say):
+        # what gets pinned is the key as the gateway's own keyring now sees it, checked again.
+        merged = await in_thread(self._keyring.inspect, fingerprint)
+        if merged is None:
+            raise AllowlistError(f"gpg imported {fingerprint} but cannot list it in {self._keyring.home}")
+        return merged, _key_checks(merged, addresses, dt.datetime.now(dt.UTC))
 
     async def _release_key(self, fingerprint: str) -> None:
         """After a change commits, drop a key no authority pins any more: nothing can pick it by mistake."""
@@ -224,8 +231,7 @@ class Allowlist:
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
-            info, warnings = await self._pin(key_data, addresses)
-            pinned.append(info.fingerprint)
+            info, warnings = await self._pin(key_data, addresses, pinned)
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -363,8 +369,7 @@ class Allowlist:
         async with self._releasing_on_failure(pinned), self._db.transaction() as session:
             row = await self._find(session, name)
             old = row.key_fingerprint
-            info, warnings = await self._pin(key_data, [a.address for a in row.addresses])
-            pinned.append(info.fingerprint)
+            info, warnings = await self._pin(key_data, [a.address for a in row.addresses], pinned)
             row.key_fingerprint = info.fingerprint
             row.key_expires = info.expires
             row.updated_at = dt.datetime.now(dt.UTC)

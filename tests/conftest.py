@@ -50,6 +50,7 @@ class AuthorityKeys:
     occ: AuthorityKey
     expired: AuthorityKey
     revoked: AuthorityKey
+    revoked_unaware: AuthorityKey  # the same key as exported before it was revoked
     sign_only: AuthorityKey
     wrong_uid: AuthorityKey
     expiring_soon: AuthorityKey
@@ -117,6 +118,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
         occ = maker.make(f"OCC <{OCC_ADDRESS}>")
         expired = maker.make(f"Expired <{POLICE_ADDRESS}>", expiry="1d", faked_time="20200101T000000")
         revoked = maker.make(f"Revoked <{POLICE_ADDRESS}>")
+        revoked_unaware = maker.key(revoked)
         maker.revoke(revoked)
         sign_only = maker.make(f"Sign Only <{POLICE_ADDRESS}>", encrypt=False)
         wrong_uid = maker.make("Somebody Else <someone@else.example>")
@@ -128,6 +130,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
             occ=maker.key(occ),
             expired=maker.key(expired),
             revoked=maker.key(revoked),
+            revoked_unaware=revoked_unaware,
             sign_only=maker.key(sign_only),
             wrong_uid=maker.key(wrong_uid),
             expiring_soon=maker.key(soon),

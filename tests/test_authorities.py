@@ -76,6 +76,19 @@ def test_revoked_key_is_refused(gateway: Gateway, keys: AuthorityKeys) -> None:
     assert message == f"gateway: error: key {keys.revoked.fingerprint} refused: the key is revoked"
 
 
+def test_revocation_already_in_the_gateway_keyring_is_not_forgotten(gateway: Gateway, keys: AuthorityKeys) -> None:
+    # The gateway learnt of the revocation earlier; an old copy of the key, clean on its own, must not undo that.
+    revocation = gateway.directory / "revoked.asc"
+    revocation.write_bytes(keys.revoked.public)
+    subprocess.run(
+        ["gpg", "--homedir", str(gateway.gnupg_home), "--batch", "--import", str(revocation)], check=True,
+        capture_output=True,
+    )  # fmt: skip
+    message = refused(add_police(gateway, keys.revoked_unaware))
+    assert message == f"gateway: error: key {keys.revoked.fingerprint} refused: the key is revoked"
+    assert json.loads(gateway.ok("authority", "list", "--json")) == []
+
+
 def test_key_without_encryption_subkey_is_refused(gateway: Gateway, keys: AuthorityKeys) -> None:
     message = refused(add_police(gateway, keys.sign_only))
     assert message == (

@@ -138,8 +138,9 @@ class Allowlist:
     def __init__(self, db: Database, keyring: Keyring, *, reserved: Iterable[str] = (), gateway_key: str | None):
         self._db = db
         self._keyring = keyring
-        # The gateway's own addresses can never belong to an authority: that way lies a mail loop.
-        self._reserved = frozenset(reserved)
+        # Nothing at the gateway's own domains can belong to an authority (sub-addresses of its mailbox
+        # included): that way lies a mail loop, or HMCI disclosing to itself.
+        self._reserved_domains = frozenset(address.rpartition("@")[2] for address in reserved)
         self._gateway_key = gateway_key
 
     async def _find(self, session: AsyncSession, name: str) -> Authority:
@@ -156,8 +157,9 @@ class Allowlist:
 
     async def _claim(self, session: AsyncSession, addresses: Sequence[str], owner: Authority | None) -> None:
         for address in addresses:
-            if address in self._reserved:
-                raise AllowlistError(f"{address} is the gateway's own address and cannot belong to an authority")
+            domain = address.rpartition("@")[2]
+            if domain in self._reserved_domains:
+                raise AllowlistError(f"{address} is at the gateway's own domain {domain}: it cannot be an authority's")
         taken = await session.execute(
             select(AuthorityAddress.address, Authority.name)
             .join(Authority)
@@ -167,16 +169,34 @@ class Allowlist:
             if owner is None or holder != owner.name:
                 raise AllowlistError(f"{address} is already registered to authority {holder!r}")
 
-    async def _pin(self, key_data: bytes, addresses: Sequence[str], imported: list[str]) -> tuple[KeyInfo, list[str]]:
+    async def _pin(
+        self,
+        session: AsyncSession,
+        key_data: bytes,
+        addresses: Sequence[str],
+        owner: Authority | None,
+        imported: list[str],
+    ) -> tuple[KeyInfo, list[str]]:
         """Check, import and re-check a key; `imported` learns of the import at once, for clean-up on failure."""
-        info = await in_thread(scan_key, key_data, self._keyring.binary)
-        _key_checks(info, addresses, dt.datetime.now(dt.UTC))
-        if info.fingerprint == self._gateway_key:
+        scanned = await in_thread(scan_key, key_data, self._keyring.binary)
+        fingerprint = scanned.info.fingerprint
+        _key_checks(scanned.info, addresses, dt.datetime.now(dt.UTC))
+        if fingerprint == self._gateway_key:
             raise AllowlistError("that is the gateway's own key, not the authority's")
-        fingerprint = await in_thread(self._keyring.import_public, key_data)
-        imported.append(fingerprint)
-        if fingerprint != info.fingerprint:
-            raise AllowlistError(f"gpg imported {fingerprint}, expected {info.fingerprint}")
+        # One key, one authority: a key carrying two authorities' addresses would let each read the other's mail.
+        holder = (
+            await session.execute(
+                select(Authority.name).where(
+                    Authority.key_fingerprint == fingerprint, Authority.id != (owner.id if owner else -1)
+                )
+            )
+        ).scalar()
+        if holder is not None:
+            raise AllowlistError(f"key {fingerprint} is already pinned for authority {holder!r}")
+        # Only the minimal re-export of the one inspected key goes in, never the file as handed over.
+        imported.append(await in_thread(self._keyring.import_public, scanned.public))
+        if imported[-1] != fingerprint:
+            raise AllowlistError(f"gpg imported {imported[-1]}, expected {fingerprint}")
         # Importing merges with any copy the keyring already holds (a revocation imported earlier, say):
         # what gets pinned is the key as the gateway's own keyring now sees it, checked again.
         merged = await in_thread(self._keyring.inspect, fingerprint)
@@ -231,7 +251,7 @@ class Allowlist:
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
-            info, warnings = await self._pin(key_data, addresses, pinned)
+            info, warnings = await self._pin(session, key_data, addresses, None, pinned)
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -369,7 +389,7 @@ class Allowlist:
         async with self._releasing_on_failure(pinned), self._db.transaction() as session:
             row = await self._find(session, name)
             old = row.key_fingerprint
-            info, warnings = await self._pin(key_data, [a.address for a in row.addresses], pinned)
+            info, warnings = await self._pin(session, key_data, [a.address for a in row.addresses], row, pinned)
             row.key_fingerprint = info.fingerprint
             row.key_expires = info.expires
             row.updated_at = dt.datetime.now(dt.UTC)

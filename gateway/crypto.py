@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -12,12 +13,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
 
 import gnupg
 
+from gateway.addresses import normalise_address
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -37,11 +38,14 @@ class KeyInfo:
     user_ids: tuple[str, ...]
     emails: frozenset[str]
     created: dt.datetime
+    # When the key stops being usable to encrypt to: the primary's expiry or, if sooner, that of the last
+    # valid encryption subkey. None means never.
     expires: dt.datetime | None
     revoked: bool
     expired: bool
     can_encrypt: bool
     can_sign: bool
+    weaknesses: tuple[str, ...] = ()
 
     def problems(self, now: dt.datetime | None = None) -> list[str]:
         """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
@@ -53,29 +57,68 @@ class KeyInfo:
             return [f"the key expired on {when}"]
         if not self.can_encrypt:
             return ["the key has no valid encryption-capable subkey"]
-        return []
+        return list(self.weaknesses)
+
+
+# OpenPGP public-key algorithm ids (RFC 4880 9.1) whose strength is their length in bits.
+_LENGTH_ALGORITHMS = {"1": "RSA", "2": "RSA", "3": "RSA", "16": "ElGamal", "17": "DSA", "20": "ElGamal"}
+MIN_KEY_BITS = 2048
 
 
 def _epoch(value: str) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(int(value), dt.UTC) if value else None
 
 
+def uid_address(uid: str) -> str | None:
+    """A user ID's mailbox as gpg and mail clients read it: the last <...>, else the whole ID; None if invalid."""
+    match = re.search(r"<([^<>]*)>\s*$", uid)
+    try:
+        return normalise_address(match[1] if match else uid)
+    except ValueError:
+        return None
+
+
+def _usable(record: dict[str, str]) -> bool:
+    # Validity letters (gpg's DETAILS, field 2): r revoked, e expired, i invalid, d disabled.
+    return record.get("trust", "") not in ("r", "e", "i", "d")
+
+
+def _effective_expiry(entry: dict[str, Any]) -> dt.datetime | None:
+    never = dt.datetime.max.replace(tzinfo=dt.UTC)
+    encrypting = [entry] if "e" in entry.get("cap", "") else []
+    encrypting += [s for s in entry.get("subkey_info", {}).values() if "e" in s.get("cap", "") and _usable(s)]
+    latest = max((_epoch(s.get("expires", "")) or never for s in encrypting), default=never)
+    soonest = min(_epoch(entry.get("expires", "")) or never, latest)
+    return None if soonest == never else soonest
+
+
+def _weaknesses(entry: dict[str, Any]) -> tuple[str, ...]:
+    found = []
+    for record in [entry, *(s for s in entry.get("subkey_info", {}).values() if _usable(s))]:
+        name = _LENGTH_ALGORITHMS.get(record.get("algo", ""))
+        bits = int(record.get("length") or 0)
+        if name and bits < MIN_KEY_BITS:
+            found.append(f"it uses a {bits}-bit {name} key (at least {MIN_KEY_BITS} bits are needed)")
+    return tuple(dict.fromkeys(found))
+
+
 def _key_info(entry: dict[str, Any], uid_map: dict[str, dict[str, str]]) -> KeyInfo:
-    # Validity letters (DETAILS: field 2): r = revoked, e = expired. Capability (field 12) upper-case
-    # letters are what the key as a whole can do now, counting only its valid subkeys.
+    # Upper-case capability letters (field 12) are what the key as a whole can do now, counting only its
+    # valid subkeys; revoked and expired user IDs are left out.
     uids = tuple(uid for uid in entry["uids"] if uid_map.get(uid, {}).get("trust") not in ("r", "e"))
-    emails = frozenset(addr.lower() for _name, addr in map(parseaddr, uids) if "@" in addr)
+    emails = frozenset(address for address in map(uid_address, uids) if address is not None)
     cap = entry.get("cap", "")
     return KeyInfo(
         fingerprint=entry["fingerprint"],
         user_ids=uids,
         emails=emails,
         created=_epoch(entry["date"]) or dt.datetime.fromtimestamp(0, dt.UTC),
-        expires=_epoch(entry.get("expires", "")),
+        expires=_effective_expiry(entry),
         revoked=entry.get("trust") == "r",
         expired=entry.get("trust") == "e",
         can_encrypt="E" in cap,
         can_sign="S" in cap,
+        weaknesses=_weaknesses(entry),
     )
 
 
@@ -130,8 +173,8 @@ class Keyring:
             raise KeyProblem(f"expected to import one key, gpg imported {len(fingerprints)}")
         return str(fingerprints[0])
 
-    def export_public(self, fingerprint: str) -> str:
-        armored = self._gpg.export_keys([fingerprint], armor=True)
+    def export_public(self, fingerprint: str, *, minimal: bool = False) -> str:
+        armored = self._gpg.export_keys([fingerprint], armor=True, minimal=minimal)
         text = armored if isinstance(armored, str) else armored.decode("ascii")
         if "BEGIN PGP PUBLIC KEY BLOCK" not in text:
             raise KeyProblem(f"no public key {fingerprint} in {self.home}")
@@ -175,7 +218,15 @@ def scratch_keyring(binary: str = "gpg") -> Iterator[Keyring]:
             kill_agent(home)
 
 
-def scan_key(data: bytes, binary: str = "gpg") -> KeyInfo:
+@dataclass(frozen=True)
+class ScannedKey:
+    info: KeyInfo
+    # The one key re-exported from the scratch home, minimal: whatever else the file carried (a revocation
+    # of some other key, stray signatures) never reaches the gateway's keyring.
+    public: bytes
+
+
+def scan_key(data: bytes, binary: str = "gpg") -> ScannedKey:
     """What a key file holds, refused unless it is exactly one public key."""
     if not data.strip():
         raise KeyProblem("the key file is empty")
@@ -191,7 +242,7 @@ def scan_key(data: bytes, binary: str = "gpg") -> KeyInfo:
         info = scratch.inspect(fingerprints[0])
         if info is None:
             raise KeyProblem("gpg imported the key but cannot list it")
-        return info
+        return ScannedKey(info, scratch.export_public(info.fingerprint, minimal=True).encode("ascii"))
 
 
 async def in_thread(call: Callable[..., T], *args: Any) -> T:

@@ -54,8 +54,13 @@ class AuthorityKeys:
     sign_only: AuthorityKey
     wrong_uid: AuthorityKey
     expiring_soon: AuthorityKey
+    display_trick: AuthorityKey  # user ID "police address <attacker address>": gpg's mailbox is the attacker's
+    police_and_la: AuthorityKey  # one key carrying both the police and the local authority address
+    subkey_expiring_soon: AuthorityKey  # primary never expires, its only encryption subkey in 5 days
+    weak_rsa: AuthorityKey  # RSA-1024
     secret: bytes
     two_keys: bytes
+    police_revocation: bytes  # a revocation certificate for the police key, to smuggle in
 
 
 class _KeyMaker:
@@ -86,23 +91,35 @@ class _KeyMaker:
         listing = self.gpg("--with-colons", "--list-keys", f"={uid}")
         return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
 
-    def make(self, uid: str, *, encrypt: bool = True, expiry: str = "2y", faked_time: str | None = None) -> str:
-        self.gpg("--quick-gen-key", uid, "ed25519", "sign,cert", expiry, faked_time=faked_time)
+    def make(
+        self,
+        uid: str,
+        *,
+        encrypt: bool = True,
+        expiry: str = "2y",
+        faked_time: str | None = None,
+        algorithms: tuple[str, str] = ("ed25519", "cv25519"),
+        subkey_expiry: str | None = None,
+    ) -> str:
+        self.gpg("--quick-gen-key", uid, algorithms[0], "sign,cert", expiry, faked_time=faked_time)
         fingerprint = self.fingerprint(uid)
         if encrypt:
-            self.gpg("--quick-add-key", fingerprint, "cv25519", "encr", expiry, faked_time=faked_time)
+            self.gpg(
+                "--quick-add-key", fingerprint, algorithms[1], "encr", subkey_expiry or expiry, faked_time=faked_time
+            )
         return fingerprint
+
+    def revocation(self, fingerprint: str) -> bytes:
+        certificate = (self.home / "openpgp-revocs.d" / f"{fingerprint}.rev").read_text()
+        return certificate.replace(":-----BEGIN PGP PUBLIC KEY BLOCK", "-----BEGIN PGP PUBLIC KEY BLOCK").encode()
 
     def key(self, fingerprint: str) -> AuthorityKey:
         return AuthorityKey(fingerprint, self.gpg("--armor", "--export", fingerprint).encode())
 
     def revoke(self, fingerprint: str) -> None:
         # gpg stores a revocation certificate for every new key, with its armour line defused by a colon.
-        certificate = (self.home / "openpgp-revocs.d" / f"{fingerprint}.rev").read_text()
         revocation = self.home / "revoke.asc"
-        revocation.write_text(
-            certificate.replace(":-----BEGIN PGP PUBLIC KEY BLOCK", "-----BEGIN PGP PUBLIC KEY BLOCK")
-        )
+        revocation.write_bytes(self.revocation(fingerprint))
         self.gpg("--import", str(revocation))
 
 
@@ -123,6 +140,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
         sign_only = maker.make(f"Sign Only <{POLICE_ADDRESS}>", encrypt=False)
         wrong_uid = maker.make("Somebody Else <someone@else.example>")
         soon = maker.make(f"Soon <{POLICE_ADDRESS}>", expiry="10d")
+        trick = maker.make(f"{POLICE_ADDRESS} <evil@attacker.example>")
+        both = maker.make(f"Shared <{POLICE_ADDRESS}>")
+        maker.gpg("--quick-add-uid", both, f"Shared <{LA_ADDRESS}>")
+        subkey_soon = maker.make(f"Subkey Soon <{POLICE_ADDRESS}>", expiry="never", subkey_expiry="5d")
+        weak = maker.make(f"Weak <{POLICE_ADDRESS}>", algorithms=("rsa1024", "rsa1024"))
         yield AuthorityKeys(
             police=maker.key(police),
             police_renewed=maker.key(renewed),
@@ -134,7 +156,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
             sign_only=maker.key(sign_only),
             wrong_uid=maker.key(wrong_uid),
             expiring_soon=maker.key(soon),
+            display_trick=maker.key(trick),
+            police_and_la=maker.key(both),
+            subkey_expiring_soon=maker.key(subkey_soon),
+            weak_rsa=maker.key(weak),
             secret=maker.gpg("--armor", "--export-secret-keys", police).encode(),
+            police_revocation=maker.revocation(police),
             two_keys=maker.key(police).public + maker.key(la).public,
         )
     finally:

@@ -159,13 +159,72 @@ def test_one_address_belongs_to_one_authority(gateway: Gateway, keys: AuthorityK
     )
 
 
-def test_gateway_addresses_cannot_be_registered(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "address", ["register-requests@hmci.example", "register-requests+police@hmci.example", "anyone@hmci.example"]
+)
+def test_nothing_at_the_gateways_own_domain_can_be_registered(
+    gateway: Gateway, keys: AuthorityKeys, tmp_path: Path, address: str
+) -> None:
     key = keys.occ.write(tmp_path, "occ.asc")
     result = gateway.run(
-        "authority", "add", "--name", "Loop", "--kind", "secretary-of-state",
-        "--email", "register-requests@hmci.example", "--key", str(key),
+        "authority", "add", "--name", "Loop", "--kind", "secretary-of-state", "--email", address, "--key", str(key)
+    )
+    assert refused(result) == (
+        f"gateway: error: {address} is at the gateway's own domain hmci.example: it cannot be an authority's"
+    )
+
+
+def test_the_mailbox_of_a_user_id_is_read_as_gpg_reads_it(gateway: Gateway, keys: AuthorityKeys) -> None:
+    # "disclosures@westmercia... <evil@attacker.example>" shows the police address but its mailbox is evil's.
+    message = refused(add_police(gateway, keys.display_trick))
+    assert message.endswith(f"({POLICE_ADDRESS}); it carries evil@attacker.example")
+
+
+def test_one_key_cannot_be_pinned_for_two_authorities(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
+    assert add_police(gateway, keys.police_and_la).code == 0
+    key = keys.police_and_la.write(tmp_path, "shared.asc")
+    result = gateway.run(
+        "authority", "add", "--name", "Shropshire Council", "--kind", "local-authority", "--area", "Shropshire",
+        "--email", LA_ADDRESS, "--key", str(key),
     )  # fmt: skip
-    assert "is the gateway's own address" in refused(result)
+    assert refused(result) == (
+        f"gateway: error: key {keys.police_and_la.fingerprint} is already pinned for authority 'West Mercia Police'"
+    )
+
+
+def test_other_packets_in_a_key_file_never_reach_the_keyring(
+    gateway: Gateway, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    assert add_police(gateway, keys.police).code == 0
+    # A revocation of the police key rides along with the local authority's key.
+    smuggled = tmp_path / "la-plus.asc"
+    smuggled.write_bytes(keys.police_revocation + keys.la.public)
+    result = gateway.run(
+        "authority", "add", "--name", "Shropshire Council", "--kind", "local-authority", "--area", "Shropshire",
+        "--email", LA_ADDRESS, "--key", str(smuggled),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    listing = subprocess.run(
+        ["gpg", "--homedir", str(gateway.gnupg_home), "--with-colons", "--list-keys", keys.police.fingerprint],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    validity = next(line.split(":")[1] for line in listing.splitlines() if line.startswith("pub"))
+    assert validity != "r", "the police key was revoked by a packet nobody meant to import"
+
+
+def test_expiry_counts_the_encryption_subkey(gateway: Gateway, keys: AuthorityKeys) -> None:
+    result = add_police(gateway, keys.subkey_expiring_soon, "--json")
+    assert result.code == 0
+    assert f"warning: key {keys.subkey_expiring_soon.fingerprint} expires on" in result.err
+    assert json.loads(result.out)["key_expires"] is not None
+
+
+def test_weak_keys_are_refused(gateway: Gateway, keys: AuthorityKeys) -> None:
+    message = refused(add_police(gateway, keys.weak_rsa))
+    assert message == (
+        f"gateway: error: key {keys.weak_rsa.fingerprint} refused: "
+        "it uses a 1024-bit RSA key (at least 2048 bits are needed)"
+    )
 
 
 def test_invalid_and_non_ascii_addresses_are_refused(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.engine import lock_audit_chain
+from gateway.db.engine import lock_writers
 from gateway.db.models import AuditRecord
 
 GENESIS_HASH = "0" * 64
@@ -87,7 +87,7 @@ async def record(
     now: dt.datetime | None = None,
 ) -> AuditEntry:
     """Append a record in the caller's transaction: it commits or rolls back with the change it describes."""
-    await lock_audit_chain(session)
+    await lock_writers(session)
     last = (await session.execute(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1))).scalar()
     seq = 1 if last is None else last.seq + 1
     prev_hash = GENESIS_HASH if last is None else last.hash

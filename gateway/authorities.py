@@ -25,6 +25,21 @@ NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
 AUTH_POLICIES: tuple[str, ...] = ("pgp", "dmarc", "pgp-or-dmarc")
 DEFAULT_AUTH_POLICY = "pgp-or-dmarc"
 KEY_EXPIRY_WARNING = dt.timedelta(days=30)
+MAX_NAME = 200
+
+
+def name_key(name: str) -> str:
+    """How names are compared: spacing and case (in any script) do not make two authorities different."""
+    return " ".join(name.split()).casefold()
+
+
+def _clean_name(name: str) -> str:
+    cleaned = " ".join(name.split())
+    if not cleaned:
+        raise UsageError("--name must not be empty")
+    if len(cleaned) > MAX_NAME or not cleaned.isprintable():
+        raise UsageError(f"--name must be at most {MAX_NAME} printable characters")
+    return cleaned
 
 
 class AllowlistError(GatewayError):
@@ -146,9 +161,7 @@ class Allowlist:
     async def _find(self, session: AsyncSession, name: str) -> Authority:
         row = (
             await session.execute(
-                select(Authority)
-                .where(func.lower(Authority.name) == name.strip().lower())
-                .options(selectinload(Authority.addresses))
+                select(Authority).where(Authority.name_key == name_key(name)).options(selectinload(Authority.addresses))
             )
         ).scalar()
         if row is None:
@@ -210,8 +223,9 @@ class Allowlist:
             still_pinned = (
                 await session.execute(select(func.count()).where(Authority.key_fingerprint == fingerprint))
             ).scalar_one()
-        if not still_pinned and fingerprint != self._gateway_key:
-            await in_thread(self._keyring.delete_public, fingerprint)
+            # Inside the write transaction, so no other change can pin this key between the count and the delete.
+            if not still_pinned and fingerprint != self._gateway_key:
+                await in_thread(self._keyring.delete_public, fingerprint)
 
     @asynccontextmanager
     async def _releasing_on_failure(self, imported: list[str]) -> AsyncIterator[None]:
@@ -234,9 +248,7 @@ class Allowlist:
         auth_policy: str = DEFAULT_AUTH_POLICY,
         actor: str,
     ) -> Change:
-        name = " ".join(name.split())
-        if not name:
-            raise UsageError("--name must not be empty")
+        name = _clean_name(name)
         if auth_policy not in AUTH_POLICIES:
             raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
         canonical_area = resolve_area(kind, area)
@@ -246,7 +258,7 @@ class Allowlist:
         pinned: list[str] = []
         async with self._releasing_on_failure(pinned), self._db.transaction() as session:
             existing = (
-                await session.execute(select(Authority.name).where(func.lower(Authority.name) == name.lower()))
+                await session.execute(select(Authority.name).where(Authority.name_key == name_key(name)))
             ).scalar()
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
@@ -255,6 +267,7 @@ class Allowlist:
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
+                name_key=name_key(name),
                 kind=kind,
                 area=canonical_area,
                 auth_policy=auth_policy,
@@ -272,14 +285,14 @@ class Allowlist:
         return Change(view, tuple(warnings))
 
     async def list(self) -> list[AuthorityView]:
-        async with self._db.transaction() as session:
+        async with self._db.transaction(write=False) as session:
             rows = await session.execute(
                 select(Authority).options(selectinload(Authority.addresses)).order_by(Authority.name)
             )
             return [AuthorityView.of(row) for row in rows.scalars()]
 
     async def show(self, name: str) -> AuthorityView:
-        async with self._db.transaction() as session:
+        async with self._db.transaction(write=False) as session:
             return AuthorityView.of(await self._find(session, name))
 
     async def update(
@@ -327,17 +340,16 @@ class Allowlist:
         return Change(after)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
-        new_name = " ".join(new_name.split())
-        if not new_name:
-            raise UsageError("--name must not be empty")
+        new_name = _clean_name(new_name)
         clash = (
             await session.execute(
-                select(Authority.name).where(func.lower(Authority.name) == new_name.lower(), Authority.id != row.id)
+                select(Authority.name).where(Authority.name_key == name_key(new_name), Authority.id != row.id)
             )
         ).scalar()
         if clash is not None:
             raise AllowlistError(f"an authority named {clash!r} already exists")
         row.name = new_name
+        row.name_key = name_key(new_name)
 
     async def _change_addresses(
         self, session: AsyncSession, row: Authority, add: Sequence[str], remove: Sequence[str]

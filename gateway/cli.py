@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from gateway import __version__, audit
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.config import Config, load_config, resolve_config_path
-from gateway.crypto import KeyProblem, Keyring, in_thread
+from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
@@ -136,24 +137,32 @@ async def cmd_init(args: argparse.Namespace) -> int:
             print(f"database {config.database.display_url} is up to date (schema {after})")
         else:
             print(f"database {config.database.display_url} upgraded from schema {before or 'none'} to {after}")
+            # Recorded at once, so that a later step failing cannot leave the upgrade unrecorded.
+            await _record(
+                db, args.actor, "database.upgrade", config.database.display_url, {"from": before, "to": after}
+            )
         keyring = Keyring(config.gpg.home, config.gpg.binary)
         generated = await _ensure_signing_key(config, keyring, args.key_expiry)
-        if before != after or generated:
-            async with db.transaction() as session:
-                await audit.record(
-                    session,
-                    actor=args.actor,
-                    action="gateway.init",
-                    subject=config.gateway.address,
-                    details={"schema_before": before, "schema_after": after, "generated_key": generated},
-                )
+        if generated is not None:
+            await _record(
+                db,
+                args.actor,
+                "gateway.key-generated",
+                config.gateway.address,
+                {"fingerprint": generated.fingerprint, "expires": generated.expires},
+            )
     finally:
         await db.close()
     return 0
 
 
-async def _ensure_signing_key(config: Config, keyring: Keyring, expiry: str) -> str | None:
-    """Check the configured key, or make one; returns the fingerprint of a key made now."""
+async def _record(db: Database, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
+    async with db.transaction() as session:
+        await audit.record(session, actor=actor, action=action, subject=subject, details=details)
+
+
+async def _ensure_signing_key(config: Config, keyring: Keyring, expiry: str) -> KeyInfo | None:
+    """Check the configured key, or make one; returns the key made now, if one was."""
     address = config.gateway.address
     if config.gpg.signing_key:
         fingerprint = config.gpg.signing_key
@@ -176,7 +185,10 @@ async def _ensure_signing_key(config: Config, keyring: Keyring, expiry: str) -> 
     fingerprint = await in_thread(keyring.generate, "HMCI register disclosure gateway", address, expiry)
     print(f"generated the gateway's signing and encryption key: {fingerprint}")
     print(f'put it into {config.path}:\n\n[gpg]\nsigning_key = "{fingerprint}"')
-    return fingerprint
+    made = await in_thread(keyring.inspect, fingerprint)
+    if made is None:
+        raise KeyProblem(f"gpg generated {fingerprint} but cannot list it in {config.gpg.home}")
+    return made
 
 
 async def cmd_key_export(args: argparse.Namespace) -> int:
@@ -226,7 +238,7 @@ async def cmd_register_sample(args: argparse.Namespace) -> int:
 
 async def cmd_register_show(args: argparse.Namespace) -> int:
     config = _config(args)
-    async with _database(config) as db, db.transaction() as session:
+    async with _database(config) as db, db.transaction(write=False) as session:
         summary = await summarise(session)
     if args.json:
         _emit_json(
@@ -403,14 +415,25 @@ def _since(value: str | None) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(value)
-    except ValueError:
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise UsageError(f"--since {value!r}: expected an ISO date or date-time, e.g. 2026-11-01") from None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+def _actor(value: str) -> str:
+    """The name recorded against a change: printable, bounded, and storable as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("--actor is not valid text in this locale's encoding") from None
+    if not value.strip() or not value.isprintable() or len(value) > 200:
+        raise UsageError("--actor must be 1 to 200 printable characters")
+    return value.strip()
 
 
 async def cmd_audit_list(args: argparse.Namespace) -> int:
     config = _config(args)
-    async with _database(config) as db, db.transaction() as session:
+    async with _database(config) as db, db.transaction(write=False) as session:
         records = [entry async for entry in audit.entries(session, _since(args.since))]
     if args.json:
         _emit_json([entry.as_dict() for entry in records])
@@ -435,7 +458,7 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
     writer = csv.writer(out, lineterminator="\r\n") if args.format == "csv" else None
     if writer is not None:
         writer.writerow(["seq", "recorded_at", "actor", "action", "subject", "details", "prev_hash", "hash"])
-    async with _database(config) as db, db.transaction() as session:
+    async with _database(config) as db, db.transaction(write=False) as session:
         async for entry in audit.entries(session, _since(args.since)):
             row = entry.as_dict()
             if writer is None:
@@ -448,7 +471,7 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
 
 async def cmd_audit_verify(args: argparse.Namespace) -> int:
     config = _config(args)
-    async with _database(config) as db, db.transaction() as session:
+    async with _database(config) as db, db.transaction(write=False) as session:
         result = await audit.verify(session)
     if args.json:
         _emit_json(
@@ -716,35 +739,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explain(exc: BaseException) -> int:
+    """One line on stderr for anything that stops a command; the exit code that goes with it."""
+    if isinstance(exc, RegisterRefused):
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+    if isinstance(exc, GatewayError):
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, DBAPIError):
+        # A constraint the checks before it did not foresee, or a change made at the same moment elsewhere.
+        reason = " ".join(str(exc.orig or exc).split())[:300]
+        print(f"gateway: error: the database refused the change, nothing was changed: {reason}", file=sys.stderr)
+        return 1
+    if isinstance(exc, KeyboardInterrupt):
+        print("gateway: interrupted", file=sys.stderr)
+        return 130
+    print(
+        f"gateway: internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]} "
+        "(set GATEWAY_DEBUG=1 to see the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "actor"):
-        args.actor = audit.default_actor()
     handler: Handler = args.handler
     try:
+        args.actor = _actor(args.actor) if hasattr(args, "actor") else audit.default_actor()
         return asyncio.run(handler(args))
-    except RegisterRefused as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"gateway: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except GatewayError as exc:
-        print(f"gateway: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("gateway: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader went away (`gateway audit list | head`): not an error worth a word.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (GatewayError, DBAPIError, KeyboardInterrupt) as exc:
+        return _explain(exc)
     except Exception as exc:
         if os.environ.get("GATEWAY_DEBUG"):
             raise
-        print(
-            f"gateway: internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]} "
-            "(set GATEWAY_DEBUG=1 to see the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        return _explain(exc)

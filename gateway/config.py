@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from gateway.addresses import normalise_address
 from gateway.errors import ConfigError
 
@@ -49,8 +52,10 @@ class DatabaseSettings:
 
     @property
     def display_url(self) -> str:
-        """The URL with any password replaced, safe to print."""
-        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url.value)
+        """The URL with any password replaced, safe to print (in the user part or the query string)."""
+        url = make_url(self.url.value)
+        query = {k: ("***" if "password" in k.lower() else v) for k, v in url.query.items()}
+        return url.set(query=query).render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -165,17 +170,21 @@ class _Section:
         if not given:
             return None
         if given[0] == key:
-            return Secret(self._get(key, str, "a string") or "")
-        if given[0] == f"{key}_file":
+            value = self._get(key, str, "a string") or ""
+        elif given[0] == f"{key}_file":
             file = self.path(f"{key}_file", "")
             try:
-                return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
-            except OSError as exc:
-                raise self.fail(f"{key}_file", f"cannot read {file}: {exc.strerror}") from None
-        variable = self.required_text(f"{key}_env")
-        value = os.environ.get(variable)
-        if value is None:
-            raise self.fail(f"{key}_env", f"environment variable {variable} is not set")
+                value = file.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise self.fail(f"{key}_file", f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+        else:
+            variable = self.required_text(f"{key}_env")
+            found = os.environ.get(variable)
+            if found is None:
+                raise self.fail(f"{key}_env", f"environment variable {variable} is not set")
+            value = found
+        if not value:
+            raise self.fail(given[0], "the secret is empty")
         return Secret(value)
 
     def finish(self) -> None:
@@ -274,10 +283,16 @@ def _database_url(section: _Section, config_path: Path) -> Secret:
         if not target.is_absolute():
             target = (config_path.parent / target).resolve()
         return Secret(f"sqlite+aiosqlite:///{target}")
-    if url.startswith(("postgresql://", "postgres://")):
-        return Secret("postgresql+asyncpg://" + url.split("://", 1)[1])
-    if url.startswith("postgresql+asyncpg://"):
-        return Secret(url)
+    if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        normalised = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        try:
+            _ = make_url(normalised).port  # the port is parsed lazily: make it complain now
+        except (ArgumentError, ValueError):
+            # Not echoed: the URL may hold a password.
+            raise section.fail(
+                "url", "not a valid PostgreSQL URL (postgresql+asyncpg://USER@HOST:PORT/DATABASE)"
+            ) from None
+        return Secret(normalised)
     scheme = url.split(":", 1)[0]
     raise section.fail("url", f"unsupported database {scheme!r} (use sqlite:///PATH or postgresql+asyncpg://...)")
 

@@ -151,8 +151,11 @@ class Keyring:
     def create_home(home: Path) -> bool:
         """Make the GnuPG home private to this user (gpg refuses unsafe homes); True if it was created."""
         created = not home.exists()
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(home, 0o700)
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(home, 0o700)
+        except OSError as exc:
+            raise KeyProblem(f"cannot create GnuPG home {home}: {exc.strerror or exc}") from None
         return created
 
     def inspect(self, fingerprint: str) -> KeyInfo | None:

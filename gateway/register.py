@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,9 @@ OPTIONAL_HOME_COLUMNS = frozenset(
     }
 )
 MAX_CELL = 500
+# Control, format (zero-width and direction marks) and line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+MAX_TELEPHONE = 40  # the column's size
 _POSTCODE = re.compile(r"([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})")
 _URN = re.compile(r"[A-Z0-9]{1,20}")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -173,7 +177,9 @@ class _Reader:
         if "\x00" in text:
             self.problem(text[: text.index("\x00")].count("\n") + 1, None, "contains a NUL byte")
             return
-        reader = csv.reader(text.splitlines(keepends=True), strict=True)
+        # Only CR and LF end a record: str.splitlines would also split at U+2028, form feeds and the like,
+        # which the csv module neither quotes nor expects, and every line number after them would be wrong.
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         try:
             self._read_rows(reader)
         except csv.Error as exc:
@@ -220,10 +226,11 @@ class _Reader:
 
 
 def _clean(reader: _Reader, line: int, column: str, value: str, *, required: bool) -> str | None:
-    text = " ".join(value.split()) if "\n" in value or "\r" in value else value.strip()
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
+    # Checked before any whitespace is collapsed, so nothing (a tab, U+2028, a zero-width space) hides in it.
+    if any(ch not in "\r\n" and unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in value):
         reader.problem(line, column, "contains control or invisible formatting characters")
         return None
+    text = " ".join(value.split()) if "\n" in value or "\r" in value else value.strip()
     if len(text) > MAX_CELL:
         reader.problem(line, column, f"longer than {MAX_CELL} characters")
         return None
@@ -237,7 +244,8 @@ def _clean(reader: _Reader, line: int, column: str, value: str, *, required: boo
 def _urn(reader: _Reader, line: int, value: str | None) -> str | None:
     if value is None:
         return None
-    if not _URN.fullmatch(value.upper()):
+    # ASCII first: str.upper() would turn a German sharp s into SS and make a different URN.
+    if not value.isascii() or not _URN.fullmatch(value.upper()):
         reader.problem(line, "urn", f"{value!r} is not a URN (letters and digits, at most 20)")
         return None
     return value.upper()
@@ -246,7 +254,7 @@ def _urn(reader: _Reader, line: int, value: str | None) -> str | None:
 def _postcode(reader: _Reader, line: int, value: str | None) -> str | None:
     if value is None:
         return None
-    match = _POSTCODE.fullmatch(value.upper())
+    match = _POSTCODE.fullmatch(value.upper()) if value.isascii() else None
     if match is None:
         reader.problem(line, "postcode", f"{value!r} is not a UK postcode")
         return None
@@ -254,7 +262,11 @@ def _postcode(reader: _Reader, line: int, value: str | None) -> str | None:
 
 
 def _telephone(reader: _Reader, line: int, value: str | None) -> None:
-    if value is not None and (not _TELEPHONE.fullmatch(value) or not 10 <= sum(ch.isdigit() for ch in value) <= 15):
+    if value is not None and (
+        len(value) > MAX_TELEPHONE
+        or not _TELEPHONE.fullmatch(value)
+        or not 10 <= sum(ch.isdigit() for ch in value) <= 15
+    ):
         reader.problem(line, "telephone", f"{value!r} is not a telephone number")
 
 

@@ -60,7 +60,8 @@ def test_intact_chain_verifies_and_prints_its_head(gateway: Gateway) -> None:
     code, out, _ = verify(gateway)
     assert code == 0
     records = json.loads(gateway.ok("audit", "list", "--json"))
-    assert out == f"audit trail intact: 4 records; head 4 {records[-1]['hash']}"
+    # Two from `gateway init` (the schema, the gateway's key), three imports.
+    assert out == f"audit trail intact: 5 records; head 5 {records[-1]['hash']}"
     assert records[0]["prev_hash"] == audit.GENESIS_HASH
     assert all(later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(records))
 
@@ -137,15 +138,15 @@ def test_csv_export_defuses_spreadsheet_formulas(gateway: Gateway, tmp_path: Pat
     gateway.ok("register", "import", "--actor", "=HYPERLINK(\"http://evil.example\")",
                "--homes", str(tmp_path / "f" / "homes.csv"))  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(gateway.ok("audit", "export", "--format", "csv"))))
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert rows[-1]["actor"] == '\'=HYPERLINK("http://evil.example")'
-    assert json.loads(rows[1]["details"])["homes"] == 3
+    assert json.loads(rows[2]["details"])["homes"] == 3
 
 
 def test_jsonl_export_has_one_record_per_line(gateway: Gateway) -> None:
     seed(gateway, 2)
     lines = gateway.ok("audit", "export", "--format", "jsonl").splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3]
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_since_filters_by_time(gateway: Gateway) -> None:

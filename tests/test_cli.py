@@ -80,8 +80,9 @@ def test_init_makes_a_private_home_and_a_usable_key(fresh_gateway: Gateway) -> N
     fresh_gateway.signing_key = fingerprint
     fresh_gateway.write_config()
     assert f"signing key {fingerprint} is usable" in fresh_gateway.ok("init")
-    actions = [r["action"] for r in json.loads(fresh_gateway.ok("audit", "list", "--json"))]
-    assert actions == ["gateway.init"]
+    records = json.loads(fresh_gateway.ok("audit", "list", "--json"))
+    assert [r["action"] for r in records] == ["database.upgrade", "gateway.key-generated"]
+    assert records[1]["details"]["fingerprint"] == fingerprint
 
 
 def test_init_refuses_a_configured_key_it_does_not_hold(fresh_gateway: Gateway) -> None:
@@ -155,7 +156,7 @@ def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
 ) -> None:
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "audit trail intact: 5 records" in out
+    assert "audit trail intact: 6 records" in out
     assert "$ gateway authority add" in out
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0  # a rerun starts afresh
     (tmp_path / "precious").mkdir()

@@ -20,8 +20,8 @@ from gateway.config import DatabaseSettings
 from gateway.errors import GatewayError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Any constant shared by every writer of the audit chain: PostgreSQL serialises appends on it.
-AUDIT_LOCK_KEY = 0x6761_7465
+# Any constant shared by every writer: PostgreSQL serialises write transactions on it.
+WRITE_LOCK_KEY = 0x6761_7465
 
 
 class DatabaseError(GatewayError):
@@ -52,9 +52,16 @@ class Database:
     settings: DatabaseSettings
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One unit of work: committed when the block ends, rolled back if it raises."""
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
+        """One unit of work: committed when the block ends, rolled back if it raises.
+
+        Writers go one at a time on both backends: SQLite's BEGIN IMMEDIATE takes the write lock up front,
+        and on PostgreSQL a transaction-scoped advisory lock does the same, so two imports or two changes to
+        one authority can never interleave. Readers (write=False) take no lock on PostgreSQL.
+        """
         async with self.sessions() as session, session.begin():
+            if write:
+                await lock_writers(session)
             yield session
 
     async def close(self) -> None:
@@ -104,12 +111,12 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
         return before
 
     file = sqlite_path(db.settings)
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         async with db.engine.begin() as connection:
             before = await connection.run_sync(run)
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, ValueError, TypeError) as exc:
         raise DatabaseError(f"cannot migrate database {db.settings.display_url}: {_describe(exc)}") from None
     return before, head_revision()
 
@@ -122,7 +129,8 @@ async def require_current_schema(db: Database) -> None:
     try:
         async with db.engine.connect() as connection:
             current = await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
-    except (SQLAlchemyError, OSError) as exc:
+    # The drivers raise ValueError or TypeError for connection options they cannot use (sslmode=bogus).
+    except (SQLAlchemyError, OSError, ValueError, TypeError) as exc:
         raise DatabaseError(f"cannot open database {db.settings.display_url}: {_describe(exc)}") from None
     if current is None:
         raise DatabaseError(f"database {db.settings.display_url} has no schema yet: run `gateway init` first")
@@ -133,7 +141,10 @@ async def require_current_schema(db: Database) -> None:
         )
 
 
-async def lock_audit_chain(session: AsyncSession) -> None:
-    """Serialise audit appends; SQLite's BEGIN IMMEDIATE already does, PostgreSQL needs a lock."""
+async def lock_writers(session: AsyncSession) -> None:
+    """Wait for any other writer to finish; SQLite's BEGIN IMMEDIATE already has, PostgreSQL needs a lock.
+
+    The lock is re-entrant within a transaction, so an audit append inside a write transaction costs nothing.
+    """
     if (await session.connection()).dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})

@@ -89,6 +89,8 @@ class Authority(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # The name casefolded in Python: SQLite's lower() knows only ASCII, so matching happens on this column.
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(40))
     area: Mapped[str | None] = mapped_column(String(100))
     auth_policy: Mapped[str] = mapped_column(String(20))

@@ -18,6 +18,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _APPEND_ONLY_MESSAGE = "audit_log is append-only"
+_GENESIS = "0" * 64  # the prev_hash of the first record, as in gateway.audit
 
 
 def upgrade() -> None:
@@ -75,6 +76,7 @@ def upgrade() -> None:
         "authorities",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("name_key", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(40), nullable=False),
         sa.Column("area", sa.String(100), nullable=True),
         sa.Column("auth_policy", sa.String(20), nullable=False),
@@ -85,6 +87,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_authorities")),
         sa.UniqueConstraint("name", name=op.f("uq_authorities_name")),
+        sa.UniqueConstraint("name_key", name=op.f("uq_authorities_name_key")),
     )
     op.create_table(
         "authority_addresses",
@@ -115,13 +118,21 @@ def upgrade() -> None:
     op.create_index(op.f("ix_audit_log_action"), "audit_log", ["action"])
 
     # The hash chain detects tampering; these triggers stop the gateway's own code (or a careless admin
-    # with SQL access) from changing history in the first place.
+    # with SQL access) from changing history in the first place. Besides refusing UPDATE and DELETE, an
+    # insert must extend the chain at its head: that also stops INSERT OR REPLACE (whose implicit delete
+    # fires no DELETE trigger in SQLite) and ON CONFLICT DO UPDATE from rewriting a record.
     if op.get_bind().dialect.name == "sqlite":
         for verb in ("UPDATE", "DELETE"):
             op.execute(
                 f"CREATE TRIGGER audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
                 f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY_MESSAGE}'); END"
             )
+        op.execute(
+            "CREATE TRIGGER audit_log_append_at_head BEFORE INSERT ON audit_log "
+            "WHEN NEW.seq IS NOT COALESCE((SELECT MAX(seq) FROM audit_log), 0) + 1 "
+            f"OR NEW.prev_hash IS NOT COALESCE((SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1), '{_GENESIS}') "
+            f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY_MESSAGE}'); END"
+        )
     else:
         op.execute(
             "CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
@@ -131,15 +142,28 @@ def upgrade() -> None:
             "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log "
             "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
         )
+        op.execute(
+            "CREATE FUNCTION audit_log_append_at_head() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "DECLARE last_seq integer; last_hash text; BEGIN "
+            "SELECT seq, hash INTO last_seq, last_hash FROM audit_log ORDER BY seq DESC LIMIT 1; "
+            "IF NEW.seq IS DISTINCT FROM COALESCE(last_seq, 0) + 1 "
+            f"OR NEW.prev_hash IS DISTINCT FROM COALESCE(last_hash, '{_GENESIS}') THEN "
+            f"RAISE EXCEPTION '{_APPEND_ONLY_MESSAGE}'; END IF; RETURN NEW; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_log_append_at_head BEFORE INSERT ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_at_head()"
+        )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        op.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
+        for trigger in ("audit_log_no_update", "audit_log_no_delete", "audit_log_append_at_head"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     else:
-        op.execute("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
-        op.execute("DROP FUNCTION IF EXISTS audit_log_append_only()")
+        for trigger in ("audit_log_append_only", "audit_log_append_at_head"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON audit_log")
+            op.execute(f"DROP FUNCTION IF EXISTS {trigger}()")
     op.drop_table("audit_log")
     op.drop_table("authority_addresses")
     op.drop_table("authorities")

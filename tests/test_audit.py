@@ -183,3 +183,30 @@ async def test_concurrent_writers_never_fork_the_chain(database_url: str, tmp_pa
             await db.close()
     assert result.ok, result.problem
     assert result.records == 45
+
+
+def test_history_cannot_be_rewritten_by_an_insert(gateway: Gateway) -> None:
+    seed(gateway, 2)
+    dialect_statements = {
+        # REPLACE's implicit delete fires no DELETE trigger in SQLite; the insert trigger must catch it.
+        "sqlite": "INSERT OR REPLACE INTO audit_log SELECT seq, recorded_at, 'mallory', action, subject, details, "
+        "prev_hash, hash FROM audit_log WHERE seq = 2",
+        "postgresql": "INSERT INTO audit_log SELECT * FROM audit_log WHERE seq = 2 "
+        "ON CONFLICT (seq) DO UPDATE SET actor = 'mallory'",
+    }
+
+    async def attempt(statement_for: dict[str, str]) -> None:
+        db = create_database(load_config(gateway.config_path).database)
+        try:
+            async with db.engine.begin() as connection:
+                await connection.execute(text(statement_for[connection.dialect.name]))
+        finally:
+            await db.close()
+
+    with pytest.raises(DBAPIError, match="audit_log is append-only"):
+        asyncio.run(attempt(dialect_statements))
+    out_of_sequence = "INSERT INTO audit_log VALUES (99, 'x', 'x', 'x', 'x', '{}', 'x', 'x')"
+    with pytest.raises(DBAPIError, match="audit_log is append-only"):
+        asyncio.run(attempt({"sqlite": out_of_sequence, "postgresql": out_of_sequence}))
+    assert "mallory" not in gateway.ok("audit", "list")
+    assert verify(gateway)[0] == 0

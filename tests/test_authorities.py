@@ -307,3 +307,23 @@ def test_listings_have_a_table_for_people(gateway: Gateway, keys: AuthorityKeys,
     out = gateway.ok(*command)
     assert "West Mercia Police" in out
     assert POLICE_ADDRESS in out
+
+
+def test_names_in_any_script_are_found_whatever_their_case(
+    gateway: Gateway, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    assert add_police(gateway, keys.police).code == 0
+    gateway.ok("authority", "update", "West Mercia Police", "--name", "\u0178nys Constabulary")
+    assert json.loads(gateway.ok("authority", "suspend", "\u00ffNYS constabulary", "--json"))["status"] == "suspended"
+    key = keys.la.write(tmp_path, "la.asc")
+    twin = gateway.run(
+        "authority", "add", "--name", "\u00ffnys CONSTABULARY", "--kind", "local-authority", "--area", "Shropshire",
+        "--email", LA_ADDRESS, "--key", str(key),
+    )  # fmt: skip
+    assert refused(twin) == "gateway: error: an authority named '\u0178nys Constabulary' already exists"
+
+
+def test_overlong_names_are_refused(gateway: Gateway, keys: AuthorityKeys) -> None:
+    assert add_police(gateway, keys.police).code == 0
+    message = refused(gateway.run("authority", "update", "West Mercia Police", "--name", "N" * 201))
+    assert message == "gateway: error: --name must be at most 200 printable characters"

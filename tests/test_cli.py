@@ -163,3 +163,43 @@ def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")
     assert main(["demo", "--dir", str(tmp_path / "precious")]) == 1
     assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+def test_a_failed_init_still_records_the_schema_it_created(fresh_gateway: Gateway) -> None:
+    fresh_gateway.signing_key = "0123456789ABCDEF0123456789ABCDEF01234567"
+    fresh_gateway.write_config()
+    assert fresh_gateway.run("init").code == 1
+    records = json.loads(fresh_gateway.ok("audit", "list", "--json"))
+    assert [(r["action"], r["details"]["from"], r["details"]["to"]) for r in records] == [
+        ("database.upgrade", None, "0001")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (
+            ["audit", "list", "--since", "0001-01-01T00:00:00+01:00"],
+            64,
+            "--since '0001-01-01T00:00:00+01:00': expected",
+        ),
+        (["register", "import", "--homes", "x.csv", "--actor", "a" * 201], 64, "--actor must be 1 to 200 printable"),
+        (["register", "import", "--homes", "x.csv", "--actor", "bad\x1b[2Jactor"], 64, "--actor must be 1 to 200"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(gateway: Gateway, argv: list[str], code: int, message: str) -> None:
+    result = gateway.run(*argv)
+    assert result.code == code
+    assert result.err.startswith(f"gateway: error: {message}")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_an_unusable_gnupg_home_is_one_line(fresh_gateway: Gateway) -> None:
+    (fresh_gateway.directory / "a-file").write_text("not a directory")
+    fresh_gateway.write_config()
+    text = fresh_gateway.config_path.read_text().replace('home = "gnupg"', 'home = "a-file/gnupg"')
+    fresh_gateway.config_path.write_text(text)
+    result = fresh_gateway.run("init")
+    assert result.code == 1
+    assert result.err.startswith(f"gateway: error: cannot create GnuPG home {fresh_gateway.directory}/a-file/gnupg:")
+    assert len(result.err.splitlines()) == 1

@@ -194,3 +194,36 @@ def test_shipped_example_mailbox_sections_work_when_uncommented(
     assert config.imap.password.value == "x"
     assert config.smtp is not None
     assert config.smtp.tls == "starttls"
+
+
+def test_empty_secrets_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.secret").write_text("\n")
+    inline = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = ""\n'
+    assert refusal(tmp_path, inline).endswith("[imap] password: the secret is empty")
+    from_file = MINIMAL + '[smtp]\nhost = "h.example"\nusername = "u"\npassword_file = "empty.secret"\n'
+    assert refusal(tmp_path, from_file).endswith("[smtp] password_file: the secret is empty")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+asyncpg://gw:s3cr/etPW@db.example:5432/gateway",
+            "postgresql+asyncpg://gw:***@db.example:5432/gateway",
+        ),
+        ("postgresql+asyncpg://:TopSecret@db.example/gateway", "postgresql+asyncpg://:***@db.example/gateway"),
+        ("postgresql+asyncpg://gw@db.example/gateway?password=QuerySecret", None),
+    ],
+)
+def test_database_passwords_never_show(url: str, shown: str | None) -> None:
+    display = DatabaseSettings(Secret(url)).display_url
+    assert "Secret" not in display
+    assert "s3cr" not in display
+    if shown is not None:
+        assert display == shown
+
+
+def test_malformed_postgres_url_is_a_config_error_that_does_not_echo_it(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + '[database]\nurl = "postgresql://gw:hunter2@db.example:abc/gateway"\n')
+    assert message.endswith("[database] url: not a valid PostgreSQL URL (postgresql+asyncpg://USER@HOST:PORT/DATABASE)")
+    assert "hunter2" not in message

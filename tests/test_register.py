@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import json
@@ -9,9 +10,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from gateway.cli import main
-from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, parse_register
+from gateway.config import load_config
+from gateway.db.engine import create_database, upgrade_schema
+from gateway.db.models import Home
+from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, import_register, parse_register
 from gateway.sample import write_sample
 from tests.conftest import Gateway
 
@@ -289,3 +294,61 @@ def test_sample_command_refuses_nonsense_counts(gateway: Gateway, tmp_path: Path
     assert result.code == 1
     assert result.err.startswith("gateway: error: ")
     assert len(result.err.splitlines()) == 1
+
+
+async def test_concurrent_imports_never_mix_two_files(database_url: str, tmp_path: Path) -> None:
+    """Two imports at once end with one file's register or the other's, never both merged."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n[database]\nurl = "{database_url}"\n'
+    )
+    settings = load_config(config).database
+    setup = create_database(settings)
+    await upgrade_schema(setup)
+    await setup.close()
+    first = parse_register(write_sample(tmp_path / "a", 1500, seed=1).homes_path)
+    renamed = [h.__class__(**{**h.__dict__, "urn": "X" + h.urn}) for h in parse_register(
+        write_sample(tmp_path / "b", 1500, seed=2).homes_path).homes]  # fmt: skip
+    second = first.__class__(tuple(renamed), (), first.homes_file, None)
+    writers = [create_database(settings) for _ in range(2)]
+    try:
+        await asyncio.gather(
+            import_register(writers[0], first, actor="one"), import_register(writers[1], second, actor="two")
+        )
+        async with writers[0].transaction(write=False) as session:
+            urns = (await session.execute(select(Home.urn))).scalars().all()
+    finally:
+        for db in writers:
+            await db.close()
+    assert len(urns) == 1500
+    assert len({urn[0] for urn in urns}) == 1, "the register mixes both files"
+
+
+def test_hidden_characters_and_unicode_line_breaks_are_refused_at_their_line(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "homes.csv",
+        HOME_COLUMNS,
+        [
+            home(name="Oak\u2028House"),
+            home(urn="SC100002", address="12 Mill Lane\n\tAshford"),
+            home(urn="SC100003", postcode="nope"),
+        ],
+    )
+    assert problems(path) == [
+        f"{path}:2: name: contains control or invisible formatting characters",
+        f"{path}:3: address: contains control or invisible formatting characters",
+        f"{path}:5: postcode: 'nope' is not a UK postcode",
+    ]
+
+
+def test_non_ascii_look_alikes_are_not_folded_into_valid_values(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "homes.csv", HOME_COLUMNS, [home(urn="\u00dfC1", postcode="\u017fy1 1aa")])
+    assert problems(path) == [
+        f"{path}:2: urn: '\u00dfC1' is not a URN (letters and digits, at most 20)",
+        f"{path}:2: postcode: '\u017fy1 1aa' is not a UK postcode",
+    ]
+
+
+def test_telephone_longer_than_its_column_is_refused(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "homes.csv", HOME_COLUMNS, [home(telephone="(" * 50 + "01632960000")])
+    assert problems(path) == [f"{path}:2: telephone: {'(' * 50 + '01632960000'!r} is not a telephone number"]

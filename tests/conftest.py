@@ -16,7 +16,9 @@ import asyncpg
 import pytest
 
 from gateway.cli import main
+from gateway.config import DatabaseSettings, load_config
 from gateway.crypto import kill_agent
+from gateway.db.engine import create_database, upgrade_schema
 
 POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "GATEWAY_TEST_REQUIRE_POSTGRES"
@@ -219,6 +221,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with postgres_database() as url:
             yield url
+
+
+@pytest.fixture
+def database_settings(database_url: str, tmp_path: Path) -> DatabaseSettings:
+    """The database settings a config naming this test's database yields, as the gateway reads them."""
+    config = tmp_path / "settings-only.toml"
+    config.write_text(
+        f'[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n[database]\nurl = "{database_url}"\n'
+    )
+    return load_config(config).database
+
+
+@pytest.fixture
+async def migrated_settings(database_settings: DatabaseSettings) -> DatabaseSettings:
+    """As database_settings, with the schema already created by the migrations."""
+    db = create_database(database_settings)
+    try:
+        await upgrade_schema(db)
+    finally:
+        await db.close()
+    return database_settings
 
 
 # ---------------------------------------------------------------- the gateway through its CLI

@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from gateway import audit
-from gateway.config import load_config
-from gateway.db.engine import create_database, upgrade_schema
+from gateway.config import DatabaseSettings, load_config
+from gateway.db.engine import create_database
 from tests.conftest import Gateway
 
 
@@ -158,16 +158,8 @@ def test_since_filters_by_time(gateway: Gateway) -> None:
     assert bad.err.strip() == "gateway: error: --since 'yesterday': expected an ISO date or date-time, e.g. 2026-11-01"
 
 
-async def test_concurrent_writers_never_fork_the_chain(database_url: str, tmp_path: Path) -> None:
-    config_path = tmp_path / "gateway.toml"
-    config_path.write_text(
-        f'[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n[database]\nurl = "{database_url}"\n'
-    )
-    settings = load_config(config_path).database
-    setup = create_database(settings)
-    await upgrade_schema(setup)
-    await setup.close()
-    writers = [create_database(settings) for _ in range(3)]
+async def test_concurrent_writers_never_fork_the_chain(migrated_settings: DatabaseSettings) -> None:
+    writers = [create_database(migrated_settings) for _ in range(3)]
 
     async def append(db_index: int) -> None:
         for n in range(15):

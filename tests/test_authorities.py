@@ -29,6 +29,13 @@ def add_police(gateway: Gateway, key: AuthorityKey | bytes, *extra: str) -> Resu
     )  # fmt: skip
 
 
+def add_la(gateway: Gateway, key: Path, name: str = "Shropshire Council") -> Result:
+    return gateway.run(
+        "authority", "add", "--name", name, "--kind", "local-authority", "--area", "Shropshire",
+        "--email", LA_ADDRESS, "--key", str(key),
+    )  # fmt: skip
+
+
 def refused(result: Result) -> str:
     assert result.code != 0
     lines = result.err.splitlines()
@@ -183,10 +190,7 @@ def test_the_mailbox_of_a_user_id_is_read_as_gpg_reads_it(gateway: Gateway, keys
 def test_one_key_cannot_be_pinned_for_two_authorities(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
     assert add_police(gateway, keys.police_and_la).code == 0
     key = keys.police_and_la.write(tmp_path, "shared.asc")
-    result = gateway.run(
-        "authority", "add", "--name", "Shropshire Council", "--kind", "local-authority", "--area", "Shropshire",
-        "--email", LA_ADDRESS, "--key", str(key),
-    )  # fmt: skip
+    result = add_la(gateway, key, "Shropshire Council")
     assert refused(result) == (
         f"gateway: error: key {keys.police_and_la.fingerprint} is already pinned for authority 'West Mercia Police'"
     )
@@ -199,10 +203,7 @@ def test_other_packets_in_a_key_file_never_reach_the_keyring(
     # A revocation of the police key rides along with the local authority's key.
     smuggled = tmp_path / "la-plus.asc"
     smuggled.write_bytes(keys.police_revocation + keys.la.public)
-    result = gateway.run(
-        "authority", "add", "--name", "Shropshire Council", "--kind", "local-authority", "--area", "Shropshire",
-        "--email", LA_ADDRESS, "--key", str(smuggled),
-    )  # fmt: skip
+    result = add_la(gateway, smuggled, "Shropshire Council")
     assert result.code == 0, result.err
     listing = subprocess.run(
         ["gpg", "--homedir", str(gateway.gnupg_home), "--with-colons", "--list-keys", keys.police.fingerprint],
@@ -238,10 +239,7 @@ def test_invalid_and_non_ascii_addresses_are_refused(gateway: Gateway, keys: Aut
 def test_duplicate_name_is_refused_whatever_the_case(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
     assert add_police(gateway, keys.police).code == 0
     key = keys.la.write(tmp_path, "la.asc")
-    result = gateway.run(
-        "authority", "add", "--name", "west mercia POLICE", "--kind", "local-authority", "--area", "Shropshire",
-        "--email", LA_ADDRESS, "--key", str(key),
-    )  # fmt: skip
+    result = add_la(gateway, key, "west mercia POLICE")
     assert refused(result) == "gateway: error: an authority named 'West Mercia Police' already exists"
 
 
@@ -316,10 +314,7 @@ def test_names_in_any_script_are_found_whatever_their_case(
     gateway.ok("authority", "update", "West Mercia Police", "--name", "\u0178nys Constabulary")
     assert json.loads(gateway.ok("authority", "suspend", "\u00ffNYS constabulary", "--json"))["status"] == "suspended"
     key = keys.la.write(tmp_path, "la.asc")
-    twin = gateway.run(
-        "authority", "add", "--name", "\u00ffnys CONSTABULARY", "--kind", "local-authority", "--area", "Shropshire",
-        "--email", LA_ADDRESS, "--key", str(key),
-    )  # fmt: skip
+    twin = add_la(gateway, key, "\u00ffnys CONSTABULARY")
     assert refused(twin) == "gateway: error: an authority named '\u0178nys Constabulary' already exists"
 
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
-from gateway.config import load_config
+from gateway.config import DatabaseSettings
 from gateway.db.engine import create_database, head_revision, upgrade_schema
 from gateway.db.models import Base
 
 
-async def test_migrated_schema_matches_the_models(database_url: str, tmp_path: Path) -> None:
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n[database]\nurl = "{database_url}"\n'
-    )
-    db = create_database(load_config(config).database)
+async def test_migrated_schema_matches_the_models(database_settings: DatabaseSettings) -> None:
+    db = create_database(database_settings)
     try:
         assert await upgrade_schema(db) == (None, head_revision())
         assert await upgrade_schema(db) == (head_revision(), head_revision())

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from gateway.cli import main
-from gateway.config import load_config
-from gateway.db.engine import create_database, upgrade_schema
+from gateway.config import DatabaseSettings
+from gateway.db.engine import create_database
 from gateway.db.models import Home
 from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, import_register, parse_register
 from gateway.sample import write_sample
@@ -296,16 +296,9 @@ def test_sample_command_refuses_nonsense_counts(gateway: Gateway, tmp_path: Path
     assert len(result.err.splitlines()) == 1
 
 
-async def test_concurrent_imports_never_mix_two_files(database_url: str, tmp_path: Path) -> None:
+async def test_concurrent_imports_never_mix_two_files(migrated_settings: DatabaseSettings, tmp_path: Path) -> None:
     """Two imports at once end with one file's register or the other's, never both merged."""
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n[database]\nurl = "{database_url}"\n'
-    )
-    settings = load_config(config).database
-    setup = create_database(settings)
-    await upgrade_schema(setup)
-    await setup.close()
+    settings = migrated_settings
     first = parse_register(write_sample(tmp_path / "a", 1500, seed=1).homes_path)
     renamed = [h.__class__(**{**h.__dict__, "urn": "X" + h.urn}) for h in parse_register(
         write_sample(tmp_path / "b", 1500, seed=2).homes_path).homes]  # fmt: skip

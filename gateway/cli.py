@@ -26,6 +26,7 @@ from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.extracts import defuse
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
@@ -447,11 +448,6 @@ async def cmd_audit_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defuse(value: str) -> str:
-    # A spreadsheet runs a cell that starts with one of these as a formula; a leading quote makes it text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r", "\n") else value
-
-
 async def cmd_audit_export(args: argparse.Namespace) -> int:
     config = _config(args)
     out = sys.stdout
@@ -465,7 +461,7 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
                 out.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str) + "\n")
             else:
                 row["details"] = audit.canonical_json(entry.details)
-                writer.writerow([_defuse(str(row[k])) for k in row])
+                writer.writerow([defuse(str(row[k])) for k in row])
     return 0
 
 

@@ -189,6 +189,20 @@ class Keyring:
     def secret_fingerprints(self) -> list[str]:
         return [entry["fingerprint"] for entry in self._gpg.list_keys(secret=True)]
 
+    def sign_and_encrypt(self, data: bytes, recipient: str, signer: str) -> bytes:
+        """One ASCII-armoured OpenPGP message signed by `signer` and encrypted to `recipient` alone (RFC 3156 6.2).
+
+        Both are full fingerprints. Nothing is sent in the clear if this fails: the caller gets KeyProblem.
+        """
+        # always_trust only skips the web-of-trust check: the recipient was pinned by fingerprint already, and
+        # gpg still refuses an expired or revoked key. passphrase=None: an empty one makes gpg eat a data line.
+        result = self._gpg.encrypt(data, [recipient], sign=signer, always_trust=True, armor=True, passphrase=None)
+        status = result.stderr or ""
+        if not result.ok or "[GNUPG:] SIG_CREATED" not in status or "[GNUPG:] END_ENCRYPTION" not in status:
+            reason = next((line for line in status.splitlines() if "INV_RECP" in line or "FAILURE" in line), status)
+            raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {reason.strip()[-200:]}")
+        return bytes(result.data)
+
     def generate(self, name: str, address: str, expire: str) -> str:
         """Ed25519 to sign, a Cv25519 subkey to encrypt, no passphrase (see the README's security model)."""
         spec = self._gpg.gen_key_input(

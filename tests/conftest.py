@@ -46,6 +46,7 @@ class AuthorityKey:
 
 @dataclass(frozen=True)
 class AuthorityKeys:
+    home: Path  # the authorities' own GnuPG home, holding their secret keys, for decrypting as they would
     police: AuthorityKey
     police_renewed: AuthorityKey
     la: AuthorityKey
@@ -148,6 +149,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
         subkey_soon = maker.make(f"Subkey Soon <{POLICE_ADDRESS}>", expiry="never", subkey_expiry="5d")
         weak = maker.make(f"Weak <{POLICE_ADDRESS}>", algorithms=("rsa1024", "rsa1024"))
         yield AuthorityKeys(
+            home=home,
             police=maker.key(police),
             police_renewed=maker.key(renewed),
             la=maker.key(la),

@@ -203,6 +203,14 @@ class Keyring:
             raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {reason.strip()[-200:]}")
         return bytes(result.data)
 
+    def verify_detached(self, data: bytes, signature: bytes) -> SignatureStatus:
+        """Check a detached signature over exactly these bytes."""
+        with tempfile.NamedTemporaryFile(prefix="gateway-sig-", suffix=".asc") as sig:
+            sig.write(signature)
+            sig.flush()
+            result = self._gpg.verify_data(sig.name, data)
+        return signature_status(result.stderr or "")
+
     def generate(self, name: str, address: str, expire: str) -> str:
         """Ed25519 to sign, a Cv25519 subkey to encrypt, no passphrase (see the README's security model)."""
         spec = self._gpg.gen_key_input(
@@ -233,6 +241,42 @@ def scratch_keyring(binary: str = "gpg") -> Iterator[Keyring]:
             yield Keyring(home, binary)
         finally:
             kill_agent(home)
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """What gpg said of one detached signature, read from its status lines (python-gnupg's flags can mislead)."""
+
+    good: bool
+    primary_fingerprint: str | None  # the key that made it: the primary key's fingerprint, never a subkey's
+    signed_at: dt.datetime | None
+    problem: str | None
+
+
+_BAD_SIGNATURE = {
+    "BADSIG": "the signature does not match the signed part (it was altered or only partly signed)",
+    "EXPKEYSIG": "the signing key has expired",
+    "REVKEYSIG": "the signing key is revoked",
+    "EXPSIG": "the signature has expired",
+    "ERRSIG": "the signature could not be checked (unknown key or algorithm)",
+    "NO_PUBKEY": "the signing key is not in the gateway's keyring",
+}
+
+
+def signature_status(status_text: str) -> SignatureStatus:
+    lines = [line.split()[1:] for line in status_text.splitlines() if line.startswith("[GNUPG:] ")]
+    for words in lines:
+        if words and words[0] in _BAD_SIGNATURE:
+            return SignatureStatus(False, None, None, _BAD_SIGNATURE[words[0]])
+    valid = [words for words in lines if words and words[0] == "VALIDSIG"]
+    if len(valid) != 1 or not any(words and words[0] == "GOODSIG" for words in lines):
+        count = len(valid)
+        return SignatureStatus(False, None, None, f"expected one good signature, gpg reported {count}")
+    # VALIDSIG <fpr> <date> <timestamp> <expire> <version> <reserved> <algo> <hash> <class> <primary-fpr>
+    words = valid[0]
+    primary = words[10] if len(words) > 10 else words[1]
+    signed_at = dt.datetime.fromtimestamp(int(words[3]), dt.UTC) if words[3].isdigit() else None
+    return SignatureStatus(True, primary, signed_at, None)
 
 
 @dataclass(frozen=True)

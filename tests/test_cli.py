@@ -15,6 +15,7 @@ import pytest
 
 from gateway.cli import build_parser, main
 from gateway.crypto import kill_agent
+from gateway.db.engine import head_revision
 from tests.conftest import GATEWAY_ADDRESS, Gateway
 
 
@@ -69,13 +70,13 @@ def test_config_option_works_before_and_after_the_command(gateway: Gateway) -> N
 def test_init_makes_a_private_home_and_a_usable_key(fresh_gateway: Gateway) -> None:
     out = fresh_gateway.ok("init")
     assert stat.S_IMODE(fresh_gateway.gnupg_home.stat().st_mode) == 0o700
-    assert "upgraded from schema none to 0001" in out
+    assert f"upgraded from schema none to {head_revision()}" in out
     fingerprint = out.split('signing_key = "')[1].split('"')[0]
     assert len(fingerprint) == 40
 
     again = fresh_gateway.ok("init")
     assert f"a gateway key for {GATEWAY_ADDRESS} already exists: {fingerprint}" in again
-    assert "is up to date (schema 0001)" in again
+    assert f"is up to date (schema {head_revision()})" in again
 
     fresh_gateway.signing_key = fingerprint
     fresh_gateway.write_config()
@@ -171,7 +172,7 @@ def test_a_failed_init_still_records_the_schema_it_created(fresh_gateway: Gatewa
     assert fresh_gateway.run("init").code == 1
     records = json.loads(fresh_gateway.ok("audit", "list", "--json"))
     assert [(r["action"], r["details"]["from"], r["details"]["to"]) for r in records] == [
-        ("database.upgrade", None, "0001")
+        ("database.upgrade", None, head_revision())
     ]
 
 

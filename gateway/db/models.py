@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, DateTime, ForeignKey, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy import Date, DateTime, ForeignKey, Integer, LargeBinary, MetaData, String, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -128,3 +128,63 @@ class AuditRecord(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class InboundMessage(Base):
+    """Every message that arrived, once, with the one outcome it ended in."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The same bytes twice are the same message: a restart before the IMAP move, or a duplicate delivery.
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    source: Mapped[str] = mapped_column(String(20))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    sender: Mapped[str | None] = mapped_column(String(254))
+    authority_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id", ondelete="SET NULL"))
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class OutboxMessage(Base):
+    """A message to send, written in the same transaction as the decision to send it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # disclosure, refusal, alert
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    sender: Mapped[str] = mapped_column(String(254))
+    recipient: Mapped[str] = mapped_column(String(254))
+    message_id: Mapped[str] = mapped_column(String(998))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Disclosure(Base):
+    """What went where and why (DPA 2018 s.62): one row per extract sent."""
+
+    __tablename__ = "disclosures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(40), unique=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"))
+    authority_name: Mapped[str] = mapped_column(String(200))
+    recipient: Mapped[str] = mapped_column(String(254))
+    key_fingerprint: Mapped[str] = mapped_column(String(40))
+    area: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(Text)
+    home_count: Mapped[int] = mapped_column(Integer)
+    enforcement_count: Mapped[int] = mapped_column(Integer)
+    extract_sha256: Mapped[str] = mapped_column(String(64))
+    marking: Mapped[str] = mapped_column(String(60))
+    disclosed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -16,17 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from gateway import __version__, audit
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
+from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
+from gateway.db.models import OutboxMessage
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
+from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
@@ -488,6 +492,56 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the mail path
+
+
+MAX_MESSAGE = 10 * 1024 * 1024
+
+
+async def cmd_process(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        raw = sys.stdin.buffer.read(MAX_MESSAGE + 1) if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise GatewayError(f"cannot read message {args.file}: {exc.strerror}") from None
+    if len(raw) > MAX_MESSAGE:
+        raise GatewayError(f"the message is larger than {MAX_MESSAGE} bytes: not processed")
+    keyring = _keyring(config)
+    async with _database(config) as db:
+        outcome = await process(Context(config, db, keyring, Templates()), raw, source="file")
+    if args.json:
+        _emit_json(outcome.__dict__)
+    else:
+        reference = f" (reference {outcome.reference})" if outcome.reference else ""
+        print(f"{outcome.kind}: {outcome.reason}{reference} [message {outcome.inbound_id}]")
+    return 0
+
+
+async def cmd_outbox_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db, db.transaction(write=False) as session:
+        rows = (await session.execute(select(OutboxMessage).order_by(OutboxMessage.id))).scalars().all()
+    listed = [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "recipient": r.recipient,
+            "status": r.status,
+            "attempts": r.attempts,
+            "created_at": r.created_at.isoformat(timespec="seconds"),
+            "last_error": r.last_error,
+        }
+        for r in rows
+    ]
+    if args.json:
+        _emit_json(listed)
+    elif not listed:
+        print("the outbox is empty")
+    else:
+        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    return 0
+
+
 # ---------------------------------------------------------------- reference data and demo
 
 
@@ -708,6 +762,16 @@ def _audit_and_other_commands(c: _Commands) -> None:
         "check the hash chain; exit 1 naming the first altered, removed or reordered record",
         listing=True,
     )
+    process_command = c.command(
+        c.root,
+        "process",
+        cmd_process,
+        "run one raw message (a file, or - for stdin) through the mail path, as an MTA pipe would",
+        listing=True,
+    )
+    process_command.add_argument("file", metavar="FILE", help="the raw message ('-' = stdin)")
+    outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
+    c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
     c.command(
         c.root,
         "areas",

@@ -263,6 +263,7 @@ class Gateway:
     directory: Path
     database_url: str
     signing_key: str | None = None
+    authserv_id: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -274,8 +275,9 @@ class Gateway:
 
     def write_config(self, extra: str = "") -> None:
         signing = f'signing_key = "{self.signing_key}"\n' if self.signing_key else ""
+        border = f'authserv_id = "{self.authserv_id}"\n' if self.authserv_id else ""
         self.config_path.write_text(
-            f'[gateway]\naddress = "{GATEWAY_ADDRESS}"\nadmin_address = "{ADMIN_ADDRESS}"\n\n'
+            f'[gateway]\naddress = "{GATEWAY_ADDRESS}"\nadmin_address = "{ADMIN_ADDRESS}"\n{border}\n'
             f'[database]\nurl = "{self.database_url}"\n\n[gpg]\nhome = "gnupg"\n{signing}{extra}'
         )
 

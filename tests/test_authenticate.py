@@ -123,7 +123,9 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
         kill_agent(home)
 
 
-def signed_message(keys: AuthorityKeys, signer: str, *, body: str = REQUEST, alter: bool = False) -> bytes:
+def signed_message(
+    keys: AuthorityKeys, signer: str, *, body: str = REQUEST, alter: bool = False, headers: str = FROM_POLICE
+) -> bytes:
     """A multipart/signed message as a mail client makes it: the first part signed exactly as sent."""
     first = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
     signature = subprocess.run(
@@ -134,7 +136,7 @@ def signed_message(keys: AuthorityKeys, signer: str, *, body: str = REQUEST, alt
     if alter:
         first = first.replace("our force area", "all of England")
     boundary = "----=_signed_7f3a"
-    head = FROM_POLICE.replace("\n", "\r\n") + (
+    head = headers.replace("\n", "\r\n") + (
         "MIME-Version: 1.0\r\n"
         "Content-Type: multipart/signed; micalg=pgp-sha256; "
         f'protocol="application/pgp-signature"; boundary="{boundary}"\r\n'

@@ -1,0 +1,460 @@
+"""THE path a request takes, read top-down: arrive, decide, record. Every message ends in exactly one outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from gateway import audit
+from gateway.authenticate import Refused, authenticate, sender_of
+from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
+from gateway.config import Config
+from gateway.crypto import KeyProblem, Keyring, in_thread
+from gateway.db.engine import Database
+from gateway.db.models import Authority, AuthorityAddress, Disclosure, InboundMessage, OutboxMessage
+from gateway.extracts import build_extract
+from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
+from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
+
+# The few outcomes a message can have (STYLE.md): answered with data, refused with reasons, rejected without
+# a word, quarantined for a person to look at; a message seen before is a duplicate and changes nothing.
+ANSWERED, REFUSED, REJECTED, QUARANTINED, DUPLICATE = "answered", "refused", "rejected", "quarantined", "duplicate"
+GATEWAY_ACTOR = "gateway"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the pipeline works with; built once at start (daemon) or per command (`gateway process`)."""
+
+    config: Config
+    db: Database
+    keyring: Keyring
+    templates: Templates
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Arrival:
+    raw: bytes
+    sha256: str
+    message_id: str | None
+    source: str
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    kind: str  # disclosure, refusal or alert
+    recipient: str
+    message_id: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class DisclosureFacts:
+    """What DPA 2018 s.62 asks to be logged of a disclosure, besides when and to which outgoing message."""
+
+    reference: str
+    authority: str
+    recipient: str
+    key_fingerprint: str
+    area: str
+    purpose: str
+    home_count: int
+    enforcement_count: int
+    extract_sha256: str
+    marking: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str
+    reason: str
+    sender: str | None = None
+    authority: Authority | None = None
+    reference: str | None = None
+    outgoing: tuple[Outgoing, ...] = ()
+    disclosure: DisclosureFacts | None = None
+
+
+@dataclass(frozen=True)
+class Asker:
+    """An authenticated request's origin: the message, the authority, the registered address it came from."""
+
+    message: EmailMessage
+    authority: Authority
+    sender: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    reason: str
+    inbound_id: int
+    reference: str | None = None
+
+
+async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
+    """One raw message through the whole path. Safe to repeat: the same bytes are recorded only once."""
+    arrival = arrive(raw, source, ctx.clock())
+    seen = await previously(ctx, arrival)  # a message already decided is never decided again
+    if seen is not None:
+        return seen
+    decision = await decide(ctx, arrival)
+    return await record(ctx, arrival, decision)
+
+
+def arrive(raw: bytes, source: str, now: dt.datetime) -> Arrival:
+    message_id = None
+    try:
+        header = message_from_bytes(raw, policy=policy.default).get("Message-ID")
+        message_id = str(header).strip()[:998] if header else None
+    except Exception:  # any parse failure is dealt with in decide(); here we only want a label
+        message_id = None
+    return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
+
+
+async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
+    async with ctx.db.transaction(write=False) as session:
+        row = (await session.execute(select(InboundMessage).where(InboundMessage.sha256 == arrival.sha256))).scalar()
+    if row is None:
+        return None
+    return Outcome(DUPLICATE, f"already processed as message {row.id} ({row.outcome})", row.id, row.reference)
+
+
+async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 - one return per step is its shape
+    """Who sent it, may they ask, what did they ask, may they have it; then the answer, built but not yet sent."""
+    message = message_from_bytes(arrival.raw, policy=policy.default)
+    if not isinstance(message, EmailMessage):
+        return Decision(QUARANTINED, "the message could not be parsed")
+    automatic = automatic_mail(message)  # RFC 3834: never answer a machine
+    if automatic is not None:
+        return Decision(REJECTED, f"automatic mail is never answered ({automatic})")
+    sender = sender_of(message)  # exactly one From mailbox, no defects
+    if isinstance(sender, Refused):
+        return Decision(REJECTED, sender.reason)
+    authority = await find_authority(ctx, sender)  # unregistered senders get nothing at all: no backscatter
+    if authority is None:
+        return Decision(REJECTED, f"{sender} is not a registered address", sender)
+    if authority.status != "active":
+        return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
+    authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
+    if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks
+        return alert(
+            ctx, arrival, Decision(QUARANTINED, f"authentication failed: {authentic.reason}", sender, authority)
+        )
+    asker = Asker(message, authority, sender)
+    parsed = parse_request(body_text(authentic.content))
+    if parsed.request is None:
+        return await refuse(ctx, arrival, asker, list(parsed.problems))
+    request = parsed.request
+    unsupported = _not_yet_supported(request)
+    if unsupported:
+        return await refuse(ctx, arrival, asker, [unsupported])
+    scope = resolve_scope(authority.kind, authority.area, request.area)
+    if isinstance(scope, ScopeRefusal):
+        return await refuse(ctx, arrival, asker, [scope.reason])
+    return await disclose(ctx, arrival, asker, request, scope)
+
+
+def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
+    return authenticate(
+        message,
+        raw,
+        policy=authority.auth_policy,
+        pinned_key=authority.key_fingerprint,
+        authserv_id=ctx.config.gateway.authserv_id,
+        verify=ctx.keyring.verify_detached,
+    )
+
+
+def _not_yet_supported(request: Request) -> str | None:
+    if request.kind != "disclosure":
+        return f"{request.kind} requests are not accepted yet: they come with monthly subscriptions"
+    if request.frequency != "once":
+        return "monthly requests are not accepted yet: ask with Frequency: once for now"
+    return None
+
+
+def automatic_mail(message: EmailMessage) -> str | None:
+    """Why a message is a machine's (RFC 3834), if it is: such mail is never answered."""
+    auto = str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    return_path = message.get("Return-Path")
+    if return_path is not None and str(return_path).strip() in ("<>", ""):
+        return "null return path"
+    precedence = str(message.get("Precedence", "")).strip().lower()
+    if precedence in ("bulk", "list", "junk"):
+        return f"Precedence: {precedence}"
+    if any(name.lower().startswith("list-") for name in message):
+        return "mailing list traffic"
+    if message.get_content_type() == "multipart/report":
+        return "a delivery or disposition report"
+    return None
+
+
+async def find_authority(ctx: Context, address: str) -> Authority | None:
+    async with ctx.db.transaction(write=False) as session:
+        return (
+            await session.execute(
+                select(Authority)
+                .join(AuthorityAddress)
+                .where(AuthorityAddress.address == address)
+                .options(selectinload(Authority.addresses))
+            )
+        ).scalar()
+
+
+def _reply_envelope(ctx: Context, message: EmailMessage, recipient: str, reference: str, subject: str) -> Envelope:
+    original = str(message.get("Message-ID", "")).strip() or None
+    earlier = tuple(str(message.get("References", "")).split())
+    return Envelope(
+        sender=ctx.config.gateway.address,
+        recipient=recipient,
+        marking=ctx.config.gateway.marking,
+        reference=reference,
+        subject=subject,
+        in_reply_to=original,
+        references=(*earlier, original) if original else earlier,
+    )
+
+
+async def _encrypted(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
+    """The reply as it goes on the wire; KeyProblem if it cannot be encrypted to the authority: no plaintext ever."""
+    signer = ctx.config.gpg.signing_key
+    if signer is None:
+        raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
+    info = await in_thread(ctx.keyring.inspect, authority.key_fingerprint)
+    if info is None or info.problems(ctx.clock()):
+        why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
+        raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
+    inner = inner_message(envelope, text, files)
+    encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner.as_bytes(), authority.key_fingerprint, signer)
+    return outer_message(envelope, encrypted, now=ctx.clock()).as_bytes()
+
+
+def _common(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
+    return {
+        "marking": ctx.config.gateway.marking,
+        "reference": reference,
+        "date": ctx.clock().strftime("%d %B %Y"),
+        "authority": authority.name,
+        "recipient": recipient,
+        "gateway_address": ctx.config.gateway.address,
+        "contact": ctx.config.gateway.admin_address,
+    }
+
+
+async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[str]) -> Decision:
+    """An authenticated request that cannot be met: an encrypted answer saying what to fix, and no data."""
+    message, authority, sender = asker.message, asker.authority, asker.sender
+    reference = new_reference(ctx.clock())
+    envelope = _reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
+    text = ctx.templates.render(
+        "refusal.txt.j2",
+        {**_common(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
+    )
+    reason = "; ".join(problems)
+    try:
+        wire = await _encrypted(ctx, envelope, text, authority)
+    except KeyProblem as exc:
+        return alert(
+            ctx, arrival, Decision(QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority)
+        )
+    reply = Outgoing("refusal", sender, _message_id(wire), wire)
+    return Decision(REFUSED, reason, sender, authority, reference, (reply,))
+
+
+async def disclose(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
+    """The extract for the scope, encrypted to the pinned key and signed; fail closed if that cannot be done."""
+    message, authority, sender = asker.message, asker.authority, asker.sender
+    reference = new_reference(ctx.clock())
+    marking = ctx.config.gateway.marking
+    async with ctx.db.transaction(write=False) as session:
+        homes = list((await session.execute(homes_in(scope))).scalars())
+        actions = list((await session.execute(enforcement_in(scope))).scalars())
+    extract = build_extract(homes, actions, marking=marking, reference=reference)
+    subject = f"Register of children's homes: {scope.description} ({reference})"
+    envelope = _reply_envelope(ctx, message, sender, reference, subject)
+    text = ctx.templates.render(
+        "disclosure.txt.j2",
+        {
+            **_common(ctx, authority, sender, reference),
+            "area": scope.description,
+            "request_date": arrival.received_at.strftime("%d %B %Y"),
+            "homes_file": extract.homes.name,
+            "home_count": extract.home_count,
+            "enforcement_file": extract.enforcement.name,
+            "enforcement_count": extract.enforcement_count,
+            "purpose": request.purpose,
+        },
+    )
+    try:
+        wire = await _encrypted(ctx, envelope, text, authority, extract.files)
+    except KeyProblem as exc:
+        return alert(ctx, arrival, Decision(QUARANTINED, f"no data sent: {exc}", sender, authority))
+    facts = DisclosureFacts(
+        reference=reference,
+        authority=authority.name,
+        recipient=sender,
+        key_fingerprint=authority.key_fingerprint,
+        area=scope.description,
+        purpose=request.purpose,
+        home_count=extract.home_count,
+        enforcement_count=extract.enforcement_count,
+        extract_sha256=extract.sha256,
+        marking=marking,
+    )
+    reply = Outgoing("disclosure", sender, _message_id(wire), wire)
+    reason = f"{extract.home_count} homes of {scope.description} disclosed"
+    return Decision(ANSWERED, reason, sender, authority, reference, (reply,), facts)
+
+
+def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
+    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
+    note = EmailMessage(policy=policy.SMTP)
+    note["From"] = ctx.config.gateway.address
+    note["To"] = ctx.config.gateway.admin_address
+    note["Subject"] = f"Register gateway alert: message {decision.outcome}"
+    note["Auto-Submitted"] = "auto-generated"
+    note["Message-ID"] = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
+    note.set_content(
+        ctx.templates.render(
+            "alert.txt.j2",
+            {
+                "title": f"message {decision.outcome}",
+                "date": ctx.clock().isoformat(timespec="seconds"),
+                "outcome": decision.outcome,
+                "reason": decision.reason,
+                "sender": decision.sender,
+                "authority": decision.authority.name if decision.authority else None,
+                "message_id": arrival.message_id,
+                "sha256": arrival.sha256,
+            },
+        )
+    )
+    wire = note.as_bytes()
+    warning = Outgoing("alert", ctx.config.gateway.admin_address, str(note["Message-ID"]), wire)
+    return Decision(
+        decision.outcome,
+        decision.reason,
+        decision.sender,
+        decision.authority,
+        decision.reference,
+        (*decision.outgoing, warning),
+        decision.disclosure,
+    )
+
+
+def _message_id(wire: bytes) -> str:
+    return str(message_from_bytes(wire, policy=policy.default).get("Message-ID", ""))
+
+
+async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
+    """The outcome, its outgoing mail and its audit records, all in one transaction, or none of them."""
+    now = ctx.clock()
+    async with ctx.db.transaction() as session:
+        # Checked again under the write lock: two workers racing on the same bytes record it once.
+        existing = (
+            await session.execute(select(InboundMessage).where(InboundMessage.sha256 == arrival.sha256))
+        ).scalar()
+        if existing is not None:
+            return Outcome(DUPLICATE, f"already processed as message {existing.id}", existing.id, existing.reference)
+        inbound = InboundMessage(
+            sha256=arrival.sha256,
+            message_id=arrival.message_id,
+            source=arrival.source,
+            received_at=arrival.received_at,
+            sender=decision.sender,
+            authority_id=decision.authority.id if decision.authority else None,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            reference=decision.reference,
+            size=len(arrival.raw),
+        )
+        session.add(inbound)
+        await session.flush()
+        queued: dict[str, int] = {}
+        for item in decision.outgoing:
+            row = OutboxMessage(
+                kind=item.kind,
+                inbound_id=inbound.id,
+                sender=ctx.config.gateway.address,
+                recipient=item.recipient,
+                message_id=item.message_id,
+                content=item.content,
+                status="pending",
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            queued[item.kind] = row.id
+        await audit.record(
+            session,
+            actor=GATEWAY_ACTOR,
+            action=f"inbound.{decision.outcome}",
+            subject=arrival.message_id or arrival.sha256,
+            details={
+                "inbound_id": inbound.id,
+                "sha256": arrival.sha256,
+                "source": arrival.source,
+                "sender": decision.sender,
+                "authority": decision.authority.name if decision.authority else None,
+                "reason": decision.reason,
+                "reference": decision.reference,
+                "outgoing": dict(queued),
+            },
+            now=now,
+        )
+        if decision.disclosure is not None:
+            facts = decision.disclosure
+            session.add(
+                Disclosure(
+                    reference=facts.reference,
+                    inbound_id=inbound.id,
+                    outbox_id=queued["disclosure"],
+                    authority_name=facts.authority,
+                    recipient=facts.recipient,
+                    key_fingerprint=facts.key_fingerprint,
+                    area=facts.area,
+                    purpose=facts.purpose,
+                    home_count=facts.home_count,
+                    enforcement_count=facts.enforcement_count,
+                    extract_sha256=facts.extract_sha256,
+                    marking=facts.marking,
+                    disclosed_at=now,
+                )
+            )
+            await audit.record(
+                session,
+                actor=GATEWAY_ACTOR,
+                action="disclosure",
+                subject=facts.reference,
+                details={
+                    "justification": facts.purpose,
+                    "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
+                    "authority": facts.authority,
+                    "recipient": facts.recipient,
+                    "key_fingerprint": facts.key_fingerprint,
+                    "area": facts.area,
+                    "homes": facts.home_count,
+                    "enforcement_actions": facts.enforcement_count,
+                    "extract_sha256": facts.extract_sha256,
+                    "marking": facts.marking,
+                    "outbox_id": queued["disclosure"],
+                },
+                now=now,
+            )
+        return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)

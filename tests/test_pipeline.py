@@ -1,0 +1,210 @@
+"""The mail path end to end through `gateway process`: every outcome, the reply opened as its recipient would."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import subprocess
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.config import load_config
+from gateway.db.engine import create_database
+from gateway.db.models import OutboxMessage
+from gateway.sample import write_sample
+from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
+
+BORDER = "mx.hmci.example"
+DOMAIN = POLICE_ADDRESS.rpartition("@")[2]
+
+
+@pytest.fixture
+def live(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Gateway:
+    """A gateway with a register and West Mercia Police registered, trusting our border's DMARC results."""
+    gateway.authserv_id = BORDER
+    gateway.write_config()
+    sample = write_sample(tmp_path / "register", 800, seed=5)
+    gateway.ok("register", "import", "--homes", str(sample.homes_path), "--enforcement", str(sample.enforcement_path))
+    key = keys.police.write(tmp_path, "police.asc")
+    gateway.ok(
+        "authority", "add", "--name", "West Mercia Police", "--kind", "police", "--area", "West Mercia",
+        "--email", POLICE_ADDRESS, "--key", str(key),
+    )  # fmt: skip
+    return gateway
+
+
+def process(gateway: Gateway, raw: bytes, name: str = "message.eml") -> dict[str, object]:
+    path = gateway.directory / name
+    path.write_bytes(raw)
+    outcome: dict[str, object] = json.loads(gateway.ok("process", str(path), "--json"))
+    return outcome
+
+
+def outbox(gateway: Gateway) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = json.loads(gateway.ok("outbox", "list", "--json"))
+    return rows
+
+
+def outbox_content(gateway: Gateway, outbox_id: object) -> bytes:
+    async def read() -> bytes:
+        db = create_database(load_config(gateway.config_path).database)
+        try:
+            async with db.transaction(write=False) as session:
+                row = (await session.execute(select(OutboxMessage).where(OutboxMessage.id == outbox_id))).scalar_one()
+                return row.content
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tuple[EmailMessage, str]:
+    """Decrypt with the authority's own key and gpg, as their mail client would; returns (inner, gpg status)."""
+    outer = message_from_bytes(wire, policy=policy.default)
+    assert isinstance(outer, EmailMessage)
+    assert outer.get_content_type() == "multipart/encrypted"
+    payload = list(outer.iter_parts())[1].get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    exported = gateway.directory / "gateway-public.asc"
+    exported.write_text(gateway.ok("key", "export"))
+    subprocess.run(
+        ["gpg", "--homedir", str(keys.home), "--batch", "--import", str(exported)], check=True, capture_output=True
+    )
+    result = subprocess.run(
+        ["gpg", "--homedir", str(keys.home), "--batch", "--status-fd", "2", "--decrypt"],
+        input=payload, capture_output=True, check=True,
+    )  # fmt: skip
+    inner = message_from_bytes(result.stdout, policy=policy.default)
+    assert isinstance(inner, EmailMessage)
+    return inner, result.stderr.decode()
+
+
+def register_urns(tmp_path: Path, force: str) -> set[str]:
+    with (tmp_path / "register" / "homes.csv").open(newline="") as handle:
+        return {r["urn"] for r in csv.DictReader(handle) if r["police_force_area"] == force and r["status"] != "closed"}
+
+
+def request_from_police(
+    keys: AuthorityKeys, body: str = REQUEST, message_id: str = "<r1@westmercia.police.example>"
+) -> bytes:
+    return signed_message(keys, keys.police.fingerprint, body=body, headers=FROM_POLICE + f"Message-ID: {message_id}\n")
+
+
+def test_a_signed_request_is_answered_with_exactly_its_areas_homes(
+    live: Gateway, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    outcome = process(live, request_from_police(keys))
+    assert outcome["kind"] == "answered"
+    [sent] = outbox(live)
+    assert (sent["kind"], sent["recipient"], sent["status"]) == ("disclosure", POLICE_ADDRESS, "pending")
+
+    wire = outbox_content(live, sent["id"])
+    outer = message_from_bytes(wire, policy=policy.default)
+    assert outer["Subject"] == f"[OFFICIAL-SENSITIVE] {outcome['reference']}"
+    assert outer["In-Reply-To"] == "<r1@westmercia.police.example>"
+    assert outer["Auto-Submitted"] == "auto-replied"
+    assert b"West Mercia" not in wire
+
+    inner, status = open_as_recipient(live, keys, wire)
+    assert f"[GNUPG:] VALIDSIG {live.signing_key}" in status
+    files = {part.get_filename(): part.get_content() for part in inner.iter_attachments()}
+    homes = next(content for name, content in files.items() if str(name).endswith("-homes.csv"))
+    rows = list(csv.DictReader(io.StringIO(homes.split("\n", 1)[1])))
+    assert {r["urn"] for r in rows} == register_urns(tmp_path, "West Mercia")
+
+    records = json.loads(live.ok("audit", "list", "--json"))
+    disclosure = next(r for r in records if r["action"] == "disclosure")
+    assert disclosure["details"]["recipient"] == POLICE_ADDRESS
+    assert disclosure["details"]["key_fingerprint"] == keys.police.fingerprint
+    assert disclosure["details"]["homes"] == len(rows)
+    assert disclosure["details"]["justification"] == "Safeguarding children in our force area"
+    assert live.run("audit", "verify").code == 0
+
+
+def test_the_same_message_twice_sends_one_reply(live: Gateway, keys: AuthorityKeys) -> None:
+    raw = request_from_police(keys)
+    first = process(live, raw)
+    again = process(live, raw, "again.eml")
+    assert first["kind"] == "answered"
+    assert again["kind"] == "duplicate"
+    assert again["inbound_id"] == first["inbound_id"]
+    assert len(outbox(live)) == 1
+
+
+def test_unregistered_senders_get_nothing(live: Gateway) -> None:
+    raw = f"From: someone@else.example\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: hi\r\n\r\n{REQUEST}".encode()
+    outcome = process(live, raw)
+    assert outcome == {**outcome, "kind": "rejected", "reason": "someone@else.example is not a registered address"}
+    assert outbox(live) == []
+
+
+def test_a_registered_address_failing_authentication_is_quarantined_and_the_admin_told(
+    live: Gateway, tmp_path: Path
+) -> None:
+    raw = (FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode()
+    outcome = process(live, raw)
+    assert outcome["kind"] == "quarantined"
+    assert str(outcome["reason"]).startswith("authentication failed: the message is not PGP/MIME signed")
+    [alert] = outbox(live)
+    assert (alert["kind"], alert["recipient"]) == ("alert", ADMIN_ADDRESS)
+    text = outbox_content(live, alert["id"]).decode()
+    assert "No register data was sent" in text
+    urns = register_urns(tmp_path, "West Mercia")
+    assert not any(urn in text for urn in urns)
+
+
+def test_a_mistake_gets_an_encrypted_answer_saying_what_to_fix(live: Gateway, keys: AuthorityKeys) -> None:
+    border = f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\r\n"
+    raw = (border + FROM_POLICE.replace("\n", "\r\n") + "\r\nRequest: disclosure\r\nArea: Kent\r\n").encode()
+    outcome = process(live, raw)
+    assert outcome["kind"] == "refused"
+    [answer] = outbox(live)
+    assert answer["kind"] == "refusal"
+    wire = outbox_content(live, answer["id"])
+    assert b"Purpose" not in wire  # the explanation travels encrypted too
+    inner, _ = open_as_recipient(live, keys, wire)
+    body = inner.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "the Purpose field is missing or empty" in text
+    assert "Request: disclosure" in text  # the correct format is shown
+    assert list(inner.iter_attachments()) == []
+
+
+def test_an_area_outside_the_forces_own_is_refused_with_the_reason(live: Gateway, keys: AuthorityKeys) -> None:
+    outcome = process(live, request_from_police(keys, body=REQUEST + "Area: Kent\r\n"))
+    # "Area: Kent" after Purpose is still a field: fields are read until the first line that is not one.
+    assert outcome["kind"] == "refused"
+    assert "Kent police force area is outside your own area" in str(outcome["reason"])
+
+
+def test_automatic_mail_is_never_answered(live: Gateway, keys: AuthorityKeys) -> None:
+    raw = request_from_police(keys).replace(
+        b"Subject: request\r\n", b"Subject: request\r\nAuto-Submitted: auto-replied\r\n"
+    )
+    outcome = process(live, raw)
+    assert (outcome["kind"], outcome["reason"]) == (
+        "rejected",
+        "automatic mail is never answered (Auto-Submitted: auto-replied)",
+    )
+    assert outbox(live) == []
+
+
+def test_no_usable_key_means_no_data_and_an_alert(live: Gateway, keys: AuthorityKeys) -> None:
+    subprocess.run(
+        ["gpg", "--homedir", str(live.gnupg_home), "--batch", "--yes", "--delete-keys", keys.police.fingerprint],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    outcome = process(live, (f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\r\n".encode()
+                             + (FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode()))  # fmt: skip
+    assert outcome["kind"] == "quarantined"
+    assert "no data sent" in str(outcome["reason"])
+    assert [row["kind"] for row in outbox(live)] == ["alert"]
+    assert not any(r["action"] == "disclosure" for r in json.loads(live.ok("audit", "list", "--json")))

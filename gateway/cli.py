@@ -30,6 +30,7 @@ from gateway.db.models import OutboxMessage
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
+from gateway.outbox import deliver_due, retry_now, smtp_transport
 from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
@@ -517,6 +518,30 @@ async def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_outbox_send(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config.smtp is None:
+        raise ConfigError(f"{config.path}: [smtp] is not configured: there is no relay to send through")
+    async with _database(config) as db:
+        counts = await deliver_due(
+            db, smtp_transport(config.smtp), admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
+        )
+    print(f"sent {counts['sent']}, will retry {counts['retrying']}, failed {counts['failed']}")
+    return 0
+
+
+async def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db:
+        row = await retry_now(db, args.id, actor=args.actor, now=dt.datetime.now(dt.UTC))
+    if row is None:
+        raise GatewayError(f"no outgoing message {args.id} (see `gateway outbox list`)")
+    if row.status == "sent":
+        raise GatewayError(f"outgoing message {args.id} was already sent on {row.sent_at}")
+    print(f"outgoing message {args.id} to {row.recipient} will be sent on the next delivery run")
+    return 0
+
+
 async def cmd_outbox_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db, db.transaction(write=False) as session:
@@ -772,6 +797,9 @@ def _audit_and_other_commands(c: _Commands) -> None:
     process_command.add_argument("file", metavar="FILE", help="the raw message ('-' = stdin)")
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
     c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
+    c.command(outbox, "send", cmd_outbox_send, "deliver what is due now through the [smtp] relay, once")
+    retry = c.command(outbox, "retry", cmd_outbox_retry, "send a failed message again", acting=True)
+    retry.add_argument("id", type=int, metavar="ID", help="the message's id in `gateway outbox list`")
     c.command(
         c.root,
         "areas",

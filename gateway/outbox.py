@@ -1,0 +1,185 @@
+"""The durable queue of outgoing mail: delivered to the relay with aiosmtplib, retried, never silently dropped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+
+import aiosmtplib
+from sqlalchemy import select
+
+from gateway import audit
+from gateway.config import SmtpSettings
+from gateway.db.engine import Database
+from gateway.db.models import OutboxMessage
+
+SENDER_ACTOR = "gateway"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    give_up_after: dt.timedelta = dt.timedelta(days=5)
+    first_wait: dt.timedelta = dt.timedelta(minutes=1)
+    longest_wait: dt.timedelta = dt.timedelta(hours=1)
+    # A claimed message is not picked up again for this long: a sender that died mid-send is retried after it.
+    lease: dt.timedelta = dt.timedelta(minutes=10)
+
+    def wait(self, attempts: int) -> dt.timedelta:
+        doublings = min(max(attempts - 1, 0), 20)  # capped: the wait tops out long before 2**20 anyway
+        return min(self.first_wait * (1 << doublings), self.longest_wait)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one delivery went: sent, or failed temporarily (retry) or permanently (give up)."""
+
+    sent: bool
+    permanent: bool = False
+    error: str | None = None
+
+
+Transport = Callable[[OutboxMessage], Awaitable[Attempt]]
+
+
+def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> Transport:
+    """Delivery to the configured relay. TLS is required unless tls = "none" (certificates always checked)."""
+
+    async def send(row: OutboxMessage) -> Attempt:
+        try:
+            await aiosmtplib.send(
+                row.content,
+                sender=row.sender,
+                recipients=[row.recipient],
+                hostname=settings.host,
+                port=settings.port,
+                username=settings.username,
+                password=settings.password.value if settings.password else None,
+                use_tls=settings.tls == "tls",
+                # True, not None: None would fall back to plaintext when the relay offers no STARTTLS.
+                start_tls=settings.tls == "starttls",
+                validate_certs=True,
+                tls_context=tls_context,
+                timeout=60,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [refusal.code for refusal in exc.recipients]
+            return Attempt(False, all(code >= 500 for code in codes), f"recipient refused: {exc}")
+        except aiosmtplib.SMTPResponseException as exc:
+            return Attempt(False, exc.code >= 500, f"{exc.code} {exc.message}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return Attempt(False, False, f"{type(exc).__name__}: {exc}")
+        return Attempt(True)
+
+    return send
+
+
+async def _claim(db: Database, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[OutboxMessage]:
+    """Take the due messages for this sender: moving their next attempt past the lease claims them."""
+    async with db.transaction() as session:
+        rows = list(
+            (
+                await session.execute(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+                    .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        for row in rows:
+            row.next_attempt_at = now + lease
+        return rows
+
+
+def _failure_alert(row: OutboxMessage, error: str, admin: str) -> OutboxMessage:
+    note = EmailMessage(policy=policy.SMTP)
+    note["From"] = row.sender
+    note["To"] = admin
+    note["Subject"] = f"Register gateway alert: outgoing message {row.id} could not be delivered"
+    note["Auto-Submitted"] = "auto-generated"
+    note.set_content(
+        f"Outgoing message {row.id} ({row.kind}) to {row.recipient} was not delivered and will not be retried.\n"
+        f"Last error: {error}\nAttempts: {row.attempts}\n\n"
+        f"Nothing was sent in the clear. See `gateway outbox list`; `gateway outbox retry {row.id}` tries again.\n"
+    )
+    return OutboxMessage(
+        kind="alert",
+        inbound_id=row.inbound_id,
+        sender=row.sender,
+        recipient=admin,
+        message_id=f"<outbox-{row.id}-failed@{row.sender.rpartition('@')[2]}>",
+        content=note.as_bytes(),
+        status="pending",
+        attempts=0,
+        created_at=row.created_at,
+        next_attempt_at=row.created_at,
+    )
+
+
+async def deliver_due(
+    db: Database,
+    transport: Transport,
+    *,
+    admin_address: str,
+    now: dt.datetime,
+    retry: RetryPolicy | None = None,
+    limit: int = 50,
+) -> dict[str, int]:
+    """Send what is due once; returns counts of sent, retrying and failed messages."""
+    rules = retry or RetryPolicy()
+    counts = {"sent": 0, "retrying": 0, "failed": 0}
+    for claimed in await _claim(db, now, rules.lease, limit):
+        result = await transport(claimed)
+        async with db.transaction() as session:
+            row = await session.get(OutboxMessage, claimed.id)
+            if row is None or row.status != "pending":
+                continue
+            row.attempts += 1
+            row.last_error = result.error
+            if result.sent:
+                row.status, row.sent_at = "sent", now
+                counts["sent"] += 1
+            elif result.permanent or now - row.created_at >= rules.give_up_after:
+                row.status = "failed"
+                counts["failed"] += 1
+                # Alerts about alerts would loop; a failed alert is only in the audit trail and the outbox list.
+                if row.kind != "alert":
+                    session.add(_failure_alert(row, result.error or "unknown", admin_address))
+            else:
+                row.next_attempt_at = now + rules.wait(row.attempts)
+                counts["retrying"] += 1
+            if row.status != "pending":
+                await audit.record(
+                    session,
+                    actor=SENDER_ACTOR,
+                    action=f"outbox.{row.status}",
+                    subject=f"outbox {row.id}",
+                    details={
+                        "kind": row.kind,
+                        "recipient": row.recipient,
+                        "attempts": row.attempts,
+                        "error": row.last_error,
+                    },
+                    now=now,
+                )
+    return counts
+
+
+async def retry_now(db: Database, outbox_id: int, *, actor: str, now: dt.datetime) -> OutboxMessage | None:
+    """Put a failed (or waiting) message back to the front of the queue, by hand."""
+    async with db.transaction() as session:
+        row = await session.get(OutboxMessage, outbox_id)
+        if row is None or row.status == "sent":
+            return row
+        row.status, row.next_attempt_at = "pending", now
+        # A message retried by hand gets the full retry period again from now.
+        row.created_at = now
+        await audit.record(
+            session, actor=actor, action="outbox.retry", subject=f"outbox {row.id}", details={"kind": row.kind}, now=now
+        )
+        return row

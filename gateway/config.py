@@ -73,6 +73,11 @@ class ImapSettings:
     password: Secret
     tls: ImapTls
     folder: str
+    processed_folder: str = "Processed"
+    rejected_folder: str = "Rejected"
+    quarantine_folder: str = "Quarantine"
+    idle_seconds: int = 240  # NAT boxes drop idle links after about 5 minutes: re-issue IDLE well before
+    poll_seconds: int = 60  # for servers without IDLE
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,11 @@ def _imap(section: _Section | None) -> ImapSettings | None:
         password=password,
         tls=tls,
         folder=section.text("folder", "INBOX") or "INBOX",
+        processed_folder=section.text("processed_folder", "Processed") or "Processed",
+        rejected_folder=section.text("rejected_folder", "Rejected") or "Rejected",
+        quarantine_folder=section.text("quarantine_folder", "Quarantine") or "Quarantine",
+        idle_seconds=section.integer("idle_seconds", 240, 10, 1500),
+        poll_seconds=section.integer("poll_seconds", 60, 1, 3600),
     )
     section.finish()
     return settings

@@ -101,6 +101,11 @@ class Outcome:
     reason: str
     inbound_id: int
     reference: str | None = None
+    settled_as: str = ""  # the outcome that decides where the message is filed: a duplicate's is its original's
+
+    def __post_init__(self) -> None:
+        if not self.settled_as:
+            object.__setattr__(self, "settled_as", self.kind)
 
 
 async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
@@ -128,7 +133,9 @@ async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
         row = (await session.execute(select(InboundMessage).where(InboundMessage.sha256 == arrival.sha256))).scalar()
     if row is None:
         return None
-    return Outcome(DUPLICATE, f"already processed as message {row.id} ({row.outcome})", row.id, row.reference)
+    return Outcome(
+        DUPLICATE, f"already processed as message {row.id} ({row.outcome})", row.id, row.reference, row.outcome
+    )
 
 
 async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 - one return per step is its shape
@@ -360,6 +367,19 @@ def _message_id(wire: bytes) -> str:
     return str(message_from_bytes(wire, policy=policy.default).get("Message-ID", ""))
 
 
+async def _unless_replayed(session: Any, arrival: Arrival, decision: Decision) -> Decision:
+    """A Message-ID seen before with other bytes (a relay re-delivering with a new header, or a replay) is
+    recorded in its own right but never answered twice."""
+    if arrival.message_id is None:
+        return decision
+    query = select(InboundMessage.id).where(InboundMessage.message_id == arrival.message_id).limit(1)
+    earlier = (await session.execute(query)).scalar()
+    if earlier is None:
+        return decision
+    reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: not answered twice"
+    return Decision(REJECTED, reason, decision.sender, decision.authority)
+
+
 async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
     """The outcome, its outgoing mail and its audit records, all in one transaction, or none of them."""
     now = ctx.clock()
@@ -369,7 +389,14 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             await session.execute(select(InboundMessage).where(InboundMessage.sha256 == arrival.sha256))
         ).scalar()
         if existing is not None:
-            return Outcome(DUPLICATE, f"already processed as message {existing.id}", existing.id, existing.reference)
+            return Outcome(
+                DUPLICATE,
+                f"already processed as message {existing.id}",
+                existing.id,
+                existing.reference,
+                existing.outcome,
+            )
+        decision = await _unless_replayed(session, arrival, decision)
         inbound = InboundMessage(
             sha256=arrival.sha256,
             message_id=arrival.message_id,

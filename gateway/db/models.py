@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, DateTime, ForeignKey, Integer, LargeBinary, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -188,3 +200,17 @@ class Disclosure(Base):
     extract_sha256: Mapped[str] = mapped_column(String(64))
     marking: Mapped[str] = mapped_column(String(60))
     disclosed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class MailboxProgress(Base):
+    """Which UIDs of a folder have been processed, under which UIDVALIDITY: the truth, not IMAP flags."""
+
+    __tablename__ = "mailbox_progress"
+
+    folder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    settled_as: Mapped[str] = mapped_column(String(20))
+    moved: Mapped[bool] = mapped_column(Boolean)
+    processed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

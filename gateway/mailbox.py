@@ -1,0 +1,225 @@
+"""The IMAP watcher: raw messages in from the secure mailbox, each moved to its outcome's folder afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aioimaplib
+
+from gateway.config import ImapSettings
+from gateway.db.engine import Database
+from gateway.db.models import MailboxProgress
+from gateway.pipeline import Outcome
+
+log = logging.getLogger("gateway.mailbox")
+
+COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
+MAX_BACKOFF = 60.0
+
+Handler = Callable[[bytes], Awaitable[Outcome]]
+
+
+class MailboxError(Exception):
+    """The server said NO or BAD, or answered in a way the watcher cannot use: reconnect and try again."""
+
+
+@dataclass(frozen=True)
+class Folders:
+    inbox: str
+    processed: str
+    rejected: str
+    quarantine: str
+
+    @classmethod
+    def of(cls, settings: ImapSettings) -> Folders:
+        return cls(settings.folder, settings.processed_folder, settings.rejected_folder, settings.quarantine_folder)
+
+    def for_outcome(self, settled_as: str) -> str:
+        return {"rejected": self.rejected, "quarantined": self.quarantine}.get(settled_as, self.processed)
+
+
+async def _timed(call: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
+    return await asyncio.wait_for(call, timeout)
+
+
+async def _ok(call: Awaitable[Any], what: str) -> Any:
+    response = await _timed(call)
+    if response.result != "OK":
+        raise MailboxError(f"{what}: {response.result} {_text(response.lines)[:200]}")
+    return response
+
+
+def _text(lines: list[Any]) -> str:
+    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines if isinstance(line, bytes | bytearray))
+
+
+class Watcher:
+    """Connect, catch up, wait (IDLE or poll), repeat; on any failure rebuild the client after a backoff."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        handle: Handler,
+        db: Database,
+        *,
+        stop: asyncio.Event,
+        tls_context: ssl.SSLContext | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._settings = settings
+        self._handle = handle
+        self._db = db
+        self._stop = stop
+        self._tls = tls_context
+        self._clock = clock
+        self.folders = Folders.of(settings)
+        self.connected = asyncio.Event()  # set while logged in and selected, for tests and health checks
+        self._lost = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                backoff = 1.0
+            except (OSError, TimeoutError, MailboxError, aioimaplib.Abort, aioimaplib.CommandTimeout) as exc:
+                self.connected.clear()
+                log.warning("imap connection lost; reconnecting in %.0f s: %s", backoff, type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _connect(self) -> aioimaplib.IMAP4:
+        settings = self._settings
+        if settings.tls == "tls":
+            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+                host=settings.host, port=settings.port, timeout=COMMAND_TIMEOUT, ssl_context=self._tls
+            )
+        else:
+            client = aioimaplib.IMAP4(host=settings.host, port=settings.port, timeout=COMMAND_TIMEOUT)
+        # Told at once when the link drops (IMAP4_SSL does not pass the callback on, so it is set here),
+        # instead of finding out when an IDLE or a command times out.
+        self._lost = asyncio.Event()
+        client.protocol.conn_lost_cb = lambda _exc: self._lost.set()
+        await _timed(client.wait_hello_from_server())
+        await _ok(client.login(settings.username, settings.password.value), "LOGIN")
+        return client
+
+    async def _session(self) -> None:
+        client = await self._connect()
+        try:
+            for folder in (self.folders.processed, self.folders.rejected, self.folders.quarantine):
+                # NO means it exists already; anything worse shows up when a message is moved there.
+                await _timed(client.create(folder))
+            uidvalidity = await self._select(client)
+            self.connected.set()
+            while not self._stop.is_set():
+                await self.catch_up(client, uidvalidity)
+                await self._wait(client)
+        finally:
+            self.connected.clear()
+            # If the link is already gone there is nothing to log out of.
+            with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout):
+                await _timed(client.logout(), 5)
+
+    async def _select(self, client: aioimaplib.IMAP4) -> int:
+        response = await _ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
+        match = re.search(r"UIDVALIDITY (\d+)", _text(response.lines))
+        if match is None:
+            raise MailboxError("the server reported no UIDVALIDITY")
+        return int(match[1])
+
+    async def _wait(self, client: aioimaplib.IMAP4) -> None:
+        """Until the server pushes news, the IDLE period ends, or the gateway stops: a wake-up, never the truth."""
+        if not client.has_capability("IDLE"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._settings.poll_seconds)
+            if self._lost.is_set():
+                raise MailboxError("the server closed the connection")
+            return
+        idle = await _timed(client.idle_start(timeout=self._settings.idle_seconds + COMMAND_TIMEOUT))
+        push = asyncio.ensure_future(client.wait_server_push(timeout=self._settings.idle_seconds))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({push, stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if client.has_pending_idle() and not self._lost.is_set():
+                client.idle_done()
+            # A server going down pushes BYE and then closes: the IDLE never completes, so wait for either.
+            await asyncio.wait({idle, lost}, timeout=COMMAND_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (push, stopping, lost):
+                task.cancel()
+        if self._lost.is_set() or not idle.done():
+            idle.cancel()
+            raise MailboxError("the server closed the connection")
+
+    async def catch_up(self, client: aioimaplib.IMAP4, uidvalidity: int) -> None:
+        """Every message in the folder now, oldest first: processed unless already, then moved to its folder."""
+        response = await _ok(client.uid_search("ALL"), "UID SEARCH")
+        uids = sorted(int(word) for word in _text(response.lines).split() if word.isdigit())
+        for uid in uids:
+            if self._stop.is_set():
+                return
+            settled_as = await self._settled(uidvalidity, uid)
+            if settled_as is None:
+                raw = await self._fetch(client, uid)
+                outcome = await self._handle(raw)
+                settled_as = outcome.settled_as
+                await self._remember(uidvalidity, uid, outcome)
+            await self._move(client, uid, self.folders.for_outcome(settled_as))
+            await self._moved(uidvalidity, uid)
+
+    async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> bytes:
+        # BODY.PEEK leaves \\Seen alone: flags are the mailbox owner's, progress is ours (in the database).
+        response = await _ok(client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
+        literals = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
+        if not literals:
+            raise MailboxError(f"UID FETCH {uid} returned no message")
+        return literals[0]
+
+    async def _move(self, client: aioimaplib.IMAP4, uid: int, folder: str) -> None:
+        if client.has_capability("MOVE"):
+            await _ok(client.uid("move", str(uid), folder), f"UID MOVE {uid}")
+            return
+        await _ok(client.uid("copy", str(uid), folder), f"UID COPY {uid}")
+        await _ok(client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)"), f"UID STORE {uid}")
+        if client.has_capability("UIDPLUS"):
+            await _ok(client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
+        else:
+            await _ok(client.expunge(), "EXPUNGE")
+
+    async def _settled(self, uidvalidity: int, uid: int) -> str | None:
+        async with self._db.transaction(write=False) as session:
+            row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
+        return row.settled_as if row else None
+
+    async def _remember(self, uidvalidity: int, uid: int, outcome: Outcome) -> None:
+        async with self._db.transaction() as session:
+            existing = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
+            if existing is None:
+                session.add(
+                    MailboxProgress(
+                        folder=self.folders.inbox,
+                        uidvalidity=uidvalidity,
+                        uid=uid,
+                        inbound_id=outcome.inbound_id,
+                        settled_as=outcome.settled_as,
+                        moved=False,
+                        processed_at=self._clock(),
+                    )
+                )
+
+    async def _moved(self, uidvalidity: int, uid: int) -> None:
+        async with self._db.transaction() as session:
+            row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
+            if row is not None:
+                row.moved = True

@@ -1,0 +1,163 @@
+"""The IMAP watcher against a real Dovecot: each message processed once and filed by outcome, restarts survived."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.compose import Templates
+from gateway.config import ImapSettings, Secret, load_config
+from gateway.crypto import Keyring
+from gateway.db.engine import Database, create_database
+from gateway.mailbox import Watcher
+from gateway.pipeline import Context, Outcome, process
+from tests.conftest import GATEWAY_ADDRESS, AuthorityKeys, Gateway
+from tests.dovecot import ImapServer, dovecot_server
+from tests.test_authenticate import FROM_POLICE, REQUEST
+from tests.test_pipeline import live, outbox, request_from_police
+
+__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+
+
+@dataclass
+class Running:
+    ctx: Context
+    watcher: Watcher
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+def folder_counts(server: ImapServer, *folders: str) -> dict[str, int]:
+    """What a person looking at the mailbox would see, through a separate IMAP client."""
+    client = imaplib.IMAP4(server.host, server.port)
+    try:
+        client.login(server.username, server.password)
+        counts = {}
+        for folder in folders:
+            status, data = client.select(folder, readonly=True)
+            counts[folder] = int(data[0] or 0) if status == "OK" else -1
+        return counts
+    finally:
+        client.logout()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the watcher did not get there in time")
+        await asyncio.sleep(0.2)
+
+
+def imap_settings(server: ImapServer) -> ImapSettings:
+    return ImapSettings(
+        host=server.host, port=server.port, username=server.username, password=Secret(server.password),
+        tls="none", folder="INBOX", idle_seconds=30, poll_seconds=1,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def running(live: Gateway, dovecot_server: ImapServer) -> AsyncIterator[Running]:
+    config = load_config(live.config_path)
+    settings = imap_settings(dovecot_server)
+    db: Database = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    stop = asyncio.Event()
+
+    async def handle(raw: bytes) -> Outcome:
+        return await process(ctx, raw, source="imap")
+
+    watcher = Watcher(settings, handle, db, stop=stop)
+    task = asyncio.create_task(watcher.run())
+    try:
+        yield Running(ctx, watcher, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await db.close()
+
+
+def counts_are(server: ImapServer, expected: dict[str, int]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await asyncio.to_thread(folder_counts, server, *expected) == expected
+
+    return check
+
+
+async def test_each_message_is_filed_by_its_outcome(
+    running: Running, dovecot_server: ImapServer, live: Gateway, keys: AuthorityKeys
+) -> None:
+    await asyncio.wait_for(running.watcher.connected.wait(), 20)
+    dovecot_server.deliver(request_from_police(keys))
+    dovecot_server.deliver(f"From: someone@else.example\r\nTo: {GATEWAY_ADDRESS}\r\n\r\n{REQUEST}".encode())
+    dovecot_server.deliver((FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode())  # not authenticated
+    await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1, "Rejected": 1, "Quarantine": 1}))
+    kinds = sorted(str(row["kind"]) for row in await asyncio.to_thread(outbox, live))
+    assert kinds == ["alert", "disclosure"]
+
+
+def fetch_as_the_watcher_would(server: ImapServer) -> bytes:
+    client = imaplib.IMAP4(server.host, server.port)
+    try:
+        client.login(server.username, server.password)
+        client.select("INBOX")
+        _, data = client.uid("fetch", "1:*", "(BODY.PEEK[])")
+        first = data[0]
+        assert isinstance(first, tuple)
+        raw = first[1]
+        assert isinstance(raw, bytes)
+        return raw
+    finally:
+        client.logout()
+
+
+async def test_a_message_processed_before_a_crash_is_moved_without_a_second_reply(
+    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
+) -> None:
+    dovecot_server.deliver(request_from_police(keys))
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    # The gateway fetched this message, recorded its outcome, and died before the IMAP move.
+    first = await process(ctx, await asyncio.to_thread(fetch_as_the_watcher_would, dovecot_server), source="imap")
+    assert first.kind == "answered"
+    seen: list[Outcome] = []
+
+    async def handle(message: bytes) -> Outcome:
+        seen.append(await process(ctx, message, source="imap"))
+        return seen[-1]
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(Watcher(imap_settings(dovecot_server), handle, db, stop=stop).run())
+    try:
+        await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await db.close()
+    assert [o.kind for o in seen] == ["duplicate"]
+    assert len(await asyncio.to_thread(outbox, live)) == 1
+
+
+async def test_a_redelivery_with_other_bytes_is_not_answered_twice(
+    running: Running, dovecot_server: ImapServer, live: Gateway, keys: AuthorityKeys
+) -> None:
+    await asyncio.wait_for(running.watcher.connected.wait(), 20)
+    raw = request_from_police(keys)
+    dovecot_server.deliver(raw)
+    await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}))
+    dovecot_server.deliver(b"Received: from relay2.example by mx.hmci.example\r\n" + raw)
+    await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1, "Rejected": 1}))
+    assert len(await asyncio.to_thread(outbox, live)) == 1
+
+
+async def test_a_server_restart_is_survived(running: Running, dovecot_server: ImapServer, keys: AuthorityKeys) -> None:
+    await asyncio.wait_for(running.watcher.connected.wait(), 20)
+    await asyncio.to_thread(dovecot_server.stop)
+    await asyncio.to_thread(dovecot_server.start)
+    dovecot_server.deliver(request_from_police(keys))
+    await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}), timeout=90)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from gateway import __version__, audit
+from gateway import __version__, audit, daemon
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
@@ -30,6 +30,7 @@ from gateway.db.models import OutboxMessage
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
+from gateway.logs import configure as configure_logs
 from gateway.outbox import deliver_due, retry_now, smtp_transport
 from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
@@ -518,6 +519,13 @@ async def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    configure_logs(args.log_level)
+    await daemon.run(config)
+    return 0
+
+
 async def cmd_outbox_send(args: argparse.Namespace) -> int:
     config = _config(args)
     if config.smtp is None:
@@ -795,6 +803,13 @@ def _audit_and_other_commands(c: _Commands) -> None:
         listing=True,
     )
     process_command.add_argument("file", metavar="FILE", help="the raw message ('-' = stdin)")
+    run = c.command(
+        c.root,
+        "run",
+        cmd_run,
+        "the daemon: watch the mailbox, answer requests, send the outbox; stops cleanly on SIGTERM or SIGINT",
+    )
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
     c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
     c.command(outbox, "send", cmd_outbox_send, "deliver what is due now through the [smtp] relay, once")

@@ -90,6 +90,13 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class InboundSmtpSettings:
+    host: str
+    port: int
+    max_size: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
@@ -97,6 +104,7 @@ class Config:
     gpg: GpgSettings
     imap: ImapSettings | None
     smtp: SmtpSettings | None
+    inbound_smtp: InboundSmtpSettings | None = None
 
 
 T = TypeVar("T")
@@ -198,7 +206,7 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting")
 
 
-_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp")
+_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp")
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -274,6 +282,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         gpg=gpg,
         imap=_imap(sections["imap"]),
         smtp=_smtp(sections["smtp"]),
+        inbound_smtp=_inbound_smtp(sections["inbound_smtp"]),
     )
 
 
@@ -351,6 +360,18 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         username=username,
         password=password,
         tls=tls,
+    )
+    section.finish()
+    return settings
+
+
+def _inbound_smtp(section: _Section | None) -> InboundSmtpSettings | None:
+    if section is None:
+        return None
+    settings = InboundSmtpSettings(
+        host=section.text("host", "127.0.0.1") or "127.0.0.1",
+        port=section.integer("port", 2525, 1, 65535),
+        max_size=section.integer("max_size", 10 * 1024 * 1024, 1024, 100 * 1024 * 1024),
     )
     section.finish()
     return settings

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import structlog
 
 from gateway.compose import Templates
-from gateway.config import Config
+from gateway.config import Config, InboundSmtpSettings, SmtpSettings
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import create_database, require_current_schema
 from gateway.errors import ConfigError
+from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import Context, Outcome, process
@@ -49,6 +50,56 @@ async def _check_key(config: Config, keyring: Keyring) -> None:
         raise KeyProblem(f"[gpg] signing_key {config.gpg.signing_key} is unusable: {'; '.join(info.problems())}")
 
 
+async def _nap(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Until the gateway stops, there is new work, or `seconds` pass: whichever comes first."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    wake.clear()
+
+
+class Services:
+    """What runs inside the daemon's task group; each loop ends soon after `stop` is set."""
+
+    def __init__(self, ctx: Context, stop: asyncio.Event) -> None:
+        self.ctx = ctx
+        self.stop = stop
+        self.outbox_due = asyncio.Event()
+        self.spooled = asyncio.Event()
+
+    async def handle(self, raw: bytes) -> Outcome:
+        with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):
+            outcome = await process(self.ctx, raw, source="mail")
+            log.info("message", outcome=outcome.kind, inbound_id=outcome.inbound_id, reference=outcome.reference)
+        self.outbox_due.set()  # a reply is waiting: send it now rather than at the next tick
+        return outcome
+
+    async def send_outbox(self, smtp: SmtpSettings) -> None:
+        transport, config = smtp_transport(smtp), self.ctx.config
+        while not self.stop.is_set():
+            counts = await deliver_due(
+                self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
+            )
+            if any(counts.values()):
+                log.info("outbox", **counts)
+            await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)
+
+    async def listen(self, inbound: InboundSmtpSettings) -> None:
+        """The inbound SMTP listener, and what it stored, through the same pipeline."""
+
+        async def one(raw: bytes) -> int:
+            return (await self.handle(raw)).inbound_id
+
+        server = await start_listener(inbound, self.ctx.db, self.ctx.config.gateway.address, self.spooled)
+        try:
+            while not self.stop.is_set():
+                await drain_spool(self.ctx.db, one)
+                await _nap(self.stop, self.spooled, OUTBOX_INTERVAL)
+        finally:
+            server.close()
+
+
 async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     """Startup, serve until asked to stop, shut down within SHUTDOWN_LIMIT seconds."""
     # Startup: everything checked before anything is touched, so a bad setting fails here, not at 3 a.m.
@@ -60,38 +111,19 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     await _check_key(config, keyring)
     db = create_database(config.database)
     await require_current_schema(db)
-    ctx = Context(config, db, keyring, Templates())
-    smtp, outbox_due = config.smtp, asyncio.Event()
-
-    async def handle(raw: bytes) -> Outcome:
-        with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):
-            outcome = await process(ctx, raw, source="imap")
-            log.info("message", outcome=outcome.kind, inbound_id=outcome.inbound_id, reference=outcome.reference)
-        outbox_due.set()  # a reply is waiting: send it now rather than at the next tick
-        return outcome
-
-    async def send_outbox() -> None:
-        transport = smtp_transport(smtp)
-        while not stop.is_set():
-            counts = await deliver_due(
-                db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
-            )
-            if any(counts.values()):
-                log.info("outbox", **counts)
-            outbox_due.clear()
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(outbox_due.wait())]
-            await asyncio.wait(waits, timeout=OUTBOX_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
-
-    watcher = Watcher(config.imap, handle, db, stop=stop)
-    log.info("started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{smtp.host}:{smtp.port}")
+    services = Services(Context(config, db, keyring, Templates()), stop)
+    watcher = Watcher(config.imap, services.handle, db, stop=stop)
+    log.info(
+        "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"
+    )
     try:
         with _signals(stop):
             # Serve: the watcher finishes the message in hand when stop is set; the sender finishes its batch.
             async with asyncio.timeout(None) as limit, asyncio.TaskGroup() as tasks:
                 tasks.create_task(watcher.run())
-                tasks.create_task(send_outbox())
+                tasks.create_task(services.send_outbox(config.smtp))
+                if config.inbound_smtp is not None:
+                    tasks.create_task(services.listen(config.inbound_smtp))
                 await stop.wait()
                 limit.reschedule(asyncio.get_running_loop().time() + SHUTDOWN_LIMIT)
     except TimeoutError:

@@ -214,3 +214,17 @@ class MailboxProgress(Base):
     settled_as: Mapped[str] = mapped_column(String(20))
     moved: Mapped[bool] = mapped_column(Boolean)
     processed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SpooledMessage(Base):
+    """A message the inbound SMTP listener accepted: stored here before it said 250, processed afterwards."""
+
+    __tablename__ = "inbound_spool"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    peer: Mapped[str] = mapped_column(String(100))
+    mail_from: Mapped[str] = mapped_column(String(998))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending, done
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))

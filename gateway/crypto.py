@@ -211,6 +211,21 @@ class Keyring:
             result = self._gpg.verify_data(sig.name, data)
         return signature_status(result.stderr or "")
 
+    def sign_detached(self, data: bytes, signer: str) -> bytes:
+        """An armoured detached signature over exactly these bytes (what a PGP/MIME client makes)."""
+        result = self._gpg.sign(data, keyid=signer, detach=True, passphrase=None)
+        if not result.data or "[GNUPG:] SIG_CREATED" not in (result.stderr or ""):
+            raise KeyProblem(f"gpg could not sign with {signer}")
+        return bytes(result.data)
+
+    def decrypt(self, data: bytes) -> Decrypted:
+        """Decrypt with a secret key in this home; the signature inside, if any, is checked from gpg's status."""
+        result = self._gpg.decrypt(data, passphrase=None, always_trust=True)
+        status = result.stderr or ""
+        if "[GNUPG:] DECRYPTION_OKAY" not in status:
+            raise KeyProblem("the message could not be decrypted with the keys in this home")
+        return Decrypted(bytes(result.data), signature_status(status))
+
     def generate(self, name: str, address: str, expire: str) -> str:
         """Ed25519 to sign, a Cv25519 subkey to encrypt, no passphrase (see the README's security model)."""
         spec = self._gpg.gen_key_input(
@@ -277,6 +292,12 @@ def signature_status(status_text: str) -> SignatureStatus:
     primary = words[10] if len(words) > 10 else words[1]
     signed_at = dt.datetime.fromtimestamp(int(words[3]), dt.UTC) if words[3].isdigit() else None
     return SignatureStatus(True, primary, signed_at, None)
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    data: bytes
+    signature: SignatureStatus  # not good when the message was not signed, or not by a key we hold
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,10 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 -
     asker = Asker(message, authority, sender)
     parsed = parse_request(body_text(authentic.content))
     if parsed.request is None:
-        return await refuse(ctx, arrival, asker, list(parsed.problems))
+        # Every problem at once: an area outside the authority's own is named even when other fields are wrong.
+        area = resolve_scope(authority.kind, authority.area, parsed.area) if parsed.area else None
+        extra = [area.reason] if isinstance(area, ScopeRefusal) else []
+        return await refuse(ctx, arrival, asker, [*parsed.problems, *extra])
     request = parsed.request
     unsupported = _not_yet_supported(request)
     if unsupported:

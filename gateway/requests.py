@@ -37,6 +37,7 @@ class ParsedRequest:
 
     request: Request | None
     problems: tuple[str, ...]
+    area: str | None = None  # as written even when other fields are wrong, so its problems can be named too
 
 
 class _TextFromHtml(HTMLParser):
@@ -140,7 +141,7 @@ def parse_request(text: str) -> ParsedRequest:
         problems.append("the Purpose field is missing or empty: say why the data is needed")
     area = values.get("area") or None
     if problems or kind is None or frequency is None:
-        return ParsedRequest(None, tuple(problems))
+        return ParsedRequest(None, tuple(problems), area)
     return ParsedRequest(Request(kind, frequency, area, purpose), ())
 
 

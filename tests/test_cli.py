@@ -157,8 +157,13 @@ def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
 ) -> None:
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "audit trail intact: 6 records" in out
     assert "$ gateway authority add" in out
+    outcomes = [line.split(":")[1].strip() for line in out.splitlines() if line.strip().startswith("outcome:")]
+    assert outcomes == ["answered", "answered", "refused", "rejected", "quarantined"]
+    # Each authority's client checks the gateway's signature with the key it imported.
+    assert out.count("signature by the gateway's key: good") == 3
+    assert "NOT GOOD" not in out
+    assert "audit trail intact" in out
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0  # a rerun starts afresh
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")

@@ -184,7 +184,7 @@ def test_shipped_example_mailbox_sections_work_when_uncommented(
 ) -> None:
     monkeypatch.setenv("GATEWAY_IMAP_PASSWORD", "x")
     monkeypatch.setenv("GATEWAY_SMTP_PASSWORD", "y")
-    settings = ("[imap]", "[smtp]", "host = ", "username = ", "password_env = ")
+    settings = ("[imap]", "[smtp]", "[inbound_smtp]", "host = ", "username = ", "password_env = ")
     lines = [
         line[2:] if line.startswith("# ") and line[2:].startswith(settings) else line
         for line in EXAMPLE.read_text().splitlines()
@@ -194,6 +194,8 @@ def test_shipped_example_mailbox_sections_work_when_uncommented(
     assert config.imap.password.value == "x"
     assert config.smtp is not None
     assert config.smtp.tls == "starttls"
+    assert config.inbound_smtp is not None
+    assert (config.inbound_smtp.host, config.inbound_smtp.port) == ("127.0.0.1", 2525)
 
 
 def test_empty_secrets_are_refused(tmp_path: Path) -> None:

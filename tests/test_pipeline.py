@@ -174,6 +174,7 @@ def test_a_mistake_gets_an_encrypted_answer_saying_what_to_fix(live: Gateway, ke
     assert body is not None
     text = body.get_content()
     assert "the Purpose field is missing or empty" in text
+    assert "Kent police force area is outside your own area" in text  # every problem, not just the first
     assert "Request: disclosure" in text  # the correct format is shown
     assert list(inner.iter_attachments()) == []
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import message_from_bytes
+from email import policy as email_policy
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
 from gateway.addresses import normalise_address
-from gateway.crypto import SignatureStatus
+from gateway.crypto import Decrypted, KeyProblem, SignatureStatus
+
+Verify = Callable[[bytes, bytes], SignatureStatus]
+Decrypt = Callable[[bytes], Decrypted]
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,54 @@ class Authenticated:
     signature: SignatureStatus | None = None
 
 
+def _by_pinned_key(status: SignatureStatus, pinned_key: str) -> str | None:
+    """Why this signature does not authenticate the authority, or None when it does."""
+    if not status.good:
+        return f"the PGP signature is not good: {status.problem}"
+    if status.primary_fingerprint != pinned_key:
+        return f"the message is signed by key {status.primary_fingerprint}, not the pinned key"
+    return None
+
+
+def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) -> Authenticated | Refused:
+    parts = split_signed(message, raw)
+    if isinstance(parts, Refused):
+        return parts
+    status = verify(parts.signed_bytes, parts.signature)
+    problem = _by_pinned_key(status, pinned_key)
+    return Refused(problem) if problem else Authenticated("pgp", parts.content, status)
+
+
+def _encrypted_payload(message: Message) -> bytes | None:
+    """The OpenPGP data of an RFC 3156 multipart/encrypted message."""
+    parts = message.get_payload()
+    if str(message.get_param("protocol", "")).lower() != "application/pgp-encrypted" or not isinstance(parts, list):
+        return None
+    if len(parts) != 2 or not isinstance(parts[1], Message):
+        return None
+    data = parts[1].get_payload(decode=True)
+    return data if isinstance(data, bytes) else None
+
+
+def _pgp(
+    message: Message, raw: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt | None
+) -> Authenticated | Refused:
+    if message.get_content_type() != "multipart/encrypted":
+        return _signed_by(message, raw, pinned_key, verify)
+    payload = _encrypted_payload(message)
+    if payload is None or decrypt is None:
+        return Refused("the message is encrypted, but not as PGP/MIME the gateway can read")
+    try:
+        opened = decrypt(payload)
+    except KeyProblem:
+        return Refused("the message could not be decrypted with the gateway's key")
+    inner = message_from_bytes(opened.data, policy=email_policy.default)
+    if opened.signature.signed:  # signed and encrypted in one OpenPGP message (RFC 3156 6.2)
+        problem = _by_pinned_key(opened.signature, pinned_key)
+        return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)
+    return _signed_by(inner, opened.data, pinned_key, verify)  # signed, then encrypted (RFC 3156 6.1)
+
+
 def authenticate(
     message: EmailMessage,
     raw: bytes,
@@ -155,22 +208,16 @@ def authenticate(
     policy: str,
     pinned_key: str,
     authserv_id: str | None,
-    verify: Callable[[bytes, bytes], SignatureStatus],
+    verify: Verify,
+    decrypt: Decrypt | None = None,
 ) -> Authenticated | Refused:
     """Authenticate an already-identified sender by its authority's policy: pgp, dmarc or pgp-or-dmarc."""
     reasons: list[str] = []
     if policy in ("pgp", "pgp-or-dmarc"):
-        parts = split_signed(message, raw)
-        if isinstance(parts, Refused):
-            reasons.append(parts.reason)
-        else:
-            status = verify(parts.signed_bytes, parts.signature)
-            if not status.good:
-                reasons.append(f"the PGP signature is not good: {status.problem}")
-            elif status.primary_fingerprint != pinned_key:
-                reasons.append(f"the message is signed by key {status.primary_fingerprint}, not the pinned key")
-            else:
-                return Authenticated("pgp", parts.content, status)
+        signed = _pgp(message, raw, pinned_key, verify, decrypt)
+        if isinstance(signed, Authenticated):
+            return signed
+        reasons.append(signed.reason)
     if policy in ("dmarc", "pgp-or-dmarc"):
         sender = sender_of(message)
         domain = sender.rpartition("@")[2] if isinstance(sender, str) else ""

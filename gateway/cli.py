@@ -510,7 +510,7 @@ async def cmd_process(args: argparse.Namespace) -> int:
         raise GatewayError(f"the message is larger than {MAX_MESSAGE} bytes: not processed")
     keyring = _keyring(config)
     async with _database(config) as db:
-        outcome = await process(Context(config, db, keyring, Templates()), raw, source="file")
+        outcome = await process(Context(config, db, keyring, Templates(config.gateway.templates)), raw, source="file")
     if args.json:
         _emit_json(outcome.__dict__)
     else:

@@ -40,6 +40,7 @@ class GatewaySettings:
     admin_address: str
     marking: str
     authserv_id: str | None
+    templates: Path | None = None  # a directory whose templates replace the shipped ones of the same name
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,10 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         admin_address=gw.address("admin_address"),
         marking=gw.text("marking", DEFAULT_MARKING) or DEFAULT_MARKING,
         authserv_id=gw.text("authserv_id"),
+        templates=gw.path("templates", "") if gw.has("templates") else None,
     )
+    if gateway.templates is not None and not gateway.templates.is_dir():
+        raise gw.fail("templates", f"{gateway.templates} is not a directory")
     if not re.fullmatch(r"[A-Z][A-Z0-9 -]*", gateway.marking):
         raise gw.fail("marking", f"must be upper-case letters, digits, spaces and hyphens, got {gateway.marking!r}")
     gw.finish()

@@ -266,6 +266,7 @@ class SignatureStatus:
     primary_fingerprint: str | None  # the key that made it: the primary key's fingerprint, never a subkey's
     signed_at: dt.datetime | None
     problem: str | None
+    signed: bool = True  # False when there was no signature at all (an encrypted message need not carry one)
 
 
 _BAD_SIGNATURE = {
@@ -278,8 +279,13 @@ _BAD_SIGNATURE = {
 }
 
 
+_SIGNATURE_WORDS = frozenset({"NEWSIG", "GOODSIG", "VALIDSIG", *_BAD_SIGNATURE})
+
+
 def signature_status(status_text: str) -> SignatureStatus:
     lines = [line.split()[1:] for line in status_text.splitlines() if line.startswith("[GNUPG:] ")]
+    if not any(words and words[0] in _SIGNATURE_WORDS for words in lines):
+        return SignatureStatus(False, None, None, "there is no signature", signed=False)
     for words in lines:
         if words and words[0] in _BAD_SIGNATURE:
             return SignatureStatus(False, None, None, _BAD_SIGNATURE[words[0]])

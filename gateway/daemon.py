@@ -111,7 +111,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     await _check_key(config, keyring)
     db = create_database(config.database)
     await require_current_schema(db)
-    services = Services(Context(config, db, keyring, Templates()), stop)
+    services = Services(Context(config, db, keyring, Templates(config.gateway.templates)), stop)
     watcher = Watcher(config.imap, services.handle, db, stop=stop)
     log.info(
         "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"

@@ -220,7 +220,7 @@ async def _mail_path(directory: Path, config_path: Path, fingerprints: dict[str,
     gateway_public = await in_thread(Keyring(config.gpg.home).export_public, config.gpg.signing_key or "")
     await in_thread(keys.import_public, gateway_public.encode())
     try:
-        ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+        ctx = Context(config, db, Keyring(config.gpg.home), Templates(config.gateway.templates))
         listener_port = listener.sockets[0].getsockname()[1]
         relay_port = relay_server.sockets[0].getsockname()[1]
         print(f"\n== The mail path: sample requests to the gateway's SMTP listener (127.0.0.1:{listener_port}),")

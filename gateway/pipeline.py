@@ -184,6 +184,7 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
         pinned_key=authority.key_fingerprint,
         authserv_id=ctx.config.gateway.authserv_id,
         verify=ctx.keyring.verify_detached,
+        decrypt=ctx.keyring.decrypt,
     )
 
 

@@ -129,3 +129,17 @@ def test_no_usable_recipient_key_means_no_message(gateway_keyring: tuple[Keyring
     keyring, signer = gateway_keyring
     with pytest.raises(KeyProblem, match="could not sign and encrypt"):
         keyring.sign_and_encrypt(b"register data", "0" * 40, signer)
+
+
+def test_a_configured_directory_overrides_single_templates(tmp_path: Path) -> None:
+    (tmp_path / "refusal.txt.j2").write_text("{{ marking }}\nLocal wording for {{ reference }}\n{{ marking }}\n")
+    templates = Templates(tmp_path)
+    assert templates.render("refusal.txt.j2", {"marking": MARKING, "reference": "R-9"}).splitlines()[1] == (
+        "Local wording for R-9"
+    )
+    alert = templates.render(
+        "alert.txt.j2",
+        {"title": "t", "date": "d", "outcome": "o", "reason": "r", "sender": None, "authority": None,
+         "message_id": None, "sha256": "s"},
+    )  # fmt: skip
+    assert alert.startswith("Register disclosure gateway: t")  # not overridden: the shipped one

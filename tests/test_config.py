@@ -229,3 +229,14 @@ def test_malformed_postgres_url_is_a_config_error_that_does_not_echo_it(tmp_path
     message = refusal(tmp_path, MINIMAL + '[database]\nurl = "postgresql://gw:hunter2@db.example:abc/gateway"\n')
     assert message.endswith("[database] url: not a valid PostgreSQL URL (postgresql+asyncpg://USER@HOST:PORT/DATABASE)")
     assert "hunter2" not in message
+
+
+def test_a_templates_directory_must_exist(tmp_path: Path) -> None:
+    assert refusal(tmp_path, MINIMAL + 'templates = "nowhere"\n').endswith(
+        f"{tmp_path.resolve()}/nowhere is not a directory"
+    )
+    (tmp_path / "mine").mkdir()
+    assert (
+        load_config(write(tmp_path, MINIMAL + 'templates = "mine"\n')).gateway.templates
+        == (tmp_path / "mine").resolve()
+    )

@@ -209,3 +209,43 @@ def test_no_usable_key_means_no_data_and_an_alert(live: Gateway, keys: Authority
     assert "no data sent" in str(outcome["reason"])
     assert [row["kind"] for row in outbox(live)] == ["alert"]
     assert not any(r["action"] == "disclosure" for r in json.loads(live.ok("audit", "list", "--json")))
+
+
+def encrypted_request(live: Gateway, keys: AuthorityKeys, signer: str | None) -> bytes:
+    """As a PGP/MIME client sends it: encrypted to the gateway's key, signed inside (RFC 3156 6.2) or not."""
+    exported = live.directory / "gateway-public.asc"
+    exported.write_text(live.ok("key", "export"))
+    gpg = ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*gpg, "--import", str(exported)], check=True, capture_output=True)
+    inner = f'Content-Type: text/plain; charset="utf-8"\r\n\r\n{REQUEST}'.encode()
+    signing = ["--sign", "--local-user", signer] if signer else []
+    encrypted = subprocess.run(
+        [*gpg, "--armor", "--trust-model", "always", "--encrypt", "-r", str(live.signing_key), *signing],
+        input=inner, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    boundary = "enc-boundary"
+    return (
+        FROM_POLICE.replace("\n", "\r\n") + "Message-ID: <enc1@westmercia.police.example>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+        f'--{boundary}\r\nContent-Type: application/octet-stream; name="encrypted.asc"\r\n\r\n{encrypted}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+def test_a_request_signed_inside_encryption_to_the_gateway_is_answered(live: Gateway, keys: AuthorityKeys) -> None:
+    outcome = process(live, encrypted_request(live, keys, keys.police.fingerprint))
+    assert outcome["kind"] == "answered"
+
+
+def test_an_encrypted_request_signed_by_another_key_is_quarantined(live: Gateway, keys: AuthorityKeys) -> None:
+    outcome = process(live, encrypted_request(live, keys, keys.la.fingerprint))
+    assert outcome["kind"] == "quarantined"
+    # Only West Mercia is registered here, so the council's key is not even in the gateway's keyring.
+    assert "the signature could not be checked (unknown key or algorithm)" in str(outcome["reason"])
+
+
+def test_an_encrypted_but_unsigned_request_is_quarantined(live: Gateway, keys: AuthorityKeys) -> None:
+    outcome = process(live, encrypted_request(live, keys, None))
+    assert outcome["kind"] == "quarantined"
+    assert "not PGP/MIME signed" in str(outcome["reason"])

@@ -183,7 +183,9 @@ class ImapServer:
         return "; ".join(parts) or "no output"
 
 
-def _config(directory: Path, port: int, mail_user: pwd.struct_passwd, as_root: bool) -> str:
+def _config(
+    directory: Path, port: int, mail_user: pwd.struct_passwd, as_root: bool, capabilities: str | None = None
+) -> str:
     home = directory / "mail"
     if as_root:
         # Pytest's temporary directories are 0700 root: processes that have dropped to the dovecot user cannot
@@ -239,6 +241,7 @@ userdb {{
 protocol imap {{
   # The default of 10 is easy to reach when each test opens its own connections and reconnects.
   mail_max_userip_connections = 1000
+  {f"imap_capability = {capabilities}" if capabilities else ""}
 }}
 service imap-login {{
   chroot =
@@ -261,7 +264,7 @@ service anvil {{
 """
 
 
-def start_dovecot(directory: Path) -> ImapServer:
+def start_dovecot(directory: Path, capabilities: str | None = None) -> ImapServer:
     """Write a config under `directory` and start Dovecot on a free loopback port.
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
@@ -293,7 +296,7 @@ def start_dovecot(directory: Path) -> ImapServer:
     last_error: RuntimeError | None = None
     for _ in range(5):
         port = free_port()
-        (directory / "dovecot.conf").write_text(_config(directory, port, mail_user, as_root))
+        (directory / "dovecot.conf").write_text(_config(directory, port, mail_user, as_root, capabilities))
         server = ImapServer(HOST, port, USERNAME, PASSWORD, directory)
         try:
             server.start()

@@ -16,7 +16,7 @@ from gateway.db.engine import Database, create_database
 from gateway.mailbox import Watcher
 from gateway.pipeline import Context, Outcome, process
 from tests.conftest import GATEWAY_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.dovecot import ImapServer, dovecot_server, start_dovecot
 from tests.test_authenticate import FROM_POLICE, REQUEST
 from tests.test_pipeline import live, outbox, request_from_police
 
@@ -161,3 +161,30 @@ async def test_a_server_restart_is_survived(running: Running, dovecot_server: Im
     await asyncio.to_thread(dovecot_server.start)
     dovecot_server.deliver(request_from_police(keys))
     await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}), timeout=90)
+
+
+async def test_a_server_without_idle_or_move_is_polled_and_copied(
+    live: Gateway, keys: AuthorityKeys, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # What the server advertises after login, without IDLE and MOVE: the watcher must poll and COPY + delete.
+    server = start_dovecot(tmp_path_factory.mktemp("plain-dovecot"), "IMAP4rev1 LITERAL+ UIDPLUS")
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    stop = asyncio.Event()
+
+    async def handle(message: bytes) -> Outcome:
+        return await process(ctx, message, source="imap")
+
+    watcher = Watcher(imap_settings(server), handle, db, stop=stop)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 20)
+        server.deliver(request_from_police(keys))
+        await eventually(counts_are(server, {"INBOX": 0, "Processed": 1}))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await db.close()
+        server.stop()
+    assert len(await asyncio.to_thread(outbox, live)) == 1

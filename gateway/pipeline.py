@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class DisclosureFacts:
     """What DPA 2018 s.62 asks to be logged of a disclosure, besides when and to which outgoing message."""
 
     reference: str
-    authority: str
+    authority_name: str
     recipient: str
     key_fingerprint: str
     area: str
@@ -316,7 +317,7 @@ async def disclose(ctx: Context, arrival: Arrival, asker: Asker, request: Reques
         return alert(ctx, arrival, Decision(QUARANTINED, f"no data sent: {exc}", sender, authority))
     facts = DisclosureFacts(
         reference=reference,
-        authority=authority.name,
+        authority_name=authority.name,
         recipient=sender,
         key_fingerprint=authority.key_fingerprint,
         area=scope.description,
@@ -453,19 +454,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             facts = decision.disclosure
             session.add(
                 Disclosure(
-                    reference=facts.reference,
-                    inbound_id=inbound.id,
-                    outbox_id=queued["disclosure"],
-                    authority_name=facts.authority,
-                    recipient=facts.recipient,
-                    key_fingerprint=facts.key_fingerprint,
-                    area=facts.area,
-                    purpose=facts.purpose,
-                    home_count=facts.home_count,
-                    enforcement_count=facts.enforcement_count,
-                    extract_sha256=facts.extract_sha256,
-                    marking=facts.marking,
-                    disclosed_at=now,
+                    **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"], disclosed_at=now
                 )
             )
             await audit.record(
@@ -476,7 +465,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
                 details={
                     "justification": facts.purpose,
                     "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
-                    "authority": facts.authority,
+                    "authority": facts.authority_name,
                     "recipient": facts.recipient,
                     "key_fingerprint": facts.key_fingerprint,
                     "area": facts.area,

@@ -26,7 +26,7 @@ from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
-from gateway.db.models import OutboxMessage
+from gateway.db.models import Authority, OutboxMessage, Subscription
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
@@ -550,6 +550,34 @@ async def cmd_outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_subscription_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db, db.transaction(write=False) as session:
+        rows = (
+            await session.execute(
+                select(Subscription, Authority.name).join(Authority).order_by(Subscription.status, Subscription.id)
+            )
+        ).all()
+    listed = [
+        {
+            "id": sub.id,
+            "authority": name,
+            "area": sub.area,
+            "status": sub.status,
+            "started_on": sub.started_on.isoformat(),
+            "review_on": sub.review_on.isoformat(),
+        }
+        for sub, name in rows
+    ]
+    if args.json:
+        _emit_json(listed)
+    elif not listed:
+        print("no subscriptions: an authority starts one by asking with Frequency: monthly")
+    else:
+        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    return 0
+
+
 async def cmd_outbox_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db, db.transaction(write=False) as session:
@@ -810,6 +838,8 @@ def _audit_and_other_commands(c: _Commands) -> None:
         "the daemon: watch the mailbox, answer requests, send the outbox; stops cleanly on SIGTERM or SIGINT",
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    subscription = c.group("subscription", "authorities' monthly subscriptions and their reviews")
+    c.command(subscription, "list", cmd_subscription_list, "list the subscriptions", listing=True)
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
     c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
     c.command(outbox, "send", cmd_outbox_send, "deliver what is due now through the [smtp] relay, once")

@@ -21,10 +21,11 @@ from gateway.compose import Envelope, Templates, inner_message, new_reference, o
 from gateway.config import Config
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database
-from gateway.db.models import Authority, AuthorityAddress, Disclosure, InboundMessage, OutboxMessage
+from gateway.db.models import Authority, AuthorityAddress, Disclosure, InboundMessage, OutboxMessage, Subscription
 from gateway.extracts import build_extract
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
+from gateway.subscriptions import SubscriptionChange, review_date
 
 # The few outcomes a message can have (STYLE.md): answered with data, refused with reasons, rejected without
 # a word, quarantined for a person to look at; a message seen before is a duplicate and changes nothing.
@@ -85,6 +86,7 @@ class Decision:
     reference: str | None = None
     outgoing: tuple[Outgoing, ...] = ()
     disclosure: DisclosureFacts | None = None
+    subscription: SubscriptionChange | None = None
 
 
 @dataclass(frozen=True)
@@ -168,13 +170,20 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 -
         extra = [area.reason] if isinstance(area, ScopeRefusal) else []
         return await refuse(ctx, arrival, asker, [*parsed.problems, *extra])
     request = parsed.request
-    unsupported = _not_yet_supported(request)
-    if unsupported:
-        return await refuse(ctx, arrival, asker, [unsupported])
     scope = resolve_scope(authority.kind, authority.area, request.area)
     if isinstance(scope, ScopeRefusal):
         return await refuse(ctx, arrival, asker, [scope.reason])
-    return await disclose(ctx, arrival, asker, request, scope)
+    if request.kind != "disclosure":  # renewal or cancel of a monthly subscription
+        return await acknowledge(ctx, arrival, asker, request, scope)
+    change = None
+    if request.frequency == "monthly":
+        current = await find_subscription(ctx, authority, scope, "active")
+        change = (
+            SubscriptionChange("already-active", scope, current.review_on, current.id)
+            if current
+            else SubscriptionChange("create", scope, review_date(ctx.clock().date()))
+        )
+    return await disclose(ctx, arrival, asker, request, scope, change=change)
 
 
 def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
@@ -189,12 +198,20 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
     )
 
 
-def _not_yet_supported(request: Request) -> str | None:
-    if request.kind != "disclosure":
-        return f"{request.kind} requests are not accepted yet: they come with monthly subscriptions"
-    if request.frequency != "once":
-        return "monthly requests are not accepted yet: ask with Frequency: once for now"
-    return None
+async def find_subscription(ctx: Context, authority: Authority, scope: Scope, status: str) -> Subscription | None:
+    async with ctx.db.transaction(write=False) as session:
+        return (
+            await session.execute(
+                select(Subscription)
+                .where(
+                    Subscription.authority_id == authority.id,
+                    Subscription.status == status,
+                    Subscription.area == scope.description,
+                )
+                .order_by(Subscription.id.desc())
+                .limit(1)
+            )
+        ).scalar()
 
 
 def automatic_mail(message: EmailMessage) -> str | None:
@@ -287,7 +304,51 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
     return Decision(REFUSED, reason, sender, authority, reference, (reply,))
 
 
-async def disclose(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
+async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
+    """A renewal or a cancellation: applied to the active subscription for the area, and answered, encrypted."""
+    current = await find_subscription(ctx, asker.authority, scope, "active")
+    if current is None:
+        lapsed = await find_subscription(ctx, asker.authority, scope, "lapsed")
+        if lapsed is not None and request.kind == "renewal":
+            problem = (
+                f"your monthly subscription for {scope.description} lapsed on {lapsed.review_on:%d %B %Y}: "
+                "to receive monthly updates again, send a new request with Request: disclosure and Frequency: monthly"
+            )
+        else:
+            problem = f"there is no active monthly subscription for {scope.description} to {request.kind}"
+        return await refuse(ctx, arrival, asker, [problem])
+    today = ctx.clock().date()
+    if request.kind == "renewal":
+        change = SubscriptionChange("renew", scope, review_date(today), current.id)
+        lines = [
+            f"Your monthly subscription for {scope.description} is confirmed.",
+            f"Its next review falls on {change.review_on:%d %B %Y}; you will be reminded before then.",
+        ]
+    else:
+        change = SubscriptionChange("cancel", scope, current.review_on, current.id)
+        lines = [
+            f"Your monthly subscription for {scope.description} is cancelled: no further deliveries will be made.",
+            "To receive monthly updates again, send a new request with Frequency: monthly.",
+        ]
+    reference = new_reference(ctx.clock())
+    subject = f"Monthly subscription {request.kind} ({reference})"
+    envelope = _reply_envelope(ctx, asker.message, asker.sender, reference, subject)
+    text = ctx.templates.render(
+        "acknowledgement.txt.j2", {**_common(ctx, asker.authority, asker.sender, reference), "lines": lines}
+    )
+    try:
+        wire = await _encrypted(ctx, envelope, text, asker.authority)
+    except KeyProblem as exc:
+        reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
+        return alert(ctx, arrival, Decision(QUARANTINED, reason, asker.sender, asker.authority))
+    reply = Outgoing("acknowledgement", asker.sender, _message_id(wire), wire)
+    reason = f"subscription {current.id} for {scope.description}: {request.kind}"
+    return Decision(ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
+
+
+async def disclose(
+    ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope, *, change: SubscriptionChange | None
+) -> Decision:
     """The extract for the scope, encrypted to the pinned key and signed; fail closed if that cannot be done."""
     message, authority, sender = asker.message, asker.authority, asker.sender
     reference = new_reference(ctx.clock())
@@ -309,6 +370,7 @@ async def disclose(ctx: Context, arrival: Arrival, asker: Asker, request: Reques
             "enforcement_file": extract.enforcement.name,
             "enforcement_count": extract.enforcement_count,
             "purpose": request.purpose,
+            "subscription": _subscription_note(change),
         },
     )
     try:
@@ -329,7 +391,19 @@ async def disclose(ctx: Context, arrival: Arrival, asker: Asker, request: Reques
     )
     reply = Outgoing("disclosure", sender, _message_id(wire), wire)
     reason = f"{extract.home_count} homes of {scope.description} disclosed"
-    return Decision(ANSWERED, reason, sender, authority, reference, (reply,), facts)
+    return Decision(ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
+
+
+def _subscription_note(change: SubscriptionChange | None) -> str | None:
+    if change is None:
+        return None
+    when = f"{change.review_on:%d %B %Y}"
+    if change.action == "already-active":
+        return f"Your monthly subscription for this area is already active; its review falls on {when}."
+    return (
+        f"Monthly updates: you will receive this area's register every month. Please confirm by {when} that you "
+        "still need it, by sending an email whose body is: Request: renewal"
+    )
 
 
 def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
@@ -365,6 +439,7 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
         decision.reference,
         (*decision.outgoing, warning),
         decision.disclosure,
+        decision.subscription,
     )
 
 
@@ -383,6 +458,56 @@ async def _unless_replayed(session: Any, arrival: Arrival, decision: Decision) -
         return decision
     reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: not answered twice"
     return Decision(REJECTED, reason, decision.sender, decision.authority)
+
+
+async def _apply_subscription(
+    session: Any, change: SubscriptionChange, decision: Decision, inbound_id: int, now: dt.datetime
+) -> None:
+    """A subscription change, in the transaction of the outcome that answered it, checked again under the lock."""
+    authority = decision.authority
+    if authority is None or change.action == "already-active":
+        return
+    if change.action == "create":
+        active = await session.execute(
+            select(Subscription.id).where(
+                Subscription.authority_id == authority.id,
+                Subscription.status == "active",
+                Subscription.area == change.scope.description,
+            )
+        )
+        if active.scalar() is not None:  # a concurrent monthly request made it a moment ago
+            return
+        row = Subscription(
+            authority_id=authority.id,
+            police_force_area=change.scope.police_force_area,
+            local_authority=change.scope.local_authority,
+            area=change.scope.description,
+            status="active",
+            started_on=now.date(),
+            review_on=change.review_on,
+            purpose=decision.disclosure.purpose if decision.disclosure else "",
+            created_by_inbound_id=inbound_id,
+            updated_at=now,
+        )
+        session.add(row)
+        await session.flush()
+    else:
+        row = await session.get(Subscription, change.subscription_id)
+        if row is None or row.status != "active":
+            return
+        if change.action == "renew":
+            row.review_on = change.review_on
+        else:
+            row.status = "cancelled"
+        row.updated_at = now
+    await audit.record(
+        session,
+        actor=GATEWAY_ACTOR,
+        action=f"subscription.{change.action}",
+        subject=f"subscription {row.id}",
+        details={"authority": authority.name, "area": row.area, "review_on": row.review_on, "status": row.status},
+        now=now,
+    )
 
 
 async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
@@ -450,6 +575,8 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             },
             now=now,
         )
+        if decision.subscription is not None and decision.authority is not None:
+            await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
         if decision.disclosure is not None:
             facts = decision.disclosure
             session.add(

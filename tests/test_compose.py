@@ -71,7 +71,7 @@ def build_reply(keyring: Keyring, signer: str, keys: AuthorityKeys) -> tuple[byt
             "recipient": POLICE_ADDRESS, "area": "West Mercia police force area", "request_date": "2026-11-25",
             "homes_file": extract.homes.name, "home_count": extract.home_count,
             "enforcement_file": extract.enforcement.name, "enforcement_count": extract.enforcement_count,
-            "purpose": "Safeguarding children", "contact": "gateway-admin@hmci.example",
+            "purpose": "Safeguarding children", "contact": "gateway-admin@hmci.example", "subscription": None,
         },
     )  # fmt: skip
     inner = inner_message(envelope, text, extract.files)

@@ -249,3 +249,45 @@ def test_an_encrypted_but_unsigned_request_is_quarantined(live: Gateway, keys: A
     outcome = process(live, encrypted_request(live, keys, None))
     assert outcome["kind"] == "quarantined"
     assert "not PGP/MIME signed" in str(outcome["reason"])
+
+
+def subscriptions(gateway: Gateway) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = json.loads(gateway.ok("subscription", "list", "--json"))
+    return rows
+
+
+def police_says(keys: AuthorityKeys, body: str, message_id: str) -> bytes:
+    headers = FROM_POLICE + f"Message-ID: <{message_id}@westmercia.police.example>\n"
+    return signed_message(keys, keys.police.fingerprint, body=body, headers=headers)
+
+
+def test_a_monthly_request_is_answered_and_starts_one_subscription(live: Gateway, keys: AuthorityKeys) -> None:
+    monthly = "Request: disclosure\r\nFrequency: monthly\r\nPurpose: Safeguarding children in our area\r\n"
+    first = process(live, police_says(keys, monthly, "m1"))
+    assert first["kind"] == "answered"
+    [subscription] = subscriptions(live)
+    assert (subscription["area"], subscription["status"]) == ("West Mercia police force area", "active")
+    inner, _ = open_as_recipient(live, keys, outbox_content(live, outbox(live)[0]["id"]))
+    body = inner.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Request: renewal" in body.get_content()
+
+    again = process(live, police_says(keys, monthly, "m2"))
+    assert again["kind"] == "answered"
+    assert len(subscriptions(live)) == 1  # no second subscription for the same area
+
+
+def test_renewal_and_cancellation_are_acknowledged(live: Gateway, keys: AuthorityKeys) -> None:
+    monthly = "Request: disclosure\r\nFrequency: monthly\r\nPurpose: Safeguarding children in our area\r\n"
+    process(live, police_says(keys, monthly, "s1"))
+    renewed = process(live, police_says(keys, "Request: renewal\r\nPurpose: still needed\r\n", "s2"))
+    assert (renewed["kind"], renewed["reason"]) == ("answered", f"subscription {subscriptions(live)[0]['id']} for "
+                                                    "West Mercia police force area: renewal")  # fmt: skip
+    cancelled = process(live, police_says(keys, "Request: cancel\r\nPurpose: no longer needed\r\n", "s3"))
+    assert cancelled["kind"] == "answered"
+    assert subscriptions(live)[0]["status"] == "cancelled"
+    nothing = process(live, police_says(keys, "Request: cancel\r\nPurpose: again\r\n", "s4"))
+    assert nothing["kind"] == "refused"
+    assert "no active monthly subscription for West Mercia police force area" in str(nothing["reason"])
+    actions = [r["action"] for r in json.loads(live.ok("audit", "list", "--json")) if r["action"].startswith("subscr")]
+    assert actions == ["subscription.create", "subscription.renew", "subscription.cancel"]

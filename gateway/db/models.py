@@ -228,3 +228,21 @@ class SpooledMessage(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(20), index=True)  # pending, done
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+
+
+class Subscription(Base):
+    """An authority's standing request for its area's register, monthly, confirmed every twelve months."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id", ondelete="CASCADE"), index=True)
+    police_force_area: Mapped[str | None] = mapped_column(String(100))
+    local_authority: Mapped[str | None] = mapped_column(String(100))
+    area: Mapped[str] = mapped_column(String(200))  # the scope's description, as the authority reads it
+    status: Mapped[str] = mapped_column(String(20), index=True)  # active, cancelled, lapsed
+    started_on: Mapped[dt.date] = mapped_column(Date)
+    review_on: Mapped[dt.date] = mapped_column(Date)
+    purpose: Mapped[str] = mapped_column(Text)
+    created_by_inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

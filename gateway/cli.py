@@ -36,6 +36,7 @@ from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
+from gateway.schedule import run_due
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -550,6 +551,18 @@ async def cmd_outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_schedule_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    as_of = _since(args.as_of) if args.as_of else dt.datetime.now(dt.UTC)
+    assert as_of is not None  # noqa: S101 - _since returns None only for None
+    keyring = _keyring(config)
+    async with _database(config) as db:
+        counts = await run_due(Context(config, db, keyring, Templates(config.gateway.templates)), as_of)
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    print(f"as of {as_of.isoformat(timespec='seconds')}: {summary} (queued in the outbox)")
+    return 0
+
+
 async def cmd_subscription_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db, db.transaction(write=False) as session:
@@ -838,6 +851,11 @@ def _audit_and_other_commands(c: _Commands) -> None:
         "the daemon: watch the mailbox, answer requests, send the outbox; stops cleanly on SIGTERM or SIGINT",
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    schedule = c.group("schedule", "monthly deliveries, review reminders and lapses")
+    schedule_run = c.command(
+        schedule, "run", cmd_schedule_run, "do everything due now (or as of a moment), each thing once", listing=False
+    )
+    schedule_run.add_argument("--as-of", metavar="WHEN", help="an ISO date-time (UTC unless it says otherwise)")
     subscription = c.group("subscription", "authorities' monthly subscriptions and their reviews")
     c.command(subscription, "list", cmd_subscription_list, "list the subscriptions", listing=True)
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -98,6 +100,14 @@ class InboundSmtpSettings:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    delivery_day: int = 1  # of each month; 1-28 so that every month has it
+    delivery_time: dt.time = dt.time(6, 0)
+    timezone: str = "Europe/London"
+    reminder_days: tuple[int, ...] = (30, 7)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
@@ -106,6 +116,7 @@ class Config:
     imap: ImapSettings | None
     smtp: SmtpSettings | None
     inbound_smtp: InboundSmtpSettings | None = None
+    schedule: ScheduleSettings = ScheduleSettings()
 
 
 T = TypeVar("T")
@@ -158,6 +169,17 @@ class _Section:
             raise self.fail(key, f"must be between {low} and {high}, got {value}")
         return value
 
+    def int_list(self, key: str, default: tuple[int, ...], low: int, high: int) -> tuple[int, ...]:
+        self._seen.add(key)
+        if key not in self._table:
+            return default
+        value = self._table[key]
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.fail(key, f"expected a list of whole numbers, got {value!r}")
+        if not all(low <= v <= high for v in value):
+            raise self.fail(key, f"each must be between {low} and {high}, got {value}")
+        return tuple(sorted(set(value), reverse=True))
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(key) or default
         if value not in choices:
@@ -207,7 +229,7 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting")
 
 
-_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp")
+_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule")
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -287,6 +309,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         imap=_imap(sections["imap"]),
         smtp=_smtp(sections["smtp"]),
         inbound_smtp=_inbound_smtp(sections["inbound_smtp"]),
+        schedule=_schedule(sections["schedule"]),
     )
 
 
@@ -377,5 +400,24 @@ def _inbound_smtp(section: _Section | None) -> InboundSmtpSettings | None:
         port=section.integer("port", 2525, 1, 65535),
         max_size=section.integer("max_size", 10 * 1024 * 1024, 1024, 100 * 1024 * 1024),
     )
+    section.finish()
+    return settings
+
+
+def _schedule(section: _Section | None) -> ScheduleSettings:
+    if section is None:
+        return ScheduleSettings()
+    time_text = section.text("delivery_time", "06:00") or "06:00"
+    try:
+        delivery_time = dt.time.fromisoformat(time_text)
+    except ValueError:
+        raise section.fail("delivery_time", f"expected HH:MM, got {time_text!r}") from None
+    zone = section.text("timezone", "Europe/London") or "Europe/London"
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise section.fail("timezone", f"unknown time zone {zone!r} (e.g. Europe/London)") from None
+    days = section.int_list("reminder_days", (30, 7), 1, 365)
+    settings = ScheduleSettings(section.integer("delivery_day", 1, 1, 28), delivery_time, zone, days)
     section.finish()
     return settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -21,11 +22,19 @@ from gateway.compose import Envelope, Templates, inner_message, new_reference, o
 from gateway.config import Config
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database
-from gateway.db.models import Authority, AuthorityAddress, Disclosure, InboundMessage, OutboxMessage, Subscription
+from gateway.db.models import (
+    Authority,
+    AuthorityAddress,
+    Disclosure,
+    InboundMessage,
+    OutboxMessage,
+    Subscription,
+    SubscriptionEvent,
+)
 from gateway.extracts import build_extract
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
-from gateway.subscriptions import SubscriptionChange, review_date
+from gateway.subscriptions import SubscriptionChange, review_date, snapshot
 
 # The few outcomes a message can have (STYLE.md): answered with data, refused with reasons, rejected without
 # a word, quarantined for a person to look at; a message seen before is a duplicate and changes nothing.
@@ -377,6 +386,8 @@ async def disclose(
         wire = await _encrypted(ctx, envelope, text, authority, extract.files)
     except KeyProblem as exc:
         return alert(ctx, arrival, Decision(QUARANTINED, f"no data sent: {exc}", sender, authority))
+    if change is not None and change.action == "create":
+        change = dataclasses.replace(change, snapshot=json.dumps(snapshot(homes, actions)))
     facts = DisclosureFacts(
         reference=reference,
         authority_name=authority.name,
@@ -491,6 +502,13 @@ async def _apply_subscription(
         )
         session.add(row)
         await session.flush()
+        # The first answer's content, so that the first monthly delivery can say what changed since.
+        session.add(
+            SubscriptionEvent(
+                subscription_id=row.id, kind="initial", key="start", happened_at=now, outbox_id=None,
+                reference=decision.reference, snapshot=change.snapshot,
+            )
+        )  # fmt: skip
     else:
         row = await session.get(Subscription, change.subscription_id)
         if row is None or row.status != "active":

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.extracts import HOME_EXTRACT_COLUMNS, EnforcementLike, HomeLike
 from gateway.scope import Scope
 
 REVIEW_MONTHS = 12
@@ -30,3 +35,13 @@ class SubscriptionChange:
     scope: Scope
     review_on: dt.date
     subscription_id: int | None = None
+    snapshot: str | None = None  # what the first answer held, for the first delivery's summary of changes
+
+
+def snapshot(homes: Sequence[HomeLike], actions: Sequence[EnforcementLike]) -> dict[str, Any]:
+    """A fingerprint of each disclosed home and each enforcement action, to compare the next delivery against."""
+    rows = {
+        home.urn: hashlib.sha256(json.dumps([getattr(home, c) for c in HOME_EXTRACT_COLUMNS]).encode()).hexdigest()
+        for home in homes
+    }
+    return {"homes": rows, "enforcement": sorted(f"{a.urn}|{a.date}|{a.nature}" for a in actions)}

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -246,3 +247,20 @@ class Subscription(Base):
     purpose: Mapped[str] = mapped_column(Text)
     created_by_inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SubscriptionEvent(Base):
+    """A delivery, reminder or lapse notice, recorded once under its unique key with its outgoing mail."""
+
+    __tablename__ = "subscription_events"
+    __table_args__ = (UniqueConstraint("subscription_id", "kind", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # initial, delivery, reminder, lapse
+    key: Mapped[str] = mapped_column(String(40))  # the period (2026-12) or the review date and days (2027-11-25/30)
+    happened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    reference: Mapped[str | None] = mapped_column(String(40))
+    # What the authority was sent, per home and enforcement action, to tell the next delivery what changed.
+    snapshot: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,315 @@
+"""Monthly deliveries, review reminders and lapses: everything due at an instant, done once under unique keys."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from gateway import audit
+from gateway.compose import Envelope, new_reference
+from gateway.config import ScheduleSettings
+from gateway.crypto import KeyProblem
+from gateway.db.models import Authority, Disclosure, OutboxMessage, Subscription, SubscriptionEvent
+from gateway.extracts import ExtractFile, build_extract, defuse
+from gateway.pipeline import GATEWAY_ACTOR, Arrival, Context, Decision, _common, _encrypted, _message_id, alert
+from gateway.scope import Scope, enforcement_in, homes_in
+from gateway.subscriptions import snapshot
+
+# ---------------------------------------------------------------- when
+
+
+def delivery_instant(year: int, month: int, settings: ScheduleSettings) -> dt.datetime:
+    """The month's delivery moment in UTC: the configured local time, whatever the clocks did that month."""
+    local = dt.datetime.combine(dt.date(year, month, settings.delivery_day), settings.delivery_time)
+    return local.replace(tzinfo=ZoneInfo(settings.timezone)).astimezone(dt.UTC)
+
+
+def due_period(as_of: dt.datetime, settings: ScheduleSettings) -> tuple[int, int]:
+    """The latest month whose delivery moment has come: after downtime, one delivery, not one per missed month."""
+    local = as_of.astimezone(ZoneInfo(settings.timezone))
+    year, month = local.year, local.month
+    if as_of < delivery_instant(year, month, settings):
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return year, month
+
+
+# ---------------------------------------------------------------- what changed
+
+
+@dataclass(frozen=True)
+class Changes:
+    new: tuple[str, ...]
+    gone: tuple[str, ...]
+    changed: tuple[str, ...]
+    new_actions: tuple[str, ...]
+
+    def file(self, marking: str, reference: str) -> ExtractFile:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow([marking])
+        writer.writerow(["urn", "change"])
+        for urns, what in (
+            (self.new, "newly registered"),
+            (self.changed, "details changed"),
+            (self.gone, "closed or removed"),
+        ):
+            for urn in urns:
+                writer.writerow([defuse(urn), what])
+        for action in self.new_actions:
+            urn, date, nature = action.split("|", 2)
+            writer.writerow([defuse(urn), defuse(f"new enforcement action: {date} {nature}")])
+        return ExtractFile(f"{marking}-{reference}-changes.csv", buffer.getvalue().encode("utf-8"))
+
+
+def changes(previous: dict[str, Any] | None, current: dict[str, Any]) -> Changes:
+    before = (previous or {}).get("homes", {})
+    now = current["homes"]
+    return Changes(
+        new=tuple(sorted(set(now) - set(before))),
+        gone=tuple(sorted(set(before) - set(now))),
+        changed=tuple(sorted(urn for urn in set(now) & set(before) if now[urn] != before[urn])),
+        new_actions=tuple(sorted(set(current["enforcement"]) - set((previous or {}).get("enforcement", [])))),
+    )
+
+
+# ---------------------------------------------------------------- doing it once
+
+
+@dataclass(frozen=True)
+class Due:
+    """One thing to send for one subscription, under the key that makes it happen once."""
+
+    subscription: Subscription
+    authority: Authority
+    kind: str  # delivery, reminder, lapse
+    key: str
+
+
+async def _already(ctx: Context, due: Due) -> bool:
+    async with ctx.db.transaction(write=False) as session:
+        found = await session.execute(
+            select(SubscriptionEvent.id).where(
+                SubscriptionEvent.subscription_id == due.subscription.id,
+                SubscriptionEvent.kind == due.kind,
+                SubscriptionEvent.key == due.key,
+            )
+        )
+        return found.scalar() is not None
+
+
+def _envelope(ctx: Context, due: Due, reference: str, subject: str) -> Envelope:
+    recipient = due.authority.addresses[0].address
+    return Envelope(
+        sender=ctx.config.gateway.address,
+        recipient=recipient,
+        marking=ctx.config.gateway.marking,
+        reference=reference,
+        subject=subject,
+        auto_submitted="auto-generated",  # scheduled mail, not an answer (RFC 3834)
+    )
+
+
+async def _latest_snapshot(ctx: Context, subscription_id: int) -> dict[str, Any] | None:
+    async with ctx.db.transaction(write=False) as session:
+        text = (
+            await session.execute(
+                select(SubscriptionEvent.snapshot)
+                .where(SubscriptionEvent.subscription_id == subscription_id, SubscriptionEvent.snapshot.is_not(None))
+                .order_by(SubscriptionEvent.id.desc())
+                .limit(1)
+            )
+        ).scalar()
+    return json.loads(text) if text else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    kind: str  # the outbox kind
+    wire: bytes
+    reference: str
+    snapshot: dict[str, Any] | None = None
+    disclosure: dict[str, Any] | None = None
+    lapse: bool = False
+
+
+async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
+    sub, authority = due.subscription, due.authority
+    reference = new_reference(as_of)
+    common = _common(ctx, authority, authority.addresses[0].address, reference)
+    when = f"{sub.review_on:%d %B %Y}"
+    if due.kind == "reminder":
+        lines = [
+            f"Your monthly subscription for {sub.area} comes up for review on {when}.",
+            "To keep receiving it, send an email to the gateway whose body is:",
+            "",
+            "Request: renewal",
+            f"Area: {sub.area.replace(' police force area', '').replace(' local authority area', '')}",
+            "Purpose: why you still need it",
+            "",
+            f"Without that confirmation, deliveries stop on {when}, as the joint protocol requires.",
+        ]
+        text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
+        subject = f"Monthly subscription review due ({reference})"
+        return Prepared(
+            "reminder", await _encrypted(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
+        )
+    if due.kind == "lapse":
+        lines = [
+            f"Your monthly subscription for {sub.area} was not confirmed by {when} and has lapsed.",
+            "No further deliveries will be made. To receive monthly updates again, send a new request with",
+            "Request: disclosure and Frequency: monthly.",
+        ]
+        text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
+        subject = f"Monthly subscription lapsed ({reference})"
+        wire = await _encrypted(ctx, _envelope(ctx, due, reference, subject), text, authority)
+        return Prepared("lapse", wire, reference, lapse=True)
+    return await _prepare_delivery(ctx, due, reference, common)
+
+
+async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict[str, Any]) -> Prepared:
+    sub, authority = due.subscription, due.authority
+    scope = Scope(sub.police_force_area, sub.local_authority)
+    async with ctx.db.transaction(write=False) as session:
+        homes = list((await session.execute(homes_in(scope))).scalars())
+        actions = list((await session.execute(enforcement_in(scope))).scalars())
+    marking = ctx.config.gateway.marking
+    extract = build_extract(homes, actions, marking=marking, reference=reference)
+    current = snapshot(homes, actions)
+    diff = changes(await _latest_snapshot(ctx, sub.id), current)
+    changes_file = diff.file(marking, reference)
+    text = ctx.templates.render(
+        "delivery.txt.j2",
+        {
+            **common,
+            "area": sub.area,
+            "period": due.key,
+            "homes_file": extract.homes.name,
+            "home_count": extract.home_count,
+            "enforcement_file": extract.enforcement.name,
+            "enforcement_count": extract.enforcement_count,
+            "changes_file": changes_file.name,
+            "new": len(diff.new),
+            "gone": len(diff.gone),
+            "changed": len(diff.changed),
+            "new_actions": len(diff.new_actions),
+            "review_on": f"{sub.review_on:%d %B %Y}",
+        },
+    )
+    subject = f"Register of children's homes: {sub.area}, {due.key} ({reference})"
+    envelope = _envelope(ctx, due, reference, subject)
+    wire = await _encrypted(ctx, envelope, text, authority, (*extract.files, changes_file))
+    facts = {
+        "reference": reference,
+        "authority_name": authority.name,
+        "recipient": envelope.recipient,
+        "key_fingerprint": authority.key_fingerprint,
+        "area": sub.area,
+        "purpose": sub.purpose,
+        "home_count": extract.home_count,
+        "enforcement_count": extract.enforcement_count,
+        "extract_sha256": extract.sha256,
+        "marking": marking,
+    }
+    return Prepared("disclosure", wire, reference, current, facts)
+
+
+async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime) -> bool:
+    """The event, its outbox entry and its audit records in one transaction; False if it had happened already."""
+    try:
+        async with ctx.db.transaction() as session:
+            row = OutboxMessage(
+                kind=prepared.kind, inbound_id=None, sender=ctx.config.gateway.address,
+                recipient=due.authority.addresses[0].address, message_id=_message_id(prepared.wire),
+                content=prepared.wire, status="pending", attempts=0, created_at=as_of, next_attempt_at=as_of,
+            )  # fmt: skip
+            session.add(row)
+            await session.flush()
+            session.add(
+                SubscriptionEvent(
+                    subscription_id=due.subscription.id, kind=due.kind, key=due.key, happened_at=as_of,
+                    outbox_id=row.id, reference=prepared.reference,
+                    snapshot=json.dumps(prepared.snapshot) if prepared.snapshot else None,
+                )
+            )  # fmt: skip
+            await session.flush()  # the unique key fails here if another run got there first
+            if prepared.lapse:
+                subscription = await session.get(Subscription, due.subscription.id)
+                if subscription is not None:
+                    subscription.status, subscription.updated_at = "lapsed", as_of
+            details = {"subscription": due.subscription.id, "key": due.key, "outbox_id": row.id}
+            await audit.record(
+                session, actor=GATEWAY_ACTOR, action=f"subscription.{due.kind}", subject=prepared.reference,
+                details=details, now=as_of,
+            )  # fmt: skip
+            if prepared.disclosure is not None:
+                session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=row.id, disclosed_at=as_of))
+                await audit.record(
+                    session, actor=GATEWAY_ACTOR, action="disclosure", subject=prepared.reference,
+                    details={**prepared.disclosure, "justification": prepared.disclosure["purpose"], "outbox": row.id},
+                    now=as_of,
+                )  # fmt: skip
+    except IntegrityError:
+        return False
+    return True
+
+
+async def _alert_key(ctx: Context, due: Due, problem: str, as_of: dt.datetime) -> None:
+    """Fail closed: no delivery to an unusable key; the admin is told once, under the same unique key."""
+    arrival = Arrival(b"", "-", None, "schedule", as_of)
+    note = alert(ctx, arrival, Decision("quarantined", f"{due.kind} for subscription {due.subscription.id}: {problem}"))
+    warning = note.outgoing[-1]
+    await _record(ctx, due, Prepared("alert", warning.content, f"key-{due.key}"), as_of)
+
+
+async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
+    """Everything due at `as_of`, each at most once however often this runs, and whoever else runs it."""
+    settings = ctx.config.schedule
+    async with ctx.db.transaction(write=False) as session:
+        rows = (await session.execute(select(Subscription).where(Subscription.status == "active"))).scalars().all()
+        query = select(Authority).options(selectinload(Authority.addresses))
+        authorities = {a.id: a for a in (await session.execute(query)).scalars()}
+    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "skipped": 0}
+    today = as_of.astimezone(ZoneInfo(settings.timezone)).date()
+    for sub in rows:
+        authority = authorities.get(sub.authority_id)
+        if authority is None or authority.status != "active" or not authority.addresses:
+            counts["skipped"] += 1
+            continue
+        for due in _what_is_due(sub, authority, as_of, today, settings):
+            if await _already(ctx, due):
+                continue
+            try:
+                prepared = await _prepare(ctx, due, as_of)
+            except KeyProblem as exc:
+                await _alert_key(ctx, due, str(exc), as_of)
+                counts["skipped"] += 1
+                continue
+            if await _record(ctx, due, prepared, as_of):
+                counts[due.kind] += 1
+    return counts
+
+
+def _what_is_due(
+    sub: Subscription, authority: Authority, as_of: dt.datetime, today: dt.date, settings: ScheduleSettings
+) -> list[Due]:
+    if today >= sub.review_on:  # the protocol: no confirmation in twelve months, no more data
+        return [Due(sub, authority, "lapse", sub.review_on.isoformat())]
+    due: list[Due] = []
+    # Only the nearest reminder whose time has come: after downtime, one reminder, not two at once.
+    opened = [days for days in settings.reminder_days if today >= sub.review_on - dt.timedelta(days=days)]
+    if opened:
+        days = min(opened)
+        due.append(Due(sub, authority, "reminder", f"{sub.review_on.isoformat()}/{days}"))
+    year, month = due_period(as_of, settings)
+    if delivery_instant(year, month, settings).astimezone(ZoneInfo(settings.timezone)).date() > sub.started_on:
+        due.append(Due(sub, authority, "delivery", f"{year:04d}-{month:02d}"))
+    return due

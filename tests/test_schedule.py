@@ -1,0 +1,124 @@
+"""A subscription's year: monthly deliveries once each, reminders at 30 and 7 days, a lapse, and what changed."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from gateway.config import ScheduleSettings
+from gateway.schedule import delivery_instant, due_period
+from gateway.subscriptions import add_months
+from tests.conftest import AuthorityKeys, Gateway
+from tests.test_pipeline import live, open_as_recipient, outbox, outbox_content, police_says, process, subscriptions
+
+__all__ = ["live"]  # the fixture used here, defined elsewhere
+
+MONTHLY = "Request: disclosure\r\nFrequency: monthly\r\nPurpose: Safeguarding children in our area\r\n"
+SETTINGS = ScheduleSettings()
+
+
+def run(gateway: Gateway, as_of: dt.datetime) -> dict[str, int]:
+    out = gateway.ok("schedule", "run", "--as-of", as_of.isoformat())
+    counts = out.split(": ", 1)[1].split(" (")[0]
+    return {kind: int(n) for n, kind in (part.split(" ") for part in counts.split(", "))}
+
+
+def test_delivery_moments_follow_london_time_across_clock_changes() -> None:
+    assert delivery_instant(2027, 1, SETTINGS) == dt.datetime(2027, 1, 1, 6, 0, tzinfo=dt.UTC)  # GMT
+    assert delivery_instant(2027, 7, SETTINGS) == dt.datetime(2027, 7, 1, 5, 0, tzinfo=dt.UTC)  # BST
+    just_before = dt.datetime(2027, 7, 1, 4, 59, tzinfo=dt.UTC)
+    assert due_period(just_before, SETTINGS) == (2027, 6)
+    assert due_period(just_before + dt.timedelta(minutes=1), SETTINGS) == (2027, 7)
+    assert due_period(dt.datetime(2027, 1, 1, 5, 0, tzinfo=dt.UTC), SETTINGS) == (2026, 12)
+
+
+def test_a_year_of_deliveries_reminders_and_a_lapse(live: Gateway, keys: AuthorityKeys) -> None:
+    assert process(live, police_says(keys, MONTHLY, "y1"))["kind"] == "answered"
+    [subscription] = subscriptions(live)
+    started = dt.date.fromisoformat(str(subscription["started_on"]))
+    review = dt.date.fromisoformat(str(subscription["review_on"]))
+    assert review == add_months(started, 12)
+    assert run(live, dt.datetime.combine(started, dt.time(23, 0), dt.UTC))["delivery"] == 0  # answered already
+
+    totals: Counter[str] = Counter()
+
+    def step(moment: dt.datetime) -> dict[str, int]:
+        counts = run(live, moment)
+        totals.update(counts)
+        return counts
+
+    deliveries = 0
+    for month in range(1, 13):
+        first_of = add_months(started.replace(day=1), month)
+        moment = delivery_instant(first_of.year, first_of.month, SETTINGS) + dt.timedelta(minutes=1)
+        if moment.date() >= review:
+            break
+        assert step(moment)["delivery"] == 1, first_of
+        assert step(moment + dt.timedelta(hours=1))["delivery"] == 0  # a repeated trigger sends nothing
+        deliveries += 1
+    assert deliveries >= 11
+
+    # The 30-day reminder goes with the first run once its time has come (perhaps a delivery run), once.
+    thirty = dt.datetime.combine(review - dt.timedelta(days=30), dt.time(12), dt.UTC)
+    step(thirty)
+    step(thirty + dt.timedelta(days=1))
+    assert totals["reminder"] == 1
+    seven = dt.datetime.combine(review - dt.timedelta(days=7), dt.time(12), dt.UTC)
+    assert step(seven)["reminder"] == 1
+    assert step(seven + dt.timedelta(days=1))["reminder"] == 0
+
+    lapse = dt.datetime.combine(review, dt.time(12), dt.UTC)
+    assert run(live, lapse)["lapse"] == 1
+    assert subscriptions(live)[0]["status"] == "lapsed"
+    after = add_months(review.replace(day=1), 1)
+    assert run(live, delivery_instant(after.year, after.month, SETTINGS) + dt.timedelta(minutes=1))["delivery"] == 0
+    kinds = [row["kind"] for row in outbox(live)]
+    assert kinds.count("disclosure") == deliveries + 1  # the first answer and one per month
+    assert (kinds.count("reminder"), kinds.count("lapse")) == (2, 1)
+    actions = [r["action"] for r in json.loads(live.ok("audit", "list", "--json"))]
+    assert actions.count("disclosure") == deliveries + 1
+    assert live.run("audit", "verify").code == 0
+
+
+def test_a_delivery_says_what_changed_since_the_last(live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
+    assert process(live, police_says(keys, MONTHLY, "c1"))["kind"] == "answered"
+    homes_file = tmp_path / "register" / "homes.csv"
+    with homes_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ours = [r for r in rows if r["police_force_area"] == "West Mercia" and r["status"] != "closed"]
+    ours[0]["status"] = "closed"  # gone from the disclosure
+    ours[1]["telephone"] = "01632 960999"  # details changed
+    new = {**ours[2], "urn": "SC999991", "name": "Brand New House"}  # newly registered
+    rows.append(new)
+    changed = tmp_path / "changed.csv"
+    with changed.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    enforcement = tmp_path / "enforcement.csv"
+    enforcement.write_text(f"urn,date,nature\n{ours[3]['urn']},2026-11-20,Compliance notice issued\n")
+    live.ok("register", "import", "--homes", str(changed), "--enforcement", str(enforcement))
+
+    started = dt.date.fromisoformat(str(subscriptions(live)[0]["started_on"]))
+    first_of = add_months(started.replace(day=1), 1)
+    assert (
+        run(live, delivery_instant(first_of.year, first_of.month, SETTINGS) + dt.timedelta(minutes=1))["delivery"] == 1
+    )
+    delivery = [row for row in outbox(live) if row["kind"] == "disclosure"][-1]
+    inner, _ = open_as_recipient(live, keys, outbox_content(live, delivery["id"]))
+    body = inner.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    for line in ("homes newly registered: 1", "homes closed or removed: 1", "homes whose details changed: 1",
+                 "new enforcement actions: 1"):  # fmt: skip
+        assert line in text
+    changes = next(p for p in inner.iter_attachments() if str(p.get_filename()).endswith("-changes.csv"))
+    listed = list(csv.reader(io.StringIO(changes.get_content())))[2:]
+    assert sorted(row[1].split(":")[0] for row in listed) == [
+        "closed or removed", "details changed", "new enforcement action", "newly registered",
+    ]  # fmt: skip
+    assert ["SC999991", "newly registered"] in listed

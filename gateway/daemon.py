@@ -8,8 +8,12 @@ import datetime as dt
 import hashlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from gateway.compose import Templates
 from gateway.config import Config, InboundSmtpSettings, SmtpSettings
@@ -20,6 +24,7 @@ from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import Context, Outcome, process
+from gateway.schedule import run_due
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -85,6 +90,32 @@ class Services:
                 log.info("outbox", **counts)
             await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)
 
+    async def schedule(self) -> None:
+        """Deliveries, reminders and lapses due now; the tables, not the scheduler, know what was done."""
+        counts = await run_due(self.ctx, dt.datetime.now(dt.UTC))
+        if any(counts.values()):
+            log.info("schedule", **counts)
+            self.outbox_due.set()
+
+    def scheduler(self) -> AsyncIOScheduler:
+        """APScheduler only decides when to look: at the monthly delivery moment, and every hour (also at start,
+        so a gateway that was down catches up: one delivery for the latest month, the reminders still due)."""
+        settings = self.ctx.config.schedule
+        scheduler = AsyncIOScheduler(timezone=settings.timezone)
+        monthly = CronTrigger(
+            day=settings.delivery_day,
+            hour=settings.delivery_time.hour,
+            minute=settings.delivery_time.minute,
+            timezone=settings.timezone,
+        )
+        # Coalesced, with a day's grace: a late trigger still runs, once, and run_due is idempotent anyway.
+        options: dict[str, Any] = {"coalesce": True, "misfire_grace_time": 86_400, "max_instances": 1}
+        scheduler.add_job(self.schedule, monthly, id="monthly", **options)
+        scheduler.add_job(
+            self.schedule, IntervalTrigger(hours=1), id="hourly", next_run_time=dt.datetime.now(dt.UTC), **options
+        )
+        return scheduler
+
     async def listen(self, inbound: InboundSmtpSettings) -> None:
         """The inbound SMTP listener, and what it stored, through the same pipeline."""
 
@@ -116,6 +147,8 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     log.info(
         "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"
     )
+    scheduler = services.scheduler()
+    scheduler.start()
     try:
         with _signals(stop):
             # Serve: the watcher finishes the message in hand when stop is set; the sender finishes its batch.
@@ -129,5 +162,6 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     except TimeoutError:
         log.warning("shutdown took longer than the limit; stopped what was still running", limit=SHUTDOWN_LIMIT)
     finally:
+        scheduler.shutdown(wait=False)
         await db.close()
         log.info("stopped")

@@ -38,5 +38,5 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter at INFO would log SQL parameters and IMAP lines; only their warnings are wanted.
-    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "gnupg", "mail.log"):
+    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "gnupg", "mail.log", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
+from sqlalchemy import update
+
+from gateway.config import load_config
+from gateway.db.engine import create_database
+from gateway.db.models import Subscription
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_outbox import Relay, serve
-from tests.test_pipeline import live, register_urns, request_from_police
+from tests.test_pipeline import live, police_says, process, register_urns, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
 
@@ -56,3 +62,60 @@ async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
     assert any(e.get("event") == "stopped" for e in events)
     text = stderr.decode()
     assert not any(urn in text for urn in register_urns(tmp_path, "West Mercia"))
+
+
+async def wait_started(daemon: asyncio.subprocess.Process) -> bytes:
+    """Read the daemon's log until it says it started; returns what it read."""
+    assert daemon.stderr is not None
+    seen = b""
+    while b'"event": "started"' not in seen and daemon.returncode is None:
+        line = await asyncio.wait_for(daemon.stderr.readline(), 60)
+        if not line:
+            break
+        seen += line
+    return seen
+
+
+async def test_a_delivery_missed_while_stopped_is_sent_once_at_start(
+    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
+) -> None:
+    monthly = "Request: disclosure\r\nFrequency: monthly\r\nPurpose: Safeguarding children in our area\r\n"
+    answered = await asyncio.to_thread(process, live, police_says(keys, monthly, "daemon-m1"))
+    assert answered["kind"] == "answered"
+    # The subscription began two months ago: this month's delivery fell while the gateway was stopped.
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    try:
+        async with db.transaction() as session:
+            await session.execute(update(Subscription).values(started_on=dt.date.today() - dt.timedelta(days=62)))
+    finally:
+        await db.close()
+    relay = Relay()
+    server, port = await serve(relay)
+    live.write_config(
+        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
+        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
+    )
+    try:
+        for _ in range(2):  # started twice: the second start must send nothing more
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            early = await wait_started(daemon)  # a SIGTERM before the handlers are in would just kill it
+            for _ in range(150):
+                if len(relay.received) >= 2 or daemon.returncode is not None:  # the first answer, then the delivery
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            daemon.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(daemon.communicate(), 15)
+            assert daemon.returncode == 0, (early + stderr).decode()[-2000:]
+    finally:
+        server.close()
+    # The first answer went out with the first start too (it was waiting in the outbox), then one delivery.
+    subjects = [
+        message_from_bytes(bytes(e.original_content or b""), policy=policy.default)["Subject"] for e in relay.received
+    ]
+    assert len(subjects) == 2, subjects

@@ -6,6 +6,8 @@ import csv
 import datetime as dt
 import io
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -122,3 +124,30 @@ def test_a_delivery_says_what_changed_since_the_last(live: Gateway, keys: Author
         "closed or removed", "details changed", "new enforcement action", "newly registered",
     ]  # fmt: skip
     assert ["SC999991", "newly registered"] in listed
+
+
+def test_two_runs_at_once_send_once(live: Gateway, keys: AuthorityKeys) -> None:
+    assert process(live, police_says(keys, MONTHLY, "t1"))["kind"] == "answered"
+    started = dt.date.fromisoformat(str(subscriptions(live)[0]["started_on"]))
+    first_of = add_months(started.replace(day=1), 1)
+    moment = delivery_instant(first_of.year, first_of.month, SETTINGS) + dt.timedelta(minutes=1)
+    command = [sys.executable, "-m", "gateway", "--config", str(live.config_path), "schedule", "run"]
+    runs = [
+        subprocess.Popen([*command, "--as-of", moment.isoformat()], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for running in runs:
+        _, err = running.communicate(timeout=120)
+        assert running.returncode == 0, err.decode()
+    assert [row["kind"] for row in outbox(live)].count("disclosure") == 2  # the first answer and one delivery
+
+
+def test_after_downtime_one_delivery_for_the_latest_month(live: Gateway, keys: AuthorityKeys) -> None:
+    assert process(live, police_says(keys, MONTHLY, "d1"))["kind"] == "answered"
+    started = dt.date.fromisoformat(str(subscriptions(live)[0]["started_on"]))
+    late = add_months(started.replace(day=1), 3)
+    moment = delivery_instant(late.year, late.month, SETTINGS) + dt.timedelta(days=2)
+    assert run(live, moment)["delivery"] == 1
+    assert run(live, moment + dt.timedelta(days=1))["delivery"] == 0
+    events = [r for r in json.loads(live.ok("audit", "list", "--json")) if r["action"] == "subscription.delivery"]
+    assert [e["details"]["key"] for e in events] == [f"{late.year:04d}-{late.month:02d}"]

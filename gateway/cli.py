@@ -36,7 +36,8 @@ from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
-from gateway.schedule import run_due
+from gateway.schedule import next_events, run_due
+from gateway.subscriptions import change_by_hand, history
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -563,6 +564,75 @@ async def cmd_schedule_run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_schedule_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    now = dt.datetime.now(dt.UTC)
+    async with _database(config) as db, db.transaction(write=False) as session:
+        rows = (
+            await session.execute(
+                select(Subscription, Authority.name).join(Authority).where(Subscription.status == "active")
+            )
+        ).all()
+    listed = [
+        {"id": sub.id, "authority": name, "area": sub.area, **next_events(sub, now, config.schedule)}
+        for sub, name in rows
+    ]
+    if args.json:
+        _emit_json(listed)
+    elif not listed:
+        print("nothing scheduled: there are no active subscriptions")
+    else:
+        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    return 0
+
+
+async def cmd_subscription_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db:
+        sub, authority, events = await history(db, args.id)
+    steps = [
+        {"kind": e.kind, "key": e.key, "at": e.happened_at.isoformat(timespec="seconds"), "reference": e.reference}
+        for e in events
+    ]
+    shown: dict[str, Any] = {
+        "id": sub.id,
+        "authority": authority,
+        "area": sub.area,
+        "status": sub.status,
+        "started_on": sub.started_on.isoformat(),
+        "review_on": sub.review_on.isoformat(),
+        "purpose": sub.purpose,
+    }
+    if args.json:
+        _emit_json({**shown, "history": steps})
+        return 0
+    for label, value in shown.items():
+        print(f"{label + ':':13}{value}")
+    print()
+    print_table(["kind", "key", "at", "reference"], [list(step.values()) for step in steps])
+    return 0
+
+
+async def cmd_subscription_cancel(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db:
+        row = await change_by_hand(db, args.id, actor=args.actor, cancel=True)
+    print(f"subscription {row.id} ({row.area}) cancelled: no further deliveries")
+    return 0
+
+
+async def cmd_subscription_extend(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        until = dt.date.fromisoformat(args.until)
+    except ValueError:
+        raise UsageError(f"--until {args.until!r}: expected a date, YYYY-MM-DD") from None
+    async with _database(config) as db:
+        row = await change_by_hand(db, args.id, actor=args.actor, review_on=until)
+    print(f"subscription {row.id} ({row.area}) now comes up for review on {row.review_on.isoformat()}")
+    return 0
+
+
 async def cmd_subscription_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db, db.transaction(write=False) as session:
@@ -858,6 +928,18 @@ def _audit_and_other_commands(c: _Commands) -> None:
     schedule_run.add_argument("--as-of", metavar="WHEN", help="an ISO date-time (UTC unless it says otherwise)")
     subscription = c.group("subscription", "authorities' monthly subscriptions and their reviews")
     c.command(subscription, "list", cmd_subscription_list, "list the subscriptions", listing=True)
+    show_sub = c.command(
+        subscription, "show", cmd_subscription_show, "one subscription and its deliveries and notices", listing=True
+    )
+    show_sub.add_argument("id", type=int, metavar="ID")
+    cancel_sub = c.command(subscription, "cancel", cmd_subscription_cancel, "end a subscription by hand", acting=True)
+    cancel_sub.add_argument("id", type=int, metavar="ID")
+    extend_sub = c.command(
+        subscription, "extend", cmd_subscription_extend, "move a subscription's review date by hand", acting=True
+    )
+    extend_sub.add_argument("id", type=int, metavar="ID")
+    extend_sub.add_argument("--until", required=True, metavar="DATE", help="the new review date, YYYY-MM-DD")
+    c.command(schedule, "show", cmd_schedule_show, "what is due next, and when", listing=True)
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
     c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
     c.command(outbox, "send", cmd_outbox_send, "deliver what is due now through the [smtp] relay, once")

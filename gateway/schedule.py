@@ -313,3 +313,26 @@ def _what_is_due(
     if delivery_instant(year, month, settings).astimezone(ZoneInfo(settings.timezone)).date() > sub.started_on:
         due.append(Due(sub, authority, "delivery", f"{year:04d}-{month:02d}"))
     return due
+
+
+def next_events(sub: Subscription, now: dt.datetime, settings: ScheduleSettings) -> dict[str, str]:
+    """When this subscription's next delivery, reminder and review fall, as an operator reads them."""
+    zone = ZoneInfo(settings.timezone)
+    year, month = due_period(now, settings)
+    for _ in range(14):  # at most a year and a bit ahead
+        year, month = (year, month + 1) if month < 12 else (year + 1, 1)
+        moment = delivery_instant(year, month, settings)
+        if moment.astimezone(zone).date() > sub.started_on:
+            break
+    delivery = moment if moment.astimezone(zone).date() < sub.review_on else None
+    today = now.astimezone(zone).date()
+    reminders = sorted(
+        sub.review_on - dt.timedelta(days=days)
+        for days in settings.reminder_days
+        if sub.review_on - dt.timedelta(days=days) > today
+    )
+    return {
+        "next_delivery": delivery.isoformat(timespec="minutes") if delivery else "none before the review",
+        "next_reminder": reminders[0].isoformat() if reminders else "none left",
+        "review_on": sub.review_on.isoformat(),
+    }

@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
+from gateway import audit
+from gateway.db.engine import Database
+from gateway.db.models import Authority, Subscription, SubscriptionEvent
+from gateway.errors import GatewayError
 from gateway.extracts import HOME_EXTRACT_COLUMNS, EnforcementLike, HomeLike
 from gateway.scope import Scope
 
@@ -45,3 +51,53 @@ def snapshot(homes: Sequence[HomeLike], actions: Sequence[EnforcementLike]) -> d
         for home in homes
     }
     return {"homes": rows, "enforcement": sorted(f"{a.urn}|{a.date}|{a.nature}" for a in actions)}
+
+
+class SubscriptionError(GatewayError):
+    """An admin action on a subscription that cannot be done as asked."""
+
+
+async def change_by_hand(
+    db: Database, subscription_id: int, *, actor: str, cancel: bool = False, review_on: dt.date | None = None
+) -> Subscription:
+    """An admin cancels a subscription, or moves its review date; audited with the actor."""
+    async with db.transaction() as session:
+        row = await session.get(Subscription, subscription_id)
+        if row is None:
+            raise SubscriptionError(f"no subscription {subscription_id} (see `gateway subscription list`)")
+        if row.status != "active":
+            raise SubscriptionError(f"subscription {subscription_id} is {row.status}, not active")
+        before = row.review_on
+        if cancel:
+            row.status = "cancelled"
+        elif review_on is not None:
+            if review_on <= dt.datetime.now(dt.UTC).date():
+                raise SubscriptionError(f"--until {review_on.isoformat()} is not in the future")
+            row.review_on = review_on
+        row.updated_at = dt.datetime.now(dt.UTC)
+        await audit.record(
+            session,
+            actor=actor,
+            action="subscription.cancel" if cancel else "subscription.extend",
+            subject=f"subscription {row.id}",
+            details={"area": row.area, "review_before": before, "review_on": row.review_on, "status": row.status},
+        )
+        return row
+
+
+async def history(db: Database, subscription_id: int) -> tuple[Subscription, str, list[SubscriptionEvent]]:
+    async with db.transaction(write=False) as session:
+        row = await session.get(Subscription, subscription_id)
+        if row is None:
+            raise SubscriptionError(f"no subscription {subscription_id} (see `gateway subscription list`)")
+        authority = await session.get(Authority, row.authority_id)
+        events = list(
+            (
+                await session.execute(
+                    select(SubscriptionEvent)
+                    .where(SubscriptionEvent.subscription_id == subscription_id)
+                    .order_by(SubscriptionEvent.id)
+                )
+            ).scalars()
+        )
+    return row, authority.name if authority else "?", events

@@ -151,3 +151,30 @@ def test_after_downtime_one_delivery_for_the_latest_month(live: Gateway, keys: A
     assert run(live, moment + dt.timedelta(days=1))["delivery"] == 0
     events = [r for r in json.loads(live.ok("audit", "list", "--json")) if r["action"] == "subscription.delivery"]
     assert [e["details"]["key"] for e in events] == [f"{late.year:04d}-{late.month:02d}"]
+
+
+def test_admins_see_and_change_subscriptions_by_hand(live: Gateway, keys: AuthorityKeys) -> None:
+    assert process(live, police_says(keys, MONTHLY, "a1"))["kind"] == "answered"
+    [subscription] = subscriptions(live)
+    ident = str(subscription["id"])
+    shown = json.loads(live.ok("subscription", "show", ident, "--json"))
+    assert [step["kind"] for step in shown["history"]] == ["initial"]
+    [planned] = json.loads(live.ok("schedule", "show", "--json"))
+    assert planned["review_on"] == subscription["review_on"]
+    assert planned["next_delivery"].endswith(("06:00+00:00", "05:00+00:00"))  # 06:00 in London, GMT or BST
+
+    later = (dt.date.fromisoformat(str(subscription["review_on"])) + dt.timedelta(days=90)).isoformat()
+    out = live.ok("subscription", "extend", ident, "--until", later, "--actor", "alice")
+    assert out.strip().endswith(f"now comes up for review on {later}")
+    assert subscriptions(live)[0]["review_on"] == later
+    past = live.run("subscription", "extend", ident, "--until", "2001-01-01")
+    assert past.code == 1
+    assert past.err.strip() == "gateway: error: --until 2001-01-01 is not in the future"
+
+    assert "cancelled" in live.ok("subscription", "cancel", ident, "--actor", "alice")
+    assert subscriptions(live)[0]["status"] == "cancelled"
+    again = live.run("subscription", "cancel", ident)
+    assert again.err.strip() == f"gateway: error: subscription {ident} is cancelled, not active"
+    records = [r for r in json.loads(live.ok("audit", "list", "--json")) if r["actor"] == "alice"]
+    assert [r["action"] for r in records] == ["subscription.extend", "subscription.cancel"]
+    assert json.loads(live.ok("schedule", "show", "--json")) == []

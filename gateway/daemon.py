@@ -55,6 +55,15 @@ async def _check_key(config: Config, keyring: Keyring) -> None:
         raise KeyProblem(f"[gpg] signing_key {config.gpg.signing_key} is unusable: {'; '.join(info.problems())}")
 
 
+@contextlib.contextmanager
+def _survive(loop: str) -> Iterator[None]:
+    """One failed round of a loop (the database down, say) is logged; the loop goes on, nothing is dropped."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("round failed; retrying", loop=loop, error=type(exc).__name__)  # noqa: TRY400 - no traceback: its text could quote the message or register data
+
+
 async def _nap(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
     """Until the gateway stops, there is new work, or `seconds` pass: whichever comes first."""
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
@@ -73,9 +82,9 @@ class Services:
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()
 
-    async def handle(self, raw: bytes) -> Outcome:
+    async def handle(self, raw: bytes, source: str = "imap") -> Outcome:
         with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):
-            outcome = await process(self.ctx, raw, source="mail")
+            outcome = await process(self.ctx, raw, source=source)
             log.info("message", outcome=outcome.kind, inbound_id=outcome.inbound_id, reference=outcome.reference)
         self.outbox_due.set()  # a reply is waiting: send it now rather than at the next tick
         return outcome
@@ -83,19 +92,21 @@ class Services:
     async def send_outbox(self, smtp: SmtpSettings) -> None:
         transport, config = smtp_transport(smtp), self.ctx.config
         while not self.stop.is_set():
-            counts = await deliver_due(
-                self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
-            )
-            if any(counts.values()):
-                log.info("outbox", **counts)
+            with _survive("outbox"):
+                counts = await deliver_due(
+                    self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
+                )
+                if any(counts.values()):
+                    log.info("outbox", **counts)
             await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)
 
     async def schedule(self) -> None:
         """Deliveries, reminders and lapses due now; the tables, not the scheduler, know what was done."""
-        counts = await run_due(self.ctx, dt.datetime.now(dt.UTC))
-        if any(counts.values()):
-            log.info("schedule", **counts)
-            self.outbox_due.set()
+        with _survive("schedule"):
+            counts = await run_due(self.ctx, dt.datetime.now(dt.UTC))
+            if any(counts.values()):
+                log.info("schedule", **counts)
+                self.outbox_due.set()
 
     def scheduler(self) -> AsyncIOScheduler:
         """APScheduler only decides when to look: at the monthly delivery moment, and every hour (also at start,
@@ -120,12 +131,13 @@ class Services:
         """The inbound SMTP listener, and what it stored, through the same pipeline."""
 
         async def one(raw: bytes) -> int:
-            return (await self.handle(raw)).inbound_id
+            return (await self.handle(raw, "smtp")).inbound_id
 
         server = await start_listener(inbound, self.ctx.db, self.ctx.config.gateway.address, self.spooled)
         try:
             while not self.stop.is_set():
-                await drain_spool(self.ctx.db, one)
+                with _survive("spool"):  # what failed stays pending in the spool and is tried again
+                    await drain_spool(self.ctx.db, one)
                 await _nap(self.stop, self.spooled, OUTBOX_INTERVAL)
         finally:
             server.close()

@@ -93,6 +93,15 @@ class Watcher:
             except (OSError, TimeoutError, MailboxError, aioimaplib.Abort, aioimaplib.CommandTimeout) as exc:
                 self.connected.clear()
                 log.warning("imap connection lost; reconnecting in %.0f s: %s", backoff, type(exc).__name__)
+            except Exception as exc:
+                self.connected.clear()
+                # No traceback: its text could quote the message or register data.
+                log.error(  # noqa: TRY400
+                    "processing stopped; the message stays in the folder, retried in %.0f s: %s",
+                    backoff,
+                    type(exc).__name__,
+                )
+            if not self._stop.is_set() and not self.connected.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import make_msgid
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -40,6 +42,7 @@ from gateway.subscriptions import SubscriptionChange, review_date, snapshot
 # a word, quarantined for a person to look at; a message seen before is a duplicate and changes nothing.
 ANSWERED, REFUSED, REJECTED, QUARANTINED, DUPLICATE = "answered", "refused", "rejected", "quarantined", "duplicate"
 GATEWAY_ACTOR = "gateway"
+log = structlog.get_logger("gateway.pipeline")
 
 
 @dataclass(frozen=True)
@@ -126,16 +129,23 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     seen = await previously(ctx, arrival)  # a message already decided is never decided again
     if seen is not None:
         return seen
-    decision = await decide(ctx, arrival)
+    try:
+        decision = await decide(ctx, arrival)
+    except Exception as exc:
+        reason = f"processing failed ({type(exc).__name__}); kept for a person to look at"
+        log.error("message could not be decided", error=type(exc).__name__, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback: its text could quote the message or register data
+        decision = alert(ctx, arrival, Decision(QUARANTINED, reason))
+    # A failure to record is not an outcome: it propagates, and the message is tried again later.
     return await record(ctx, arrival, decision)
 
 
 def arrive(raw: bytes, source: str, now: dt.datetime) -> Arrival:
+    # The headers only: the body is parsed once, in decide(), and its failures are dealt with there.
     message_id = None
     try:
-        header = message_from_bytes(raw, policy=policy.default).get("Message-ID")
+        header = BytesHeaderParser(policy=policy.default).parsebytes(raw).get("Message-ID")
         message_id = str(header).strip()[:998] if header else None
-    except Exception:  # any parse failure is dealt with in decide(); here we only want a label
+    except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
     return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
 

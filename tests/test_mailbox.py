@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from gateway.compose import Templates
 from gateway.config import ImapSettings, Secret, load_config
@@ -187,4 +188,34 @@ async def test_a_server_without_idle_or_move_is_polled_and_copied(
         await asyncio.wait_for(task, 20)
         await db.close()
         server.stop()
+    assert len(await asyncio.to_thread(outbox, live)) == 1
+
+
+async def test_a_failure_to_record_leaves_the_message_to_be_tried_again(
+    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
+) -> None:
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    attempts: list[int] = []
+
+    async def handle(message: bytes) -> Outcome:
+        attempts.append(1)
+        if len(attempts) == 1:
+            # What SQLAlchemy raises when the database goes away mid-outage (not an OSError).
+            raise OperationalError("INSERT INTO inbound_messages", {}, Exception("the database is away"))
+        return await process(ctx, message, source="imap")
+
+    stop = asyncio.Event()
+    watcher = Watcher(imap_settings(dovecot_server), handle, db, stop=stop)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 20)
+        dovecot_server.deliver(request_from_police(keys))
+        await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await db.close()
+    assert len(attempts) == 2  # the watcher survived the failure and tried the same message again
     assert len(await asyncio.to_thread(outbox, live)) == 1

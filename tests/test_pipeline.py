@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.compose import Templates
 from gateway.config import load_config
+from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
+from gateway.pipeline import Context
+from gateway.pipeline import process as pipeline_process
 from gateway.sample import write_sample
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
@@ -291,3 +295,25 @@ def test_renewal_and_cancellation_are_acknowledged(live: Gateway, keys: Authorit
     assert "no active monthly subscription for West Mercia police force area" in str(nothing["reason"])
     actions = [r["action"] for r in json.loads(live.ok("audit", "list", "--json")) if r["action"].startswith("subscr")]
     assert actions == ["subscription.create", "subscription.renew", "subscription.cancel"]
+
+
+async def test_a_message_that_breaks_a_step_is_quarantined_not_lost(live: Gateway, tmp_path: Path) -> None:
+    """An admin's template override with a mistake makes rendering fail: the message still ends recorded."""
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "refusal.txt.j2").write_text("{{ marking }} {{ no_such_value }}\n")
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates(broken))
+    border = f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\r\n"
+    raw = (border + FROM_POLICE.replace("\n", "\r\n") + "\r\nRequest: disclosure\r\n").encode()  # no Purpose
+    try:
+        outcome = await pipeline_process(ctx, raw, source="file")
+        again = await pipeline_process(ctx, raw, source="file")
+    finally:
+        await db.close()
+    assert outcome.kind == "quarantined"
+    assert outcome.reason == "processing failed (UndefinedError); kept for a person to look at"
+    assert again.kind == "duplicate"
+    rows = await asyncio.to_thread(outbox, live)
+    assert [(row["kind"], row["recipient"]) for row in rows] == [("alert", ADMIN_ADDRESS)]

@@ -554,8 +554,7 @@ async def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 async def cmd_schedule_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    as_of = _since(args.as_of) if args.as_of else dt.datetime.now(dt.UTC)
-    assert as_of is not None  # noqa: S101 - _since returns None only for None
+    as_of = _since(args.as_of) or dt.datetime.now(dt.UTC)
     keyring = _keyring(config)
     async with _database(config) as db:
         counts = await run_due(Context(config, db, keyring, Templates(config.gateway.templates)), as_of)

@@ -9,22 +9,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# What a disclosure holds about each home, and nothing else: no status, no provider type, no import ids.
-HOME_EXTRACT_COLUMNS: tuple[str, ...] = (
-    "urn",
-    "name",
-    "address",
-    "postcode",
-    "telephone",
-    "local_authority",
-    "police_force_area",
-    "provider_name",
-    "provider_address",
-    "responsible_individual_name",
-    "responsible_individual_address",
-    "manager_name",
-    "manager_address",
-)
+from gateway.register import HOME_COLUMNS
+
+# What a disclosure holds about each home: the register's Schedule 5 columns, without the status and the
+# provider type, which the gateway keeps to select and check rows but never discloses.
+HOME_EXTRACT_COLUMNS: tuple[str, ...] = tuple(c for c in HOME_COLUMNS if c not in ("status", "provider_type"))
 ENFORCEMENT_EXTRACT_COLUMNS: tuple[str, ...] = ("urn", "date", "nature")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 

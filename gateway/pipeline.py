@@ -277,7 +277,7 @@ def _reply_envelope(ctx: Context, message: EmailMessage, recipient: str, referen
     )
 
 
-async def _encrypted(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
+async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
     """The reply as it goes on the wire; KeyProblem if it cannot be encrypted to the authority: no plaintext ever."""
     signer = ctx.config.gpg.signing_key
     if signer is None:
@@ -291,7 +291,7 @@ async def _encrypted(ctx: Context, envelope: Envelope, text: str, authority: Aut
     return outer_message(envelope, encrypted, now=ctx.clock()).as_bytes()
 
 
-def _common(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
+def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
     return {
         "marking": ctx.config.gateway.marking,
         "reference": reference,
@@ -310,16 +310,16 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
     envelope = _reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
     text = ctx.templates.render(
         "refusal.txt.j2",
-        {**_common(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
+        {**reply_values(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
     )
     reason = "; ".join(problems)
     try:
-        wire = await _encrypted(ctx, envelope, text, authority)
+        wire = await encrypted_reply(ctx, envelope, text, authority)
     except KeyProblem as exc:
         return alert(
             ctx, arrival, Decision(QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority)
         )
-    reply = Outgoing("refusal", sender, _message_id(wire), wire)
+    reply = Outgoing("refusal", sender, message_id_of(wire), wire)
     return Decision(REFUSED, reason, sender, authority, reference, (reply,))
 
 
@@ -353,14 +353,14 @@ async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Req
     subject = f"Monthly subscription {request.kind} ({reference})"
     envelope = _reply_envelope(ctx, asker.message, asker.sender, reference, subject)
     text = ctx.templates.render(
-        "acknowledgement.txt.j2", {**_common(ctx, asker.authority, asker.sender, reference), "lines": lines}
+        "acknowledgement.txt.j2", {**reply_values(ctx, asker.authority, asker.sender, reference), "lines": lines}
     )
     try:
-        wire = await _encrypted(ctx, envelope, text, asker.authority)
+        wire = await encrypted_reply(ctx, envelope, text, asker.authority)
     except KeyProblem as exc:
         reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
         return alert(ctx, arrival, Decision(QUARANTINED, reason, asker.sender, asker.authority))
-    reply = Outgoing("acknowledgement", asker.sender, _message_id(wire), wire)
+    reply = Outgoing("acknowledgement", asker.sender, message_id_of(wire), wire)
     reason = f"subscription {current.id} for {scope.description}: {request.kind}"
     return Decision(ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
 
@@ -381,7 +381,7 @@ async def disclose(
     text = ctx.templates.render(
         "disclosure.txt.j2",
         {
-            **_common(ctx, authority, sender, reference),
+            **reply_values(ctx, authority, sender, reference),
             "area": scope.description,
             "request_date": arrival.received_at.strftime("%d %B %Y"),
             "homes_file": extract.homes.name,
@@ -393,7 +393,7 @@ async def disclose(
         },
     )
     try:
-        wire = await _encrypted(ctx, envelope, text, authority, extract.files)
+        wire = await encrypted_reply(ctx, envelope, text, authority, extract.files)
     except KeyProblem as exc:
         return alert(ctx, arrival, Decision(QUARANTINED, f"no data sent: {exc}", sender, authority))
     if change is not None and change.action == "create":
@@ -410,7 +410,7 @@ async def disclose(
         extract_sha256=extract.sha256,
         marking=marking,
     )
-    reply = Outgoing("disclosure", sender, _message_id(wire), wire)
+    reply = Outgoing("disclosure", sender, message_id_of(wire), wire)
     reason = f"{extract.home_count} homes of {scope.description} disclosed"
     return Decision(ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
 
@@ -464,7 +464,7 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
     )
 
 
-def _message_id(wire: bytes) -> str:
+def message_id_of(wire: bytes) -> str:
     return str(message_from_bytes(wire, policy=policy.default).get("Message-ID", ""))
 
 

@@ -20,7 +20,16 @@ from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Disclosure, OutboxMessage, Subscription, SubscriptionEvent
 from gateway.extracts import ExtractFile, build_extract, defuse
-from gateway.pipeline import GATEWAY_ACTOR, Arrival, Context, Decision, _common, _encrypted, _message_id, alert
+from gateway.pipeline import (
+    GATEWAY_ACTOR,
+    Arrival,
+    Context,
+    Decision,
+    alert,
+    encrypted_reply,
+    message_id_of,
+    reply_values,
+)
 from gateway.scope import Scope, enforcement_in, homes_in
 from gateway.subscriptions import snapshot
 
@@ -144,7 +153,7 @@ class Prepared:
 async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
     sub, authority = due.subscription, due.authority
     reference = new_reference(as_of)
-    common = _common(ctx, authority, authority.addresses[0].address, reference)
+    common = reply_values(ctx, authority, authority.addresses[0].address, reference)
     when = f"{sub.review_on:%d %B %Y}"
     if due.kind == "reminder":
         lines = [
@@ -160,7 +169,7 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
         text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription review due ({reference})"
         return Prepared(
-            "reminder", await _encrypted(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
+            "reminder", await encrypted_reply(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
         )
     if due.kind == "lapse":
         lines = [
@@ -170,7 +179,7 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
         ]
         text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription lapsed ({reference})"
-        wire = await _encrypted(ctx, _envelope(ctx, due, reference, subject), text, authority)
+        wire = await encrypted_reply(ctx, _envelope(ctx, due, reference, subject), text, authority)
         return Prepared("lapse", wire, reference, lapse=True)
     return await _prepare_delivery(ctx, due, reference, common)
 
@@ -206,7 +215,7 @@ async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict
     )
     subject = f"Register of children's homes: {sub.area}, {due.key} ({reference})"
     envelope = _envelope(ctx, due, reference, subject)
-    wire = await _encrypted(ctx, envelope, text, authority, (*extract.files, changes_file))
+    wire = await encrypted_reply(ctx, envelope, text, authority, (*extract.files, changes_file))
     facts = {
         "reference": reference,
         "authority_name": authority.name,
@@ -228,7 +237,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
         async with ctx.db.transaction() as session:
             row = OutboxMessage(
                 kind=prepared.kind, inbound_id=None, sender=ctx.config.gateway.address,
-                recipient=due.authority.addresses[0].address, message_id=_message_id(prepared.wire),
+                recipient=due.authority.addresses[0].address, message_id=message_id_of(prepared.wire),
                 content=prepared.wire, status="pending", attempts=0, created_at=as_of, next_attempt_at=as_of,
             )  # fmt: skip
             session.add(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -419,14 +420,14 @@ async def cmd_authority_set_key(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- audit
 
 
-def _since(value: str | None) -> dt.datetime | None:
+def _since(value: str | None, option: str = "--since") -> dt.datetime | None:
     if value is None:
         return None
     try:
         moment = dt.datetime.fromisoformat(value)
         return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
     except (ValueError, OverflowError):
-        raise UsageError(f"--since {value!r}: expected an ISO date or date-time, e.g. 2026-11-01") from None
+        raise UsageError(f"{option} {value!r}: expected an ISO date or date-time, e.g. 2026-11-01") from None
 
 
 def _actor(value: str) -> str:
@@ -511,8 +512,12 @@ async def cmd_process(args: argparse.Namespace) -> int:
     if len(raw) > MAX_MESSAGE:
         raise GatewayError(f"the message is larger than {MAX_MESSAGE} bytes: not processed")
     keyring = _keyring(config)
+    received = _since(args.as_of, "--as-of")
     async with _database(config) as db:
-        outcome = await process(Context(config, db, keyring, Templates(config.gateway.templates)), raw, source="file")
+        ctx = Context(config, db, keyring, Templates(config.gateway.templates))
+        if received is not None:
+            ctx = dataclasses.replace(ctx, clock=lambda: received)
+        outcome = await process(ctx, raw, source="file")
     if args.json:
         _emit_json(outcome.__dict__)
     else:
@@ -554,7 +559,7 @@ async def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 async def cmd_schedule_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    as_of = _since(args.as_of) or dt.datetime.now(dt.UTC)
+    as_of = _since(args.as_of, "--as-of") or dt.datetime.now(dt.UTC)
     keyring = _keyring(config)
     async with _database(config) as db:
         counts = await run_due(Context(config, db, keyring, Templates(config.gateway.templates)), as_of)
@@ -913,6 +918,11 @@ def _audit_and_other_commands(c: _Commands) -> None:
         listing=True,
     )
     process_command.add_argument("file", metavar="FILE", help="the raw message ('-' = stdin)")
+    process_command.add_argument(
+        "--as-of",
+        metavar="WHEN",
+        help="when the message counts as received, an ISO date-time (default now): for mail kept during an outage",
+    )
     run = c.command(
         c.root,
         "run",

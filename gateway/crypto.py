@@ -46,6 +46,8 @@ class KeyInfo:
     can_encrypt: bool
     can_sign: bool
     weaknesses: tuple[str, ...] = ()
+    # When the key stops being able to sign: the primary's expiry or, if sooner, that of the last signing key.
+    signing_expires: dt.datetime | None = None
 
     def problems(self, now: dt.datetime | None = None) -> list[str]:
         """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
@@ -83,11 +85,11 @@ def _usable(record: dict[str, str]) -> bool:
     return record.get("trust", "") not in ("r", "e", "i", "d")
 
 
-def _effective_expiry(entry: dict[str, Any]) -> dt.datetime | None:
+def _effective_expiry(entry: dict[str, Any], capability: str = "e") -> dt.datetime | None:
     never = dt.datetime.max.replace(tzinfo=dt.UTC)
-    encrypting = [entry] if "e" in entry.get("cap", "") else []
-    encrypting += [s for s in entry.get("subkey_info", {}).values() if "e" in s.get("cap", "") and _usable(s)]
-    latest = max((_epoch(s.get("expires", "")) or never for s in encrypting), default=never)
+    capable = [entry] if capability in entry.get("cap", "") else []
+    capable += [s for s in entry.get("subkey_info", {}).values() if capability in s.get("cap", "") and _usable(s)]
+    latest = max((_epoch(s.get("expires", "")) or never for s in capable), default=never)
     soonest = min(_epoch(entry.get("expires", "")) or never, latest)
     return None if soonest == never else soonest
 
@@ -119,6 +121,7 @@ def _key_info(entry: dict[str, Any], uid_map: dict[str, dict[str, str]]) -> KeyI
         can_encrypt="E" in cap,
         can_sign="S" in cap,
         weaknesses=_weaknesses(entry),
+        signing_expires=_effective_expiry(entry, "s"),
     )
 
 

@@ -11,6 +11,7 @@ from email.message import EmailMessage
 
 import aiosmtplib
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.config import SmtpSettings
@@ -75,6 +76,27 @@ def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = 
         return Attempt(True)
 
     return send
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    kind: str,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    content: bytes,
+    now: dt.datetime,
+    inbound_id: int | None = None,
+) -> int:
+    """Queue one message inside the caller's transaction, so it exists exactly when what caused it does."""
+    row = OutboxMessage(
+        kind=kind, inbound_id=inbound_id, sender=sender, recipient=recipient, message_id=message_id,
+        content=content, status="pending", attempts=0, created_at=now, next_attempt_at=now,
+    )  # fmt: skip
+    session.add(row)
+    await session.flush()
+    return row.id
 
 
 async def _claim(db: Database, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[OutboxMessage]:

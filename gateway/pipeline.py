@@ -29,11 +29,11 @@ from gateway.db.models import (
     AuthorityAddress,
     Disclosure,
     InboundMessage,
-    OutboxMessage,
     Subscription,
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
+from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
 from gateway.subscriptions import SubscriptionChange, review_date, snapshot
@@ -71,6 +71,10 @@ class Outgoing:
     recipient: str
     message_id: str
     content: bytes
+
+    def queued(self) -> dict[str, Any]:
+        """What `outbox.enqueue` needs to know of it."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -427,31 +431,34 @@ def _subscription_note(change: SubscriptionChange | None) -> str | None:
     )
 
 
-def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
-    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
+def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
+    """A plain message to the admins. It goes unencrypted, so it never carries register data."""
     note = EmailMessage(policy=policy.SMTP)
     note["From"] = ctx.config.gateway.address
     note["To"] = ctx.config.gateway.admin_address
-    note["Subject"] = f"Register gateway alert: message {decision.outcome}"
+    note["Subject"] = subject
     note["Auto-Submitted"] = "auto-generated"
     note["Message-ID"] = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
-    note.set_content(
-        ctx.templates.render(
-            "alert.txt.j2",
-            {
-                "title": f"message {decision.outcome}",
-                "date": ctx.clock().isoformat(timespec="seconds"),
-                "outcome": decision.outcome,
-                "reason": decision.reason,
-                "sender": decision.sender,
-                "authority": decision.authority.name if decision.authority else None,
-                "message_id": arrival.message_id,
-                "sha256": arrival.sha256,
-            },
-        )
+    note.set_content(text)
+    return Outgoing("alert", ctx.config.gateway.admin_address, str(note["Message-ID"]), note.as_bytes())
+
+
+def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
+    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
+    text = ctx.templates.render(
+        "alert.txt.j2",
+        {
+            "title": f"message {decision.outcome}",
+            "date": ctx.clock().isoformat(timespec="seconds"),
+            "outcome": decision.outcome,
+            "reason": decision.reason,
+            "sender": decision.sender,
+            "authority": decision.authority.name if decision.authority else None,
+            "message_id": arrival.message_id,
+            "sha256": arrival.sha256,
+        },
     )
-    wire = note.as_bytes()
-    warning = Outgoing("alert", ctx.config.gateway.admin_address, str(note["Message-ID"]), wire)
+    warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
     return Decision(
         decision.outcome,
         decision.reason,
@@ -571,21 +578,9 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         await session.flush()
         queued: dict[str, int] = {}
         for item in decision.outgoing:
-            row = OutboxMessage(
-                kind=item.kind,
-                inbound_id=inbound.id,
-                sender=ctx.config.gateway.address,
-                recipient=item.recipient,
-                message_id=item.message_id,
-                content=item.content,
-                status="pending",
-                attempts=0,
-                created_at=now,
-                next_attempt_at=now,
+            queued[item.kind] = await enqueue(
+                session, now=now, sender=ctx.config.gateway.address, inbound_id=inbound.id, **item.queued()
             )
-            session.add(row)
-            await session.flush()
-            queued[item.kind] = row.id
         await audit.record(
             session,
             actor=GATEWAY_ACTOR,

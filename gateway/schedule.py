@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -18,14 +19,14 @@ from gateway import audit
 from gateway.compose import Envelope, new_reference
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
-from gateway.db.models import Authority, Disclosure, OutboxMessage, Subscription, SubscriptionEvent
+from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
 from gateway.extracts import ExtractFile, build_extract, defuse
+from gateway.keywatch import check_keys
+from gateway.outbox import enqueue
 from gateway.pipeline import (
     GATEWAY_ACTOR,
-    Arrival,
     Context,
-    Decision,
-    alert,
+    admin_mail,
     encrypted_reply,
     message_id_of,
     reply_values,
@@ -148,6 +149,7 @@ class Prepared:
     snapshot: dict[str, Any] | None = None
     disclosure: dict[str, Any] | None = None
     lapse: bool = False
+    recipient: str | None = None  # the authority's first address unless said
 
 
 async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
@@ -235,17 +237,16 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
     """The event, its outbox entry and its audit records in one transaction; False if it had happened already."""
     try:
         async with ctx.db.transaction() as session:
-            row = OutboxMessage(
-                kind=prepared.kind, inbound_id=None, sender=ctx.config.gateway.address,
-                recipient=due.authority.addresses[0].address, message_id=message_id_of(prepared.wire),
-                content=prepared.wire, status="pending", attempts=0, created_at=as_of, next_attempt_at=as_of,
+            outbox_id = await enqueue(
+                session, kind=prepared.kind, sender=ctx.config.gateway.address,
+                recipient=prepared.recipient or due.authority.addresses[0].address,
+                message_id=message_id_of(prepared.wire),
+                content=prepared.wire, now=as_of,
             )  # fmt: skip
-            session.add(row)
-            await session.flush()
             session.add(
                 SubscriptionEvent(
                     subscription_id=due.subscription.id, kind=due.kind, key=due.key, happened_at=as_of,
-                    outbox_id=row.id, reference=prepared.reference,
+                    outbox_id=outbox_id, reference=prepared.reference,
                     snapshot=json.dumps(prepared.snapshot) if prepared.snapshot else None,
                 )
             )  # fmt: skip
@@ -254,16 +255,18 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 subscription = await session.get(Subscription, due.subscription.id)
                 if subscription is not None:
                     subscription.status, subscription.updated_at = "lapsed", as_of
-            details = {"subscription": due.subscription.id, "key": due.key, "outbox_id": row.id}
+            details = {"subscription": due.subscription.id, "key": due.key, "outbox_id": outbox_id}
             await audit.record(
                 session, actor=GATEWAY_ACTOR, action=f"subscription.{due.kind}", subject=prepared.reference,
                 details=details, now=as_of,
             )  # fmt: skip
             if prepared.disclosure is not None:
-                session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=row.id, disclosed_at=as_of))
+                session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=outbox_id, disclosed_at=as_of))
                 await audit.record(
                     session, actor=GATEWAY_ACTOR, action="disclosure", subject=prepared.reference,
-                    details={**prepared.disclosure, "justification": prepared.disclosure["purpose"], "outbox": row.id},
+                    details={
+                        **prepared.disclosure, "justification": prepared.disclosure["purpose"], "outbox": outbox_id,
+                    },
                     now=as_of,
                 )  # fmt: skip
     except IntegrityError:
@@ -271,22 +274,46 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
     return True
 
 
-async def _alert_key(ctx: Context, due: Due, problem: str, as_of: dt.datetime) -> None:
-    """Fail closed: no delivery to an unusable key; the admin is told once, under the same unique key."""
-    arrival = Arrival(b"", "-", None, "schedule", as_of)
-    note = alert(ctx, arrival, Decision("quarantined", f"{due.kind} for subscription {due.subscription.id}: {problem}"))
-    warning = note.outgoing[-1]
-    await _record(ctx, due, Prepared("alert", warning.content, f"key-{due.key}"), as_of)
+async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) -> None:
+    """Fail closed: nothing goes to an unusable key. The admins are told once, under a key of its own, so the
+    mail still goes if the key is mended before the next run."""
+    withheld = Due(due.subscription, due.authority, "withheld", f"{due.kind}/{due.key}")
+    if await _already(ctx, withheld):
+        return
+    title = f"{due.kind} to {due.authority.name} not sent"
+    lines = [
+        f"The {due.kind} ({due.key}) for subscription {due.subscription.id}, {due.subscription.area},",
+        f"was not sent: {problem}.",
+        "",
+        "Nothing was sent in its place. Once a usable key is pinned",
+        f"(gateway authority set-key '{due.authority.name}' <file.asc>) the next schedule run sends it.",
+    ]
+    text = ctx.templates.render(
+        "admin-notice.txt.j2", {"title": title, "date": as_of.isoformat(timespec="seconds"), "lines": lines}
+    )
+    warning = admin_mail(ctx, f"Register gateway: {title}", text)
+    prepared = Prepared("alert", warning.content, new_reference(as_of), recipient=warning.recipient)
+    await _record(ctx, withheld, prepared, as_of)
+
+
+def next_delivery(as_of: dt.datetime, settings: ScheduleSettings) -> dt.datetime:
+    year, month = due_period(as_of, settings)
+    year, month = (year, month + 1) if month < 12 else (year + 1, 1)
+    return delivery_instant(year, month, settings)
 
 
 async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
     """Everything due at `as_of`, each at most once however often this runs, and whoever else runs it."""
+    ctx = dataclasses.replace(ctx, clock=lambda: as_of)  # keys, dates and notices judged at that instant
     settings = ctx.config.schedule
     async with ctx.db.transaction(write=False) as session:
         rows = (await session.execute(select(Subscription).where(Subscription.status == "active"))).scalars().all()
         query = select(Authority).options(selectinload(Authority.addresses))
         authorities = {a.id: a for a in (await session.execute(query)).scalars()}
-    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "skipped": 0}
+    subscribed = {sub.authority_id for sub in rows}
+    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "key notice": 0, "skipped": 0}
+    # Before any delivery: warn of keys that will not last until the next one.
+    counts["key notice"] = await check_keys(ctx, as_of, next_delivery(as_of, settings), subscribed)
     today = as_of.astimezone(ZoneInfo(settings.timezone)).date()
     for sub in rows:
         authority = authorities.get(sub.authority_id)
@@ -299,7 +326,7 @@ async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
             try:
                 prepared = await _prepare(ctx, due, as_of)
             except KeyProblem as exc:
-                await _alert_key(ctx, due, str(exc), as_of)
+                await _withhold(ctx, due, str(exc), as_of)
                 counts["skipped"] += 1
                 continue
             if await _record(ctx, due, prepared, as_of):

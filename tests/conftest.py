@@ -132,7 +132,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
     home.chmod(0o700)
     maker = _KeyMaker(home)
     try:
-        police = maker.make(f"West Mercia Police <{POLICE_ADDRESS}>")
+        police = maker.make(f"West Mercia Police <{POLICE_ADDRESS}>", expiry="3y")  # outlives the two-year walk
         renewed = maker.make(f"West Mercia Police (2027) <{POLICE_ADDRESS}>")
         la = maker.make(f"Shropshire Council <{LA_ADDRESS}>")
         occ = maker.make(f"OCC <{OCC_ADDRESS}>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -124,12 +125,19 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
 
 
 def signed_message(
-    keys: AuthorityKeys, signer: str, *, body: str = REQUEST, alter: bool = False, headers: str = FROM_POLICE
+    keys: AuthorityKeys,
+    signer: str,
+    *,
+    body: str = REQUEST,
+    alter: bool = False,
+    headers: str = FROM_POLICE,
+    at: dt.datetime | None = None,
 ) -> bytes:
-    """A multipart/signed message as a mail client makes it: the first part signed exactly as sent."""
+    """A multipart/signed message as a mail client makes it: the first part signed exactly as sent (at `at`)."""
     first = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
+    faked = ["--faked-system-time", f"{at.astimezone(dt.UTC):%Y%m%dT%H%M%S}"] if at else []
     signature = subprocess.run(
-        ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+        ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *faked,
          "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", signer],
         input=first.encode(), capture_output=True, check=True,
     ).stdout.decode()  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import json
 import subprocess
@@ -44,10 +45,13 @@ def live(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Gateway:
     return gateway
 
 
-def process(gateway: Gateway, raw: bytes, name: str = "message.eml") -> dict[str, object]:
+def process(
+    gateway: Gateway, raw: bytes, name: str = "message.eml", as_of: dt.datetime | None = None
+) -> dict[str, object]:
     path = gateway.directory / name
     path.write_bytes(raw)
-    outcome: dict[str, object] = json.loads(gateway.ok("process", str(path), "--json"))
+    when = ["--as-of", as_of.isoformat()] if as_of else []
+    outcome: dict[str, object] = json.loads(gateway.ok("process", str(path), "--json", *when))
     return outcome
 
 
@@ -260,9 +264,9 @@ def subscriptions(gateway: Gateway) -> list[dict[str, object]]:
     return rows
 
 
-def police_says(keys: AuthorityKeys, body: str, message_id: str) -> bytes:
+def police_says(keys: AuthorityKeys, body: str, message_id: str, at: dt.datetime | None = None) -> bytes:
     headers = FROM_POLICE + f"Message-ID: <{message_id}@westmercia.police.example>\n"
-    return signed_message(keys, keys.police.fingerprint, body=body, headers=headers)
+    return signed_message(keys, keys.police.fingerprint, body=body, headers=headers, at=at)
 
 
 def test_a_monthly_request_is_answered_and_starts_one_subscription(live: Gateway, keys: AuthorityKeys) -> None:

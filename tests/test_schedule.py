@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ScheduleSettings
 from gateway.schedule import delivery_instant, due_period
@@ -26,7 +27,7 @@ SETTINGS = ScheduleSettings()
 def run(gateway: Gateway, as_of: dt.datetime) -> dict[str, int]:
     out = gateway.ok("schedule", "run", "--as-of", as_of.isoformat())
     counts = out.split(": ", 1)[1].split(" (")[0]
-    return {kind: int(n) for n, kind in (part.split(" ") for part in counts.split(", "))}
+    return {kind: int(n) for n, kind in (part.split(" ", 1) for part in counts.split(", "))}
 
 
 def test_delivery_moments_follow_london_time_across_clock_changes() -> None:
@@ -38,14 +39,46 @@ def test_delivery_moments_follow_london_time_across_clock_changes() -> None:
     assert due_period(dt.datetime(2027, 1, 1, 5, 0, tzinfo=dt.UTC), SETTINGS) == (2026, 12)
 
 
-def test_a_year_of_deliveries_reminders_and_a_lapse(live: Gateway, keys: AuthorityKeys) -> None:
-    assert process(live, police_says(keys, MONTHLY, "y1"))["kind"] == "answered"
-    [subscription] = subscriptions(live)
-    started = dt.date.fromisoformat(str(subscription["started_on"]))
-    review = dt.date.fromisoformat(str(subscription["review_on"]))
-    assert review == add_months(started, 12)
-    assert run(live, dt.datetime.combine(started, dt.time(23, 0), dt.UTC))["delivery"] == 0  # answered already
+class Register:
+    """The register as HMCI would re-import it: the sample's files, changed a little at a time."""
 
+    def __init__(self, gateway: Gateway, directory: Path) -> None:
+        self.gateway, self.directory = gateway, directory
+        with (directory / "register" / "homes.csv").open(newline="") as handle:
+            self.homes = list(csv.DictReader(handle))
+        self.enforcement = (directory / "register" / "enforcement.csv").read_text()
+        self.ours = [h for h in self.homes if h["police_force_area"] == "West Mercia" and h["status"] != "closed"]
+
+    def reimport(self) -> None:
+        homes, enforcement = self.directory / "homes-now.csv", self.directory / "enforcement-now.csv"
+        with homes.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(self.homes[0]))
+            writer.writeheader()
+            writer.writerows(self.homes)
+        enforcement.write_text(self.enforcement)
+        self.gateway.ok("register", "import", "--homes", str(homes), "--enforcement", str(enforcement))
+
+
+def summary(gateway: Gateway, keys: AuthorityKeys, outbox_id: object) -> tuple[int, int, int, int]:
+    """A delivery's cover note, read as the police would read it: new, gone, changed, new actions."""
+    inner, _ = open_as_recipient(gateway, keys, outbox_content(gateway, outbox_id))
+    body = inner.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    labels = ("homes newly registered", "homes closed or removed", "homes whose details changed",
+              "new enforcement actions")  # fmt: skip
+    new, gone, changed, actions = (int(text.split(f"{label}: ")[1].split()[0]) for label in labels)
+    return new, gone, changed, actions
+
+
+def test_two_years_renewal_lapse_and_a_new_start(live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
+    """The issue's walk with a controllable clock: `process --as-of` and `schedule run --as-of` move time."""
+    register = Register(live, tmp_path)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=5)
+    assert process(live, police_says(keys, MONTHLY, "y1", start), as_of=start)["kind"] == "answered"
+    [subscription] = subscriptions(live)
+    review = dt.date.fromisoformat(str(subscription["review_on"]))
+    assert review == add_months(start.date(), 12)
     totals: Counter[str] = Counter()
 
     def step(moment: dt.datetime) -> dict[str, int]:
@@ -53,18 +86,51 @@ def test_a_year_of_deliveries_reminders_and_a_lapse(live: Gateway, keys: Authori
         totals.update(counts)
         return counts
 
-    deliveries = 0
-    for month in range(1, 13):
-        first_of = add_months(started.replace(day=1), month)
-        moment = delivery_instant(first_of.year, first_of.month, SETTINGS) + dt.timedelta(minutes=1)
-        if moment.date() >= review:
-            break
-        assert step(moment)["delivery"] == 1, first_of
-        assert step(moment + dt.timedelta(hours=1))["delivery"] == 0  # a repeated trigger sends nothing
-        deliveries += 1
-    assert deliveries >= 11
+    def deliveries_until(review: dt.date, after: dt.date, changes: dict[int, Any]) -> tuple[int, dt.date]:
+        """Each month's delivery after `after`'s month, once, with the summary the register's changes call for."""
+        made, last = 0, after
+        for month in range(1, 14):
+            first_of = add_months(after.replace(day=1), month)
+            moment = delivery_instant(first_of.year, first_of.month, SETTINGS) + dt.timedelta(minutes=1)
+            if moment.date() >= review:
+                break
+            expected = (0, 0, 0, 0)
+            if month in changes:
+                expected = changes[month]()
+                register.reimport()
+            assert step(moment)["delivery"] == 1, first_of
+            assert step(moment + dt.timedelta(hours=1))["delivery"] == 0  # a repeated trigger sends nothing
+            made, last = made + 1, first_of
+            latest = [row for row in outbox(live) if row["kind"] == "disclosure"][-1]
+            assert summary(live, keys, latest["id"]) == expected, first_of
+        return made, last
 
-    # The 30-day reminder goes with the first run once its time has come (perhaps a delivery run), once.
+    def add_home() -> tuple[int, int, int, int]:
+        register.homes.append({**register.ours[0], "urn": "SC999991", "name": "Brand New House"})
+        return (1, 0, 0, 0)
+
+    def close_home() -> tuple[int, int, int, int]:
+        register.ours[1]["status"] = "closed"
+        return (0, 1, 0, 0)
+
+    def alter_home() -> tuple[int, int, int, int]:
+        register.ours[2]["telephone"] = "01632 960999"
+        return (0, 0, 1, 0)
+
+    def add_action() -> tuple[int, int, int, int]:
+        register.enforcement += f"{register.ours[3]['urn']},{start.date().isoformat()},Compliance notice issued\n"
+        return (0, 0, 0, 1)
+
+    def elsewhere() -> tuple[int, int, int, int]:
+        away = next(h for h in register.homes if h["police_force_area"] != "West Mercia")
+        register.homes.append({**away, "urn": "SC999992"})
+        return (0, 0, 0, 0)  # another force's area: not this subscription's business
+
+    changes = {2: add_home, 4: close_home, 6: alter_home, 8: add_action, 10: elsewhere}
+    first_year, last = deliveries_until(review, start.date(), changes)
+    assert first_year >= 11
+
+    # Reminders at 30 and 7 days, each once; the 30-day one goes with the first run once its time has come.
     thirty = dt.datetime.combine(review - dt.timedelta(days=30), dt.time(12), dt.UTC)
     step(thirty)
     step(thirty + dt.timedelta(days=1))
@@ -73,16 +139,44 @@ def test_a_year_of_deliveries_reminders_and_a_lapse(live: Gateway, keys: Authori
     assert step(seven)["reminder"] == 1
     assert step(seven + dt.timedelta(days=1))["reminder"] == 0
 
-    lapse = dt.datetime.combine(review, dt.time(12), dt.UTC)
-    assert run(live, lapse)["lapse"] == 1
+    # The police confirm three days before the review: the review moves to twelve months after that.
+    confirmed = dt.datetime.combine(review - dt.timedelta(days=3), dt.time(9), dt.UTC)
+    renewal = "Request: renewal\r\nArea: West Mercia\r\nPurpose: Safeguarding children in our area\r\n"
+    assert process(live, police_says(keys, renewal, "y2", confirmed), "renewal.eml", confirmed)["kind"] == "answered"
+    second_review = dt.date.fromisoformat(str(subscriptions(live)[0]["review_on"]))
+    assert second_review == add_months(confirmed.date(), 12)
+    passes = dt.datetime.combine(review, dt.time(0, 30), dt.UTC)  # before any 06:00 delivery that day
+    assert step(passes)["lapse"] == 0  # the old review date passes without a lapse
+
+    # A second year without a renewal: its deliveries, both reminders, then the lapse and its notice.
+    second_year, _ = deliveries_until(second_review, last, {})
+    assert second_year >= 11
+    step(dt.datetime.combine(second_review - dt.timedelta(days=30), dt.time(12), dt.UTC))  # if no delivery sent it
+    assert step(dt.datetime.combine(second_review - dt.timedelta(days=7), dt.time(12), dt.UTC))["reminder"] == 1
+    assert totals["reminder"] == 4
+    lapse = dt.datetime.combine(second_review, dt.time(12), dt.UTC)
+    assert step(lapse)["lapse"] == 1
+    assert step(lapse + dt.timedelta(hours=1))["lapse"] == 0
     assert subscriptions(live)[0]["status"] == "lapsed"
-    after = add_months(review.replace(day=1), 1)
-    assert run(live, delivery_instant(after.year, after.month, SETTINGS) + dt.timedelta(minutes=1))["delivery"] == 0
-    kinds = [row["kind"] for row in outbox(live)]
-    assert kinds.count("disclosure") == deliveries + 1  # the first answer and one per month
-    assert (kinds.count("reminder"), kinds.count("lapse")) == (2, 1)
-    actions = [r["action"] for r in json.loads(live.ok("audit", "list", "--json"))]
-    assert actions.count("disclosure") == deliveries + 1
+    after = add_months(second_review.replace(day=1), 1)
+    assert step(delivery_instant(after.year, after.month, SETTINGS) + dt.timedelta(minutes=1))["delivery"] == 0
+
+    # A new request starts again: a new subscription, and deliveries resume.
+    again = lapse + dt.timedelta(days=1)
+    assert process(live, police_says(keys, MONTHLY, "y3", again), "again.eml", again)["kind"] == "answered"
+    statuses = sorted(str(row["status"]) for row in subscriptions(live))
+    assert statuses == ["active", "lapsed"]
+    following = add_months(again.date().replace(day=1), 1)
+    assert step(delivery_instant(following.year, following.month, SETTINGS) + dt.timedelta(minutes=1))["delivery"] == 1
+
+    kinds = Counter(str(row["kind"]) for row in outbox(live))
+    assert kinds["disclosure"] == 1 + first_year + second_year + 1 + 1  # answers, deliveries, the new start's
+    assert (kinds["reminder"], kinds["lapse"], kinds["acknowledgement"]) == (4, 1, 1)
+    # The gateway's own key (made for two years) comes within 30 days of expiry late in the walk: one notice.
+    assert totals["key notice"] == 1
+    actions = Counter(r["action"] for r in json.loads(live.ok("audit", "list", "--json")))
+    assert actions["disclosure"] == kinds["disclosure"]
+    assert (actions["subscription.lapse"], actions["key.expiry-notice"]) == (1, 1)
     assert live.run("audit", "verify").code == 0
 
 

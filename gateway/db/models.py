@@ -264,3 +264,19 @@ class SubscriptionEvent(Base):
     reference: Mapped[str | None] = mapped_column(String(40))
     # What the authority was sent, per home and enforcement action, to tell the next delivery what changed.
     snapshot: Mapped[str | None] = mapped_column(Text)
+
+
+class KeyNotice(Base):
+    """A warning that a key is about to expire, sent once per key, expiry date and whose key it is."""
+
+    __tablename__ = "key_notices"
+    __table_args__ = (UniqueConstraint("fingerprint", "expires_at", "holder"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(40))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    holder: Mapped[str] = mapped_column(String(40))  # "gateway", or "authority:ID"
+    noticed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    reference: Mapped[str] = mapped_column(String(40))
+    authority_outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    admin_outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))

@@ -500,17 +500,17 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the mail path
 
 
-MAX_MESSAGE = 10 * 1024 * 1024
-
-
 async def cmd_process(args: argparse.Namespace) -> int:
     config = _config(args)
+    enough = config.limits.max_message_bytes + 1  # more is never read: it is quarantined as too big anyway
     try:
-        raw = sys.stdin.buffer.read(MAX_MESSAGE + 1) if args.file == "-" else Path(args.file).read_bytes()
+        if args.file == "-":
+            raw = sys.stdin.buffer.read(enough)
+        else:
+            with Path(args.file).open("rb") as handle:
+                raw = handle.read(enough)
     except OSError as exc:
         raise GatewayError(f"cannot read message {args.file}: {exc.strerror}") from None
-    if len(raw) > MAX_MESSAGE:
-        raise GatewayError(f"the message is larger than {MAX_MESSAGE} bytes: not processed")
     keyring = _keyring(config)
     received = _since(args.as_of, "--as-of")
     async with _database(config) as db:

@@ -108,6 +108,20 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """What one message, one authority or one attacker can cost the gateway."""
+
+    max_message_bytes: int = 10 * 1024 * 1024  # larger mail is quarantined unparsed
+    max_mime_parts: int = 200  # a request has a handful; thousands are an attack on the parser
+    max_header_bytes: int = 256 * 1024
+    signature_max_age_days: int = 7  # an older signed request is a replay
+    signature_future_minutes: int = 15  # clocks differ a little; more than this is a forged date
+    answers_per_day: int = 20  # per authority, then one "limit reached" notice
+    alerts_per_hour: int = 20  # to admin_address; the rest go in one summary
+    impostor_notices_per_day: int = 3  # per authority whose name someone tried to use
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
@@ -117,6 +131,7 @@ class Config:
     smtp: SmtpSettings | None
     inbound_smtp: InboundSmtpSettings | None = None
     schedule: ScheduleSettings = ScheduleSettings()
+    limits: LimitSettings = LimitSettings()
 
 
 T = TypeVar("T")
@@ -229,7 +244,7 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting")
 
 
-_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule")
+_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule", "limits")
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -310,6 +325,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         smtp=_smtp(sections["smtp"]),
         inbound_smtp=_inbound_smtp(sections["inbound_smtp"]),
         schedule=_schedule(sections["schedule"]),
+        limits=_limits(sections["limits"]),
     )
 
 
@@ -419,5 +435,23 @@ def _schedule(section: _Section | None) -> ScheduleSettings:
         raise section.fail("timezone", f"unknown time zone {zone!r} (e.g. Europe/London)") from None
     days = section.int_list("reminder_days", (30, 7), 1, 365)
     settings = ScheduleSettings(section.integer("delivery_day", 1, 1, 28), delivery_time, zone, days)
+    section.finish()
+    return settings
+
+
+def _limits(section: _Section | None) -> LimitSettings:
+    if section is None:
+        return LimitSettings()
+    d = LimitSettings()
+    settings = LimitSettings(
+        max_message_bytes=section.integer("max_message_bytes", d.max_message_bytes, 64 * 1024, 100 * 1024 * 1024),
+        max_mime_parts=section.integer("max_mime_parts", d.max_mime_parts, 10, 10_000),
+        max_header_bytes=section.integer("max_header_bytes", d.max_header_bytes, 8 * 1024, 4 * 1024 * 1024),
+        signature_max_age_days=section.integer("signature_max_age_days", d.signature_max_age_days, 1, 90),
+        signature_future_minutes=section.integer("signature_future_minutes", d.signature_future_minutes, 0, 1440),
+        answers_per_day=section.integer("answers_per_day", d.answers_per_day, 1, 100_000),
+        alerts_per_hour=section.integer("alerts_per_hour", d.alerts_per_hour, 1, 10_000),
+        impostor_notices_per_day=section.integer("impostor_notices_per_day", d.impostor_notices_per_day, 0, 1000),
+    )
     section.finish()
     return settings

@@ -16,7 +16,15 @@ from gateway.compose import Envelope, new_reference
 from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority, KeyNotice
 from gateway.outbox import enqueue
-from gateway.pipeline import GATEWAY_ACTOR, Context, Outgoing, admin_mail, encrypted_reply, message_id_of, reply_values
+from gateway.pipeline import (
+    GATEWAY_ACTOR,
+    Context,
+    Outgoing,
+    admin_notice,
+    encrypted_reply,
+    message_id_of,
+    reply_values,
+)
 
 NOTICE_DAYS = 30
 GATEWAY_HOLDER = "gateway"
@@ -147,10 +155,7 @@ async def notify(ctx: Context, key: Expiring, as_of: dt.datetime) -> bool:
     reference = new_reference(as_of)
     to_authority = await _authority_notice(ctx, key, reference) if key.expires > as_of else None
     title, lines = _admin_lines(key, as_of, told=to_authority is not None)
-    text = ctx.templates.render(
-        "admin-notice.txt.j2", {"title": title, "date": as_of.isoformat(timespec="seconds"), "lines": lines}
-    )
-    to_admin = admin_mail(ctx, f"Register gateway: {title}", text)
+    to_admin = admin_notice(ctx, title, lines)
     sender = ctx.config.gateway.address
     try:
         async with ctx.db.transaction() as session:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -15,7 +16,9 @@ from email.utils import make_msgid
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
 
 from gateway import audit
@@ -29,10 +32,14 @@ from gateway.db.models import (
     AuthorityAddress,
     Disclosure,
     InboundMessage,
+    Notice,
+    OutboxMessage,
     Subscription,
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
+from gateway.guard import sender_header_problem, signature_age_problem, too_big
+from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
@@ -103,6 +110,7 @@ class Decision:
     outgoing: tuple[Outgoing, ...] = ()
     disclosure: DisclosureFacts | None = None
     subscription: SubscriptionChange | None = None
+    notices: tuple[tuple[str, str], ...] = ()  # (kind, key) of notices sent at most once, recorded with it
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,11 @@ async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
     )
 
 
-async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 - one return per step is its shape
+async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911, PLR0912 - a step per line
     """Who sent it, may they ask, what did they ask, may they have it; then the answer, built but not yet sent."""
+    unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
+    if unparsable is not None:
+        return alert(ctx, arrival, Decision(QUARANTINED, unparsable))
     message = message_from_bytes(arrival.raw, policy=policy.default)
     if not isinstance(message, EmailMessage):
         return Decision(QUARANTINED, "the message could not be parsed")
@@ -173,19 +184,29 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 -
     if automatic is not None:
         return Decision(REJECTED, f"automatic mail is never answered ({automatic})")
     sender = sender_of(message)  # exactly one From mailbox, no defects
-    if isinstance(sender, Refused):
-        return Decision(REJECTED, sender.reason)
-    authority = await find_authority(ctx, sender)  # unregistered senders get nothing at all: no backscatter
+    if isinstance(sender, Refused):  # a From built to be read one way by people and another by software
+        return await impostor(ctx, arrival, message, sender.reason, None)
+    authority = await find_authority(ctx, sender)
     if authority is None:
-        return Decision(REJECTED, f"{sender} is not a registered address", sender)
+        if await impostor_claims(ctx, message, sender):  # a registered address shown, or imitated
+            return await impostor(ctx, arrival, message, f"{sender} is not a registered address", sender)
+        return Decision(REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
         return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
+    suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival)
+    if suspect is not None:
+        return await impostor(ctx, arrival, message, suspect, sender, authority)
     authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks
-        return alert(
-            ctx, arrival, Decision(QUARANTINED, f"authentication failed: {authentic.reason}", sender, authority)
-        )
+        return await impostor(ctx, arrival, message, f"authentication failed: {authentic.reason}", sender, authority)
+    if authentic.signature is not None:
+        stale = signature_age_problem(authentic.signature.signed_at, arrival.received_at, ctx.config.limits)
+        if stale is not None:
+            return await impostor(ctx, arrival, message, stale, sender, authority)
     asker = Asker(message, authority, sender)
+    limited = await answer_limit(ctx, arrival, asker)
+    if limited is not None:
+        return limited
     parsed = parse_request(body_text(authentic.content))
     if parsed.request is None:
         # Every problem at once: an area outside the authority's own is named even when other fields are wrong.
@@ -207,6 +228,188 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911 -
             else SubscriptionChange("create", scope, review_date(ctx.clock().date()))
         )
     return await disclose(ctx, arrival, asker, request, scope, change=change)
+
+
+# ---------------------------------------------------------------- impostors, replays and floods
+
+
+async def registered_addresses(ctx: Context) -> dict[str, int]:
+    async with ctx.db.transaction(write=False) as session:
+        rows = await session.execute(select(AuthorityAddress.address, AuthorityAddress.authority_id))
+        return {row.address: row.authority_id for row in rows}
+
+
+async def impostor_claims(ctx: Context, message: EmailMessage, sender: str | None) -> list[Claim]:
+    return claims(message, await registered_addresses(ctx), sender=sender)
+
+
+async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is from
+    ctx: Context,
+    arrival: Arrival,
+    message: EmailMessage,
+    why: str,
+    sender: str | None,
+    authority: Authority | None = None,
+) -> Decision:
+    """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
+    and each authority whose address was shown or imitated told, encrypted and at most a few times a day."""
+    registered = await registered_addresses(ctx)
+    found = claims(message, registered, sender=sender)
+    reason = "; ".join([why, *(claim.describe() for claim in found)])
+    ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
+    claimed_ids = list(dict.fromkeys(ids))
+    authorities = [a for a in [await _authority_by_id(ctx, i) for i in claimed_ids] if a is not None]
+    decision = alert(ctx, arrival, Decision(QUARANTINED, reason, sender, authority or next(iter(authorities), None)))
+    told: list[Outgoing] = []
+    for named in authorities:
+        if await _sent_lately(ctx, named, ("impostor-notice",), dt.timedelta(days=1)) >= (
+            ctx.config.limits.impostor_notices_per_day
+        ):
+            continue
+        lines = [
+            "Someone sent the register disclosure gateway a message that used your name, and it was refused:",
+            "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
+            "",
+            f"Received: {arrival.received_at:%d %B %Y %H:%M} UTC",
+            f"Message-ID: {(arrival.message_id or '(none)')[:200]}",
+            f"Why it was refused: {reason[:1500]}",
+            "",
+            "If you sent it, send the request again from your registered address, signed with your registered",
+            "key (or through your mail system's DMARC-aligned path). If you did not, nothing needs doing: you may",
+            "wish to tell your information security team.",
+        ]
+        notice = await authority_notice(ctx, named, "someone tried to use your name", lines, "impostor-notice")
+        if notice is not None:
+            told.append(notice)
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, *told))
+
+
+async def authority_notice(
+    ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
+) -> Outgoing | None:
+    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
+    if not authority.addresses:
+        return None
+    recipient = authority.addresses[0].address
+    reference = new_reference(ctx.clock())
+    envelope = Envelope(
+        sender=ctx.config.gateway.address,
+        recipient=recipient,
+        marking=ctx.config.gateway.marking,
+        reference=reference,
+        subject=f"Register gateway: {title} ({reference})",
+        auto_submitted="auto-generated",
+    )
+    text = ctx.templates.render(
+        "authority-notice.txt.j2",
+        {**reply_values(ctx, authority, recipient, reference), "title": title, "lines": lines},
+    )
+    try:
+        wire = await encrypted_reply(ctx, envelope, text, authority)
+    except KeyProblem:
+        return None  # fail closed: the admins' alert says what happened
+    return Outgoing(kind, recipient, message_id_of(wire), wire)
+
+
+async def _authority_by_id(ctx: Context, authority_id: int) -> Authority | None:
+    async with ctx.db.transaction(write=False) as session:
+        query = select(Authority).where(Authority.id == authority_id).options(selectinload(Authority.addresses))
+        return (await session.execute(query)).scalar()
+
+
+async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...], window: dt.timedelta) -> int:
+    addresses = [a.address for a in authority.addresses]
+    async with ctx.db.transaction(write=False) as session:
+        query = select(func.count(OutboxMessage.id)).where(
+            OutboxMessage.recipient.in_(addresses),
+            OutboxMessage.kind.in_(kinds),
+            OutboxMessage.inbound_id.is_not(None),
+            OutboxMessage.created_at >= ctx.clock() - window,
+        )
+        return int((await session.execute(query)).scalar() or 0)
+
+
+async def replayed_message_id(ctx: Context, arrival: Arrival) -> str | None:
+    """A Message-ID already seen on other bytes: the same request sent again, or someone replaying it."""
+    if arrival.message_id is None:
+        return None
+    async with ctx.db.transaction(write=False) as session:
+        query = select(InboundMessage.id).where(InboundMessage.message_id == arrival.message_id).limit(1)
+        earlier = (await session.execute(query)).scalar()
+    if earlier is None:
+        return None
+    return f"Message-ID {arrival.message_id[:200]} was already processed as message {earlier}: a replay"
+
+
+ANSWERS = ("disclosure", "refusal", "acknowledgement")
+
+
+async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision | None:
+    """Past [limits] answers_per_day to one authority, requests wait in quarantine; it is told once a day."""
+    limit = ctx.config.limits.answers_per_day
+    if await _sent_lately(ctx, asker.authority, ANSWERS, dt.timedelta(days=1)) < limit:
+        return None
+    reason = f"the limit of {limit} answers a day to {asker.authority.name} is reached: kept for a person to release"
+    decision = alert(ctx, arrival, Decision(QUARANTINED, reason, asker.sender, asker.authority))
+    key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
+    async with ctx.db.transaction(write=False) as session:
+        query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
+        if (await session.execute(query)).scalar() is not None:
+            return decision
+    lines = [
+        f"The gateway has answered {limit} requests from {asker.authority.name} in the last 24 hours, its daily limit.",
+        "Further requests are kept, not lost: HMCI will release them, or you may send them again tomorrow.",
+        "If you did not send that many requests, please tell HMCI: someone may be using your account.",
+    ]
+    notice = await authority_notice(ctx, asker.authority, "daily limit of answers reached", lines, "limit-notice")
+    if notice is None:
+        return decision
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
+
+
+async def _alerts_in_last_hour(session: Any, now: dt.datetime) -> int:
+    query = select(func.count(OutboxMessage.id)).where(
+        OutboxMessage.kind == "alert",
+        OutboxMessage.inbound_id.is_not(None),
+        OutboxMessage.created_at >= now - dt.timedelta(hours=1),
+    )
+    return int((await session.execute(query)).scalar() or 0)
+
+
+async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
+    """One summary of the alerts held back over the hourly limit; returns how many it covers."""
+    async with ctx.db.transaction() as session:
+        query = select(InboundMessage).where(InboundMessage.alert_held == "held").with_for_update(skip_locked=True)
+        held = list((await session.execute(query)).scalars())
+        if not held:
+            return 0
+        reasons = Counter(row.reason.split(";")[0][:120] for row in held)
+        lines = [
+            f"{len(held)} messages were quarantined without an alert each: more than",
+            f"{ctx.config.limits.alerts_per_hour} alerts in an hour would flood this mailbox (an attack, perhaps).",
+            f"The first arrived at {min(r.received_at for r in held):%Y-%m-%d %H:%M} UTC.",
+            "",
+            "Most common reasons:",
+            *(f"  {count} x {reason}" for reason, count in reasons.most_common(10)),
+            "",
+            "See them with `gateway quarantine list`.",
+        ]
+        summary = admin_notice(dataclasses.replace(ctx, clock=lambda: now), f"{len(held)} alerts held back", lines)
+        outbox_id = await enqueue(session, now=now, sender=ctx.config.gateway.address, **summary.queued())
+        for row in held:
+            row.alert_held = "summarised"
+        await audit.record(
+            session, actor=GATEWAY_ACTOR, action="alert.summary", subject=f"{len(held)} alerts",
+            details={"inbound_ids": [row.id for row in held], "outbox_id": outbox_id}, now=now,
+        )  # fmt: skip
+    return len(held)
+
+
+def _insert(session: Any, table: Any) -> Any:
+    """An INSERT that can skip a row already there, in the session's own dialect."""
+    if session.bind.dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)
 
 
 def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
@@ -443,6 +646,12 @@ def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
     return Outgoing("alert", ctx.config.gateway.admin_address, str(note["Message-ID"]), note.as_bytes())
 
 
+def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:
+    """A plain notice to the admins (templates/admin-notice.txt.j2): no register data, ever."""
+    values = {"title": title, "date": ctx.clock().isoformat(timespec="seconds"), "lines": lines}
+    return admin_mail(ctx, f"Register gateway: {title}", ctx.templates.render("admin-notice.txt.j2", values))
+
+
 def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
     """Add a plain alert to the admins to a decision; it names the message, never any register data."""
     text = ctx.templates.render(
@@ -475,17 +684,17 @@ def message_id_of(wire: bytes) -> str:
     return str(message_from_bytes(wire, policy=policy.default).get("Message-ID", ""))
 
 
-async def _unless_replayed(session: Any, arrival: Arrival, decision: Decision) -> Decision:
+async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
     """A Message-ID seen before with other bytes (a relay re-delivering with a new header, or a replay) is
     recorded in its own right but never answered twice."""
-    if arrival.message_id is None:
-        return decision
+    if arrival.message_id is None or decision.outcome not in (ANSWERED, REFUSED):
+        return decision  # nothing would be answered, or decide() saw the replay already
     query = select(InboundMessage.id).where(InboundMessage.message_id == arrival.message_id).limit(1)
     earlier = (await session.execute(query)).scalar()
     if earlier is None:
         return decision
-    reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: not answered twice"
-    return Decision(REJECTED, reason, decision.sender, decision.authority)
+    reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: a replay, not answered"
+    return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, decision.authority))
 
 
 async def _apply_subscription(
@@ -561,7 +770,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
                 existing.reference,
                 existing.outcome,
             )
-        decision = await _unless_replayed(session, arrival, decision)
+        decision = await _unless_replayed(ctx, session, arrival, decision)
         inbound = InboundMessage(
             sha256=arrival.sha256,
             message_id=arrival.message_id,
@@ -578,8 +787,17 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         await session.flush()
         queued: dict[str, int] = {}
         for item in decision.outgoing:
+            if item.kind == "alert" and await _alerts_in_last_hour(session, now) >= ctx.config.limits.alerts_per_hour:
+                inbound.alert_held = "held"  # told of in the next summary, so an attack cannot flood HMCI
+                continue
             queued[item.kind] = await enqueue(
                 session, now=now, sender=ctx.config.gateway.address, inbound_id=inbound.id, **item.queued()
+            )
+        for kind, key in decision.notices:
+            await session.execute(
+                _insert(session, Notice)
+                .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind))
+                .on_conflict_do_nothing()
             )
         await audit.record(
             session,

@@ -26,10 +26,11 @@ from gateway.outbox import enqueue
 from gateway.pipeline import (
     GATEWAY_ACTOR,
     Context,
-    admin_mail,
+    admin_notice,
     encrypted_reply,
     message_id_of,
     reply_values,
+    summarise_held_alerts,
 )
 from gateway.scope import Scope, enforcement_in, homes_in
 from gateway.subscriptions import snapshot
@@ -288,10 +289,7 @@ async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) ->
         "Nothing was sent in its place. Once a usable key is pinned",
         f"(gateway authority set-key '{due.authority.name}' <file.asc>) the next schedule run sends it.",
     ]
-    text = ctx.templates.render(
-        "admin-notice.txt.j2", {"title": title, "date": as_of.isoformat(timespec="seconds"), "lines": lines}
-    )
-    warning = admin_mail(ctx, f"Register gateway: {title}", text)
+    warning = admin_notice(ctx, title, lines)
     prepared = Prepared("alert", warning.content, new_reference(as_of), recipient=warning.recipient)
     await _record(ctx, withheld, prepared, as_of)
 
@@ -311,9 +309,10 @@ async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
         query = select(Authority).options(selectinload(Authority.addresses))
         authorities = {a.id: a for a in (await session.execute(query)).scalars()}
     subscribed = {sub.authority_id for sub in rows}
-    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "key notice": 0, "skipped": 0}
+    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "key notice": 0, "alert summary": 0, "skipped": 0}
     # Before any delivery: warn of keys that will not last until the next one.
     counts["key notice"] = await check_keys(ctx, as_of, next_delivery(as_of, settings), subscribed)
+    counts["alert summary"] = int(await summarise_held_alerts(ctx, as_of) > 0)
     today = as_of.astimezone(ZoneInfo(settings.timezone)).date()
     for sub in rows:
         authority = authorities.get(sub.authority_id)

@@ -9,6 +9,7 @@ import pytest
 from gateway.config import (
     DEFAULT_CONFIG_PATH,
     DatabaseSettings,
+    LimitSettings,
     Secret,
     load_config,
     resolve_config_path,
@@ -239,4 +240,14 @@ def test_a_templates_directory_must_exist(tmp_path: Path) -> None:
     assert (
         load_config(write(tmp_path, MINIMAL + 'templates = "mine"\n')).gateway.templates
         == (tmp_path / "mine").resolve()
+    )
+
+
+def test_limits_section_as_shipped_and_checked(tmp_path: Path) -> None:
+    start = EXAMPLE.read_text().index("# [limits]")
+    block = "\n".join(line[2:] for line in EXAMPLE.read_text()[start:].splitlines() if line.startswith("# "))
+    config = load_config(write(tmp_path, MINIMAL + block))
+    assert config.limits == LimitSettings()  # the example states the defaults
+    assert refusal(tmp_path, MINIMAL + "[limits]\nanswers_per_day = 0\n").endswith(
+        "[limits] answers_per_day: must be between 1 and 100000, got 0"
     )

@@ -154,18 +154,24 @@ def test_unregistered_senders_get_nothing(live: Gateway) -> None:
 
 
 def test_a_registered_address_failing_authentication_is_quarantined_and_the_admin_told(
-    live: Gateway, tmp_path: Path
+    live: Gateway, keys: AuthorityKeys, tmp_path: Path
 ) -> None:
     raw = (FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode()
     outcome = process(live, raw)
     assert outcome["kind"] == "quarantined"
     assert str(outcome["reason"]).startswith("authentication failed: the message is not PGP/MIME signed")
-    [alert] = outbox(live)
+    alert, told = outbox(live)
     assert (alert["kind"], alert["recipient"]) == ("alert", ADMIN_ADDRESS)
     text = outbox_content(live, alert["id"]).decode()
     assert "No register data was sent" in text
     urns = register_urns(tmp_path, "West Mercia")
     assert not any(urn in text for urn in urns)
+    # The police are told someone used their address, encrypted to their key.
+    assert (told["kind"], told["recipient"]) == ("impostor-notice", POLICE_ADDRESS)
+    inner, _ = open_as_recipient(live, keys, outbox_content(live, told["id"]))
+    body = inner.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "used your name" in body.get_content()
 
 
 def test_a_mistake_gets_an_encrypted_answer_saying_what_to_fix(live: Gateway, keys: AuthorityKeys) -> None:

@@ -160,6 +160,8 @@ class InboundMessage(Base):
     reason: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(String(40))
     size: Mapped[int] = mapped_column(Integer)
+    # "held" when its admin alert went over [limits] alerts_per_hour; "summarised" once a summary told of it.
+    alert_held: Mapped[str | None] = mapped_column(String(20), index=True)
 
 
 class OutboxMessage(Base):
@@ -280,3 +282,16 @@ class KeyNotice(Base):
     reference: Mapped[str] = mapped_column(String(40))
     authority_outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
     admin_outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+
+
+class Notice(Base):
+    """A notice that must go at most once per key: a "limit reached" per authority and day, say."""
+
+    __tablename__ = "notices"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))

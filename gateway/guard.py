@@ -1,0 +1,70 @@
+"""Checks that need no database and no gpg: what is too big to parse, headers that contradict From, stale
+or future-dated signatures. Each returns why a message is suspect, or None."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from email.headerregistry import AddressHeader
+from email.message import EmailMessage
+
+from gateway.addresses import normalise_address
+from gateway.config import LimitSettings
+
+_CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:")
+_DELIMITER = re.compile(rb"(?m)^--")
+
+
+def too_big(raw: bytes, limits: LimitSettings) -> str | None:
+    """Mail the parser must never see: over the size limit, with huge headers, or with too many MIME parts.
+
+    Counted on the bytes, before parsing, so a message of a million parts or nested thousands deep costs a
+    regular-expression scan, not the parser's time and memory.
+    """
+    if len(raw) > limits.max_message_bytes:
+        return f"the message is over the size limit of {limits.max_message_bytes} bytes: not parsed"
+    end = re.search(rb"\r?\n\r?\n", raw)
+    header_bytes = end.start() if end else len(raw)
+    if header_bytes > limits.max_header_bytes:
+        return f"the headers are {header_bytes} bytes, over the limit of {limits.max_header_bytes}: not parsed"
+    parts = len(_CONTENT_TYPE.findall(raw))
+    delimiters = len(_DELIMITER.findall(raw))
+    # A delimiter line starts every part; armoured OpenPGP data adds two "-----" lines per block.
+    if parts > limits.max_mime_parts or delimiters > 2 * limits.max_mime_parts + 10:
+        count = max(parts, delimiters // 2)
+        return f"the message has about {count} MIME parts, over the limit of {limits.max_mime_parts}: not parsed"
+    return None
+
+
+def sender_header_problem(message: EmailMessage, sender: str) -> str | None:
+    """A Sender header naming anyone but the From address says someone else sent it (RFC 5322 3.6.2)."""
+    headers = message.get_all("Sender") or []
+    if not headers:
+        return None
+    if len(headers) > 1:
+        return f"the message has {len(headers)} Sender headers"
+    header = headers[0]
+    if not isinstance(header, AddressHeader) or len(header.addresses) != 1:
+        return "the Sender header is not one address"
+    try:
+        address = normalise_address(header.addresses[0].addr_spec)
+    except ValueError:
+        return f"the Sender header {str(header)[:200]!r} is not an acceptable address"
+    if address != sender:
+        return f"the Sender header ({address}) differs from From ({sender})"
+    return None
+
+
+def signature_age_problem(signed_at: dt.datetime | None, received: dt.datetime, limits: LimitSettings) -> str | None:
+    """A signed request must be recent: an old one is a replay, one dated in the future a forgery."""
+    if signed_at is None:
+        return "the signature carries no date"
+    oldest = received - dt.timedelta(days=limits.signature_max_age_days)
+    if signed_at < oldest:
+        return (
+            f"the signature was made on {signed_at:%Y-%m-%d %H:%M} UTC, more than "
+            f"{limits.signature_max_age_days} days before the message arrived: a replay"
+        )
+    if signed_at > received + dt.timedelta(minutes=limits.signature_future_minutes):
+        return f"the signature is dated {signed_at:%Y-%m-%d %H:%M} UTC, in the future"
+    return None

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gateway import __version__, audit, daemon
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
-from gateway.config import Config, load_config, resolve_config_path
+from gateway.config import Config, exposed, load_config, resolve_config_path
 from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
@@ -108,6 +108,9 @@ async def _database(config: Config) -> AsyncIterator[Database]:
 def _keyring(config: Config) -> Keyring:
     if not config.gpg.home.is_dir():
         raise GatewayError(f"GnuPG home {config.gpg.home} does not exist: run `gateway init` first")
+    problem = exposed(config.gpg.home)
+    if problem:  # whoever can read it can sign and decrypt as the gateway
+        raise KeyProblem(f"the GnuPG home is not private: {problem}")
     return Keyring(config.gpg.home, config.gpg.binary)
 
 

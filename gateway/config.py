@@ -137,6 +137,18 @@ class Config:
 T = TypeVar("T")
 
 
+def exposed(path: Path) -> str | None:
+    """Why a secret file or the GnuPG home is open to other users, with the fix; None when it is private."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None  # a missing file is reported where it is read
+    if mode & 0o077:
+        fix = "chmod 700" if path.is_dir() else "chmod 600"
+        return f"{path} is open to other users (mode {mode:04o}): run `{fix} {path}`"
+    return None
+
+
 class _Section:
     """One TOML table being read: typed getters, and a complaint about any key nobody asked for."""
 
@@ -224,6 +236,9 @@ class _Section:
             value = self._get(key, str, "a string") or ""
         elif given[0] == f"{key}_file":
             file = self.path(f"{key}_file", "")
+            problem = exposed(file)
+            if problem:
+                raise self.fail(f"{key}_file", problem)
             try:
                 value = file.read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:

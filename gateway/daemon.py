@@ -16,7 +16,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from gateway.compose import Templates
-from gateway.config import Config, InboundSmtpSettings, SmtpSettings
+from gateway.config import Config, InboundSmtpSettings, SmtpSettings, exposed
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import create_database, require_current_schema
 from gateway.errors import ConfigError
@@ -150,6 +150,9 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         missing = "[imap]" if config.imap is None else "[smtp]"
         raise ConfigError(f"{config.path}: {missing} is not configured: `gateway run` needs a mailbox and a relay")
     stop = stop or asyncio.Event()
+    problem = exposed(config.gpg.home)
+    if problem:  # whoever can read it can sign and decrypt as the gateway
+        raise KeyProblem(f"the GnuPG home is not private: {problem}")
     keyring = Keyring(config.gpg.home, config.gpg.binary)
     await _check_key(config, keyring)
     db = create_database(config.database)

@@ -161,7 +161,7 @@ def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
     outcomes = [line.split(":")[1].strip() for line in out.splitlines() if line.strip().startswith("outcome:")]
     assert outcomes == ["answered", "answered", "refused", "rejected", "quarantined"]
     # Each authority's client checks the gateway's signature with the key it imported.
-    assert out.count("signature by the gateway's key: good") == 3
+    assert out.count("signature by the gateway's key: good") == 4  # three answers and the impostor notice
     assert "NOT GOOD" not in out
     assert "audit trail intact" in out
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0  # a rerun starts afresh
@@ -209,3 +209,16 @@ def test_an_unusable_gnupg_home_is_one_line(fresh_gateway: Gateway) -> None:
     assert result.code == 1
     assert result.err.startswith(f"gateway: error: cannot create GnuPG home {fresh_gateway.directory}/a-file/gnupg:")
     assert len(result.err.splitlines()) == 1
+
+
+def test_a_gnupg_home_others_can_read_stops_every_command_that_uses_it(gateway: Gateway) -> None:
+    gateway.gnupg_home.chmod(0o755)
+    result = gateway.run("key", "export")
+    assert result.code == 1
+    home = gateway.gnupg_home.resolve()
+    assert result.err.strip() == (
+        f"gateway: error: the GnuPG home is not private: {home} is open to other users (mode 0755): "
+        f"run `chmod 700 {home}`"
+    )
+    gateway.gnupg_home.chmod(0o700)
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in gateway.ok("key", "export")

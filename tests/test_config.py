@@ -108,6 +108,7 @@ def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
 
 def test_password_from_file(tmp_path: Path) -> None:
     (tmp_path / "imap.secret").write_text("s3cret\n")
+    (tmp_path / "imap.secret").chmod(0o600)
     text = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword_file = "imap.secret"\n'
     config = load_config(write(tmp_path, text))
     assert config.imap is not None
@@ -201,6 +202,7 @@ def test_shipped_example_mailbox_sections_work_when_uncommented(
 
 def test_empty_secrets_are_refused(tmp_path: Path) -> None:
     (tmp_path / "empty.secret").write_text("\n")
+    (tmp_path / "empty.secret").chmod(0o600)
     inline = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = ""\n'
     assert refusal(tmp_path, inline).endswith("[imap] password: the secret is empty")
     from_file = MINIMAL + '[smtp]\nhost = "h.example"\nusername = "u"\npassword_file = "empty.secret"\n'
@@ -251,3 +253,15 @@ def test_limits_section_as_shipped_and_checked(tmp_path: Path) -> None:
     assert refusal(tmp_path, MINIMAL + "[limits]\nanswers_per_day = 0\n").endswith(
         "[limits] answers_per_day: must be between 1 and 100000, got 0"
     )
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    text = MINIMAL + '[smtp]\nhost = "h.example"\nusername = "u"\npassword_file = "smtp.secret"\n'
+    message = refusal(tmp_path, text)
+    assert message.endswith(
+        f"[smtp] password_file: {secret} is open to other users (mode 0644): run `chmod 600 {secret}`"
+    )
+    assert "s3cret" not in message

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from gateway import __version__, audit, daemon
+from gateway import __version__, audit, daemon, quarantine
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
 from gateway.config import Config, exposed, load_config, resolve_config_path
@@ -52,9 +52,14 @@ def _emit_json(value: Any, out: TextIO | None = None) -> None:
     (out or sys.stdout).write("\n")
 
 
+def printable(value: object) -> str:
+    """Text for a terminal: control characters (an escape sequence in an attacker's From, say) become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:
     stream = out or sys.stdout
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    cells = [[("" if v is None else printable(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for row in [list(headers), ["-" * w for w in widths], *cells]:
         stream.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
@@ -525,7 +530,7 @@ async def cmd_process(args: argparse.Namespace) -> int:
         _emit_json(outcome.__dict__)
     else:
         reference = f" (reference {outcome.reference})" if outcome.reference else ""
-        print(f"{outcome.kind}: {outcome.reason}{reference} [message {outcome.inbound_id}]")
+        print(printable(f"{outcome.kind}: {outcome.reason}{reference} [message {outcome.inbound_id}]"))
     return 0
 
 
@@ -637,6 +642,64 @@ async def cmd_subscription_extend(args: argparse.Namespace) -> int:
     async with _database(config) as db:
         row = await change_by_hand(db, args.id, actor=args.actor, review_on=until)
     print(f"subscription {row.id} ({row.area}) now comes up for review on {row.review_on.isoformat()}")
+    return 0
+
+
+@asynccontextmanager
+async def _pipeline(config: Config) -> AsyncIterator[Context]:
+    keyring = _keyring(config)
+    async with _database(config) as db:
+        yield Context(config, db, keyring, Templates(config.gateway.templates))
+
+
+async def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _pipeline(config) as ctx:
+        rows = [dataclasses.asdict(held) for held in await quarantine.listing(ctx, everything=args.all)]
+    if args.json:
+        _emit_json(rows)
+    elif not rows:
+        print("nothing is held in quarantine" if not args.all else "nothing was ever quarantined")
+    else:
+        shown = [{**row, "reason": row["reason"][:80]} for row in rows]
+        print_table(list(shown[0].keys()), [list(row.values()) for row in shown])
+    return 0
+
+
+async def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _pipeline(config) as ctx:
+        shown = await quarantine.show(ctx, args.id)
+    if args.json:
+        _emit_json(shown)
+        return 0
+    for key in ("id", "status", "received_at", "source", "size", "sha256", "why", "decided_by"):
+        print(f"{key}: {printable(shown[key])}")
+    print("headers:")
+    for name, value in shown["headers"]:
+        print(f"  {name}: {printable(value)}")
+    print("sent because of it:" if shown["sent"] else "sent because of it: nothing")
+    for mail in shown["sent"]:
+        print(printable(f"  outbox {mail['id']}: {mail['kind']} to {mail['recipient']} ({mail['status']})"))
+    return 0
+
+
+async def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _pipeline(config) as ctx:
+        outcome = await quarantine.release(ctx, args.id, actor=args.actor)
+    if outcome.kind == "quarantined":
+        raise GatewayError(f"message {args.id} {outcome.reason}")
+    reference = f" (reference {outcome.reference})" if outcome.reference else ""
+    print(f"message {args.id} released: {outcome.kind}: {outcome.reason}{reference}")
+    return 0
+
+
+async def cmd_quarantine_discard(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _pipeline(config) as ctx:
+        await quarantine.discard(ctx, args.id, actor=args.actor)
+    print(f"message {args.id} discarded: it stays on record, and nothing is sent")
     return 0
 
 
@@ -952,6 +1015,17 @@ def _audit_and_other_commands(c: _Commands) -> None:
     extend_sub.add_argument("id", type=int, metavar="ID")
     extend_sub.add_argument("--until", required=True, metavar="DATE", help="the new review date, YYYY-MM-DD")
     c.command(schedule, "show", cmd_schedule_show, "what is due next, and when", listing=True)
+    held = c.group("quarantine", "messages held for a person to look at")
+    held_list = c.command(held, "list", cmd_quarantine_list, "the held messages, and why", listing=True)
+    held_list.add_argument("--all", action="store_true", help="also those released or discarded")
+    held_show = c.command(held, "show", cmd_quarantine_show, "one message: headers, why, what was sent", listing=True)
+    held_show.add_argument("id", type=int, metavar="ID")
+    held_release = c.command(
+        held, "release", cmd_quarantine_release, "run a held message through the pipeline again", acting=True
+    )
+    held_release.add_argument("id", type=int, metavar="ID")
+    held_discard = c.command(held, "discard", cmd_quarantine_discard, "set a held message aside", acting=True)
+    held_discard.add_argument("id", type=int, metavar="ID")
     outbox = c.group("outbox", "mail waiting to be sent, and what was sent")
     c.command(outbox, "list", cmd_outbox_list, "list the outbox", listing=True)
     c.command(outbox, "send", cmd_outbox_send, "deliver what is due now through the [smtp] relay, once")

@@ -34,6 +34,7 @@ from gateway.db.models import (
     InboundMessage,
     Notice,
     OutboxMessage,
+    QuarantinedMessage,
     Subscription,
     SubscriptionEvent,
 )
@@ -172,7 +173,7 @@ async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
     )
 
 
-async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911, PLR0912 - a step per line
+async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None) -> Decision:  # noqa: PLR0911, PLR0912 - a step per line
     """Who sent it, may they ask, what did they ask, may they have it; then the answer, built but not yet sent."""
     unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
     if unparsable is not None:
@@ -193,7 +194,7 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911, 
         return Decision(REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
         return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
-    suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival)
+    suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival, releasing)
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
     authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
@@ -204,7 +205,7 @@ async def decide(ctx: Context, arrival: Arrival) -> Decision:  # noqa: PLR0911, 
         if stale is not None:
             return await impostor(ctx, arrival, message, stale, sender, authority)
     asker = Asker(message, authority, sender)
-    limited = await answer_limit(ctx, arrival, asker)
+    limited = None if releasing else await answer_limit(ctx, arrival, asker)  # a person let this one through
     if limited is not None:
         return limited
     parsed = parse_request(body_text(authentic.content))
@@ -329,12 +330,16 @@ async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...
         return int((await session.execute(query)).scalar() or 0)
 
 
-async def replayed_message_id(ctx: Context, arrival: Arrival) -> str | None:
+async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None = None) -> str | None:
     """A Message-ID already seen on other bytes: the same request sent again, or someone replaying it."""
     if arrival.message_id is None:
         return None
     async with ctx.db.transaction(write=False) as session:
-        query = select(InboundMessage.id).where(InboundMessage.message_id == arrival.message_id).limit(1)
+        query = (
+            select(InboundMessage.id)
+            .where(InboundMessage.message_id == arrival.message_id, InboundMessage.id != (itself or 0))
+            .limit(1)
+        )
         earlier = (await session.execute(query)).scalar()
     if earlier is None:
         return None
@@ -785,64 +790,73 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         )
         session.add(inbound)
         await session.flush()
-        queued: dict[str, int] = {}
-        for item in decision.outgoing:
-            if item.kind == "alert" and await _alerts_in_last_hour(session, now) >= ctx.config.limits.alerts_per_hour:
-                inbound.alert_held = "held"  # told of in the next summary, so an attack cannot flood HMCI
-                continue
-            queued[item.kind] = await enqueue(
-                session, now=now, sender=ctx.config.gateway.address, inbound_id=inbound.id, **item.queued()
+        if decision.outcome == QUARANTINED:  # kept whole, for a person to read, release or discard
+            session.add(QuarantinedMessage(inbound_id=inbound.id, content=arrival.raw, status="held"))
+        await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
+        return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)
+
+
+async def commit_decision(
+    ctx: Context, session: Any, arrival: Arrival, decision: Decision, *, inbound: InboundMessage, now: dt.datetime
+) -> None:
+    """A decision's outgoing mail, notices, audit records, subscription change and disclosure log."""
+    queued: dict[str, int] = {}
+    for item in decision.outgoing:
+        if item.kind == "alert" and await _alerts_in_last_hour(session, now) >= ctx.config.limits.alerts_per_hour:
+            inbound.alert_held = "held"  # told of in the next summary, so an attack cannot flood HMCI
+            continue
+        queued[item.kind] = await enqueue(
+            session, now=now, sender=ctx.config.gateway.address, inbound_id=inbound.id, **item.queued()
+        )
+    for kind, key in decision.notices:
+        await session.execute(
+            _insert(session, Notice)
+            .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind))
+            .on_conflict_do_nothing()
+        )
+    await audit.record(
+        session,
+        actor=GATEWAY_ACTOR,
+        action=f"inbound.{decision.outcome}",
+        subject=arrival.message_id or arrival.sha256,
+        details={
+            "inbound_id": inbound.id,
+            "sha256": arrival.sha256,
+            "source": arrival.source,
+            "sender": decision.sender,
+            "authority": decision.authority.name if decision.authority else None,
+            "reason": decision.reason,
+            "reference": decision.reference,
+            "outgoing": dict(queued),
+        },
+        now=now,
+    )
+    if decision.subscription is not None and decision.authority is not None:
+        await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
+    if decision.disclosure is not None:
+        facts = decision.disclosure
+        session.add(
+            Disclosure(
+                **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"], disclosed_at=now
             )
-        for kind, key in decision.notices:
-            await session.execute(
-                _insert(session, Notice)
-                .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind))
-                .on_conflict_do_nothing()
-            )
+        )
         await audit.record(
             session,
             actor=GATEWAY_ACTOR,
-            action=f"inbound.{decision.outcome}",
-            subject=arrival.message_id or arrival.sha256,
+            action="disclosure",
+            subject=facts.reference,
             details={
-                "inbound_id": inbound.id,
-                "sha256": arrival.sha256,
-                "source": arrival.source,
-                "sender": decision.sender,
-                "authority": decision.authority.name if decision.authority else None,
-                "reason": decision.reason,
-                "reference": decision.reference,
-                "outgoing": dict(queued),
+                "justification": facts.purpose,
+                "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
+                "authority": facts.authority_name,
+                "recipient": facts.recipient,
+                "key_fingerprint": facts.key_fingerprint,
+                "area": facts.area,
+                "homes": facts.home_count,
+                "enforcement_actions": facts.enforcement_count,
+                "extract_sha256": facts.extract_sha256,
+                "marking": facts.marking,
+                "outbox_id": queued["disclosure"],
             },
             now=now,
         )
-        if decision.subscription is not None and decision.authority is not None:
-            await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
-        if decision.disclosure is not None:
-            facts = decision.disclosure
-            session.add(
-                Disclosure(
-                    **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"], disclosed_at=now
-                )
-            )
-            await audit.record(
-                session,
-                actor=GATEWAY_ACTOR,
-                action="disclosure",
-                subject=facts.reference,
-                details={
-                    "justification": facts.purpose,
-                    "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
-                    "authority": facts.authority_name,
-                    "recipient": facts.recipient,
-                    "key_fingerprint": facts.key_fingerprint,
-                    "area": facts.area,
-                    "homes": facts.home_count,
-                    "enforcement_actions": facts.enforcement_count,
-                    "extract_sha256": facts.extract_sha256,
-                    "marking": facts.marking,
-                    "outbox_id": queued["disclosure"],
-                },
-                now=now,
-            )
-        return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)

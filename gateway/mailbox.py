@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioimaplib
+from sqlalchemy import select
 
 from gateway.config import ImapSettings
 from gateway.db.engine import Database
-from gateway.db.models import MailboxProgress
+from gateway.db.models import InboundMessage, MailboxProgress, QuarantinedMessage
 from gateway.pipeline import Outcome
 
 log = logging.getLogger("gateway.mailbox")
@@ -25,6 +26,11 @@ COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link mus
 MAX_BACKOFF = 60.0
 
 Handler = Callable[[bytes], Awaitable[Outcome]]
+
+
+def label(inbound_id: int) -> str:
+    """The IMAP keyword that ties a quarantined message in the mailbox to its record."""
+    return f"gateway-{inbound_id}"
 
 
 class MailboxError(Exception):
@@ -178,14 +184,52 @@ class Watcher:
         for uid in uids:
             if self._stop.is_set():
                 return
-            settled_as = await self._settled(uidvalidity, uid)
-            if settled_as is None:
+            progress = await self._settled(uidvalidity, uid)
+            if progress is None:
                 raw = await self._fetch(client, uid)
                 outcome = await self._handle(raw)
-                settled_as = outcome.settled_as
                 await self._remember(uidvalidity, uid, outcome)
+                progress = (outcome.settled_as, outcome.inbound_id)
+            settled_as, inbound_id = progress
+            if settled_as == "quarantined" and inbound_id is not None:
+                # Labelled with its record, so a release or discard later finds it in the Quarantine folder.
+                await _ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
             await self._move(client, uid, self.folders.for_outcome(settled_as))
             await self._moved(uidvalidity, uid)
+        await self.settle_quarantine(client)
+
+    async def settle_quarantine(self, client: aioimaplib.IMAP4) -> None:
+        """Make the Quarantine folder agree with the database: what a person released or discarded leaves it."""
+        async with self._db.transaction(write=False) as session:
+            rows = (
+                await session.execute(
+                    select(MailboxProgress, QuarantinedMessage.status, InboundMessage.outcome)
+                    .join(QuarantinedMessage, QuarantinedMessage.inbound_id == MailboxProgress.inbound_id)
+                    .join(InboundMessage, InboundMessage.id == MailboxProgress.inbound_id)
+                    .where(
+                        MailboxProgress.folder == self.folders.inbox,
+                        MailboxProgress.settled_as == "quarantined",
+                        MailboxProgress.moved.is_(True),
+                        QuarantinedMessage.status != "held",
+                    )
+                )
+            ).all()
+        if not rows:
+            return  # the usual case: no IMAP work at all
+        await _ok(client.select(self.folders.quarantine), f"SELECT {self.folders.quarantine}")
+        try:
+            for progress, status, outcome in rows:
+                # A discarded message goes where unanswered mail goes; a released one where its new outcome does.
+                settled = "rejected" if status == "discarded" else outcome
+                found = await _ok(client.uid_search(f"KEYWORD {label(progress.inbound_id or 0)}"), "UID SEARCH")
+                for uid in (word for word in _text(found.lines).split() if word.isdigit()):
+                    await self._move(client, int(uid), self.folders.for_outcome(settled))
+                async with self._db.transaction() as session:
+                    row = await session.get(MailboxProgress, (progress.folder, progress.uidvalidity, progress.uid))
+                    if row is not None:
+                        row.settled_as = settled
+        finally:
+            await _ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
 
     async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> bytes:
         # BODY.PEEK leaves \\Seen alone: flags are the mailbox owner's, progress is ours (in the database).
@@ -206,10 +250,10 @@ class Watcher:
         else:
             await _ok(client.expunge(), "EXPUNGE")
 
-    async def _settled(self, uidvalidity: int, uid: int) -> str | None:
+    async def _settled(self, uidvalidity: int, uid: int) -> tuple[str, int | None] | None:
         async with self._db.transaction(write=False) as session:
             row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
-        return row.settled_as if row else None
+        return (row.settled_as, row.inbound_id) if row else None
 
     async def _remember(self, uidvalidity: int, uid: int, outcome: Outcome) -> None:
         async with self._db.transaction() as session:

@@ -42,6 +42,14 @@ def _clean_name(name: str) -> str:
     return cleaned
 
 
+class Rehearsed(Exception):  # not an error: how a rehearsal hands back what would change
+    """A rehearsed change went through every check; `change` is what it would do."""
+
+    def __init__(self, change: Change) -> None:
+        super().__init__("rehearsed")
+        self.change = change
+
+
 class AllowlistError(GatewayError):
     """An allowlist change that cannot be made as asked."""
 
@@ -150,13 +158,31 @@ def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> li
 class Allowlist:
     """Every change runs in one transaction together with its audit record."""
 
-    def __init__(self, db: Database, keyring: Keyring, *, reserved: Iterable[str] = (), gateway_key: str | None):
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        *,
+        reserved: Iterable[str] = (),
+        gateway_key: str | None,
+        rehearse: bool = False,
+    ):
         self._db = db
+        # Every check made and every row written, then all of it undone: a change proposed for approval.
+        self._rehearse = rehearse
         self._keyring = keyring
         # Nothing at the gateway's own domains can belong to an authority (sub-addresses of its mailbox
         # included): that way lies a mail loop, or HMCI disclosing to itself.
         self._reserved_domains = frozenset(address.rpartition("@")[2] for address in reserved)
         self._gateway_key = gateway_key
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    def _end(self, change: Change) -> None:
+        if self._rehearse:
+            raise Rehearsed(change)  # rolls the transaction back, and takes out any key it imported
 
     async def _find(self, session: AsyncSession, name: str) -> Authority:
         row = (
@@ -282,6 +308,7 @@ class Allowlist:
             await session.flush()
             view = AuthorityView.of(row)
             await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
+            self._end(Change(view, tuple(warnings)))
         return Change(view, tuple(warnings))
 
     async def list(self) -> list[AuthorityView]:
@@ -337,6 +364,7 @@ class Allowlist:
                 subject=after.name,
                 details={"changed": changed},
             )
+            self._end(Change(after))
         return Change(after)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
@@ -382,6 +410,7 @@ class Allowlist:
             await session.flush()
             verb = "suspend" if status == "suspended" else "resume"
             await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
+            self._end(Change(AuthorityView.of(row)))
             return Change(AuthorityView.of(row))
 
     async def remove(self, name: str, *, actor: str) -> Change:
@@ -418,6 +447,7 @@ class Allowlist:
                 },
             )
             view = AuthorityView.of(row)
+            self._end(Change(view, tuple(warnings)))
         if old != info.fingerprint:
             await self._release_key(old)
         return Change(view, tuple(warnings))

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from gateway import __version__, audit, daemon, quarantine
+from gateway import __version__, approvals, audit, daemon, quarantine
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
 from gateway.config import Config, exposed, load_config, resolve_config_path
@@ -127,7 +127,7 @@ def _read_key_file(path: str) -> bytes:
 
 
 @asynccontextmanager
-async def _allowlist(args: argparse.Namespace) -> AsyncIterator[Allowlist]:
+async def _allowlist(args: argparse.Namespace, *, rehearse: bool = False) -> AsyncIterator[Allowlist]:
     config = _config(args)
     keyring = _keyring(config)
     async with _database(config) as db:
@@ -136,6 +136,7 @@ async def _allowlist(args: argparse.Namespace) -> AsyncIterator[Allowlist]:
             keyring,
             reserved={config.gateway.address, config.gateway.admin_address},
             gateway_key=config.gpg.signing_key,
+            rehearse=rehearse,
         )
 
 
@@ -333,19 +334,31 @@ def _report(change: Change, verb: str, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _make_or_propose(args: argparse.Namespace, proposal: approvals.Proposal, verb: str) -> int:
+    """The change at once, or (with [gateway] require_second_admin) kept until another admin approves it."""
+    if not _config(args).gateway.require_second_admin:
+        async with _allowlist(args) as allowlist:
+            change = await approvals.apply(allowlist, proposal, actor=args.actor)
+        return _report(change, verb, args)
+    async with _allowlist(args, rehearse=True) as rehearsal:
+        ident, preview = await approvals.propose(
+            rehearsal.db, rehearsal, proposal, actor=args.actor, now=dt.datetime.now(dt.UTC)
+        )
+    for warning in preview.warnings:
+        _warn(warning)
+    if args.json:
+        _emit_json({"pending_change": ident, "would_be": preview.authority.as_dict() if preview.authority else None})
+    else:
+        print(f"change {ident} waits for a second admin: {proposal.summary()}")
+        print(f"  another admin approves it with: gateway change approve {ident} --actor NAME")
+    return 0
+
+
 async def cmd_authority_add(args: argparse.Namespace) -> int:
     key_data = _read_key_file(args.key)
-    async with _allowlist(args) as allowlist:
-        change = await allowlist.add(
-            name=args.name,
-            kind=args.kind,
-            area=args.area,
-            emails=args.email,
-            key_data=key_data,
-            auth_policy=args.auth,
-            actor=args.actor,
-        )
-    return _report(change, "added", args)
+    arguments = {"kind": args.kind, "area": args.area, "emails": args.email, "key": approvals.key_argument(key_data),
+                 "auth": args.auth}  # fmt: skip
+    return await _make_or_propose(args, approvals.Proposal("add", args.name, arguments), "added")
 
 
 async def cmd_authority_list(args: argparse.Namespace) -> int:
@@ -386,18 +399,9 @@ async def cmd_authority_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_authority_update(args: argparse.Namespace) -> int:
-    async with _allowlist(args) as allowlist:
-        change = await allowlist.update(
-            args.authority,
-            new_name=args.name,
-            kind=args.kind,
-            area=args.area,
-            auth_policy=args.auth,
-            add_emails=args.add_email or (),
-            remove_emails=args.remove_email or (),
-            actor=args.actor,
-        )
-    return _report(change, "updated", args)
+    arguments = {"new_name": args.name, "kind": args.kind, "area": args.area, "auth": args.auth,
+                 "add_emails": args.add_email or [], "remove_emails": args.remove_email or []}  # fmt: skip
+    return await _make_or_propose(args, approvals.Proposal("update", args.authority, arguments), "updated")
 
 
 async def cmd_authority_suspend(args: argparse.Namespace) -> int:
@@ -407,9 +411,7 @@ async def cmd_authority_suspend(args: argparse.Namespace) -> int:
 
 
 async def cmd_authority_resume(args: argparse.Namespace) -> int:
-    async with _allowlist(args) as allowlist:
-        change = await allowlist.set_status(args.authority, "active", actor=args.actor)
-    return _report(change, "resumed", args)
+    return await _make_or_propose(args, approvals.Proposal("resume", args.authority, {}), "resumed")
 
 
 async def cmd_authority_remove(args: argparse.Namespace) -> int:
@@ -419,10 +421,47 @@ async def cmd_authority_remove(args: argparse.Namespace) -> int:
 
 
 async def cmd_authority_set_key(args: argparse.Namespace) -> int:
-    key_data = _read_key_file(args.key_file)
+    key = approvals.key_argument(_read_key_file(args.key_file))
+    return await _make_or_propose(
+        args, approvals.Proposal("set-key", args.authority, {"key": key}), "new key pinned for"
+    )
+
+
+async def cmd_change_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db:
+        rows = [dataclasses.asdict(p) for p in await approvals.listing(db, everything=args.all)]
+    if args.json:
+        _emit_json(rows)
+    elif not rows:
+        print("no changes wait for approval" if not args.all else "no changes were ever proposed")
+    else:
+        print_table(list(rows[0].keys()), [list(row.values()) for row in rows])
+    return 0
+
+
+async def _decide_change(args: argparse.Namespace, *, approve: bool) -> int:
     async with _allowlist(args) as allowlist:
-        change = await allowlist.set_key(args.authority, key_data, actor=args.actor)
-    return _report(change, "new key pinned for", args)
+
+        async def make(proposal: approvals.Proposal, actor: str) -> Change:
+            return await approvals.apply(allowlist, proposal, actor=actor)
+
+        proposal, change = await approvals.decide(
+            allowlist.db, args.id, actor=args.actor, approve=approve, now=dt.datetime.now(dt.UTC), make=make
+        )
+    if change is None:
+        print(f"change {args.id} rejected: {proposal.summary()}; nothing was changed")
+        return 0
+    verbs = {"add": "added", "update": "updated", "set-key": "new key pinned for", "resume": "resumed"}
+    return _report(change, verbs[proposal.kind], args)
+
+
+async def cmd_change_approve(args: argparse.Namespace) -> int:
+    return await _decide_change(args, approve=True)
+
+
+async def cmd_change_reject(args: argparse.Namespace) -> int:
+    return await _decide_change(args, approve=False)
 
 
 # ---------------------------------------------------------------- audit
@@ -959,6 +998,15 @@ def _authority_commands(c: _Commands) -> None:
     )
     set_key.add_argument("authority", metavar="NAME")
     set_key.add_argument("key_file", metavar="FILE.asc", help="the new public key ('-' = stdin)")
+    change = c.group("change", "allowlist and key changes waiting for a second admin (two-person rule)")
+    change_list = c.command(change, "list", cmd_change_list, "the changes waiting for approval", listing=True)
+    change_list.add_argument("--all", action="store_true", help="also those approved or rejected")
+    approve = c.command(
+        change, "approve", cmd_change_approve, "make a change another admin asked for", acting=True, listing=True
+    )
+    approve.add_argument("id", type=int, metavar="ID")
+    reject = c.command(change, "reject", cmd_change_reject, "drop a change another admin asked for", acting=True)
+    reject.add_argument("id", type=int, metavar="ID")
 
 
 def _audit_and_other_commands(c: _Commands) -> None:

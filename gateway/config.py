@@ -43,6 +43,8 @@ class GatewaySettings:
     marking: str
     authserv_id: str | None
     templates: Path | None = None  # a directory whose templates replace the shipped ones of the same name
+    # An allowlist or key change by one admin waits for a different admin's approval.
+    require_second_admin: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,10 @@ class _Section:
             raise self.fail(key, "required setting is missing")
         return value
 
+    def flag(self, key: str, *, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else value
+
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self._get(key, int, "an integer")
         if value is None:
@@ -312,6 +318,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         marking=gw.text("marking", DEFAULT_MARKING) or DEFAULT_MARKING,
         authserv_id=gw.text("authserv_id"),
         templates=gw.path("templates", "") if gw.has("templates") else None,
+        require_second_admin=gw.flag("require_second_admin", default=True),
     )
     if gateway.templates is not None and not gateway.templates.is_dir():
         raise gw.fail("templates", f"{gateway.templates} is not a directory")

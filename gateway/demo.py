@@ -288,6 +288,10 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
                 "authority", "add", "--actor", "demo-admin", "--name", a.name, "--kind", a.kind, *area,
                 "--email", a.address, "--key", str(directory / a.key_file),
             )  # fmt: skip
+        # The two-person rule: each addition waits until a second admin approves it.
+        await step("change", "list")
+        for number in range(1, len(AUTHORITIES) + 1):
+            await step("change", "approve", str(number), "--actor", "demo-second-admin")
         await step("authority", "list")
         await _mail_path(directory, config, fingerprints)
         await step("outbox", "list")

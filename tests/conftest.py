@@ -264,6 +264,8 @@ class Gateway:
     database_url: str
     signing_key: str | None = None
     authserv_id: str | None = None
+    # Most tests make allowlist changes as one admin; the two-person rule has tests of its own.
+    second_admin: bool = False
 
     @property
     def config_path(self) -> Path:
@@ -276,6 +278,7 @@ class Gateway:
     def write_config(self, extra: str = "") -> None:
         signing = f'signing_key = "{self.signing_key}"\n' if self.signing_key else ""
         border = f'authserv_id = "{self.authserv_id}"\n' if self.authserv_id else ""
+        border += "" if self.second_admin else "require_second_admin = false\n"
         self.config_path.write_text(
             f'[gateway]\naddress = "{GATEWAY_ADDRESS}"\nadmin_address = "{ADMIN_ADDRESS}"\n{border}\n'
             f'[database]\nurl = "{self.database_url}"\n\n[gpg]\nhome = "gnupg"\n{signing}{extra}'

@@ -309,3 +309,20 @@ class QuarantinedMessage(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)  # held, released, discarded
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class PendingChange(Base):
+    """An allowlist or key change one admin asked for, waiting for a different admin to approve or reject it."""
+
+    __tablename__ = "pending_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # add, update, set-key, resume
+    authority: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the command's arguments, the key itself included
+    summary: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending, approved, rejected
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

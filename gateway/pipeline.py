@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -445,7 +446,7 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
         ).scalar()
 
 
-def automatic_mail(message: EmailMessage) -> str | None:
+def automatic_mail(message: EmailMessage) -> str | None:  # noqa: PLR0911 - one return per sign of a machine
     """Why a message is a machine's (RFC 3834), if it is: such mail is never answered."""
     auto = str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
     if auto != "no":
@@ -460,6 +461,11 @@ def automatic_mail(message: EmailMessage) -> str | None:
         return "mailing list traffic"
     if message.get_content_type() == "multipart/report":
         return "a delivery or disposition report"
+    for name in ("From", "Sender"):
+        for value in message.get_all(name) or []:
+            mailbox = re.search(r"(?i)\b(mailer-daemon|postmaster)@", str(value))
+            if mailbox:
+                return f"{name} is {mailbox[1]}"
     return None
 
 

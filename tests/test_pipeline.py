@@ -200,14 +200,23 @@ def test_an_area_outside_the_forces_own_is_refused_with_the_reason(live: Gateway
     assert "Kent police force area is outside your own area" in str(outcome["reason"])
 
 
-def test_automatic_mail_is_never_answered(live: Gateway, keys: AuthorityKeys) -> None:
-    raw = request_from_police(keys).replace(
-        b"Subject: request\r\n", b"Subject: request\r\nAuto-Submitted: auto-replied\r\n"
-    )
+AUTOMATIC = {
+    "Auto-Submitted: auto-replied\r\n": "Auto-Submitted: auto-replied",
+    "Precedence: bulk\r\n": "Precedence: bulk",
+    "List-Id: <safeguarding.lists.example>\r\n": "mailing list traffic",
+    "Return-Path: <>\r\n": "null return path",
+    "Sender: MAILER-DAEMON@mx.westmercia.police.example\r\n": "Sender is MAILER-DAEMON",
+    "Sender: postmaster@westmercia.police.example\r\n": "Sender is postmaster",
+}
+
+
+@pytest.mark.parametrize("header", sorted(AUTOMATIC))
+def test_automatic_mail_is_never_answered(live: Gateway, keys: AuthorityKeys, header: str) -> None:
+    raw = request_from_police(keys).replace(b"Subject: request\r\n", f"Subject: request\r\n{header}".encode())
     outcome = process(live, raw)
     assert (outcome["kind"], outcome["reason"]) == (
         "rejected",
-        "automatic mail is never answered (Auto-Submitted: auto-replied)",
+        f"automatic mail is never answered ({AUTOMATIC[header]})",
     )
     assert outbox(live) == []
 

@@ -110,6 +110,13 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    max_outbox_age: int = 900  # seconds: older pending mail makes /healthz fail
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """What one message, one authority or one attacker can cost the gateway."""
 
@@ -134,6 +141,7 @@ class Config:
     inbound_smtp: InboundSmtpSettings | None = None
     schedule: ScheduleSettings = ScheduleSettings()
     limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings | None = None
 
 
 T = TypeVar("T")
@@ -265,7 +273,7 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting")
 
 
-_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule", "limits")
+_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule", "limits", "metrics")
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -348,6 +356,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         inbound_smtp=_inbound_smtp(sections["inbound_smtp"]),
         schedule=_schedule(sections["schedule"]),
         limits=_limits(sections["limits"]),
+        metrics=_metrics(sections["metrics"]),
     )
 
 
@@ -474,6 +483,21 @@ def _limits(section: _Section | None) -> LimitSettings:
         answers_per_day=section.integer("answers_per_day", d.answers_per_day, 1, 100_000),
         alerts_per_hour=section.integer("alerts_per_hour", d.alerts_per_hour, 1, 10_000),
         impostor_notices_per_day=section.integer("impostor_notices_per_day", d.impostor_notices_per_day, 0, 1000),
+    )
+    section.finish()
+    return settings
+
+
+def _metrics(section: _Section | None) -> MetricsSettings | None:
+    if section is None:
+        return None
+    host = section.text("host", "127.0.0.1") or "127.0.0.1"
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise section.fail("host", f"must be a loopback address (127.0.0.1, ::1 or localhost), got {host!r}")
+    settings = MetricsSettings(
+        host=host,
+        port=section.integer("port", 9464, 1, 65535),
+        max_outbox_age=section.integer("max_outbox_age", 900, 10, 86400),
     )
     section.finish()
     return settings

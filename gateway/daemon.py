@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from gateway import metrics
 from gateway.compose import Templates
 from gateway.config import Config, InboundSmtpSettings, SmtpSettings, exposed
 from gateway.crypto import KeyProblem, Keyring, in_thread
@@ -84,7 +85,9 @@ class Services:
 
     async def handle(self, raw: bytes, source: str = "imap") -> Outcome:
         with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):
-            outcome = await process(self.ctx, raw, source=source)
+            with metrics.PROCESSING.time():
+                outcome = await process(self.ctx, raw, source=source)
+            metrics.MESSAGES.labels(outcome.kind).inc()
             log.info("message", outcome=outcome.kind, inbound_id=outcome.inbound_id, reference=outcome.reference)
         self.outbox_due.set()  # a reply is waiting: send it now rather than at the next tick
         return outcome
@@ -172,6 +175,14 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
                 tasks.create_task(services.send_outbox(config.smtp))
                 if config.inbound_smtp is not None:
                     tasks.create_task(services.listen(config.inbound_smtp))
+                if config.metrics is not None:
+                    state = metrics.Health(
+                        imap_connected=watcher.connected.is_set,
+                        scheduler_alive=lambda: scheduler.running and scheduler.get_job("hourly") is not None,
+                        db=db,
+                        max_outbox_age=config.metrics.max_outbox_age,
+                    )
+                    tasks.create_task(metrics.serve(config.metrics, state, stop))
                 await stop.wait()
                 limit.reschedule(asyncio.get_running_loop().time() + SHUTDOWN_LIMIT)
     except TimeoutError:

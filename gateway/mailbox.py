@@ -15,6 +15,7 @@ from typing import Any
 import aioimaplib
 from sqlalchemy import select
 
+from gateway import metrics
 from gateway.config import ImapSettings
 from gateway.db.engine import Database
 from gateway.db.models import InboundMessage, MailboxProgress, QuarantinedMessage
@@ -98,6 +99,7 @@ class Watcher:
                 backoff = 1.0
             except (OSError, TimeoutError, MailboxError, aioimaplib.Abort, aioimaplib.CommandTimeout) as exc:
                 self.connected.clear()
+                metrics.IMAP_RECONNECTS.inc()
                 log.warning("imap connection lost; reconnecting in %.0f s: %s", backoff, type(exc).__name__)
             except Exception as exc:
                 self.connected.clear()

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
 
-from gateway import audit
+from gateway import audit, metrics
 from gateway.authenticate import Refused, authenticate, sender_of
 from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
 from gateway.config import Config
@@ -198,7 +198,8 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival, releasing)
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
-    authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
+    with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check
+        authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks
         return await impostor(ctx, arrival, message, f"authentication failed: {authentic.reason}", sender, authority)
     if authentic.signature is not None:
@@ -505,7 +506,8 @@ async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
     inner = inner_message(envelope, text, files)
-    encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner.as_bytes(), authority.key_fingerprint, signer)
+    with metrics.timed_gpg("sign_and_encrypt"):
+        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner.as_bytes(), authority.key_fingerprint, signer)
     return outer_message(envelope, encrypted, now=ctx.clock()).as_bytes()
 
 
@@ -840,6 +842,7 @@ async def commit_decision(
     if decision.subscription is not None and decision.authority is not None:
         await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:
+        metrics.DISCLOSURES.inc()
         facts = decision.disclosure
         session.add(
             Disclosure(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from gateway import audit
+from gateway import audit, metrics
 from gateway.compose import Envelope, new_reference
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
@@ -262,6 +262,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 details=details, now=as_of,
             )  # fmt: skip
             if prepared.disclosure is not None:
+                metrics.DISCLOSURES.inc()
                 session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=outbox_id, disclosed_at=as_of))
                 await audit.record(
                     session, actor=GATEWAY_ACTOR, action="disclosure", subject=prepared.reference,

@@ -6,7 +6,10 @@ import asyncio
 import datetime as dt
 import json
 import signal
+import socket
 import sys
+import urllib.error
+import urllib.request
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -119,3 +122,58 @@ async def test_a_delivery_missed_while_stopped_is_sent_once_at_start(
         message_from_bytes(bytes(e.original_content or b""), policy=policy.default)["Subject"] for e in relay.received
     ]
     assert len(subjects) == 2, subjects
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL the test made
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_health_and_metrics_for_operators(live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys) -> None:
+    relay = Relay()
+    server, port = await serve(relay)
+    metrics_port = free_port()
+    live.write_config(
+        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
+        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
+        f"\n[metrics]\nport = {metrics_port}\n"
+    )
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{metrics_port}"
+    try:
+        dovecot_server.deliver(request_from_police(keys))
+        for _ in range(300):
+            if relay.received or daemon.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        status, body = await asyncio.to_thread(get, f"{base}/healthz")
+        assert status == 200, body
+        health = json.loads(body)
+        assert health == {**health, "healthy": True, "imap_connected": True, "database_reachable": True}
+        assert health["outbox_depth"] == 0
+        status, text = await asyncio.to_thread(get, f"{base}/metrics")
+        assert status == 200
+        assert 'gateway_messages_total{outcome="answered"} 1.0' in text
+        assert "gateway_disclosures_total 1.0" in text
+        assert "gateway_processing_seconds_count 1.0" in text
+        assert 'gateway_gpg_seconds_count{operation="sign_and_encrypt"}' in text
+        assert "gateway_outbox_depth 0.0" in text
+        assert (await asyncio.to_thread(get, f"{base}/other"))[0] == 404
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 15)
+        server.close()
+    assert daemon.returncode == 0, stderr.decode()[-2000:]

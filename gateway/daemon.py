@@ -14,12 +14,14 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics
 from gateway.compose import Templates
 from gateway.config import Config, InboundSmtpSettings, SmtpSettings, exposed
 from gateway.crypto import KeyProblem, Keyring, in_thread
-from gateway.db.engine import create_database, require_current_schema
+from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
 from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
@@ -74,12 +76,63 @@ async def _nap(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None
     wake.clear()
 
 
+LEADER_KEY = 0x6761_7465_6C64  # "gateld": the scheduler's session-level advisory lock on PostgreSQL
+LEADER_INTERVAL = 15.0  # seconds between a follower's attempts to take over
+
+
+class Leadership:
+    """One scheduler among the gateways sharing a PostgreSQL database: the one holding a session advisory lock
+    on a connection of its own. When that gateway dies its connection goes, the lock with it, and another takes
+    over. With SQLite there is one host and one gateway: it always leads. (The schedule's unique keys make a
+    second scheduler harmless anyway; leadership saves the work.)"""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._connection: AsyncConnection | None = None
+        self.held = db.settings.is_sqlite
+
+    async def take(self) -> bool:
+        """True when this gateway has just become the leader."""
+        if self._db.settings.is_sqlite:
+            return False
+        if self._connection is not None:
+            try:  # still ours while the connection lives
+                await self._connection.execute(text("SELECT 1"))
+                await self._connection.commit()
+            except Exception:
+                log.warning("lost the scheduler leadership with its database connection")
+                await self.release()
+            else:
+                return False
+        connection = await self._db.engine.connect()
+        try:
+            got = bool(await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_KEY}))
+            await connection.commit()
+        except Exception:
+            await connection.close()
+            raise
+        if not got:
+            await connection.close()
+            return False
+        self._connection, self.held = connection, True
+        log.info("scheduler leader")
+        return True
+
+    async def release(self) -> None:
+        self.held = False
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+
 class Services:
     """What runs inside the daemon's task group; each loop ends soon after `stop` is set."""
 
     def __init__(self, ctx: Context, stop: asyncio.Event) -> None:
         self.ctx = ctx
         self.stop = stop
+        self.leadership = Leadership(ctx.db)
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()
 
@@ -103,8 +156,20 @@ class Services:
                     log.info("outbox", **counts)
             await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)
 
+    async def lead(self) -> None:
+        """Take the scheduler over when no other gateway holds it, and catch up at once when it does."""
+        while not self.stop.is_set():
+            with _survive("leadership"):
+                if await self.leadership.take():
+                    await self.schedule()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), LEADER_INTERVAL)
+        await self.leadership.release()
+
     async def schedule(self) -> None:
         """Deliveries, reminders and lapses due now; the tables, not the scheduler, know what was done."""
+        if not self.leadership.held:
+            return  # another gateway on this database runs the schedule
         with _survive("schedule"):
             counts = await run_due(self.ctx, dt.datetime.now(dt.UTC))
             if any(counts.values()):
@@ -173,6 +238,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             async with asyncio.timeout(None) as limit, asyncio.TaskGroup() as tasks:
                 tasks.create_task(watcher.run())
                 tasks.create_task(services.send_outbox(config.smtp))
+                tasks.create_task(services.lead())
                 if config.inbound_smtp is not None:
                     tasks.create_task(services.listen(config.inbound_smtp))
                 if config.metrics is not None:

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import re
+import secrets
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,11 +21,14 @@ from sqlalchemy import select
 from gateway import metrics
 from gateway.config import ImapSettings
 from gateway.db.engine import Database
-from gateway.db.models import InboundMessage, MailboxProgress, QuarantinedMessage
+from gateway.db.models import InboundMessage, MailboxClaim, MailboxProgress, QuarantinedMessage
 from gateway.pipeline import Outcome
 
 log = logging.getLogger("gateway.mailbox")
 
+# Long enough for any one message (gpg calls are bounded well below it), short enough that a gateway that
+# died holding a claim delays that message by no more than this.
+CLAIM_LEASE = dt.timedelta(seconds=60)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
 
@@ -88,6 +94,7 @@ class Watcher:
         self._tls = tls_context
         self._clock = clock
         self.folders = Folders.of(settings)
+        self.owner = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.connected = asyncio.Event()  # set while logged in and selected, for tests and health checks
         self._lost = asyncio.Event()
 
@@ -188,6 +195,8 @@ class Watcher:
                 return
             progress = await self._settled(uidvalidity, uid)
             if progress is None:
+                if not await self._claim(uidvalidity, uid):
+                    continue  # another gateway on this mailbox is working on it, and will file it
                 raw = await self._fetch(client, uid)
                 outcome = await self._handle(raw)
                 await self._remember(uidvalidity, uid, outcome)
@@ -273,8 +282,29 @@ class Watcher:
                     )
                 )
 
+    async def _claim(self, uidvalidity: int, uid: int) -> bool:
+        """Take a message for this gateway, unless another holds it and its lease has not run out."""
+        now = self._clock()
+        async with self._db.transaction() as session:
+            claim = await session.get(MailboxClaim, (self.folders.inbox, uidvalidity, uid))
+            if claim is not None and claim.owner != self.owner and claim.until > now:
+                return False
+            if claim is None:
+                session.add(
+                    MailboxClaim(
+                        folder=self.folders.inbox, uidvalidity=uidvalidity, uid=uid, owner=self.owner,
+                        until=now + CLAIM_LEASE,
+                    )
+                )  # fmt: skip
+            else:  # ours, or left by a gateway that died holding it
+                claim.owner, claim.until = self.owner, now + CLAIM_LEASE
+            return True
+
     async def _moved(self, uidvalidity: int, uid: int) -> None:
         async with self._db.transaction() as session:
             row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
             if row is not None:
                 row.moved = True
+            claim = await session.get(MailboxClaim, (self.folders.inbox, uidvalidity, uid))
+            if claim is not None:
+                await session.delete(claim)

@@ -326,3 +326,15 @@ class PendingChange(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)  # pending, approved, rejected
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MailboxClaim(Base):
+    """Which gateway is working on a mailbox message now: two gateways on one mailbox never both take it."""
+
+    __tablename__ = "mailbox_claims"
+
+    folder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(100))
+    until: Mapped[dt.datetime] = mapped_column(UTCDateTime())

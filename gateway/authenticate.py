@@ -11,7 +11,7 @@ from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
 from gateway.addresses import normalise_address
-from gateway.crypto import Decrypted, KeyProblem, SignatureStatus
+from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]
@@ -94,21 +94,22 @@ def dmarc_pass(message: Message, authserv_id: str | None, domain: str) -> Refuse
 class SignedParts:
     signed_bytes: bytes  # the first part exactly as received, with CRLF line ends: what was signed
     signature: bytes
-    content: Message  # the first part, parsed: where the request's text is
+    content: Message  # signed_bytes, parsed: where the request's text is read from
 
 
-def _crlf(raw: bytes) -> bytes:
-    return re.sub(rb"\r?\n", b"\r\n", raw)
+def _wire(raw: bytes) -> bytes:
+    # Python's parser ends a line at CRLF, LF or a lone CR; made CRLF here, both see the very same lines.
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
 
 
-def _signed_structure(message: Message) -> tuple[str, Message, bytes] | Refused:
-    """The boundary, the content part and the signature of an RFC 3156 signed message, or what is wrong."""
+def _signed_structure(message: Message) -> tuple[str, bytes] | Refused:
+    """The boundary and the signature of an RFC 3156 signed message, or what is wrong."""
     if message.get_content_type() != "multipart/signed":
         return Refused("the message is not PGP/MIME signed (multipart/signed)")
     if str(message.get_param("protocol", "")).lower() != "application/pgp-signature":
         return Refused("the multipart/signed message does not carry an OpenPGP signature")
     boundary = message.get_boundary()
-    parts = message.get_payload()
+    parts = message.get_payload() if message.is_multipart() else None
     if not boundary or not isinstance(parts, list) or len(parts) != 2:
         return Refused("a multipart/signed message must have exactly two parts")
     content, signature_part = parts
@@ -117,18 +118,28 @@ def _signed_structure(message: Message) -> tuple[str, Message, bytes] | Refused:
     signature = signature_part.get_payload(decode=True)
     if signature_part.get_content_type() != "application/pgp-signature" or not isinstance(signature, bytes):
         return Refused("the second part of the signed message is not an OpenPGP signature")
-    return boundary, content, signature
+    return boundary, signature
 
 
 def _first_part_bytes(raw: bytes, boundary: str) -> bytes | None:
-    wire = _crlf(raw)
+    """The bytes between the body's first two delimiter lines.
+
+    A delimiter line is exactly --boundary (--boundary-- for the last), then optional spaces or tabs (RFC 2046
+    5.1.1, and what Python's parser matches): a line that merely starts with it is text, not a delimiter.
+    """
+    wire = _wire(raw)
     head_end = wire.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    escaped = re.escape(boundary.encode("ascii", "replace"))
+    delimiter = re.compile(rb"^--" + escaped + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    first = delimiter.search(wire, head_end + 2)
+    if first is None or first[1]:
+        return None
+    start = first.end() + 1  # past the line end
+    end = delimiter.search(wire, start)
     # The CRLF before a delimiter belongs to the delimiter, not to the part (RFC 2046 5.1.1).
-    delimiter = b"\r\n--" + boundary.encode("ascii", "replace")
-    first = wire.find(delimiter, head_end) if head_end >= 0 else -1
-    start = wire.find(b"\r\n", first + len(delimiter)) if first >= 0 else -1
-    end = wire.find(delimiter, start + 2) if start >= 0 else -1
-    return wire[start + 2 : end] if end >= 0 else None
+    return wire[start : max(start, end.start() - 2)] if end else None
 
 
 def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
@@ -136,11 +147,14 @@ def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
     structure = _signed_structure(message)
     if isinstance(structure, Refused):
         return structure
-    boundary, content, signature = structure
+    boundary, signature = structure
     signed = _first_part_bytes(raw, boundary)
     if signed is None:
         return Refused("the signed message's boundaries could not be found")
-    return SignedParts(signed, signature, content)
+    # The request is read from the very bytes that are verified, never from the parser's idea of the first
+    # part: wherever the two might disagree (a line that looks like a delimiter, an odd line end), the
+    # signature then covers exactly what is read.
+    return SignedParts(signed, signature, message_from_bytes(signed, policy=email_policy.default))
 
 
 # ---------------------------------------------------------------- the policy
@@ -173,7 +187,7 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
 
 def _encrypted_payload(message: Message) -> bytes | None:
     """The OpenPGP data of an RFC 3156 multipart/encrypted message."""
-    parts = message.get_payload()
+    parts = message.get_payload() if message.is_multipart() else None
     if str(message.get_param("protocol", "")).lower() != "application/pgp-encrypted" or not isinstance(parts, list):
         return None
     if len(parts) != 2 or not isinstance(parts[1], Message):
@@ -182,16 +196,84 @@ def _encrypted_payload(message: Message) -> bytes | None:
     return data if isinstance(data, bytes) else None
 
 
-def _pgp(
-    message: Message, raw: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt | None
-) -> Authenticated | Refused:
-    if message.get_content_type() != "multipart/encrypted":
-        return _signed_by(message, raw, pinned_key, verify)
-    payload = _encrypted_payload(message)
-    if payload is None or decrypt is None:
-        return Refused("the message is encrypted, but not as PGP/MIME the gateway can read")
+# ---------------------------------------------------------------- PGP/MIME as Microsoft Exchange rewrites it
+
+# RFC 3156's control part says "Version: 1"; some clients write "Version : 1", or leave off the line end.
+_VERSION_ONE = re.compile(rb"Version ?: ?1[ \t]*(?:\r?\n[ \t]*)*")
+_ARMOUR = re.compile(rb"\s*-----BEGIN PGP MESSAGE-----\r?\n.*\r?\n-----END PGP MESSAGE-----\s*", re.DOTALL)
+_REWRITTEN = "the message looks like PGP/MIME rewritten by Microsoft Exchange, but"
+
+
+def _decoded(part: Message) -> bytes:
+    body = part.get_payload(decode=True)
+    return body if isinstance(body, bytes) else b""
+
+
+def _exchange_rewritten(message: Message) -> bool:
+    """multipart/mixed carrying a PGP/MIME control or signature part: a PGP/MIME message someone rewrote."""
+    if message.get_content_type() != "multipart/mixed" or not message.is_multipart():
+        return False  # and get_payload() is never asked to decode text in a charset Python may choke on
+    parts = message.get_payload()
+    return isinstance(parts, list) and any(
+        isinstance(part, Message)
+        and part.get_content_type() in ("application/pgp-encrypted", "application/pgp-signature")
+        for part in parts
+    )
+
+
+def _exchange_parts(message: Message) -> tuple[Message, Message] | Refused:
+    """The control and data parts of a PGP/MIME encrypted message rewritten as multipart/mixed, if that is all."""
+    payload = message.get_payload()
+    parts = [part for part in payload if isinstance(part, Message)] if isinstance(payload, list) else []
+    if not parts or len(parts) != len(payload):
+        return Refused(f"{_REWRITTEN} its parts cannot be read")
+    kinds = [part.get_content_type() for part in parts]
+    if "application/pgp-signature" in kinds:
+        return Refused(
+            "the message carries an OpenPGP signature but is no longer multipart/signed: a server on the way "
+            "(such as Microsoft Exchange) rewrote it, and a rewritten message cannot be verified; "
+            "signing and encrypting to the gateway's key avoids this"
+        )
+    encrypted = ["application/pgp-encrypted", "application/octet-stream"]
+    if kinds == ["text/plain", *encrypted] and not _decoded(parts[0]).strip():
+        return parts[1], parts[2]
+    if kinds == encrypted:
+        return parts[0], parts[1]
+    return Refused(
+        f"{_REWRITTEN} its parts are {', '.join(kinds)}, not an empty text/plain (optional), "
+        "application/pgp-encrypted and application/octet-stream"
+    )
+
+
+def _exchange_payload(message: Message) -> bytes | Refused:
+    """The OpenPGP data of a multipart/encrypted message that Microsoft Exchange turned into multipart/mixed.
+
+    Exchange keeps the two RFC 3156 parts, in order, often re-encoded in base64, and may put an empty
+    text/plain part before them. Exactly that is repaired (as Thunderbird, Mutt and notmuch do), and nothing
+    else: the repaired message then goes through decryption and the pinned-key check like any other. A signed
+    message (multipart/signed) rewritten this way cannot be repaired: what was signed is gone.
+    """
+    parts = _exchange_parts(message)
+    if isinstance(parts, Refused):
+        return parts
+    control, data = parts
+    if not _VERSION_ONE.fullmatch(_decoded(control)):
+        return Refused(f"{_REWRITTEN} its application/pgp-encrypted part does not say Version: 1")
+    payload = _decoded(data)
+    if not _ARMOUR.fullmatch(payload) or payload.count(b"-----BEGIN PGP") != 1 or payload.count(b"-----END PGP") != 1:
+        return Refused(f"{_REWRITTEN} its application/octet-stream part is not one armoured OpenPGP message")
+    return payload
+
+
+# ---------------------------------------------------------------- the policy, continued
+
+
+def _opened(payload: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt) -> Authenticated | Refused:
+    """Decrypt with the gateway's key, then authenticate the signature inside (RFC 3156 6.1 or 6.2)."""
     try:
         opened = decrypt(payload)
+    except GpgLimitExceeded as exc:
+        return Refused(f"the message could not be decrypted: {exc}")
     except KeyProblem:
         return Refused("the message could not be decrypted with the gateway's key")
     inner = message_from_bytes(opened.data, policy=email_policy.default)
@@ -199,6 +281,23 @@ def _pgp(
         problem = _by_pinned_key(opened.signature, pinned_key)
         return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)
     return _signed_by(inner, opened.data, pinned_key, verify)  # signed, then encrypted (RFC 3156 6.1)
+
+
+def _pgp(
+    message: Message, raw: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt | None
+) -> Authenticated | Refused:
+    payload: bytes | Refused | None
+    if _exchange_rewritten(message):
+        payload = _exchange_payload(message)
+        if isinstance(payload, Refused):
+            return payload
+    elif message.get_content_type() == "multipart/encrypted":
+        payload = _encrypted_payload(message)
+    else:
+        return _signed_by(message, raw, pinned_key, verify)
+    if payload is None or decrypt is None:
+        return Refused("the message is encrypted, but not as PGP/MIME the gateway can read")
+    return _opened(payload, pinned_key, verify, decrypt)
 
 
 def authenticate(

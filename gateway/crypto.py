@@ -1,4 +1,8 @@
-"""python-gnupg at the edge: inspect, import, pin, export and generate OpenPGP keys."""
+"""python-gnupg at the edge: inspect, import, pin, export and generate OpenPGP keys.
+
+What comes from outside (decrypting and verifying incoming mail) runs gpg directly instead, bounded in the
+bytes it may produce and the time it may take: python-gnupg reads all of gpg's output into memory.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,17 @@ import asyncio
 import datetime as dt
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import gnupg
 
@@ -30,6 +36,135 @@ _GPG_CALLS = threading.BoundedSemaphore(4)
 
 class KeyProblem(GatewayError):
     """A key that cannot be used, or a keyring that cannot be opened."""
+
+
+class GpgLimitExceeded(KeyProblem):
+    """gpg was stopped: a message made it produce more than allowed, or take longer."""
+
+
+# What gpg may make of one incoming message. A message is at most 10 MB (the inbound limit), so 25 MB of
+# plaintext leaves room for base64 and ordinary compression; without a bound a compressed packet can turn a few
+# MB of mail into gigabytes (a decompression bomb), all of it read into memory.
+DECRYPT_MAX_BYTES = 25 * 1024 * 1024
+GPG_TIMEOUT_SECONDS = 30.0
+_MAX_STATUS_BYTES = 1024 * 1024  # a few status lines per key and signature: more is somebody's doing
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Finished:
+    output: bytes
+    status: str  # gpg's status lines (--status-fd), on a pipe of their own: its messages on stderr are dropped
+
+
+class _Pump:
+    """One running gpg and its four pipes: stdin fed, stdout, stderr and status read, all as they allow."""
+
+    def __init__(self, process: subprocess.Popen[bytes], status: int, data: bytes, max_output: int, what: str):
+        self.process = process
+        # Started with all three as PIPE, so none is None.
+        self.stdin = cast(IO[bytes], process.stdin)
+        self.stdout = cast(IO[bytes], process.stdout)
+        self.stderr = cast(IO[bytes], process.stderr)
+        self.status_fd = status
+        self.pending = memoryview(data)
+        self.max_output = max_output
+        self.what = what
+        self.output: list[bytes] = []
+        self.size = 0
+        self.status = bytearray()
+
+    def run(self, timeout: float) -> _Finished:
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.stdout.fileno(), selectors.EVENT_READ, self._output)
+            selector.register(self.stderr.fileno(), selectors.EVENT_READ, lambda chunk: None)  # drained
+            selector.register(self.status_fd, selectors.EVENT_READ, self._status)
+            if self.pending:
+                os.set_blocking(self.stdin.fileno(), False)
+                selector.register(self.stdin.fileno(), selectors.EVENT_WRITE, None)
+            else:
+                self.stdin.close()
+            reading = 3
+            while reading:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GpgLimitExceeded(f"gpg did not finish within {timeout:g} seconds")
+                for key, _ in selector.select(remaining):
+                    if key.data is None:
+                        self._feed(selector, key.fd)
+                        continue
+                    chunk = os.read(key.fd, _CHUNK)
+                    if chunk:
+                        key.data(chunk)
+                    else:
+                        selector.unregister(key.fd)
+                        reading -= 1
+        try:
+            self.process.wait(max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired:
+            raise GpgLimitExceeded(f"gpg did not finish within {timeout:g} seconds") from None
+        return _Finished(b"".join(self.output), self.status.decode("utf-8", "replace"))
+
+    def _feed(self, selector: selectors.BaseSelector, fd: int) -> None:
+        try:
+            self.pending = self.pending[os.write(fd, self.pending[:_CHUNK]) :]
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # gpg stopped reading; its status says why
+            self.pending = self.pending[:0]
+        if not self.pending:
+            selector.unregister(fd)
+            self.stdin.close()
+
+    def _output(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_output:
+            raise GpgLimitExceeded(f"{self.what} is larger than {self.max_output} bytes")
+        self.output.append(chunk)
+
+    def _status(self, chunk: bytes) -> None:
+        self.status += chunk
+        if len(self.status) > _MAX_STATUS_BYTES:
+            raise GpgLimitExceeded(f"gpg reported more than {_MAX_STATUS_BYTES} bytes of status")
+
+    def close(self) -> None:
+        """Kill gpg if it still runs, reap it, close every pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            with suppress(OSError):
+                stream.close()
+        os.close(self.status_fd)
+
+
+def _run_bounded(command: list[str], data: bytes, *, max_output: int, timeout: float, what: str) -> _Finished:
+    """Run gpg on `data` (its stdin), reading its output, status and messages as they come.
+
+    gpg is killed and GpgLimitExceeded raised once its output passes `max_output` bytes (`what` names that
+    output in the error), its status passes _MAX_STATUS_BYTES, or it has run `timeout` seconds. Every pipe is
+    drained all along, so gpg never blocks on a full one, and the process is always reaped.
+    """
+    status_read, status_write = os.pipe()
+    try:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [command[0], "--status-fd", str(status_write), *command[1:]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(status_write,),
+        )
+    except OSError as exc:
+        os.close(status_read)
+        raise KeyProblem(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+    finally:
+        os.close(status_write)
+    pump = _Pump(process, status_read, data, max_output, what)
+    try:
+        return pump.run(timeout)
+    finally:
+        pump.close()
 
 
 @dataclass(frozen=True)
@@ -206,13 +341,32 @@ class Keyring:
             raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {reason.strip()[-200:]}")
         return bytes(result.data)
 
-    def verify_detached(self, data: bytes, signature: bytes) -> SignatureStatus:
-        """Check a detached signature over exactly these bytes."""
+    def _gpg_command(self, *args: str) -> list[str]:
+        # No passphrase ever: the gateway's key has none, and --batch with loopback never prompts.
+        return [self.binary, "--homedir", str(self.home), "--batch", "--no-tty", "--pinentry-mode", "loopback", *args]
+
+    def verify_detached(
+        self, data: bytes, signature: bytes, *, timeout: float = GPG_TIMEOUT_SECONDS
+    ) -> SignatureStatus:
+        """Check a detached signature over exactly these bytes.
+
+        gpg writes nothing but its status here, and that is bounded like decryption's output: a signature part
+        made of a flood of signatures, or of a compressed packet, is stopped and reported as not good.
+        """
         with tempfile.NamedTemporaryFile(prefix="gateway-sig-", suffix=".asc") as sig:
             sig.write(signature)
             sig.flush()
-            result = self._gpg.verify_data(sig.name, data)
-        return signature_status(result.stderr or "")
+            try:
+                finished = _run_bounded(
+                    self._gpg_command("--verify", sig.name, "-"),
+                    data,
+                    max_output=_MAX_STATUS_BYTES,
+                    timeout=timeout,
+                    what="gpg's output for a signature check",
+                )
+            except GpgLimitExceeded as exc:
+                return SignatureStatus(False, None, None, f"the signature could not be checked: {exc}")
+        return signature_status(finished.status)
 
     def sign_detached(self, data: bytes, signer: str) -> bytes:
         """An armoured detached signature over exactly these bytes (what a PGP/MIME client makes)."""
@@ -221,13 +375,30 @@ class Keyring:
             raise KeyProblem(f"gpg could not sign with {signer}")
         return bytes(result.data)
 
-    def decrypt(self, data: bytes) -> Decrypted:
-        """Decrypt with a secret key in this home; the signature inside, if any, is checked from gpg's status."""
-        result = self._gpg.decrypt(data, passphrase=None, always_trust=True)
-        status = result.stderr or ""
-        if "[GNUPG:] DECRYPTION_OKAY" not in status:
+    def decrypt(
+        self, data: bytes, *, max_bytes: int = DECRYPT_MAX_BYTES, timeout: float = GPG_TIMEOUT_SECONDS
+    ) -> Decrypted:
+        """Decrypt with a secret key in this home; the signature inside, if any, is checked from gpg's status.
+
+        Bounded: once the plaintext passes `max_bytes`, or gpg has run `timeout` seconds, gpg is killed and
+        GpgLimitExceeded (a KeyProblem) raised; nothing is returned truncated. (gpg's own --max-output is no
+        substitute: gpg 2.2 cuts the plaintext short yet still reports DECRYPTION_OKAY and exits 0.)
+        """
+        finished = _run_bounded(
+            self._gpg_command("--trust-model", "always", "--decrypt"),
+            data,
+            max_output=max_bytes,
+            timeout=timeout,
+            what="the decrypted message",
+        )
+        keywords = {
+            line.split()[1]
+            for line in finished.status.splitlines()
+            if line.startswith("[GNUPG:] ") and len(line.split()) > 1
+        }
+        if "DECRYPTION_OKAY" not in keywords or "DECRYPTION_FAILED" in keywords:
             raise KeyProblem("the message could not be decrypted with the keys in this home")
-        return Decrypted(bytes(result.data), signature_status(status))
+        return Decrypted(finished.output, signature_status(finished.status))
 
     def generate(self, name: str, address: str, expire: str) -> str:
         """Ed25519 to sign, a Cv25519 subkey to encrypt, no passphrase (see the README's security model)."""

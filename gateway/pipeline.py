@@ -139,7 +139,7 @@ class Outcome:
 
 async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     """One raw message through the whole path. Safe to repeat: the same bytes are recorded only once."""
-    arrival = arrive(raw, source, ctx.clock())
+    arrival = arrive(raw, source, ctx.clock(), ctx.config.limits.max_header_bytes)
     seen = await previously(ctx, arrival)  # a message already decided is never decided again
     if seen is not None:
         return seen
@@ -153,15 +153,23 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     return await record(ctx, arrival, decision)
 
 
-def arrive(raw: bytes, source: str, now: dt.datetime) -> Arrival:
-    # The headers only: the body is parsed once, in decide(), and its failures are dealt with there.
+def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
+    # Only the header block, and no more of it than the limit: the body is parsed once, in decide(), after the
+    # checks on size, and its failures are dealt with there.
+    end = re.search(rb"\r?\n\r?\n", raw[: header_limit + 4])
+    head = raw[: end.start() if end else min(len(raw), header_limit)]
     message_id = None
     try:
-        header = BytesHeaderParser(policy=policy.default).parsebytes(raw).get("Message-ID")
-        message_id = str(header).strip()[:998] if header else None
+        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID")
+        message_id = storable(str(header).strip())[:998] if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
     return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
+
+
+def storable(text: str) -> str:
+    """Attacker text a database can keep: no NUL (PostgreSQL refuses it), no other control characters."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
@@ -182,6 +190,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     message = message_from_bytes(arrival.raw, policy=policy.default)
     if not isinstance(message, EmailMessage):
         return Decision(QUARANTINED, "the message could not be parsed")
+    unreadable = unreadable_headers(message)  # the parser itself fails on some (From: x <a@)
+    if unreadable is not None:
+        return alert(ctx, arrival, Decision(QUARANTINED, unreadable))
     automatic = automatic_mail(message)  # RFC 3834: never answer a machine
     if automatic is not None:
         return Decision(REJECTED, f"automatic mail is never answered ({automatic})")
@@ -445,6 +456,19 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
                 .limit(1)
             )
         ).scalar()
+
+
+def unreadable_headers(message: EmailMessage) -> str | None:
+    """Why the headers the gateway reads cannot even be parsed, if they cannot."""
+    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Message-ID", "Auto-Submitted", "Return-Path",
+                 "Precedence", "Authentication-Results", "Content-Type"):  # fmt: skip
+        try:
+            for value in message.get_all(name) or []:
+                str(value)
+                getattr(value, "addresses", None)
+        except Exception as exc:  # the parser's own bugs: IndexError, ValueError, ...
+            return f"the {name} header cannot be parsed ({type(exc).__name__})"
+    return None
 
 
 def automatic_mail(message: EmailMessage) -> str | None:  # noqa: PLR0911 - one return per sign of a machine
@@ -792,7 +816,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             sender=decision.sender,
             authority_id=decision.authority.id if decision.authority else None,
             outcome=decision.outcome,
-            reason=decision.reason,
+            reason=storable(decision.reason),
             reference=decision.reference,
             size=len(arrival.raw),
         )

@@ -248,7 +248,7 @@ def test_oversized_mail_is_quarantined_unparsed(live: Gateway, keys: AuthorityKe
     many = unsigned(parts, "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(1000)) + "--b--\r\n")
     outcome = process(live, many, "many.eml")
     assert outcome["kind"] == "quarantined"
-    assert "MIME parts, over the limit of 200" in str(outcome["reason"])
+    assert "more than 200 MIME parts: not parsed" in str(outcome["reason"])
     assert sent(live)[("disclosure", POLICE_ADDRESS)] == 0
 
 

@@ -26,9 +26,10 @@ from gateway.pipeline import Outcome
 
 log = logging.getLogger("gateway.mailbox")
 
-# Long enough for any one message (gpg calls are bounded well below it), short enough that a gateway that
-# died holding a claim delays that message by no more than this.
-CLAIM_LEASE = dt.timedelta(seconds=60)
+# Long enough for any one message (each gpg call is bounded at 30 s), short enough that a gateway that died
+# holding a claim delays that message by no more than this. Should it run out mid-message, the other gateway
+# only repeats the work: the message is recorded once, by its SHA-256, under the write lock.
+CLAIM_LEASE = dt.timedelta(seconds=30)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
 

@@ -19,6 +19,7 @@ from gateway.db.engine import Database
 from gateway.db.models import OutboxMessage
 
 SENDER_ACTOR = "gateway"
+SEND_TIMEOUT = 15  # seconds for each SMTP step; one message at a time is claimed for less than its lease
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class RetryPolicy:
     first_wait: dt.timedelta = dt.timedelta(minutes=1)
     longest_wait: dt.timedelta = dt.timedelta(hours=1)
     # A claimed message is not picked up again for this long: a sender that died mid-send is retried after it.
-    lease: dt.timedelta = dt.timedelta(minutes=10)
+    # Messages are claimed one at a time, so it need only outlast one send (SEND_TIMEOUT).
+    lease: dt.timedelta = dt.timedelta(seconds=60)
 
     def wait(self, attempts: int) -> dt.timedelta:
         doublings = min(max(attempts - 1, 0), 20)  # capped: the wait tops out long before 2**20 anyway
@@ -64,7 +66,7 @@ def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = 
                 start_tls=settings.tls == "starttls",
                 validate_certs=True,
                 tls_context=tls_context,
-                timeout=60,
+                timeout=SEND_TIMEOUT,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [refusal.code for refusal in exc.recipients]
@@ -155,7 +157,12 @@ async def deliver_due(
     """Send what is due once; returns counts of sent, retrying and failed messages."""
     rules = retry or RetryPolicy()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
-    for claimed in await _claim(db, now, rules.lease, limit):
+    for _ in range(limit):
+        # One at a time: a sender that dies holds back one message for one lease, not a batch.
+        batch = await _claim(db, now, rules.lease, 1)
+        if not batch:
+            break
+        claimed = batch[0]
         result = await transport(claimed)
         async with db.transaction() as session:
             row = await session.get(OutboxMessage, claimed.id)

@@ -92,6 +92,7 @@ class SmtpSettings:
     username: str | None
     password: Secret | None
     tls: SmtpTls
+    retry_seconds: int = 60  # the first wait after a failed delivery; it doubles, up to an hour
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,7 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         username=username,
         password=password,
         tls=tls,
+        retry_seconds=section.integer("retry_seconds", 60, 1, 3600),
     )
     section.finish()
     return settings

@@ -25,7 +25,7 @@ from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
 from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
-from gateway.outbox import deliver_due, smtp_transport
+from gateway.outbox import RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import Context, Outcome, process
 from gateway.schedule import run_due
 
@@ -150,8 +150,9 @@ class Services:
         while not self.stop.is_set():
             with _survive("outbox"):
                 counts = await deliver_due(
-                    self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
-                )
+                    self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC),
+                    retry=RetryPolicy(first_wait=dt.timedelta(seconds=smtp.retry_seconds)),
+                )  # fmt: skip
                 if any(counts.values()):
                     log.info("outbox", **counts)
             await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)

@@ -60,17 +60,6 @@ class Folders:
         return {"rejected": self.rejected, "quarantined": self.quarantine}.get(settled_as, self.processed)
 
 
-async def _timed(call: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
-    return await asyncio.wait_for(call, timeout)
-
-
-async def _ok(call: Awaitable[Any], what: str) -> Any:
-    response = await _timed(call)
-    if response.result != "OK":
-        raise MailboxError(f"{what}: {response.result} {_text(response.lines)[:200]}")
-    return response
-
-
 def _text(lines: list[Any]) -> str:
     return " ".join(bytes(line).decode("utf-8", "replace") for line in lines if isinstance(line, bytes | bytearray))
 
@@ -98,6 +87,28 @@ class Watcher:
         self.owner = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.connected = asyncio.Event()  # set while logged in and selected, for tests and health checks
         self._lost = asyncio.Event()
+
+    async def _timed(self, call: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
+        """A command's answer, or MailboxError as soon as the link drops: aioimaplib may never fail a command
+        whose connection has gone, and waiting out the timeout would hold the mailbox up for a minute."""
+        command = asyncio.ensure_future(call)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({command, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if command in done:
+            return command.result()
+        command.cancel()
+        if lost in done:
+            raise MailboxError("the server closed the connection")
+        raise TimeoutError
+
+    async def _ok(self, call: Awaitable[Any], what: str) -> Any:
+        response = await self._timed(call)
+        if response.result != "OK":
+            raise MailboxError(f"{what}: {response.result} {_text(response.lines)[:200]}")
+        return response
 
     async def run(self) -> None:
         backoff = 1.0
@@ -134,8 +145,8 @@ class Watcher:
         # instead of finding out when an IDLE or a command times out.
         self._lost = asyncio.Event()
         client.protocol.conn_lost_cb = lambda _exc: self._lost.set()
-        await _timed(client.wait_hello_from_server())
-        await _ok(client.login(settings.username, settings.password.value), "LOGIN")
+        await self._timed(client.wait_hello_from_server())
+        await self._ok(client.login(settings.username, settings.password.value), "LOGIN")
         return client
 
     async def _session(self) -> None:
@@ -143,7 +154,7 @@ class Watcher:
         try:
             for folder in (self.folders.processed, self.folders.rejected, self.folders.quarantine):
                 # NO means it exists already; anything worse shows up when a message is moved there.
-                await _timed(client.create(folder))
+                await self._timed(client.create(folder))
             uidvalidity = await self._select(client)
             self.connected.set()
             while not self._stop.is_set():
@@ -153,10 +164,10 @@ class Watcher:
             self.connected.clear()
             # If the link is already gone there is nothing to log out of.
             with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout):
-                await _timed(client.logout(), 5)
+                await self._timed(client.logout(), 5)
 
     async def _select(self, client: aioimaplib.IMAP4) -> int:
-        response = await _ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
+        response = await self._ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
         match = re.search(r"UIDVALIDITY (\d+)", _text(response.lines))
         if match is None:
             raise MailboxError("the server reported no UIDVALIDITY")
@@ -170,7 +181,7 @@ class Watcher:
             if self._lost.is_set():
                 raise MailboxError("the server closed the connection")
             return
-        idle = await _timed(client.idle_start(timeout=self._settings.idle_seconds + COMMAND_TIMEOUT))
+        idle = await self._timed(client.idle_start(timeout=self._settings.idle_seconds + COMMAND_TIMEOUT))
         push = asyncio.ensure_future(client.wait_server_push(timeout=self._settings.idle_seconds))
         stopping = asyncio.ensure_future(self._stop.wait())
         lost = asyncio.ensure_future(self._lost.wait())
@@ -189,7 +200,7 @@ class Watcher:
 
     async def catch_up(self, client: aioimaplib.IMAP4, uidvalidity: int) -> None:
         """Every message in the folder now, oldest first: processed unless already, then moved to its folder."""
-        response = await _ok(client.uid_search("ALL"), "UID SEARCH")
+        response = await self._ok(client.uid_search("ALL"), "UID SEARCH")
         uids = sorted(int(word) for word in _text(response.lines).split() if word.isdigit())
         for uid in uids:
             if self._stop.is_set():
@@ -205,7 +216,7 @@ class Watcher:
             settled_as, inbound_id = progress
             if settled_as == "quarantined" and inbound_id is not None:
                 # Labelled with its record, so a release or discard later finds it in the Quarantine folder.
-                await _ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
+                await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
             await self._move(client, uid, self.folders.for_outcome(settled_as))
             await self._moved(uidvalidity, uid)
         await self.settle_quarantine(client)
@@ -228,12 +239,12 @@ class Watcher:
             ).all()
         if not rows:
             return  # the usual case: no IMAP work at all
-        await _ok(client.select(self.folders.quarantine), f"SELECT {self.folders.quarantine}")
+        await self._ok(client.select(self.folders.quarantine), f"SELECT {self.folders.quarantine}")
         try:
             for progress, status, outcome in rows:
                 # A discarded message goes where unanswered mail goes; a released one where its new outcome does.
                 settled = "rejected" if status == "discarded" else outcome
-                found = await _ok(client.uid_search(f"KEYWORD {label(progress.inbound_id or 0)}"), "UID SEARCH")
+                found = await self._ok(client.uid_search(f"KEYWORD {label(progress.inbound_id or 0)}"), "UID SEARCH")
                 for uid in (word for word in _text(found.lines).split() if word.isdigit()):
                     await self._move(client, int(uid), self.folders.for_outcome(settled))
                 async with self._db.transaction() as session:
@@ -241,11 +252,11 @@ class Watcher:
                     if row is not None:
                         row.settled_as = settled
         finally:
-            await _ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
+            await self._ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
 
     async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> bytes:
         # BODY.PEEK leaves \\Seen alone: flags are the mailbox owner's, progress is ours (in the database).
-        response = await _ok(client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
+        response = await self._ok(client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
         literals = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
         if not literals:
             raise MailboxError(f"UID FETCH {uid} returned no message")
@@ -253,14 +264,14 @@ class Watcher:
 
     async def _move(self, client: aioimaplib.IMAP4, uid: int, folder: str) -> None:
         if client.has_capability("MOVE"):
-            await _ok(client.uid("move", str(uid), folder), f"UID MOVE {uid}")
+            await self._ok(client.uid("move", str(uid), folder), f"UID MOVE {uid}")
             return
-        await _ok(client.uid("copy", str(uid), folder), f"UID COPY {uid}")
-        await _ok(client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)"), f"UID STORE {uid}")
+        await self._ok(client.uid("copy", str(uid), folder), f"UID COPY {uid}")
+        await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)"), f"UID STORE {uid}")
         if client.has_capability("UIDPLUS"):
-            await _ok(client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
+            await self._ok(client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
         else:
-            await _ok(client.expunge(), "EXPUNGE")
+            await self._ok(client.expunge(), "EXPUNGE")
 
     async def _settled(self, uidvalidity: int, uid: int) -> tuple[str, int | None] | None:
         async with self._db.transaction(write=False) as session:

@@ -27,7 +27,6 @@ __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
 
 BURST = 200
 KILLS = 6
-DRAINS: list[asyncio.Task[bytes]] = []
 
 
 def answers(relay: Relay) -> dict[str, set[str]]:
@@ -49,16 +48,24 @@ async def until(check: object, timeout: float) -> None:
 
 
 async def started(gateway: Gateway) -> asyncio.subprocess.Process:
-    """A daemon, once it says it has started (so a kill lands while it works, not while Python imports)."""
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(gateway.config_path), "run",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert daemon.stderr is not None
-    while line := await asyncio.wait_for(daemon.stderr.readline(), 30):
-        if json.loads(line).get("event") == "started":
-            break
-    DRAINS.append(asyncio.create_task(daemon.stderr.read()))  # keep draining, or a full pipe would stall it
+    """A daemon, once it says it has started (so a kill lands while it works, not while Python imports).
+
+    Its log goes to daemon.log in the gateway's directory, for a person to read when a test fails.
+    """
+    log = gateway.directory / "daemon.log"
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as sink:
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "--config", str(gateway.config_path), "run",
+            stdout=asyncio.subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+
+    def said_started() -> bool:
+        with log.open("rb") as text:
+            text.seek(offset)
+            return any(b'"event": "started"' in line for line in text)
+
+    await until(said_started, 30)
     return daemon
 
 

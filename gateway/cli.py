@@ -575,7 +575,7 @@ async def cmd_process(args: argparse.Namespace) -> int:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    configure_logs(args.log_level)
+    configure_logs(args.log_level)  # the daemon's own level; other commands log warnings and worse only
     await daemon.run(config)
     return 0
 
@@ -1134,6 +1134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    configure_logs("warning")  # JSON on stderr, never mixed into a command's output on stdout
     try:
         args.actor = _actor(args.actor) if hasattr(args, "actor") else audit.default_actor()
         return asyncio.run(handler(args))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, make_msgid
 from importlib import resources
 from pathlib import Path
@@ -15,12 +19,79 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from gateway.addresses import normalise_address
 from gateway.extracts import ExtractFile
 
 # The shipped templates (templates/ in a checkout, installed as gateway.templates); a configured directory
 # may override single templates.
 DEFAULT_TEMPLATES = Path(str(resources.files("gateway.templates")))
 SIGNED_POLICY = policy.SMTP  # CRLF everywhere: what gets encrypted must be what a client will read back
+
+# ---------------------------------------------------------------- what may go into a header or a file name
+#
+# Python's email package refuses CR and LF in a header value, but decodes an RFC 2047 encoded word in it
+# ("=?utf-8?q?=0D=0ABcc:...?=") and then writes the decoded line break out as it is (before Python 3.11.10 and
+# 3.12.5): a header injection. It also turns a long Message-ID into encoded words, which no client threads on.
+# So every header and file name the gateway writes goes through one of these first.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls (CR, LF, NUL...), format marks, separators
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_MSG_ID = re.compile(rf"<[{_ATEXT}.]+@(?:[{_ATEXT}.]+|\[[!-Z^-~]*\])>")  # RFC 5322 3.6.4, no obsolete forms
+MAX_MSG_ID = 250  # real ones are under 100; a longer one is not worth a line
+MAX_REFERENCES = 10  # the thread's first message and the latest ones (RFC 5322 3.6.4 allows trimming)
+MAX_FILE_NAME = 120
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def header_text(value: str) -> str:
+    """Text safe as an unstructured header (Subject): one line, no control character, no encoded word to decode.
+
+    Non-ASCII and long text are fine: the email package encodes (RFC 2047) and folds them on output.
+    """
+    visible = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in value)
+    # "=?" is how every encoded word starts; a space between them leaves the text readable and inert.
+    return " ".join(visible.split()).replace("=?", "= ?")
+
+
+def message_ids(values: Iterable[str], keep: int = MAX_REFERENCES) -> tuple[str, ...]:
+    """The well-formed msg-ids among `values` (each split at whitespace), once each: the first and the latest,
+    `keep` in all. Anything else a request's Message-ID or References held is dropped, never copied."""
+    found: dict[str, None] = {}
+    for value in values:
+        for token in value.split():
+            if len(token) <= MAX_MSG_ID and _MSG_ID.fullmatch(token) and "=?" not in token:
+                found.setdefault(token)
+    ids = tuple(found)
+    return ids if len(ids) <= keep else (ids[0], *ids[len(ids) - keep + 1 :])
+
+
+def attachment_name(name: str) -> str:
+    """A file name any mail client and file system takes as it is: ASCII letters, digits, space, dot, hyphen and
+    underscore, no path, no leading dot or hyphen, at most MAX_FILE_NAME characters with its extension kept."""
+    cleaned = re.sub(r"\.{2,}", ".", _UNSAFE_IN_NAME.sub("_", name)).strip(" ._-") or "attachment"
+    if len(cleaned) > MAX_FILE_NAME:
+        _stem, dot, extension = cleaned.rpartition(".")
+        suffix = f".{extension}" if dot and len(extension) <= 10 else ""
+        cleaned = cleaned[: MAX_FILE_NAME - len(suffix)].rstrip(" ._-") + suffix
+    return cleaned
+
+
+class _MessageIdsHeader(UnstructuredHeader, BaseHeader):
+    """In-Reply-To and References: msg-ids, folded between ids only (never cut into encoded words)."""
+
+    def fold(self, *, policy: Policy) -> str:
+        limit = policy.max_line_length or 78
+        lines = [f"{self.name}:"]
+        for ident in str(self).split():
+            if len(lines[-1]) + 1 + len(ident) > limit and lines[-1] != f"{self.name}:":
+                lines.append("")
+            lines[-1] += f" {ident}"
+        return policy.linesep.join(lines) + policy.linesep
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("in-reply-to", _MessageIdsHeader)
+_HEADERS.map_to_type("references", _MessageIdsHeader)
+OUTER_POLICY = SIGNED_POLICY.clone(header_factory=_HEADERS)
 
 
 @dataclass(frozen=True)
@@ -35,6 +106,16 @@ class Envelope:
     auto_submitted: str = "auto-replied"  # RFC 3834: "auto-generated" for scheduled mail
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Addresses are the allowlist's and the settings' plain addr-specs; anything else is a bug to stop at.
+        for address in (self.sender, self.recipient):
+            try:
+                plain = normalise_address(address) == address
+            except ValueError:
+                plain = False
+            if not plain:
+                raise ValueError(f"{address[:100]!r} is not a plain email address: no mail is built to or from it")
 
 
 def new_reference(now: dt.datetime | None = None) -> str:
@@ -64,12 +145,17 @@ def inner_message(envelope: Envelope, text: str, attachments: Sequence[ExtractFi
     message = EmailMessage(policy=SIGNED_POLICY)
     message["From"] = envelope.sender
     message["To"] = envelope.recipient
-    message["Subject"] = envelope.subject
+    message["Subject"] = header_text(envelope.subject)
     # Quoted-printable keeps the signed text 7-bit and byte-exact through any relay.
     message.set_content(text, cte="quoted-printable")
     for attachment in attachments:
         message.add_attachment(
-            attachment.content, maintype="text", subtype="csv", filename=attachment.name, cte="base64"
+            attachment.content,
+            maintype="text",
+            subtype="csv",
+            filename=attachment_name(attachment.name),
+            cte="base64",
+            params={"charset": "utf-8"},  # text/* is US-ASCII unless it says otherwise (RFC 2046)
         )
     message.set_param("protected-headers", "v1")
     return message
@@ -79,18 +165,22 @@ def outer_message(
     envelope: Envelope, encrypted: bytes, *, now: dt.datetime | None = None, domain: str | None = None
 ) -> EmailMessage:
     """The PGP/MIME envelope (RFC 3156): nothing but the marking and the reference is readable on the wire."""
-    message = EmailMessage(policy=SIGNED_POLICY)
+    message = EmailMessage(policy=OUTER_POLICY)
+    marking = header_text(envelope.marking).replace('"', "").replace("\\", "")  # inside a quoted-string
     message["From"] = envelope.sender
     message["To"] = envelope.recipient
-    message["Subject"] = f"[{envelope.marking}] {envelope.reference}"
+    message["Subject"] = header_text(f"[{marking}] {envelope.reference}")
     message["Date"] = format_datetime((now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
     message["Message-ID"] = make_msgid(domain=domain or envelope.sender.rpartition("@")[2])
-    if envelope.in_reply_to:
-        message["In-Reply-To"] = envelope.in_reply_to
-    if envelope.references:
-        message["References"] = " ".join(envelope.references)
-    message["Auto-Submitted"] = envelope.auto_submitted
-    message["SIO-Label"] = f'marking="{envelope.marking}"'  # RFC 7444 display marking
+    # Copied from the request: only what is a well-formed msg-id, so that nothing else reaches the headers.
+    replying_to = message_ids([envelope.in_reply_to or ""], keep=1)
+    if replying_to:
+        message["In-Reply-To"] = replying_to[0]
+    earlier = message_ids(envelope.references)
+    if earlier:
+        message["References"] = " ".join(earlier)
+    message["Auto-Submitted"] = header_text(envelope.auto_submitted)
+    message["SIO-Label"] = f'marking="{marking}"'  # RFC 7444 display marking
     message["MIME-Version"] = "1.0"
     message["Content-Type"] = 'multipart/encrypted; protocol="application/pgp-encrypted"'
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,10 @@ from gateway.register import HOME_COLUMNS
 HOME_EXTRACT_COLUMNS: tuple[str, ...] = tuple(c for c in HOME_COLUMNS if c not in ("status", "provider_type"))
 ENFORCEMENT_EXTRACT_COLUMNS: tuple[str, ...] = ("urn", "date", "nature")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+_FORMULA_SIGNS = frozenset("=+-@")
+# What spreadsheets may skip before they look for a formula sign: spaces of any kind, invisible characters, quotes.
+_SKIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_QUOTES = frozenset("\"'")
 
 
 class HomeLike(Protocol):
@@ -104,9 +109,25 @@ class Extract:
         return digest.hexdigest()
 
 
+def _first_sign(value: str) -> str:
+    """The first character a spreadsheet could read as the start of a formula once it has trimmed spaces,
+    invisible characters and quotes, in its plain form (NFKC): full-width and small forms of = + - @ count too."""
+    for ch in value:
+        plain = unicodedata.normalize("NFKC", ch)
+        if ch.isspace() or unicodedata.category(ch) in _SKIPPED_CATEGORIES or plain in _QUOTES:
+            continue
+        return plain[:1]
+    return ""
+
+
 def defuse(value: str) -> str:
-    """A spreadsheet runs a cell that starts like a formula; a leading quote makes it plain text (+44 too)."""
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    """A spreadsheet runs a cell that starts like a formula; a leading quote makes it plain text (+44 too).
+
+    Also when the sign hides behind spaces, invisible characters or quotes (some spreadsheets trim them before
+    they look), or comes in a full-width form (some fold those to ASCII).
+    """
+    risky = value.startswith(_FORMULA_STARTS) or _first_sign(value) in _FORMULA_SIGNS
+    return "'" + value if risky else value
 
 
 def _csv(marking: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:

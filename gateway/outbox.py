@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 import aiosmtplib
 from sqlalchemy import select
@@ -121,9 +122,12 @@ async def _claim(db: Database, now: dt.datetime, lease: dt.timedelta, limit: int
 
 
 def _failure_alert(row: OutboxMessage, error: str, admin: str) -> OutboxMessage:
+    message_id = f"<outbox-{row.id}-failed@{row.sender.rpartition('@')[2]}>"
     note = EmailMessage(policy=policy.SMTP)
     note["From"] = row.sender
     note["To"] = admin
+    note["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+    note["Message-ID"] = message_id
     note["Subject"] = f"Register gateway alert: outgoing message {row.id} could not be delivered"
     note["Auto-Submitted"] = "auto-generated"
     note.set_content(
@@ -136,7 +140,7 @@ def _failure_alert(row: OutboxMessage, error: str, admin: str) -> OutboxMessage:
         inbound_id=row.inbound_id,
         sender=row.sender,
         recipient=admin,
-        message_id=f"<outbox-{row.id}-failed@{row.sender.rpartition('@')[2]}>",
+        message_id=message_id,
         content=note.as_bytes(),
         status="pending",
         attempts=0,

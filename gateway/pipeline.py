@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from email.utils import make_msgid
+from email.utils import format_datetime, make_msgid
 from typing import Any
 
 import structlog
@@ -24,7 +24,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
 from gateway.authenticate import Refused, authenticate, sender_of
-from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
+from gateway.compose import Envelope, Templates, header_text, inner_message, new_reference, outer_message
 from gateway.config import Config
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database
@@ -460,8 +460,9 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
 
 def unreadable_headers(message: EmailMessage) -> str | None:
     """Why the headers the gateway reads cannot even be parsed, if they cannot."""
-    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Message-ID", "Auto-Submitted", "Return-Path",
-                 "Precedence", "Authentication-Results", "Content-Type"):  # fmt: skip
+    # Message-ID and References are read defensively where they are used: a request is not refused for them.
+    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Auto-Submitted", "Return-Path", "Precedence",
+                 "Authentication-Results", "Content-Type"):  # fmt: skip
         try:
             for value in message.get_all(name) or []:
                 str(value)
@@ -506,9 +507,17 @@ async def find_authority(ctx: Context, address: str) -> Authority | None:
         ).scalar()
 
 
+def _header(message: EmailMessage, name: str) -> str:
+    """A header's text, or nothing when Python's parser cannot read it ('Message-ID: <' raises IndexError)."""
+    try:
+        return str(message.get(name, ""))
+    except Exception:
+        return ""
+
+
 def _reply_envelope(ctx: Context, message: EmailMessage, recipient: str, reference: str, subject: str) -> Envelope:
-    original = str(message.get("Message-ID", "")).strip() or None
-    earlier = tuple(str(message.get("References", "")).split())
+    original = _header(message, "Message-ID").strip() or None
+    earlier = tuple(_header(message, "References").split())
     return Envelope(
         sender=ctx.config.gateway.address,
         recipient=recipient,
@@ -676,7 +685,8 @@ def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
     note = EmailMessage(policy=policy.SMTP)
     note["From"] = ctx.config.gateway.address
     note["To"] = ctx.config.gateway.admin_address
-    note["Subject"] = subject
+    note["Date"] = format_datetime(ctx.clock())
+    note["Subject"] = header_text(subject)  # it can name an authority, whose name an admin typed
     note["Auto-Submitted"] = "auto-generated"
     note["Message-ID"] = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
     note.set_content(text)

@@ -69,5 +69,7 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter at INFO would log SQL parameters and IMAP lines; only their warnings are wanted.
-    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "gnupg", "mail.log", "apscheduler"):
+    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-gnupg warns of every non-zero gpg exit, which the gateway reads and reports itself.
+    logging.getLogger("gnupg").setLevel(logging.ERROR)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -314,3 +315,21 @@ def gateway(fresh_gateway: Gateway) -> Gateway:
     fresh_gateway.signing_key = out.split('signing_key = "')[1].split('"')[0]
     fresh_gateway.write_config()
     return fresh_gateway
+
+
+# ---------------------------------------------------------------- the fuzzer's report
+
+_FUZZ_LINES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """The fuzzer's counts travel as a user property, so they reach this process from xdist workers too."""
+    if report.when == "call":
+        _FUZZ_LINES.extend(str(value) for key, value in report.user_properties if key == "fuzz_summary")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FUZZ_LINES:
+        terminalreporter.write_sep("-", "hostile-mail fuzzer")
+        for line in _FUZZ_LINES:
+            terminalreporter.write_line(line)

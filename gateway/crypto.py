@@ -271,6 +271,21 @@ def kill_agent(home: Path) -> None:
         )
 
 
+SOCKET_PATH_MAX = 107  # a Unix socket's path must fit in 108 bytes, its terminating NUL included
+
+
+def _check_socket_room(home: Path) -> None:
+    """gpg-agent puts its sockets in the home unless /run/user/UID exists; a long home path then breaks it
+    with nothing clearer than "can't connect to the agent"."""
+    longest = home.absolute() / "S.gpg-agent.browser"
+    if len(str(longest).encode()) > SOCKET_PATH_MAX and not Path(f"/run/user/{os.getuid()}").is_dir():
+        raise KeyProblem(
+            f"the GnuPG home {home} is too long a path for gpg-agent's sockets "
+            f"({len(str(longest).encode())} bytes with the socket's name, at most {SOCKET_PATH_MAX}): "
+            "use a shorter path"
+        )
+
+
 class Keyring:
     """One GnuPG home. Keys are always named by full fingerprint, never looked up by user ID."""
 
@@ -279,6 +294,7 @@ class Keyring:
         self.binary = binary
         if shutil.which(binary) is None:
             raise KeyProblem(f"{binary} not found: install GnuPG (Debian: apt-get install gnupg)")
+        _check_socket_room(home)
         try:
             self._gpg = gnupg.GPG(gpgbinary=binary, gnupghome=str(home))
         except (OSError, ValueError) as exc:

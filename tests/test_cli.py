@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,9 +154,20 @@ def test_areas_lists_the_reference_data(capsys: pytest.CaptureFixture[str]) -> N
     assert "Shropshire" in areas["West Mercia"]
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: gpg-agent's sockets live in GnuPG homes under it."""
+    directory = Path(tempfile.mkdtemp(prefix="gw-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    short_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    tmp_path = short_tmp
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "$ gateway authority add" in out
@@ -222,3 +235,15 @@ def test_a_gnupg_home_others_can_read_stops_every_command_that_uses_it(gateway: 
     )
     gateway.gnupg_home.chmod(0o700)
     assert "BEGIN PGP PUBLIC KEY BLOCK" in gateway.ok("key", "export")
+
+
+def test_a_gnupg_home_too_long_for_the_agents_sockets_is_named(gateway: Gateway, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True, mode=0o700)
+    gateway.write_config()
+    config = gateway.config_path.read_text().replace('home = "gnupg"', f'home = "{deep}"')
+    gateway.config_path.write_text(config)
+    result = gateway.run("key", "export")
+    assert result.code == 1
+    assert "is too long a path for gpg-agent's sockets" in result.err
+    assert result.err.strip().endswith("use a shorter path")

@@ -300,6 +300,7 @@ class Keyring:
         except (OSError, ValueError) as exc:
             raise KeyProblem(f"cannot use GnuPG home {home}: {exc}") from None
         self._gpg.encoding = "utf-8"
+        self._inspected: dict[str, tuple[float, KeyInfo | None]] = {}
 
     @staticmethod
     def create_home(home: Path) -> bool:
@@ -318,6 +319,17 @@ class Keyring:
             if entry["fingerprint"] == fingerprint:
                 return _key_info(entry, listing.uid_map)
         return None
+
+    def inspect_cached(self, fingerprint: str, seconds: float = 60.0) -> KeyInfo | None:
+        """inspect(), remembered for a minute: a gpg process per answer just to read a key is most of a request's
+        cost. Safe to be a minute late: gpg itself refuses to encrypt to a key revoked or expired since."""
+        now = time.monotonic()
+        cached = self._inspected.get(fingerprint)
+        if cached is not None and now - cached[0] < seconds:
+            return cached[1]
+        info = self.inspect(fingerprint)
+        self._inspected[fingerprint] = (now, info)
+        return info
 
     def has_secret(self, fingerprint: str) -> bool:
         return fingerprint in self.secret_fingerprints()

@@ -534,7 +534,7 @@ async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
-    info = await in_thread(ctx.keyring.inspect, authority.key_fingerprint)
+    info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
@@ -728,7 +728,10 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
 
 
 def message_id_of(wire: bytes) -> str:
-    return str(message_from_bytes(wire, policy=policy.default).get("Message-ID", ""))
+    """The Message-ID of mail the gateway wrote: read from its header block, not by parsing the whole message."""
+    end = re.search(rb"\r?\n\r?\n", wire)
+    head = wire[: end.start()] if end else wire
+    return str(BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID", ""))
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:

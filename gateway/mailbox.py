@@ -158,7 +158,10 @@ class Watcher:
             uidvalidity = await self._select(client)
             self.connected.set()
             while not self._stop.is_set():
-                await self.catch_up(client, uidvalidity)
+                # Again until a search finds nothing to do: mail that came while we worked may have been announced
+                # in the answer to a command, and IDLE would then never mention it.
+                while await self.catch_up(client, uidvalidity) and not self._stop.is_set():
+                    pass
                 await self._wait(client)
         finally:
             self.connected.clear()
@@ -181,8 +184,10 @@ class Watcher:
             if self._lost.is_set():
                 raise MailboxError("the server closed the connection")
             return
-        idle = await self._timed(client.idle_start(timeout=self._settings.idle_seconds + COMMAND_TIMEOUT))
-        push = asyncio.ensure_future(client.wait_server_push(timeout=self._settings.idle_seconds))
+        # Never longer than a claim's lease: what a dead gateway on this mailbox left is looked at again by then.
+        period = min(self._settings.idle_seconds, CLAIM_LEASE.total_seconds())
+        idle = await self._timed(client.idle_start(timeout=period + COMMAND_TIMEOUT))
+        push = asyncio.ensure_future(client.wait_server_push(timeout=period))
         stopping = asyncio.ensure_future(self._stop.wait())
         lost = asyncio.ensure_future(self._lost.wait())
         try:
@@ -198,13 +203,15 @@ class Watcher:
             idle.cancel()
             raise MailboxError("the server closed the connection")
 
-    async def catch_up(self, client: aioimaplib.IMAP4, uidvalidity: int) -> None:
-        """Every message in the folder now, oldest first: processed unless already, then moved to its folder."""
+    async def catch_up(self, client: aioimaplib.IMAP4, uidvalidity: int) -> bool:
+        """Every message in the folder now, oldest first: processed unless already, then moved to its folder.
+        True when there was anything to do."""
         response = await self._ok(client.uid_search("ALL"), "UID SEARCH")
         uids = sorted(int(word) for word in _text(response.lines).split() if word.isdigit())
+        worked = False
         for uid in uids:
             if self._stop.is_set():
-                return
+                return False
             progress = await self._settled(uidvalidity, uid)
             if progress is None:
                 if not await self._claim(uidvalidity, uid):
@@ -219,7 +226,9 @@ class Watcher:
                 await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
             await self._move(client, uid, self.folders.for_outcome(settled_as))
             await self._moved(uidvalidity, uid)
+            worked = True
         await self.settle_quarantine(client)
+        return worked
 
     async def settle_quarantine(self, client: aioimaplib.IMAP4) -> None:
         """Make the Quarantine folder agree with the database: what a person released or discarded leaves it."""

@@ -97,6 +97,10 @@ class SignedParts:
     content: Message  # signed_bytes, parsed: where the request's text is read from
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+BARE_CR = "the signed message holds a carriage return that ends no line: it cannot be verified unambiguously"
+
+
 def _wire(raw: bytes) -> bytes:
     # Python's parser ends a line at CRLF, LF or a lone CR; made CRLF here, both see the very same lines.
     return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
@@ -147,6 +151,10 @@ def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
     structure = _signed_structure(message)
     if isinstance(structure, Refused):
         return structure
+    if _BARE_CR.search(raw):
+        # A CR that ends no line is a line end to some readers and text to others: whatever is verified could
+        # then differ from what is read. RFC 5322 allows none; a signed request with one is refused.
+        return Refused(BARE_CR)
     boundary, signature = structure
     signed = _first_part_bytes(raw, boundary)
     if signed is None:

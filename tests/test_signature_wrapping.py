@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import Authenticated, Refused, authenticate
+from gateway.authenticate import BARE_CR, Authenticated, Refused, authenticate
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from tests.conftest import AuthorityKeys
@@ -96,7 +96,16 @@ def test_a_lone_cr_ends_a_line_for_the_cut_as_for_the_parser(keyring: Keyring, k
     parts = list(parse(raw).iter_parts())
     assert len(parts) == 2
     assert "all of England" in str(parts[0].get_payload())
-    assert check(raw, keyring, keys) == Refused(BAD)
+    assert check(raw, keyring, keys) == Refused(BARE_CR)
+
+
+def test_a_signed_request_with_a_bare_cr_is_refused_even_when_genuine(keyring: Keyring, keys: AuthorityKeys) -> None:
+    # The fuzzer's find: CRLF CRLF after the part's headers turned into CR CRLF. Read with a lone CR as a line
+    # end it is the genuine request, read otherwise it is not: ambiguous, so refused.
+    signed, signature = genuine(keys)
+    raw = HEAD.encode() + b"--b\r\n" + signed.replace(b"\r\n\r\n", b"\r\r\n", 1) + b"\r\n--b\r\n"
+    raw += SIGNATURE_HEAD + signature + b"\r\n--b--\r\n"
+    assert check(raw, keyring, keys) == Refused(BARE_CR)
 
 
 def test_a_transport_padded_delimiter_is_still_a_delimiter(keyring: Keyring, keys: AuthorityKeys) -> None:

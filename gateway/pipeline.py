@@ -41,7 +41,7 @@ from gateway.db.models import (
 )
 from gateway.extracts import build_extract
 from gateway.guard import sender_header_problem, signature_age_problem, too_big
-from gateway.lookalike import Claim, claims
+from gateway.lookalike import claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
@@ -201,8 +201,10 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         return await impostor(ctx, arrival, message, sender.reason, None)
     authority = await find_authority(ctx, sender)
     if authority is None:
-        if await impostor_claims(ctx, message, sender):  # a registered address shown, or imitated
-            return await impostor(ctx, arrival, message, f"{sender} is not a registered address", sender)
+        registered = await registered_addresses(ctx)
+        if claims(message, registered, sender=sender):  # a registered address shown, or imitated
+            why = f"{sender} is not a registered address"
+            return await impostor(ctx, arrival, message, why, sender, registered=registered)
         return Decision(REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
         return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
@@ -253,10 +255,6 @@ async def registered_addresses(ctx: Context) -> dict[str, int]:
         return {row.address: row.authority_id for row in rows}
 
 
-async def impostor_claims(ctx: Context, message: EmailMessage, sender: str | None) -> list[Claim]:
-    return claims(message, await registered_addresses(ctx), sender=sender)
-
-
 async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is from
     ctx: Context,
     arrival: Arrival,
@@ -264,10 +262,12 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
     why: str,
     sender: str | None,
     authority: Authority | None = None,
+    *,
+    registered: dict[str, int] | None = None,
 ) -> Decision:
     """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
     and each authority whose address was shown or imitated told, encrypted and at most a few times a day."""
-    registered = await registered_addresses(ctx)
+    registered = registered if registered is not None else await registered_addresses(ctx)
     found = claims(message, registered, sender=sender)
     reason = "; ".join([why, *(claim.describe() for claim in found)])
     ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
@@ -343,17 +343,19 @@ async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...
         return int((await session.execute(query)).scalar() or 0)
 
 
+async def _earlier_with(session: Any, message_id: str, itself: int | None = None) -> int | None:
+    """The first message recorded with this Message-ID, other than `itself` (the one being released)."""
+    query = select(InboundMessage.id).where(InboundMessage.message_id == message_id, InboundMessage.id != (itself or 0))
+    earlier: int | None = (await session.execute(query.limit(1))).scalar()
+    return earlier
+
+
 async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None = None) -> str | None:
     """A Message-ID already seen on other bytes: the same request sent again, or someone replaying it."""
     if arrival.message_id is None:
         return None
     async with ctx.db.transaction(write=False) as session:
-        query = (
-            select(InboundMessage.id)
-            .where(InboundMessage.message_id == arrival.message_id, InboundMessage.id != (itself or 0))
-            .limit(1)
-        )
-        earlier = (await session.execute(query)).scalar()
+        earlier = await _earlier_with(session, arrival.message_id, itself)
     if earlier is None:
         return None
     return f"Message-ID {arrival.message_id[:200]} was already processed as message {earlier}: a replay"
@@ -739,8 +741,7 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
     recorded in its own right but never answered twice."""
     if arrival.message_id is None or decision.outcome not in (ANSWERED, REFUSED):
         return decision  # nothing would be answered, or decide() saw the replay already
-    query = select(InboundMessage.id).where(InboundMessage.message_id == arrival.message_id).limit(1)
-    earlier = (await session.execute(query)).scalar()
+    earlier = await _earlier_with(session, arrival.message_id)
     if earlier is None:
         return decision
     reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: a replay, not answered"
@@ -838,7 +839,9 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         if decision.outcome == QUARANTINED:  # kept whole, for a person to read, release or discard
             session.add(QuarantinedMessage(inbound_id=inbound.id, content=arrival.raw, status="held"))
         await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
-        return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)
+    if decision.disclosure is not None:
+        metrics.DISCLOSURES.inc()  # counted once committed: a rolled-back attempt is retried, not disclosed
+    return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)
 
 
 async def commit_decision(
@@ -879,7 +882,6 @@ async def commit_decision(
     if decision.subscription is not None and decision.authority is not None:
         await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:
-        metrics.DISCLOSURES.inc()
         facts = decision.disclosure
         session.add(
             Disclosure(

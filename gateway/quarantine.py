@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway import audit
+from gateway import audit, metrics
 from gateway.db.models import Authority, InboundMessage, OutboxMessage, QuarantinedMessage
 from gateway.errors import GatewayError
 from gateway.lookalike import decoded
@@ -138,6 +138,8 @@ async def release(ctx: Context, inbound_id: int, *, actor: str) -> Outcome:
             now=now,
         )
         await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
+    if decision.disclosure is not None:
+        metrics.DISCLOSURES.inc()
     return Outcome(decision.outcome, decision.reason, inbound_id, decision.reference)
 
 

@@ -262,7 +262,6 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 details=details, now=as_of,
             )  # fmt: skip
             if prepared.disclosure is not None:
-                metrics.DISCLOSURES.inc()
                 session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=outbox_id, disclosed_at=as_of))
                 await audit.record(
                     session, actor=GATEWAY_ACTOR, action="disclosure", subject=prepared.reference,
@@ -273,6 +272,8 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 )  # fmt: skip
     except IntegrityError:
         return False
+    if prepared.disclosure is not None:
+        metrics.DISCLOSURES.inc()  # counted once committed
     return True
 
 

@@ -20,7 +20,7 @@ from tests.conftest import OCC_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_authenticate import signed_message
 from tests.test_mailbox import folder_counts
-from tests.test_outbox import Relay, serve
+from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, process, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
@@ -38,12 +38,12 @@ def answers(relay: Relay) -> dict[str, set[str]]:
     return found
 
 
-async def until(check: object, timeout: float) -> None:
+async def until(check: object, timeout: float, what: str = "") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():  # type: ignore[operator]
         if loop.time() > deadline:
-            raise AssertionError("not there in time")
+            raise AssertionError(f"not there in {timeout:.0f} s: {what or 'the condition'}")
         await asyncio.sleep(0.2)
 
 
@@ -77,12 +77,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_answers_once(
     print(f"crash test seed {seed} (GATEWAY_CRASH_SEED={seed} repeats it)")
     relay = Relay()
     server, port = await serve(relay)
-    live.write_config(
-        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
-        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        "\n[limits]\nanswers_per_day = 1000\n"
-    )
+    live.write_config(daemon_settings(dovecot_server, port, "\n[limits]\nanswers_per_day = 1000\n"))
     wanted = {f"<crash{i}@westmercia.police.example>" for i in range(BURST)}
     for message_id in sorted(wanted):
         dovecot_server.deliver(request_from_police(keys, message_id=message_id))

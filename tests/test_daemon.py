@@ -20,7 +20,7 @@ from gateway.db.engine import create_database
 from gateway.db.models import Subscription
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
-from tests.test_outbox import Relay, serve
+from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, police_says, process, register_urns, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
@@ -31,11 +31,7 @@ async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
 ) -> None:
     relay = Relay()
     server, port = await serve(relay)
-    live.write_config(
-        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
-        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-    )
+    live.write_config(daemon_settings(dovecot_server, port))
     daemon = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -95,11 +91,7 @@ async def test_a_delivery_missed_while_stopped_is_sent_once_at_start(
         await db.close()
     relay = Relay()
     server, port = await serve(relay)
-    live.write_config(
-        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
-        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-    )
+    live.write_config(daemon_settings(dovecot_server, port))
     try:
         for _ in range(2):  # started twice: the second start must send nothing more
             daemon = await asyncio.create_subprocess_exec(
@@ -142,12 +134,7 @@ async def test_health_and_metrics_for_operators(live: Gateway, dovecot_server: I
     relay = Relay()
     server, port = await serve(relay)
     metrics_port = free_port()
-    live.write_config(
-        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
-        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f"\n[metrics]\nport = {metrics_port}\n"
-    )
+    live.write_config(daemon_settings(dovecot_server, port, f"\n[metrics]\nport = {metrics_port}\n"))
     daemon = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

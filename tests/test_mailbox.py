@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import imaplib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -61,18 +62,21 @@ def imap_settings(server: ImapServer) -> ImapSettings:
     )  # fmt: skip
 
 
-@pytest.fixture
-async def running(live: Gateway, dovecot_server: ImapServer) -> AsyncIterator[Running]:
-    config = load_config(live.config_path)
-    settings = imap_settings(dovecot_server)
+@contextlib.asynccontextmanager
+async def watching(
+    gateway: Gateway, server: ImapServer, handle: Callable[[Context, bytes], Awaitable[Outcome]] | None = None
+) -> AsyncIterator[Running]:
+    """A watcher on the server with the gateway's settings, running until the block ends; `handle` replaces
+    the pipeline when a test needs to step in."""
+    config = load_config(gateway.config_path)
     db: Database = create_database(config.database)
     ctx = Context(config, db, Keyring(config.gpg.home), Templates())
     stop = asyncio.Event()
 
-    async def handle(raw: bytes) -> Outcome:
-        return await process(ctx, raw, source="imap")
+    async def through_pipeline(raw: bytes) -> Outcome:
+        return await (handle(ctx, raw) if handle else process(ctx, raw, source="imap"))
 
-    watcher = Watcher(settings, handle, db, stop=stop)
+    watcher = Watcher(imap_settings(server), through_pipeline, db, stop=stop)
     task = asyncio.create_task(watcher.run())
     try:
         yield Running(ctx, watcher, stop, task)
@@ -80,6 +84,12 @@ async def running(live: Gateway, dovecot_server: ImapServer) -> AsyncIterator[Ru
         stop.set()
         await asyncio.wait_for(task, 20)
         await db.close()
+
+
+@pytest.fixture
+async def running(live: Gateway, dovecot_server: ImapServer) -> AsyncIterator[Running]:
+    async with watching(live, dovecot_server) as watched:
+        yield watched
 
 
 def counts_are(server: ImapServer, expected: dict[str, int]) -> Callable[[], Awaitable[bool]]:
@@ -170,24 +180,12 @@ async def test_a_server_without_idle_or_move_is_polled_and_copied(
 ) -> None:
     # What the server advertises after login, without IDLE and MOVE: the watcher must poll and COPY + delete.
     server = start_dovecot(tmp_path_factory.mktemp("plain-dovecot"), "IMAP4rev1 LITERAL+ UIDPLUS")
-    config = load_config(live.config_path)
-    db = create_database(config.database)
-    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
-    stop = asyncio.Event()
-
-    async def handle(message: bytes) -> Outcome:
-        return await process(ctx, message, source="imap")
-
-    watcher = Watcher(imap_settings(server), handle, db, stop=stop)
-    task = asyncio.create_task(watcher.run())
     try:
-        await asyncio.wait_for(watcher.connected.wait(), 20)
-        server.deliver(request_from_police(keys))
-        await eventually(counts_are(server, {"INBOX": 0, "Processed": 1}))
+        async with watching(live, server) as watched:
+            await asyncio.wait_for(watched.watcher.connected.wait(), 20)
+            server.deliver(request_from_police(keys))
+            await eventually(counts_are(server, {"INBOX": 0, "Processed": 1}))
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        await db.close()
         server.stop()
     assert len(await asyncio.to_thread(outbox, live)) == 1
 
@@ -195,28 +193,18 @@ async def test_a_server_without_idle_or_move_is_polled_and_copied(
 async def test_a_failure_to_record_leaves_the_message_to_be_tried_again(
     live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
 ) -> None:
-    config = load_config(live.config_path)
-    db = create_database(config.database)
-    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
     attempts: list[int] = []
 
-    async def handle(message: bytes) -> Outcome:
+    async def handle(ctx: Context, message: bytes) -> Outcome:
         attempts.append(1)
         if len(attempts) == 1:
             # What SQLAlchemy raises when the database goes away mid-outage (not an OSError).
             raise OperationalError("INSERT INTO inbound_messages", {}, Exception("the database is away"))
         return await process(ctx, message, source="imap")
 
-    stop = asyncio.Event()
-    watcher = Watcher(imap_settings(dovecot_server), handle, db, stop=stop)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.wait_for(watcher.connected.wait(), 20)
+    async with watching(live, dovecot_server, handle) as watched:
+        await asyncio.wait_for(watched.watcher.connected.wait(), 20)
         dovecot_server.deliver(request_from_police(keys))
         await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        await db.close()
     assert len(attempts) == 2  # the watcher survived the failure and tried the same message again
     assert len(await asyncio.to_thread(outbox, live)) == 1

@@ -13,19 +13,14 @@ from tests.conftest import AuthorityKeys, Gateway, _admin, _postgres_base_url
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_crash import answers, started, until
 from tests.test_mailbox import folder_counts
-from tests.test_outbox import Relay, serve
+from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
 
 
 def configure(gateway: Gateway, imap: ImapServer, smtp_port: int) -> None:
-    gateway.write_config(
-        f'\n[imap]\nhost = "{imap.host}"\nport = {imap.port}\nusername = "{imap.username}"\n'
-        f'password = "{imap.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\nretry_seconds = 2\n'
-        "\n[limits]\nanswers_per_day = 1000\n"
-    )
+    gateway.write_config(daemon_settings(imap, smtp_port, "retry_seconds = 2\n\n[limits]\nanswers_per_day = 1000\n"))
 
 
 def requests(keys: AuthorityKeys, tag: str, count: int) -> dict[str, bytes]:

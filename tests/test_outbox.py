@@ -17,6 +17,7 @@ from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.dovecot import ImapServer
 
 START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 
@@ -52,6 +53,15 @@ async def serve(relay: Relay) -> tuple[asyncio.Server, int]:
     server = await asyncio.get_running_loop().create_server(lambda: SMTP(relay), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, port
+
+
+def daemon_settings(imap: ImapServer, smtp_port: int, extra: str = "") -> str:
+    """The [imap] and [smtp] sections for `gateway run` against a test Dovecot and a relay on loopback."""
+    return (
+        f'\n[imap]\nhost = "{imap.host}"\nport = {imap.port}\n'
+        f'username = "{imap.username}"\npassword = "{imap.password}"\ntls = "none"\n'
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\n{extra}'
+    )
 
 
 def plain_relay(port: int, tls: Any = "none") -> SmtpSettings:

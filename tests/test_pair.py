@@ -14,8 +14,9 @@ import pytest
 
 from tests.conftest import AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
+from tests.test_crash import until
 from tests.test_mailbox import folder_counts
-from tests.test_outbox import Relay, serve
+from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
@@ -45,15 +46,6 @@ async def led(daemon: asyncio.subprocess.Process, lines: list[str]) -> None:
         lines.append(line.decode())
 
 
-async def until(check: object, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("not there in time")
-        await asyncio.sleep(0.2)
-
-
 def leads(lines: list[str]) -> bool:
     return any(json.loads(line).get("event") == "scheduler leader" for line in lines if line.startswith("{"))
 
@@ -65,17 +57,12 @@ async def test_two_gateways_share_the_work_and_one_finishes_it_when_the_other_di
         pytest.skip("two gateways share a PostgreSQL database; SQLite is for one gateway on one host")
     relay = Relay()
     server, port = await serve(relay)
-    live.write_config(
-        f'\n[imap]\nhost = "{dovecot_server.host}"\nport = {dovecot_server.port}\n'
-        f'username = "{dovecot_server.username}"\npassword = "{dovecot_server.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        "\n[limits]\nanswers_per_day = 1000\n"
-    )
+    live.write_config(daemon_settings(dovecot_server, port, "\n[limits]\nanswers_per_day = 1000\n"))
     first, second = await start(live), await start(live)
     logs: list[list[str]] = [[], []]
     readers = [asyncio.create_task(led(d, lines)) for d, lines in zip((first, second), logs, strict=True)]
     try:
-        await until(lambda: leads(logs[0]) or leads(logs[1]), 30)
+        await until(lambda: leads(logs[0]) or leads(logs[1]), 30, "a scheduler leader")
         await asyncio.sleep(1)
         assert leads(logs[0]) != leads(logs[1]), "exactly one scheduler leader"
         leader, follower = (first, second) if leads(logs[0]) else (second, first)
@@ -83,18 +70,22 @@ async def test_two_gateways_share_the_work_and_one_finishes_it_when_the_other_di
 
         for i in range(BURST):
             dovecot_server.deliver(request_from_police(keys, message_id=f"<pair{i}@westmercia.police.example>"))
-        await until(lambda: len(relay.received) >= BURST // 4, 120)
+        await until(lambda: len(relay.received) >= BURST // 4, 120, "a quarter of the answers")
         leader.send_signal(signal.SIGKILL)  # mid-burst, with no warning
         await leader.wait()
 
-        await until(lambda: len(in_reply_to(relay)) >= BURST, 180)  # a dead claim is taken over in a minute
-        await until(lambda: leads(follower_log), 60)  # and the schedule with it
+        await until(
+            lambda: len(in_reply_to(relay)) >= BURST, 180, "every answer"
+        )  # a dead claim is taken over in a minute
+        await until(lambda: leads(follower_log), 60, "the follower leading")  # and the schedule with it
         await asyncio.sleep(2)  # anything sent twice would have arrived by now
         replies = in_reply_to(relay)
         assert sorted(replies) == sorted(f"<pair{i}@westmercia.police.example>" for i in range(BURST))
         assert set(replies.values()) == {1}, "a request was answered twice"
         filed = {"INBOX": 0, "Processed": BURST}
-        await until(lambda: folder_counts(dovecot_server, "INBOX", "Processed") == filed, 60)  # each filed once
+        await until(
+            lambda: folder_counts(dovecot_server, "INBOX", "Processed") == filed, 60, f"folders {filed}"
+        )  # each filed once
     finally:
         for daemon in (first, second):
             if daemon.returncode is None:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gateway.compose import Templates
-from gateway.config import load_config
-from gateway.crypto import Keyring
-from gateway.db.engine import create_database
-from gateway.mailbox import Watcher
-from gateway.pipeline import Context, Outcome
-from gateway.pipeline import process as process_in
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_authenticate import FROM_POLICE, REQUEST
 from tests.test_impostors import limited, sent
-from tests.test_mailbox import counts_are, eventually, imap_settings
+from tests.test_mailbox import counts_are, eventually, watching
 from tests.test_pipeline import live, process, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
@@ -91,18 +84,8 @@ async def test_the_quarantine_folder_follows_a_release_and_a_discard(
     dovecot_server: ImapServer, live: Gateway, keys: AuthorityKeys
 ) -> None:
     limited(live, answers_per_day=1)
-    config = load_config(live.config_path)
-    db = create_database(config.database)
-    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
-    stop = asyncio.Event()
-
-    async def handle(raw: bytes) -> Outcome:
-        return await process_in(ctx, raw, source="imap")
-
-    watcher = Watcher(imap_settings(dovecot_server), handle, db, stop=stop)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.wait_for(watcher.connected.wait(), 20)
+    async with watching(live, dovecot_server) as watched:
+        await asyncio.wait_for(watched.watcher.connected.wait(), 20)
         dovecot_server.deliver(request_from_police(keys, message_id="<m1@x>"))
         dovecot_server.deliver(request_from_police(keys, message_id="<m2@x>"))  # over the daily limit: held
         dovecot_server.deliver((FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode())  # an impostor
@@ -113,7 +96,3 @@ async def test_the_quarantine_folder_follows_a_release_and_a_discard(
         dovecot_server.deliver(b"From: nobody@else.example\r\n\r\nwake up\r\n")  # the next round settles it
         expected = {"INBOX": 0, "Processed": 2, "Rejected": 2, "Quarantine": 0}
         await eventually(counts_are(dovecot_server, expected))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        await db.close()

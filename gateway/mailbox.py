@@ -13,10 +13,10 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aioimaplib
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from gateway import metrics
 from gateway.config import ImapSettings
@@ -32,6 +32,13 @@ log = logging.getLogger("gateway.mailbox")
 CLAIM_LEASE = dt.timedelta(seconds=30)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
+# Messages claimed, fetched, worked on and filed together; fetched at most FETCH_BYTES at a time.
+BATCH = 8
+FETCH_BYTES = 4 * 1024 * 1024
+SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_FROM = re.compile(rb"^From:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 Handler = Callable[[bytes], Awaitable[Outcome]]
 
@@ -39,6 +46,13 @@ Handler = Callable[[bytes], Awaitable[Outcome]]
 def label(inbound_id: int) -> str:
     """The IMAP keyword that ties a quarantined message in the mailbox to its record."""
     return f"gateway-{inbound_id}"
+
+
+class Settled(NamedTuple):
+    """What a message settled as, and its record: where it is filed."""
+
+    settled_as: str
+    inbound_id: int | None
 
 
 class MailboxError(Exception):
@@ -87,6 +101,7 @@ class Watcher:
         self.owner = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.connected = asyncio.Event()  # set while logged in and selected, for tests and health checks
         self._lost = asyncio.Event()
+        self._quarantine_settled = -SETTLE_SECONDS
 
     async def _timed(self, call: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
         """A command's answer, or MailboxError as soon as the link drops: aioimaplib may never fail a command
@@ -186,12 +201,14 @@ class Watcher:
             return
         # Never longer than a claim's lease: what a dead gateway on this mailbox left is looked at again by then.
         period = min(self._settings.idle_seconds, CLAIM_LEASE.total_seconds())
+        if self._settings.check_ms:  # Dovecot holds IDLE news back 0.5 s: look sooner than that
+            period = min(period, self._settings.check_ms / 1000)
         idle = await self._timed(client.idle_start(timeout=period + COMMAND_TIMEOUT))
-        push = asyncio.ensure_future(client.wait_server_push(timeout=period))
+        push = asyncio.ensure_future(client.wait_server_push(timeout=period + COMMAND_TIMEOUT))
         stopping = asyncio.ensure_future(self._stop.wait())
         lost = asyncio.ensure_future(self._lost.wait())
         try:
-            await asyncio.wait({push, stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({push, stopping, lost}, timeout=period, return_when=asyncio.FIRST_COMPLETED)
             if client.has_pending_idle() and not self._lost.is_set():
                 client.idle_done()
             # A server going down pushes BYE and then closes: the IDLE never completes, so wait for either.
@@ -199,36 +216,83 @@ class Watcher:
         finally:
             for task in (push, stopping, lost):
                 task.cancel()
+            if push.done() and not push.cancelled():
+                push.exception()  # retrieved: a push wait that timed out is no error
         if self._lost.is_set() or not idle.done():
             idle.cancel()
             raise MailboxError("the server closed the connection")
 
     async def catch_up(self, client: aioimaplib.IMAP4, uidvalidity: int) -> bool:
         """Every message in the folder now, oldest first: processed unless already, then moved to its folder.
-        True when there was anything to do."""
+        True when there was anything to do.
+
+        A few at a time (BATCH): one claim, one fetch and one move per batch, and the batch's messages worked
+        on together, so that one message's gpg runs while another's Python does. Each still ends in exactly one
+        outcome: the pipeline records each by itself, and the claims keep another gateway off them meanwhile."""
         response = await self._ok(client.uid_search("ALL"), "UID SEARCH")
         uids = sorted(int(word) for word in _text(response.lines).split() if word.isdigit())
         worked = False
-        for uid in uids:
+        for start in range(0, len(uids), BATCH):
             if self._stop.is_set():
                 return False
-            progress = await self._settled(uidvalidity, uid)
-            if progress is None:
-                if not await self._claim(uidvalidity, uid):
-                    continue  # another gateway on this mailbox is working on it, and will file it
-                raw = await self._fetch(client, uid)
-                outcome = await self._handle(raw)
-                await self._remember(uidvalidity, uid, outcome)
-                progress = (outcome.settled_as, outcome.inbound_id)
-            settled_as, inbound_id = progress
+            batch = uids[start : start + BATCH]
+            settled = await self._settled(uidvalidity, batch)
+            failure = await self._work(client, uidvalidity, [uid for uid in batch if uid not in settled], settled)
+            if settled:
+                await self._file(client, uidvalidity, settled)
+                worked = True
+            if failure is not None:
+                raise failure  # what was done is filed; the rest waits for the next round, after the backoff
+        now = asyncio.get_running_loop().time()
+        if worked or now - self._quarantine_settled >= SETTLE_SECONDS:
+            self._quarantine_settled = now
+            await self.settle_quarantine(client)
+        return worked
+
+    async def _work(
+        self, client: aioimaplib.IMAP4, uidvalidity: int, uids: list[int], settled: dict[int, Settled]
+    ) -> BaseException | None:
+        """Claim, fetch and process these messages, adding what each settled as to `settled`; returns the first
+        failure, if any, once every other message of the batch has its outcome."""
+        if not uids:
+            return None
+        mine = await self._claim(uidvalidity, uids)  # another gateway on this mailbox may be working on the rest
+        outcomes: dict[int, Outcome] = {}
+        failure: BaseException | None = None
+        try:
+            for group in await self._sized(client, mine):
+                fetched = await self._fetch(client, group)
+                # Concurrently, except that one sender's messages go in order: its daily limit and its
+                # subscriptions then read as they would one at a time.
+                lanes: dict[bytes, list[int]] = {}
+                for uid, raw in fetched.items():
+                    lanes.setdefault(_from_line(raw), []).append(uid)
+                results = await asyncio.gather(
+                    *(self._in_order(lane, fetched, outcomes) for lane in lanes.values()), return_exceptions=True
+                )
+                failure = next((result for result in results if isinstance(result, BaseException)), None)
+                if failure is not None:
+                    break
+        finally:  # even when the link dropped mid-batch: what was decided is remembered, and filed next time
+            await self._remember(uidvalidity, outcomes)
+            settled.update({uid: Settled(o.settled_as, o.inbound_id) for uid, o in outcomes.items()})
+        return failure
+
+    async def _in_order(self, uids: list[int], fetched: dict[int, bytes], outcomes: dict[int, Outcome]) -> None:
+        for uid in uids:
+            outcomes[uid] = await self._handle(fetched[uid])
+
+    async def _file(self, client: aioimaplib.IMAP4, uidvalidity: int, settled: dict[int, Settled]) -> None:
+        """Each settled message to its outcome's folder: one move per folder."""
+        by_folder: dict[str, list[int]] = {}
+        for uid, (settled_as, inbound_id) in sorted(settled.items()):
             if settled_as == "quarantined" and inbound_id is not None:
                 # Labelled with its record, so a release or discard later finds it in the Quarantine folder.
                 await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
-            await self._move(client, uid, self.folders.for_outcome(settled_as))
-            await self._moved(uidvalidity, uid)
-            worked = True
-        await self.settle_quarantine(client)
-        return worked
+            by_folder.setdefault(self.folders.for_outcome(settled_as), []).append(uid)
+        for folder, uids in by_folder.items():
+            await self._move(client, uids, folder)
+        await self._moved(uidvalidity, list(settled))
 
     async def settle_quarantine(self, client: aioimaplib.IMAP4) -> None:
         """Make the Quarantine folder agree with the database: what a person released or discarded leaves it."""
@@ -254,8 +318,9 @@ class Watcher:
                 # A discarded message goes where unanswered mail goes; a released one where its new outcome does.
                 settled = "rejected" if status == "discarded" else outcome
                 found = await self._ok(client.uid_search(f"KEYWORD {label(progress.inbound_id or 0)}"), "UID SEARCH")
-                for uid in (word for word in _text(found.lines).split() if word.isdigit()):
-                    await self._move(client, int(uid), self.folders.for_outcome(settled))
+                uids = [int(word) for word in _text(found.lines).split() if word.isdigit()]
+                if uids:
+                    await self._move(client, uids, self.folders.for_outcome(settled))
                 async with self._db.transaction() as session:
                     row = await session.get(MailboxProgress, (progress.folder, progress.uidvalidity, progress.uid))
                     if row is not None:
@@ -263,69 +328,164 @@ class Watcher:
         finally:
             await self._ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
 
-    async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> bytes:
-        # BODY.PEEK leaves \\Seen alone: flags are the mailbox owner's, progress is ours (in the database).
-        response = await self._ok(client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
-        literals = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
-        if not literals:
-            raise MailboxError(f"UID FETCH {uid} returned no message")
-        return literals[0]
+    async def _sized(self, client: aioimaplib.IMAP4, uids: list[int]) -> list[list[int]]:
+        """The messages in groups to fetch at once, each group at most FETCH_BYTES (a bigger message alone), so
+        that a batch of oversized mail never sits in memory together."""
+        if len(uids) <= 1:
+            return [uids] if uids else []
+        response = await self._ok(client.uid("fetch", _set(uids), "(UID RFC822.SIZE)"), "UID FETCH RFC822.SIZE")
+        sizes: dict[int, int] = {}
+        for line in response.lines:
+            text = bytes(line) if isinstance(line, bytes | bytearray) else b""
+            named, size = _UID.search(text), _SIZE.search(text)
+            if named and size:
+                sizes[int(named[1])] = int(size[1])
+        groups: list[list[int]] = []
+        total = FETCH_BYTES
+        for uid in uids:
+            if uid not in sizes:
+                continue  # gone since the search (expunged by someone else): nothing to do
+            if total + sizes[uid] > FETCH_BYTES:
+                groups.append([])
+                total = 0
+            groups[-1].append(uid)
+            total += sizes[uid]
+        return groups
 
-    async def _move(self, client: aioimaplib.IMAP4, uid: int, folder: str) -> None:
+    async def _fetch(self, client: aioimaplib.IMAP4, uids: list[int]) -> dict[int, bytes]:
+        """The raw messages by UID, in UID order; a message expunged meanwhile is simply not there."""
+        # BODY.PEEK leaves \\Seen alone: flags are the mailbox owner's, progress is ours (in the database).
+        response = await self._ok(client.uid("fetch", _set(uids), "(UID BODY.PEEK[])"), f"UID FETCH {_set(uids)}")
+        wanted = set(uids)
+        found: dict[int, bytes] = {}
+        uid: int | None = None
+        literal: bytes | None = None
+        for line in response.lines:
+            if isinstance(line, bytearray):  # a message's bytes: its UID came before them, or comes after
+                if uid is not None:
+                    found.setdefault(uid, bytes(line))
+                    uid = None
+                else:
+                    literal = bytes(line)
+                continue
+            named = _UID.search(bytes(line)) if isinstance(line, bytes) else None
+            if named is None:
+                continue
+            if literal is not None:
+                found.setdefault(int(named[1]), literal)
+                literal = None
+            else:
+                uid = int(named[1])
+        return {uid: found[uid] for uid in sorted(found) if uid in wanted}
+
+    async def _move(self, client: aioimaplib.IMAP4, uids: list[int], folder: str) -> None:
+        which = _set(uids)
         if client.has_capability("MOVE"):
-            await self._ok(client.uid("move", str(uid), folder), f"UID MOVE {uid}")
+            await self._ok(client.uid("move", which, folder), f"UID MOVE {which}")
             return
-        await self._ok(client.uid("copy", str(uid), folder), f"UID COPY {uid}")
-        await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)"), f"UID STORE {uid}")
+        await self._ok(client.uid("copy", which, folder), f"UID COPY {which}")
+        await self._ok(client.uid("store", which, "+FLAGS.SILENT", r"(\Deleted)"), f"UID STORE {which}")
         if client.has_capability("UIDPLUS"):
-            await self._ok(client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
+            await self._ok(client.uid("expunge", which), f"UID EXPUNGE {which}")
         else:
             await self._ok(client.expunge(), "EXPUNGE")
 
-    async def _settled(self, uidvalidity: int, uid: int) -> tuple[str, int | None] | None:
+    async def _settled(self, uidvalidity: int, uids: list[int]) -> dict[int, Settled]:
         async with self._db.transaction(write=False) as session:
-            row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
-        return (row.settled_as, row.inbound_id) if row else None
-
-    async def _remember(self, uidvalidity: int, uid: int, outcome: Outcome) -> None:
-        async with self._db.transaction() as session:
-            existing = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
-            if existing is None:
-                session.add(
-                    MailboxProgress(
-                        folder=self.folders.inbox,
-                        uidvalidity=uidvalidity,
-                        uid=uid,
-                        inbound_id=outcome.inbound_id,
-                        settled_as=outcome.settled_as,
-                        moved=False,
-                        processed_at=self._clock(),
-                    )
+            rows = await session.execute(
+                select(MailboxProgress.uid, MailboxProgress.settled_as, MailboxProgress.inbound_id).where(
+                    MailboxProgress.folder == self.folders.inbox,
+                    MailboxProgress.uidvalidity == uidvalidity,
+                    MailboxProgress.uid.in_(uids),
                 )
+            )
+            return {row.uid: Settled(row.settled_as, row.inbound_id) for row in rows}
 
-    async def _claim(self, uidvalidity: int, uid: int) -> bool:
-        """Take a message for this gateway, unless another holds it and its lease has not run out."""
+    async def _remember(self, uidvalidity: int, outcomes: dict[int, Outcome]) -> None:
+        if not outcomes:
+            return
+        async with self._db.transaction() as session:
+            known = set(
+                (
+                    await session.execute(
+                        select(MailboxProgress.uid).where(
+                            MailboxProgress.folder == self.folders.inbox,
+                            MailboxProgress.uidvalidity == uidvalidity,
+                            MailboxProgress.uid.in_(list(outcomes)),
+                        )
+                    )
+                ).scalars()
+            )
+            session.add_all(
+                MailboxProgress(
+                    folder=self.folders.inbox,
+                    uidvalidity=uidvalidity,
+                    uid=uid,
+                    inbound_id=outcome.inbound_id,
+                    settled_as=outcome.settled_as,
+                    moved=False,
+                    processed_at=self._clock(),
+                )
+                for uid, outcome in outcomes.items()
+                if uid not in known
+            )
+
+    async def _claim(self, uidvalidity: int, uids: list[int]) -> list[int]:
+        """Take these messages for this gateway, except those another holds whose lease has not run out."""
         now = self._clock()
         async with self._db.transaction() as session:
-            claim = await session.get(MailboxClaim, (self.folders.inbox, uidvalidity, uid))
-            if claim is not None and claim.owner != self.owner and claim.until > now:
-                return False
-            if claim is None:
-                session.add(
-                    MailboxClaim(
-                        folder=self.folders.inbox, uidvalidity=uidvalidity, uid=uid, owner=self.owner,
-                        until=now + CLAIM_LEASE,
+            claims = {
+                claim.uid: claim
+                for claim in (
+                    await session.execute(
+                        select(MailboxClaim).where(
+                            MailboxClaim.folder == self.folders.inbox,
+                            MailboxClaim.uidvalidity == uidvalidity,
+                            MailboxClaim.uid.in_(uids),
+                        )
                     )
-                )  # fmt: skip
-            else:  # ours, or left by a gateway that died holding it
-                claim.owner, claim.until = self.owner, now + CLAIM_LEASE
-            return True
+                ).scalars()
+            }
+            mine = []
+            for uid in uids:
+                claim = claims.get(uid)
+                if claim is not None and claim.owner != self.owner and claim.until > now:
+                    continue  # another gateway on this mailbox is working on it, and will file it
+                if claim is None:
+                    session.add(
+                        MailboxClaim(
+                            folder=self.folders.inbox, uidvalidity=uidvalidity, uid=uid, owner=self.owner,
+                            until=now + CLAIM_LEASE,
+                        )
+                    )  # fmt: skip
+                else:  # ours, or left by a gateway that died holding it
+                    claim.owner, claim.until = self.owner, now + CLAIM_LEASE
+                mine.append(uid)
+            return mine
 
-    async def _moved(self, uidvalidity: int, uid: int) -> None:
+    async def _moved(self, uidvalidity: int, uids: list[int]) -> None:
+        where = (
+            MailboxProgress.folder == self.folders.inbox,
+            MailboxProgress.uidvalidity == uidvalidity,
+            MailboxProgress.uid.in_(uids),
+        )
         async with self._db.transaction() as session:
-            row = await session.get(MailboxProgress, (self.folders.inbox, uidvalidity, uid))
-            if row is not None:
-                row.moved = True
-            claim = await session.get(MailboxClaim, (self.folders.inbox, uidvalidity, uid))
-            if claim is not None:
-                await session.delete(claim)
+            await session.execute(update(MailboxProgress).where(*where).values(moved=True))
+            await session.execute(
+                delete(MailboxClaim).where(
+                    MailboxClaim.folder == self.folders.inbox,
+                    MailboxClaim.uidvalidity == uidvalidity,
+                    MailboxClaim.uid.in_(uids),
+                )
+            )
+
+
+def _from_line(raw: bytes) -> bytes:
+    """The From header as written, to schedule by (never to decide by): one sender's messages go in order."""
+    found = _FROM.search(raw, 0, 65_536)
+    return found[1].strip().lower() if found else b""
+
+
+def _set(uids: list[int]) -> str:
+    """An IMAP UID set: 3,5,6."""
+    return ",".join(str(uid) for uid in uids)

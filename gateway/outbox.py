@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Awaitable, Callable
+import time
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Protocol
 
 import aiosmtplib
 from sqlalchemy import select
@@ -20,7 +21,9 @@ from gateway.db.engine import Database
 from gateway.db.models import OutboxMessage
 
 SENDER_ACTOR = "gateway"
-SEND_TIMEOUT = 15  # seconds for each SMTP step; one message at a time is claimed for less than its lease
+SEND_TIMEOUT = 15  # seconds for each SMTP step
+CLAIM_BATCH = 10  # messages claimed at once; none is started with less than LEASE_MARGIN of the lease left
+LEASE_MARGIN = dt.timedelta(seconds=4 * SEND_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,9 @@ class RetryPolicy:
     first_wait: dt.timedelta = dt.timedelta(minutes=1)
     longest_wait: dt.timedelta = dt.timedelta(hours=1)
     # A claimed message is not picked up again for this long: a sender that died mid-send is retried after it.
-    # Messages are claimed one at a time, so it need only outlast one send (SEND_TIMEOUT).
-    lease: dt.timedelta = dt.timedelta(seconds=60)
+    # It must outlast one send (a connection and three SMTP steps, SEND_TIMEOUT each): a batch's sender starts
+    # no message with less than LEASE_MARGIN of it left.
+    lease: dt.timedelta = dt.timedelta(seconds=90)
 
     def wait(self, attempts: int) -> dt.timedelta:
         doublings = min(max(attempts - 1, 0), 20)  # capped: the wait tops out long before 2**20 anyway
@@ -46,39 +50,75 @@ class Attempt:
     error: str | None = None
 
 
-Transport = Callable[[OutboxMessage], Awaitable[Attempt]]
+class Transport(Protocol):
+    """Delivers one message; may keep a connection open between calls until closed."""
+
+    async def __call__(self, row: OutboxMessage) -> Attempt: ...
+
+    async def close(self) -> None: ...
 
 
-def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> Transport:
-    """Delivery to the configured relay. TLS is required unless tls = "none" (certificates always checked)."""
+class SmtpTransport:
+    """Delivery to the configured relay, over one connection for as long as the sender has messages: a
+    connection (and TLS handshake) per message was most of the outbox's cost. After any failure the connection
+    is dropped and the next message gets a new one. TLS is required unless tls = "none" (certificates always
+    checked)."""
 
-    async def send(row: OutboxMessage) -> Attempt:
+    def __init__(self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> None:
+        self._settings = settings
+        self._tls = tls_context
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        settings = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            username=settings.username,
+            password=settings.password.value if settings.password else None,
+            use_tls=settings.tls == "tls",
+            # True, not None: None would fall back to plaintext when the relay offers no STARTTLS.
+            start_tls=settings.tls == "starttls",
+            validate_certs=True,
+            tls_context=self._tls,
+            timeout=SEND_TIMEOUT,
+        )
+        await client.connect()  # STARTTLS and login, as configured
+        self._client = client
+        return client
+
+    async def __call__(self, row: OutboxMessage) -> Attempt:
         try:
-            await aiosmtplib.send(
-                row.content,
-                sender=row.sender,
-                recipients=[row.recipient],
-                hostname=settings.host,
-                port=settings.port,
-                username=settings.username,
-                password=settings.password.value if settings.password else None,
-                use_tls=settings.tls == "tls",
-                # True, not None: None would fall back to plaintext when the relay offers no STARTTLS.
-                start_tls=settings.tls == "starttls",
-                validate_certs=True,
-                tls_context=tls_context,
-                timeout=SEND_TIMEOUT,
-            )
+            client = await self._connected()
+            await client.sendmail(row.sender, [row.recipient], row.content)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            await self.close()
             codes = [refusal.code for refusal in exc.recipients]
             return Attempt(False, all(code >= 500 for code in codes), f"recipient refused: {exc}")
         except aiosmtplib.SMTPResponseException as exc:
+            await self.close()
             return Attempt(False, exc.code >= 500, f"{exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
             return Attempt(False, False, f"{type(exc).__name__}: {exc}")
         return Attempt(True)
 
-    return send
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> Transport:
+    """Delivery to the configured relay (see SmtpTransport)."""
+    return SmtpTransport(settings, tls_context)
 
 
 async def enqueue(
@@ -161,46 +201,66 @@ async def deliver_due(
     """Send what is due once; returns counts of sent, retrying and failed messages."""
     rules = retry or RetryPolicy()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
-    for _ in range(limit):
-        # One at a time: a sender that dies holds back one message for one lease, not a batch.
-        batch = await _claim(db, now, rules.lease, 1)
-        if not batch:
-            break
-        claimed = batch[0]
-        result = await transport(claimed)
-        async with db.transaction() as session:
-            row = await session.get(OutboxMessage, claimed.id)
-            if row is None or row.status != "pending":
-                continue
-            row.attempts += 1
-            row.last_error = result.error
-            if result.sent:
-                row.status, row.sent_at = "sent", now
-                counts["sent"] += 1
-            elif result.permanent or now - row.created_at >= rules.give_up_after:
-                row.status = "failed"
-                counts["failed"] += 1
-                # Alerts about alerts would loop; a failed alert is only in the audit trail and the outbox list.
-                if row.kind != "alert":
-                    session.add(_failure_alert(row, result.error or "unknown", admin_address))
-            else:
-                row.next_attempt_at = now + rules.wait(row.attempts)
-                counts["retrying"] += 1
-            if row.status != "pending":
-                await audit.record(
-                    session,
-                    actor=SENDER_ACTOR,
-                    action=f"outbox.{row.status}",
-                    subject=f"outbox {row.id}",
-                    details={
-                        "kind": row.kind,
-                        "recipient": row.recipient,
-                        "attempts": row.attempts,
-                        "error": row.last_error,
-                    },
-                    now=now,
-                )
+    try:
+        while sum(counts.values()) < limit:
+            # A few at a time: a sender that dies holds back a few messages for one lease, not the queue.
+            batch = await _claim(db, now, rules.lease, min(CLAIM_BATCH, limit - sum(counts.values())))
+            claimed_at = time.monotonic()
+            for claimed in batch:
+                if time.monotonic() - claimed_at > (rules.lease - LEASE_MARGIN).total_seconds():
+                    break  # the lease is running out: the rest are sent when it has, by whichever sender
+                result = await transport(claimed)
+                await _record(db, claimed.id, result, rules=rules, now=now, admin_address=admin_address, counts=counts)
+            if len(batch) < CLAIM_BATCH:
+                break
+    finally:
+        await transport.close()
     return counts
+
+
+async def _record(
+    db: Database,
+    outbox_id: int,
+    result: Attempt,
+    *,
+    rules: RetryPolicy,
+    now: dt.datetime,
+    admin_address: str,
+    counts: dict[str, int],
+) -> None:
+    """How a delivery went, at once: a crash then repeats no more than the message in hand."""
+    async with db.transaction() as session:
+        row = await session.get(OutboxMessage, outbox_id)
+        if row is None or row.status != "pending":
+            return
+        row.attempts += 1
+        row.last_error = result.error
+        if result.sent:
+            row.status, row.sent_at = "sent", now
+            counts["sent"] += 1
+        elif result.permanent or now - row.created_at >= rules.give_up_after:
+            row.status = "failed"
+            counts["failed"] += 1
+            # Alerts about alerts would loop; a failed alert is only in the audit trail and the outbox list.
+            if row.kind != "alert":
+                session.add(_failure_alert(row, result.error or "unknown", admin_address))
+        else:
+            row.next_attempt_at = now + rules.wait(row.attempts)
+            counts["retrying"] += 1
+        if row.status != "pending":
+            await audit.record(
+                session,
+                actor=SENDER_ACTOR,
+                action=f"outbox.{row.status}",
+                subject=f"outbox {row.id}",
+                details={
+                    "kind": row.kind,
+                    "recipient": row.recipient,
+                    "attempts": row.attempts,
+                    "error": row.last_error,
+                },
+                now=now,
+            )
 
 
 async def retry_now(db: Database, outbox_id: int, *, actor: str, now: dt.datetime) -> OutboxMessage | None:

@@ -332,15 +332,19 @@ async def _authority_by_id(ctx: Context, authority_id: int) -> Authority | None:
 
 
 async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...], window: dt.timedelta) -> int:
-    addresses = [a.address for a in authority.addresses]
     async with ctx.db.transaction(write=False) as session:
-        query = select(func.count(OutboxMessage.id)).where(
-            OutboxMessage.recipient.in_(addresses),
-            OutboxMessage.kind.in_(kinds),
-            OutboxMessage.inbound_id.is_not(None),
-            OutboxMessage.created_at >= ctx.clock() - window,
-        )
-        return int((await session.execute(query)).scalar() or 0)
+        return await _count_sent(session, authority, kinds, ctx.clock() - window)
+
+
+async def _count_sent(session: Any, authority: Authority, kinds: tuple[str, ...], since: dt.datetime) -> int:
+    """How many answers of these kinds went to the authority's addresses since then."""
+    query = select(func.count(OutboxMessage.id)).where(
+        OutboxMessage.recipient.in_([a.address for a in authority.addresses]),
+        OutboxMessage.kind.in_(kinds),
+        OutboxMessage.inbound_id.is_not(None),
+        OutboxMessage.created_at >= since,
+    )
+    return int((await session.execute(query)).scalar() or 0)
 
 
 async def _earlier_with(session: Any, message_id: str, itself: int | None = None) -> int | None:
@@ -748,6 +752,37 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
     return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, decision.authority))
 
 
+async def _notices_within_limit(ctx: Context, session: Any, decision: Decision) -> Decision:
+    """The daily limit of impostor notices to an authority, counted again under the write lock, as answers are."""
+    kept: list[Outgoing] = []
+    for item in decision.outgoing:
+        if item.kind == "impostor-notice":
+            query = select(func.count(OutboxMessage.id)).where(
+                OutboxMessage.recipient == item.recipient,
+                OutboxMessage.kind == item.kind,
+                OutboxMessage.inbound_id.is_not(None),
+                OutboxMessage.created_at >= ctx.clock() - dt.timedelta(days=1),
+            )
+            if int((await session.execute(query)).scalar() or 0) >= ctx.config.limits.impostor_notices_per_day:
+                continue  # told enough today; the admins' alert still goes
+        kept.append(item)
+    return dataclasses.replace(decision, outgoing=tuple(kept))
+
+
+async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
+    """The daily answer limit, counted again under the write lock: requests decided side by side (by the
+    daemon's workers, or by two gateways) cannot together pass it. One held here is held like any other; its
+    authority is told with the next request over the limit (answer_limit), which finds no notice sent yet."""
+    authority = decision.authority
+    if authority is None or not any(item.kind in ANSWERS for item in decision.outgoing):
+        return decision
+    limit = ctx.config.limits.answers_per_day
+    if await _count_sent(session, authority, ANSWERS, ctx.clock() - dt.timedelta(days=1)) < limit:
+        return decision
+    reason = f"the limit of {limit} answers a day to {authority.name} is reached: kept for a person to release"
+    return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, authority))
+
+
 async def _apply_subscription(
     session: Any, change: SubscriptionChange, decision: Decision, inbound_id: int, now: dt.datetime
 ) -> None:
@@ -822,6 +857,8 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
                 existing.outcome,
             )
         decision = await _unless_replayed(ctx, session, arrival, decision)
+        decision = await _unless_over_limit(ctx, session, arrival, decision)
+        decision = await _notices_within_limit(ctx, session, decision)
         inbound = InboundMessage(
             sha256=arrival.sha256,
             message_id=arrival.message_id,

@@ -10,6 +10,12 @@ from email import message_from_bytes, policy
 
 import pytest
 
+from gateway import pipeline
+from gateway.compose import Templates
+from gateway.config import load_config
+from gateway.crypto import Keyring
+from gateway.db.engine import create_database
+from gateway.pipeline import Context
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_authenticate import BORDER, FROM_POLICE, REQUEST, signed_message
@@ -210,6 +216,23 @@ def test_answers_to_one_authority_are_limited_with_one_notice(live: Gateway, key
     outcome = process(live, request_from_police(keys, message_id="<n9@x>"), "9.eml")
     assert "the limit of 2 answers a day to West Mercia Police is reached" in str(outcome["reason"])
     assert sent(live)[("limit-notice", POLICE_ADDRESS)] == 1
+
+
+async def test_requests_decided_side_by_side_cannot_pass_the_daily_limit_together(
+    live: Gateway, keys: AuthorityKeys
+) -> None:
+    limited(live, answers_per_day=1)
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    try:  # three at once, as the daemon's workers (or two gateways) may decide them: each sees none answered yet
+        requests = [request_from_police(keys, message_id=f"<side{i}@x>") for i in range(3)]
+        outcomes = await asyncio.gather(*(pipeline.process(ctx, raw, source="imap") for raw in requests))
+    finally:
+        await db.close()
+    assert sorted(o.kind for o in outcomes) == ["answered", "quarantined", "quarantined"]
+    counts = await asyncio.to_thread(sent, live)
+    assert counts[("disclosure", POLICE_ADDRESS)] == 1
 
 
 def test_impostor_notices_to_an_authority_are_limited(live: Gateway, keys: AuthorityKeys) -> None:

@@ -7,14 +7,12 @@ import asyncio
 import json
 import signal
 import sys
-from collections import Counter
-from email import message_from_bytes, policy
 
 import pytest
 
 from tests.conftest import AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
-from tests.test_crash import until
+from tests.test_crash import answers, until
 from tests.test_mailbox import folder_counts
 from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, request_from_police
@@ -22,14 +20,6 @@ from tests.test_pipeline import live, request_from_police
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
 
 BURST = 40
-
-
-def in_reply_to(relay: Relay) -> Counter[str]:
-    replies: Counter[str] = Counter()
-    for envelope in relay.received:
-        mail = message_from_bytes(bytes(envelope.original_content or b""), policy=policy.default)
-        replies[str(mail.get("In-Reply-To", ""))] += 1
-    return replies
 
 
 async def start(gateway: Gateway) -> asyncio.subprocess.Process:
@@ -74,14 +64,15 @@ async def test_two_gateways_share_the_work_and_one_finishes_it_when_the_other_di
         leader.send_signal(signal.SIGKILL)  # mid-burst, with no warning
         await leader.wait()
 
-        await until(
-            lambda: len(in_reply_to(relay)) >= BURST, 180, "every answer"
-        )  # a dead claim is taken over in a minute
+        await until(lambda: len(answers(relay)) >= BURST, 180, "every answer")  # a dead claim is taken over in a minute
         await until(lambda: leads(follower_log), 60, "the follower leading")  # and the schedule with it
         await asyncio.sleep(2)  # anything sent twice would have arrived by now
-        replies = in_reply_to(relay)
+        replies = answers(relay)
         assert sorted(replies) == sorted(f"<pair{i}@westmercia.police.example>" for i in range(BURST))
-        assert set(replies.values()) == {1}, "a request was answered twice"
+        assert all(len(ids) == 1 for ids in replies.values()), "a request was answered twice"
+        # What a kill can repeat (README): the one message the relay accepted just before the dead gateway
+        # could record it, with the same Message-ID.
+        assert len(relay.received) - BURST <= 1, f"{len(relay.received) - BURST} messages sent twice"
         filed = {"INBOX": 0, "Processed": BURST}
         await until(
             lambda: folder_counts(dovecot_server, "INBOX", "Processed") == filed, 60, f"folders {filed}"

@@ -45,11 +45,20 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_on_begin_reading(connection: Connection) -> None:
+    # A reader needs no lock: under WAL it sees the last commit before its first read, whatever writers do.
+    connection.exec_driver_sql("BEGIN")
+
+
 @dataclass(frozen=True)
 class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     settings: DatabaseSettings
+    # Readers' sessions: with SQLite, an engine of their own whose transactions take no write lock, so that
+    # the daemon's workers read while one of them writes. With PostgreSQL, the same as `sessions`.
+    reader_sessions: async_sessionmaker[AsyncSession] | None = None
+    reader_engine: AsyncEngine | None = None
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
@@ -59,13 +68,16 @@ class Database:
         and on PostgreSQL a transaction-scoped advisory lock does the same, so two imports or two changes to
         one authority can never interleave. Readers (write=False) take no lock on PostgreSQL.
         """
-        async with self.sessions() as session, session.begin():
+        sessions = self.sessions if write or self.reader_sessions is None else self.reader_sessions
+        async with sessions() as session, session.begin():
             if write:
                 await lock_writers(session)
             yield session
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.reader_engine is not None:
+            await self.reader_engine.dispose()
 
 
 def sqlite_path(settings: DatabaseSettings) -> Path | None:
@@ -78,8 +90,12 @@ def create_database(settings: DatabaseSettings) -> Database:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-    else:
-        engine = create_async_engine(url, pool_pre_ping=True)
+        readers = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(readers.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(readers.sync_engine, "begin", _sqlite_on_begin_reading)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        return Database(engine, sessions, settings, async_sessionmaker(readers, expire_on_commit=False), readers)
+    engine = create_async_engine(url, pool_pre_ping=True)
     return Database(engine, async_sessionmaker(engine, expire_on_commit=False), settings)
 
 

@@ -331,6 +331,13 @@ class Keyring:
         self._inspected[fingerprint] = (now, info)
         return info
 
+    def remembered(self, fingerprint: str, seconds: float = 60.0) -> tuple[bool, KeyInfo | None]:
+        """(True, what inspect_cached would return) when that needs no gpg; (False, None) when it does."""
+        cached = self._inspected.get(fingerprint)
+        if cached is not None and time.monotonic() - cached[0] < seconds:
+            return True, cached[1]
+        return False, None
+
     def has_secret(self, fingerprint: str) -> bool:
         return fingerprint in self.secret_fingerprints()
 
@@ -360,14 +367,24 @@ class Keyring:
 
         Both are full fingerprints. Nothing is sent in the clear if this fails: the caller gets KeyProblem.
         """
-        # always_trust only skips the web-of-trust check: the recipient was pinned by fingerprint already, and
-        # gpg still refuses an expired or revoked key. passphrase=None: an empty one makes gpg eat a data line.
-        result = self._gpg.encrypt(data, [recipient], sign=signer, always_trust=True, armor=True, passphrase=None)
-        status = result.stderr or ""
-        if not result.ok or "[GNUPG:] SIG_CREATED" not in status or "[GNUPG:] END_ENCRYPTION" not in status:
-            reason = next((line for line in status.splitlines() if "INV_RECP" in line or "FAILURE" in line), status)
-            raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {reason.strip()[-200:]}")
-        return bytes(result.data)
+        # --trust-model always only skips the web-of-trust check: the recipient was pinned by fingerprint already,
+        # and gpg still refuses an expired or revoked key. One gpg, its pipes read here: no helper threads.
+        command = self._gpg_command(
+            "--trust-model", "always", "--armor", "--local-user", signer, "--recipient", recipient,
+            "--sign", "--encrypt",
+        )  # fmt: skip
+        try:
+            finished = _run_bounded(
+                command, data, max_output=4 * len(data) + _CHUNK * 16, timeout=GPG_TIMEOUT_SECONDS, what="the reply"
+            )
+        except GpgLimitExceeded as exc:
+            raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {exc}") from None
+        status = finished.status
+        if "[GNUPG:] SIG_CREATED" not in status or "[GNUPG:] END_ENCRYPTION" not in status or not finished.output:
+            lines = status.splitlines()
+            reason = next((line for line in lines if "INV_RECP" in line or "FAILURE" in line or "INV_SGNR" in line), "")
+            raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {(reason or status).strip()[-200:]}")
+        return finished.output
 
     def _gpg_command(self, *args: str) -> list[str]:
         # No passphrase ever: the gateway's key has none, and --batch with loopback never prompts.

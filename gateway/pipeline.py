@@ -44,7 +44,7 @@ from gateway.guard import sender_header_problem, signature_age_problem, too_big
 from gateway.lookalike import claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
-from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
+from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
 from gateway.subscriptions import SubscriptionChange, review_date, snapshot
 
 # The few outcomes a message can have (STYLE.md): answered with data, refused with reasons, rejected without
@@ -540,7 +540,9 @@ async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
-    info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
+    known, info = ctx.keyring.remembered(authority.key_fingerprint)
+    if not known:  # no thread and no gpg when it was inspected within the minute
+        info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
@@ -632,8 +634,7 @@ async def disclose(
     reference = new_reference(ctx.clock())
     marking = ctx.config.gateway.marking
     async with ctx.db.transaction(write=False) as session:
-        homes = list((await session.execute(homes_in(scope))).scalars())
-        actions = list((await session.execute(enforcement_in(scope))).scalars())
+        homes, actions = await disclosable(session, scope)
     extract = build_extract(homes, actions, marking=marking, reference=reference)
     subject = f"Register of children's homes: {scope.description} ({reference})"
     envelope = _reply_envelope(ctx, message, sender, reference, subject)

@@ -32,7 +32,7 @@ from gateway.pipeline import (
     reply_values,
     summarise_held_alerts,
 )
-from gateway.scope import Scope, enforcement_in, homes_in
+from gateway.scope import Scope, disclosable
 from gateway.subscriptions import snapshot
 
 # ---------------------------------------------------------------- when
@@ -191,8 +191,7 @@ async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict
     sub, authority = due.subscription, due.authority
     scope = Scope(sub.police_force_area, sub.local_authority)
     async with ctx.db.transaction(write=False) as session:
-        homes = list((await session.execute(homes_in(scope))).scalars())
-        actions = list((await session.execute(enforcement_in(scope))).scalars())
+        homes, actions = await disclosable(session, scope)
     marking = ctx.config.gateway.marking
     extract = build_extract(homes, actions, marking=marking, reference=reference)
     current = snapshot(homes, actions)

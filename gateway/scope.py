@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.authorities import NATIONAL_KINDS
 from gateway.db.models import EnforcementAction, Home
+from gateway.extracts import EnforcementLike, HomeLike
 from gateway.reference import find_local_authority, find_police_force_area
 
 ENGLAND_NAMES = frozenset({"england", "all of england", "all england", "national"})
@@ -108,6 +111,16 @@ def _disclosable(scope: Scope) -> list[ColumnElement[bool]]:
 def homes_in(scope: Scope) -> Select[Home]:
     """The homes a disclosure for this scope holds: every registered or suspended home in it, never closed ones."""
     return select(Home).where(*_disclosable(scope)).order_by(Home.urn)
+
+
+async def disclosable(session: AsyncSession, scope: Scope) -> tuple[list[HomeLike], list[EnforcementLike]]:
+    """The homes and enforcement actions of homes_in and enforcement_in, as plain rows: an extract only reads
+    them, and building an ORM object for each of a few hundred rows was a tenth of a request's cost."""
+    homes = (await session.execute(homes_in(scope).with_only_columns(*Home.__table__.columns))).all()
+    actions = (
+        await session.execute(enforcement_in(scope).with_only_columns(*EnforcementAction.__table__.columns))
+    ).all()
+    return cast(list[HomeLike], homes), cast(list[EnforcementLike], actions)
 
 
 def enforcement_in(scope: Scope) -> Select[EnforcementAction]:

@@ -61,6 +61,17 @@ def test_wrong_type_names_key_and_what_was_expected(tmp_path: Path) -> None:
     assert refusal(tmp_path, text).endswith("[imap] port: expected an integer, got str '993'")
 
 
+def test_the_look_between_idle_pushes_is_on_by_default_and_bounded(tmp_path: Path) -> None:
+    imap = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword = "p"\n'
+    config = load_config(write(tmp_path, imap))
+    assert config.imap is not None
+    assert config.imap.check_ms == 200  # Dovecot's IDLE news come 0.5 s late: look sooner by default
+    off = load_config(write(tmp_path, imap + "check_ms = 0\n"))
+    assert off.imap is not None
+    assert off.imap.check_ms == 0
+    assert refusal(tmp_path, imap + "check_ms = -1\n").endswith("[imap] check_ms: must be between 0 and 60000, got -1")
+
+
 def test_boolean_is_not_accepted_as_a_port(tmp_path: Path) -> None:
     text = MINIMAL + '[smtp]\nhost = "smtp.example"\nport = true\n'
     assert "[smtp] port: expected an integer, got bool True" in refusal(tmp_path, text)

@@ -111,6 +111,20 @@ async def test_each_message_is_filed_by_its_outcome(
     assert kinds == ["alert", "disclosure", "impostor-notice"]  # the police told someone used their address
 
 
+async def test_large_messages_in_one_batch_are_fetched_a_few_megabytes_at_a_time(
+    running: Running, dovecot_server: ImapServer, live: Gateway, keys: AuthorityKeys
+) -> None:
+    await asyncio.wait_for(running.watcher.connected.wait(), 20)
+    line = b"x" * 76 + b"\r\n"
+    for i in range(3):  # 3 MB each: two never share a fetch, and the batch still ends in one outcome each
+        head = f"From: someone{i}@else.example\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: big\r\n\r\n"
+        dovecot_server.deliver(head.encode() + line * (3 * 1024 * 1024 // len(line)))
+    dovecot_server.deliver(request_from_police(keys))
+    await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1, "Rejected": 3}))
+    kinds = [str(row["kind"]) for row in await asyncio.to_thread(outbox, live)]
+    assert kinds == ["disclosure"]
+
+
 def fetch_as_the_watcher_would(server: ImapServer) -> bytes:
     client = imaplib.IMAP4(server.host, server.port)
     try:

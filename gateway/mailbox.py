@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any, NamedTuple
 
 import aioimaplib
@@ -38,6 +39,7 @@ FETCH_BYTES = 4 * 1024 * 1024
 SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_RESPONSE = re.compile(rb"^\d+ FETCH \(")
 _FROM = re.compile(rb"^From:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 Handler = Callable[[bytes], Awaitable[Outcome]]
@@ -262,15 +264,18 @@ class Watcher:
         try:
             for group in await self._sized(client, mine):
                 fetched = await self._fetch(client, group)
+                if len(fetched) < len(group):  # listed, sized, yet not returned: never skipped in silence
+                    missing = _set([uid for uid in group if uid not in fetched])
+                    failure = MailboxError(f"UID FETCH {missing} returned no message")
                 # Concurrently, except that one sender's messages go in order: its daily limit and its
                 # subscriptions then read as they would one at a time.
-                lanes: dict[bytes, list[int]] = {}
+                lanes: dict[str, list[int]] = {}
                 for uid, raw in fetched.items():
                     lanes.setdefault(_from_line(raw), []).append(uid)
                 results = await asyncio.gather(
                     *(self._in_order(lane, fetched, outcomes) for lane in lanes.values()), return_exceptions=True
                 )
-                failure = next((result for result in results if isinstance(result, BaseException)), None)
+                failure = next((result for result in results if isinstance(result, BaseException)), failure)
                 if failure is not None:
                     break
         finally:  # even when the link dropped mid-batch: what was decided is remembered, and filed next time
@@ -292,7 +297,7 @@ class Watcher:
             by_folder.setdefault(self.folders.for_outcome(settled_as), []).append(uid)
         for folder, uids in by_folder.items():
             await self._move(client, uids, folder)
-        await self._moved(uidvalidity, list(settled))
+            await self._moved(uidvalidity, uids)  # at once: should the next move fail, these are known moved
 
     async def settle_quarantine(self, client: aioimaplib.IMAP4) -> None:
         """Make the Quarantine folder agree with the database: what a person released or discarded leaves it."""
@@ -358,24 +363,22 @@ class Watcher:
         response = await self._ok(client.uid("fetch", _set(uids), "(UID BODY.PEEK[])"), f"UID FETCH {_set(uids)}")
         wanted = set(uids)
         found: dict[int, bytes] = {}
-        uid: int | None = None
+        uid: int | None = None  # of the FETCH response being read: each literal belongs to its own response
         literal: bytes | None = None
         for line in response.lines:
             if isinstance(line, bytearray):  # a message's bytes: its UID came before them, or comes after
                 if uid is not None:
                     found.setdefault(uid, bytes(line))
-                    uid = None
                 else:
                     literal = bytes(line)
                 continue
-            named = _UID.search(bytes(line)) if isinstance(line, bytes) else None
-            if named is None:
-                continue
-            if literal is not None:
+            text = bytes(line) if isinstance(line, bytes) else b""
+            named = _UID.search(text)
+            if _RESPONSE.match(text):  # a new response (perhaps an unsolicited one): nothing carries over
+                uid, literal = (int(named[1]) if named else None), None
+            elif named is not None and literal is not None and uid is None:
                 found.setdefault(int(named[1]), literal)
                 literal = None
-            else:
-                uid = int(named[1])
         return {uid: found[uid] for uid in sorted(found) if uid in wanted}
 
     async def _move(self, client: aioimaplib.IMAP4, uids: list[int], folder: str) -> None:
@@ -480,10 +483,11 @@ class Watcher:
             )
 
 
-def _from_line(raw: bytes) -> bytes:
-    """The From header as written, to schedule by (never to decide by): one sender's messages go in order."""
+def _from_line(raw: bytes) -> str:
+    """The From address, roughly, to schedule by (never to decide by): one sender's messages go in order."""
     found = _FROM.search(raw, 0, 65_536)
-    return found[1].strip().lower() if found else b""
+    text = found[1].decode("utf-8", "replace") if found else ""
+    return (parseaddr(text)[1] or text).strip().lower()
 
 
 def _set(uids: list[int]) -> str:

@@ -201,11 +201,14 @@ async def deliver_due(
     """Send what is due once; returns counts of sent, retrying and failed messages."""
     rules = retry or RetryPolicy()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
+    started = time.monotonic()
     try:
         while sum(counts.values()) < limit:
-            # A few at a time: a sender that dies holds back a few messages for one lease, not the queue.
-            batch = await _claim(db, now, rules.lease, min(CLAIM_BATCH, limit - sum(counts.values())))
+            # A few at a time: a sender that dies holds back a few messages for one lease, not the queue. The
+            # lease runs from this moment, not from when the call began.
             claimed_at = time.monotonic()
+            moment = now + dt.timedelta(seconds=claimed_at - started)
+            batch = await _claim(db, moment, rules.lease, min(CLAIM_BATCH, limit - sum(counts.values())))
             for claimed in batch:
                 if time.monotonic() - claimed_at > (rules.lease - LEASE_MARGIN).total_seconds():
                     break  # the lease is running out: the rest are sent when it has, by whichever sender

@@ -7,6 +7,7 @@ import contextlib
 import imaplib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -123,6 +124,33 @@ async def test_large_messages_in_one_batch_are_fetched_a_few_megabytes_at_a_time
     await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1, "Rejected": 3}))
     kinds = [str(row["kind"]) for row in await asyncio.to_thread(outbox, live)]
     assert kinds == ["disclosure"]
+
+
+async def test_each_fetched_message_is_paired_with_its_own_uid_whatever_else_the_server_says() -> None:
+    """Dovecot always puts UID first; other servers may put it after the message, and any server may slip in
+    news of another message (a flag another client set). Neither may give a message another one's UID."""
+
+    @dataclass
+    class Reply:
+        result: str
+        lines: list[bytes | bytearray]
+
+    class Server:
+        async def uid(self, *_args: str) -> Reply:
+            return Reply("OK", [
+                b"4 FETCH (UID 9 FLAGS (\\Seen))",  # unsolicited: another client read message 9
+                b"5 FETCH (BODY[] {3}", bytearray(b"one"), b" UID 10)",  # the UID after the message
+                b"6 FETCH (UID 11 BODY[] {3}", bytearray(b"two"), b")",
+                b"Fetch completed",
+            ])  # fmt: skip
+
+    async def never(_raw: bytes) -> Outcome:
+        raise AssertionError("not called")
+
+    settings = ImapSettings("127.0.0.1", 1, "u", Secret("p"), "none", "INBOX")
+    watcher = Watcher(settings, never, cast(Database, None), stop=asyncio.Event())
+    fetched = await watcher._fetch(cast(Any, Server()), [9, 10, 11])
+    assert fetched == {10: b"one", 11: b"two"}
 
 
 def fetch_as_the_watcher_would(server: ImapServer) -> bytes:

@@ -23,8 +23,6 @@ from gateway.db.engine import Database
 from gateway.db.models import PendingChange
 from gateway.errors import GatewayError
 
-KINDS = ("add", "update", "set-key", "resume")
-
 
 class ApprovalError(GatewayError):
     """An approval or rejection that cannot be done as asked."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gateway import __version__, approvals, audit, daemon, quarantine
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
-from gateway.config import Config, exposed, load_config, resolve_config_path
+from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
@@ -32,7 +32,7 @@ from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
 from gateway.logs import configure as configure_logs
-from gateway.outbox import deliver_due, retry_now, smtp_transport
+from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from gateway.pipeline import Context, process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
@@ -50,6 +50,16 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE
 def _emit_json(value: Any, out: TextIO | None = None) -> None:
     json.dump(value, out or sys.stdout, indent=2, default=str, ensure_ascii=False)
     (out or sys.stdout).write("\n")
+
+
+def _emit_rows(args: argparse.Namespace, rows: Sequence[dict[str, Any]], *, empty: str) -> None:
+    """A listing: JSON with --json, else a table, or one line saying why there is nothing to list."""
+    if args.json:
+        _emit_json(list(rows))
+    elif not rows:
+        print(empty)
+    else:
+        print_table(list(rows[0].keys()), [list(row.values()) for row in rows])
 
 
 def printable(value: object) -> str:
@@ -113,10 +123,7 @@ async def _database(config: Config) -> AsyncIterator[Database]:
 def _keyring(config: Config) -> Keyring:
     if not config.gpg.home.is_dir():
         raise GatewayError(f"GnuPG home {config.gpg.home} does not exist: run `gateway init` first")
-    problem = exposed(config.gpg.home)
-    if problem:  # whoever can read it can sign and decrypt as the gateway
-        raise KeyProblem(f"the GnuPG home is not private: {problem}")
-    return Keyring(config.gpg.home, config.gpg.binary)
+    return Keyring.private(config.gpg.home, config.gpg.binary)
 
 
 def _read_key_file(path: str) -> bytes:
@@ -431,12 +438,7 @@ async def cmd_change_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db:
         rows = [dataclasses.asdict(p) for p in await approvals.listing(db, everything=args.all)]
-    if args.json:
-        _emit_json(rows)
-    elif not rows:
-        print("no changes wait for approval" if not args.all else "no changes were ever proposed")
-    else:
-        print_table(list(rows[0].keys()), [list(row.values()) for row in rows])
+    _emit_rows(args, rows, empty="no changes were ever proposed" if args.all else "no changes wait for approval")
     return 0
 
 
@@ -558,12 +560,9 @@ async def cmd_process(args: argparse.Namespace) -> int:
                 raw = handle.read(enough)
     except OSError as exc:
         raise GatewayError(f"cannot read message {args.file}: {exc.strerror}") from None
-    keyring = _keyring(config)
     received = _since(args.as_of, "--as-of")
-    async with _database(config) as db:
-        ctx = Context(config, db, keyring, Templates(config.gateway.templates))
-        if received is not None:
-            ctx = dataclasses.replace(ctx, clock=lambda: received)
+    async with _pipeline(config) as opened:
+        ctx = opened if received is None else dataclasses.replace(opened, clock=lambda: received)
         outcome = await process(ctx, raw, source="file")
     if args.json:
         _emit_json(outcome.__dict__)
@@ -586,8 +585,9 @@ async def cmd_outbox_send(args: argparse.Namespace) -> int:
         raise ConfigError(f"{config.path}: [smtp] is not configured: there is no relay to send through")
     async with _database(config) as db:
         counts = await deliver_due(
-            db, smtp_transport(config.smtp), admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC)
-        )
+            db, smtp_transport(config.smtp), admin_address=config.gateway.admin_address,
+            now=dt.datetime.now(dt.UTC), retry=RetryPolicy.of(config.smtp),
+        )  # fmt: skip
     print(f"sent {counts['sent']}, will retry {counts['retrying']}, failed {counts['failed']}")
     return 0
 
@@ -607,9 +607,8 @@ async def cmd_outbox_retry(args: argparse.Namespace) -> int:
 async def cmd_schedule_run(args: argparse.Namespace) -> int:
     config = _config(args)
     as_of = _since(args.as_of, "--as-of") or dt.datetime.now(dt.UTC)
-    keyring = _keyring(config)
-    async with _database(config) as db:
-        counts = await run_due(Context(config, db, keyring, Templates(config.gateway.templates)), as_of)
+    async with _pipeline(config) as ctx:
+        counts = await run_due(ctx, as_of)
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     print(f"as of {as_of.isoformat(timespec='seconds')}: {summary} (queued in the outbox)")
     return 0
@@ -628,12 +627,7 @@ async def cmd_schedule_show(args: argparse.Namespace) -> int:
         {"id": sub.id, "authority": name, "area": sub.area, **next_events(sub, now, config.schedule)}
         for sub, name in rows
     ]
-    if args.json:
-        _emit_json(listed)
-    elif not listed:
-        print("nothing scheduled: there are no active subscriptions")
-    else:
-        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    _emit_rows(args, listed, empty="nothing scheduled: there are no active subscriptions")
     return 0
 
 
@@ -695,13 +689,8 @@ async def cmd_quarantine_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _pipeline(config) as ctx:
         rows = [dataclasses.asdict(held) for held in await quarantine.listing(ctx, everything=args.all)]
-    if args.json:
-        _emit_json(rows)
-    elif not rows:
-        print("nothing is held in quarantine" if not args.all else "nothing was ever quarantined")
-    else:
-        shown = [{**row, "reason": row["reason"][:80]} for row in rows]
-        print_table(list(shown[0].keys()), [list(row.values()) for row in shown])
+    shown = rows if args.json else [{**row, "reason": row["reason"][:80]} for row in rows]
+    _emit_rows(args, shown, empty="nothing was ever quarantined" if args.all else "nothing is held in quarantine")
     return 0
 
 
@@ -761,12 +750,7 @@ async def cmd_subscription_list(args: argparse.Namespace) -> int:
         }
         for sub, name in rows
     ]
-    if args.json:
-        _emit_json(listed)
-    elif not listed:
-        print("no subscriptions: an authority starts one by asking with Frequency: monthly")
-    else:
-        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    _emit_rows(args, listed, empty="no subscriptions: an authority starts one by asking with Frequency: monthly")
     return 0
 
 
@@ -786,12 +770,7 @@ async def cmd_outbox_list(args: argparse.Namespace) -> int:
         }
         for r in rows
     ]
-    if args.json:
-        _emit_json(listed)
-    elif not listed:
-        print("the outbox is empty")
-    else:
-        print_table(list(listed[0].keys()), [list(item.values()) for item in listed])
+    _emit_rows(args, listed, empty="the outbox is empty")
     return 0
 
 

@@ -496,13 +496,14 @@ def _limits(section: _Section | None) -> LimitSettings:
 def _metrics(section: _Section | None) -> MetricsSettings | None:
     if section is None:
         return None
-    host = section.text("host", "127.0.0.1") or "127.0.0.1"
+    d = MetricsSettings()
+    host = section.text("host", d.host) or d.host
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise section.fail("host", f"must be a loopback address (127.0.0.1, ::1 or localhost), got {host!r}")
     settings = MetricsSettings(
         host=host,
-        port=section.integer("port", 9464, 1, 65535),
-        max_outbox_age=section.integer("max_outbox_age", 900, 10, 86400),
+        port=section.integer("port", d.port, 1, 65535),
+        max_outbox_age=section.integer("max_outbox_age", d.max_outbox_age, 10, 86400),
     )
     section.finish()
     return settings

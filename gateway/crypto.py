@@ -25,6 +25,7 @@ from typing import IO, Any, TypeVar, cast
 import gnupg
 
 from gateway.addresses import normalise_address
+from gateway.config import exposed
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -302,6 +303,15 @@ class Keyring:
         self._gpg.encoding = "utf-8"
         self._inspected: dict[str, tuple[float, KeyInfo | None]] = {}
 
+    @classmethod
+    def private(cls, home: Path, binary: str = "gpg") -> Keyring:
+        """The gateway's own keyring, refused when other users can open its home: whoever can read it can sign
+        and decrypt as the gateway."""
+        problem = exposed(home)
+        if problem:
+            raise KeyProblem(f"the GnuPG home is not private: {problem}")
+        return cls(home, binary)
+
     @staticmethod
     def create_home(home: Path) -> bool:
         """Make the GnuPG home private to this user (gpg refuses unsafe homes); True if it was created."""
@@ -323,12 +333,10 @@ class Keyring:
     def inspect_cached(self, fingerprint: str, seconds: float = 60.0) -> KeyInfo | None:
         """inspect(), remembered for a minute: a gpg process per answer just to read a key is most of a request's
         cost. Safe to be a minute late: gpg itself refuses to encrypt to a key revoked or expired since."""
-        now = time.monotonic()
-        cached = self._inspected.get(fingerprint)
-        if cached is not None and now - cached[0] < seconds:
-            return cached[1]
-        info = self.inspect(fingerprint)
-        self._inspected[fingerprint] = (now, info)
+        known, info = self.remembered(fingerprint, seconds)
+        if not known:
+            info = self.inspect(fingerprint)
+            self._inspected[fingerprint] = (time.monotonic(), info)
         return info
 
     def remembered(self, fingerprint: str, seconds: float = 60.0) -> tuple[bool, KeyInfo | None]:

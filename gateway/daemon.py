@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics
 from gateway.compose import Templates
-from gateway.config import Config, InboundSmtpSettings, SmtpSettings, exposed
+from gateway.config import Config, InboundSmtpSettings, SmtpSettings
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
@@ -151,7 +151,7 @@ class Services:
             with _survive("outbox"):
                 counts = await deliver_due(
                     self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC),
-                    retry=RetryPolicy(first_wait=dt.timedelta(seconds=smtp.retry_seconds)),
+                    retry=RetryPolicy.of(smtp),
                 )  # fmt: skip
                 if any(counts.values()):
                     log.info("outbox", **counts)
@@ -219,10 +219,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         missing = "[imap]" if config.imap is None else "[smtp]"
         raise ConfigError(f"{config.path}: {missing} is not configured: `gateway run` needs a mailbox and a relay")
     stop = stop or asyncio.Event()
-    problem = exposed(config.gpg.home)
-    if problem:  # whoever can read it can sign and decrypt as the gateway
-        raise KeyProblem(f"the GnuPG home is not private: {problem}")
-    keyring = Keyring(config.gpg.home, config.gpg.binary)
+    keyring = Keyring.private(config.gpg.home, config.gpg.binary)
     await _check_key(config, keyring)
     db = create_database(config.database)
     await require_current_schema(db)

@@ -15,6 +15,17 @@ _CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:")
 _DELIMITER = re.compile(rb"(?m)^--")
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_block(raw: bytes, limit: int | None = None) -> bytes:
+    """The bytes before the first empty line: all of them when there is none, or no more than `limit`."""
+    end = _HEADER_END.search(raw, 0, len(raw) if limit is None else limit + 4)
+    if end is not None:
+        return raw[: end.start()]
+    return raw if limit is None else raw[:limit]
+
+
 def too_big(raw: bytes, limits: LimitSettings) -> str | None:
     """Mail the parser must never see: over the size limit, with huge headers, or with too many MIME parts.
 
@@ -23,8 +34,7 @@ def too_big(raw: bytes, limits: LimitSettings) -> str | None:
     """
     if len(raw) > limits.max_message_bytes:
         return f"the message is over the size limit of {limits.max_message_bytes} bytes: not parsed"
-    end = re.search(rb"\r?\n\r?\n", raw)
-    header_bytes = end.start() if end else len(raw)
+    header_bytes = len(header_block(raw))
     if header_bytes > limits.max_header_bytes:
         return f"the headers are {header_bytes} bytes, over the limit of {limits.max_header_bytes}: not parsed"
     # A delimiter line starts every part; armoured OpenPGP data adds two "-----" lines per block. Counted

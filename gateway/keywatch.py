@@ -12,19 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from gateway import audit
-from gateway.compose import Envelope, new_reference
+from gateway.compose import new_reference
 from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority, KeyNotice
 from gateway.outbox import enqueue
-from gateway.pipeline import (
-    GATEWAY_ACTOR,
-    Context,
-    Outgoing,
-    admin_notice,
-    encrypted_reply,
-    message_id_of,
-    reply_values,
-)
+from gateway.pipeline import GATEWAY_ACTOR, Context, Outgoing, admin_notice, encrypted_notice
 
 NOTICE_DAYS = 30
 GATEWAY_HOLDER = "gateway"
@@ -119,33 +111,18 @@ def _admin_lines(key: Expiring, as_of: dt.datetime, told: bool) -> tuple[str, li
 
 async def _authority_notice(ctx: Context, key: Expiring, reference: str) -> Outgoing | None:
     """The authority's notice, encrypted to the key that is about to expire; None when that key no longer works."""
-    authority = key.authority
-    if authority is None or not authority.addresses:
+    if key.authority is None:
         return None
-    recipient = authority.addresses[0].address
-    text = ctx.templates.render(
-        "key-expiry.txt.j2",
-        {
-            **reply_values(ctx, authority, recipient, reference),
-            "expires": f"{key.expires:%d %B %Y}",
-            "fingerprint": key.fingerprint,
-            "subscribed": key.subscribed,
-        },
-    )
-    envelope = Envelope(
-        sender=ctx.config.gateway.address,
-        recipient=recipient,
-        marking=ctx.config.gateway.marking,
-        reference=reference,
-        subject=f"Your encryption key expires on {key.expires:%d %B %Y} ({reference})",
-        auto_submitted="auto-generated",
-    )
+    when = f"{key.expires:%d %B %Y}"
     try:
-        wire = await encrypted_reply(ctx, envelope, text, authority)
+        return await encrypted_notice(
+            ctx, key.authority, kind="key-notice", reference=reference,
+            subject=f"Your encryption key expires on {when}", template="key-expiry.txt.j2",
+            values={"expires": when, "fingerprint": key.fingerprint, "subscribed": key.subscribed},
+        )  # fmt: skip
     except KeyProblem as exc:
-        log.warning("key_notice.not_encryptable", authority=authority.name, reason=str(exc))
+        log.warning("key_notice.not_encryptable", authority=key.authority.name, reason=str(exc))
         return None
-    return Outgoing("key-notice", recipient, message_id_of(wire), wire)
 
 
 async def notify(ctx: Context, key: Expiring, as_of: dt.datetime) -> bool:

@@ -17,7 +17,7 @@ from email.utils import parseaddr
 from typing import Any, NamedTuple
 
 import aioimaplib
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 
 from gateway import metrics
 from gateway.config import ImapSettings
@@ -393,13 +393,17 @@ class Watcher:
         else:
             await self._ok(client.expunge(), "EXPUNGE")
 
+    def _these(
+        self, model: type[MailboxProgress] | type[MailboxClaim], uidvalidity: int, uids: list[int]
+    ) -> tuple[ColumnElement[bool], ...]:
+        """Where a progress or claim row is one of these messages of the watched folder."""
+        return (model.folder == self.folders.inbox, model.uidvalidity == uidvalidity, model.uid.in_(uids))
+
     async def _settled(self, uidvalidity: int, uids: list[int]) -> dict[int, Settled]:
         async with self._db.transaction(write=False) as session:
             rows = await session.execute(
                 select(MailboxProgress.uid, MailboxProgress.settled_as, MailboxProgress.inbound_id).where(
-                    MailboxProgress.folder == self.folders.inbox,
-                    MailboxProgress.uidvalidity == uidvalidity,
-                    MailboxProgress.uid.in_(uids),
+                    *self._these(MailboxProgress, uidvalidity, uids)
                 )
             )
             return {row.uid: Settled(row.settled_as, row.inbound_id) for row in rows}
@@ -411,11 +415,7 @@ class Watcher:
             known = set(
                 (
                     await session.execute(
-                        select(MailboxProgress.uid).where(
-                            MailboxProgress.folder == self.folders.inbox,
-                            MailboxProgress.uidvalidity == uidvalidity,
-                            MailboxProgress.uid.in_(list(outcomes)),
-                        )
+                        select(MailboxProgress.uid).where(*self._these(MailboxProgress, uidvalidity, list(outcomes)))
                     )
                 ).scalars()
             )
@@ -440,13 +440,7 @@ class Watcher:
             claims = {
                 claim.uid: claim
                 for claim in (
-                    await session.execute(
-                        select(MailboxClaim).where(
-                            MailboxClaim.folder == self.folders.inbox,
-                            MailboxClaim.uidvalidity == uidvalidity,
-                            MailboxClaim.uid.in_(uids),
-                        )
-                    )
+                    await session.execute(select(MailboxClaim).where(*self._these(MailboxClaim, uidvalidity, uids)))
                 ).scalars()
             }
             mine = []
@@ -467,20 +461,10 @@ class Watcher:
             return mine
 
     async def _moved(self, uidvalidity: int, uids: list[int]) -> None:
-        where = (
-            MailboxProgress.folder == self.folders.inbox,
-            MailboxProgress.uidvalidity == uidvalidity,
-            MailboxProgress.uid.in_(uids),
-        )
         async with self._db.transaction() as session:
-            await session.execute(update(MailboxProgress).where(*where).values(moved=True))
-            await session.execute(
-                delete(MailboxClaim).where(
-                    MailboxClaim.folder == self.folders.inbox,
-                    MailboxClaim.uidvalidity == uidvalidity,
-                    MailboxClaim.uid.in_(uids),
-                )
-            )
+            moved = update(MailboxProgress).where(*self._these(MailboxProgress, uidvalidity, uids)).values(moved=True)
+            await session.execute(moved)
+            await session.execute(delete(MailboxClaim).where(*self._these(MailboxClaim, uidvalidity, uids)))
 
 
 def _from_line(raw: bytes) -> str:

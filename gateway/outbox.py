@@ -36,6 +36,11 @@ class RetryPolicy:
     # no message with less than LEASE_MARGIN of it left.
     lease: dt.timedelta = dt.timedelta(seconds=90)
 
+    @classmethod
+    def of(cls, settings: SmtpSettings) -> RetryPolicy:
+        """The policy the [smtp] settings ask for."""
+        return cls(first_wait=dt.timedelta(seconds=settings.retry_seconds))
+
     def wait(self, attempts: int) -> dt.timedelta:
         doublings = min(max(attempts - 1, 0), 20)  # capped: the wait tops out long before 2**20 anyway
         return min(self.first_wait * (1 << doublings), self.longest_wait)
@@ -93,16 +98,9 @@ class SmtpTransport:
         try:
             client = await self._connected()
             await client.sendmail(row.sender, [row.recipient], row.content)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            await self.close()
-            codes = [refusal.code for refusal in exc.recipients]
-            return Attempt(False, all(code >= 500 for code in codes), f"recipient refused: {exc}")
-        except aiosmtplib.SMTPResponseException as exc:
-            await self.close()
-            return Attempt(False, exc.code >= 500, f"{exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            await self.close()
-            return Attempt(False, False, f"{type(exc).__name__}: {exc}")
+            await self.close()  # the next message gets a new connection
+            return _failed(exc)
         return Attempt(True)
 
     async def close(self) -> None:
@@ -114,6 +112,16 @@ class SmtpTransport:
                 await client.quit()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             client.close()
+
+
+def _failed(exc: BaseException) -> Attempt:
+    """A failed delivery: permanent when the relay said 5xx (to every recipient), else worth retrying."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [refusal.code for refusal in exc.recipients]
+        return Attempt(False, all(code >= 500 for code in codes), f"recipient refused: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return Attempt(False, exc.code >= 500, f"{exc.code} {exc.message}")
+    return Attempt(False, False, f"{type(exc).__name__}: {exc}")
 
 
 def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> Transport:

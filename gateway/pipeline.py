@@ -40,8 +40,8 @@ from gateway.db.models import (
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
-from gateway.guard import sender_header_problem, signature_age_problem, too_big
-from gateway.lookalike import claims
+from gateway.guard import header_block, sender_header_problem, signature_age_problem, too_big
+from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
@@ -156,8 +156,7 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
     # Only the header block, and no more of it than the limit: the body is parsed once, in decide(), after the
     # checks on size, and its failures are dealt with there.
-    end = re.search(rb"\r?\n\r?\n", raw[: header_limit + 4])
-    head = raw[: end.start() if end else min(len(raw), header_limit)]
+    head = header_block(raw, header_limit)
     message_id = None
     try:
         header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID")
@@ -202,9 +201,10 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     authority = await find_authority(ctx, sender)
     if authority is None:
         registered = await registered_addresses(ctx)
-        if claims(message, registered, sender=sender):  # a registered address shown, or imitated
+        found = claims(message, registered, sender=sender)
+        if found:  # a registered address shown, or imitated
             why = f"{sender} is not a registered address"
-            return await impostor(ctx, arrival, message, why, sender, registered=registered)
+            return await impostor(ctx, arrival, message, why, sender, registered=registered, found=found)
         return Decision(REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
         return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
@@ -264,15 +264,16 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
     authority: Authority | None = None,
     *,
     registered: dict[str, int] | None = None,
+    found: list[Claim] | None = None,
 ) -> Decision:
     """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
-    and each authority whose address was shown or imitated told, encrypted and at most a few times a day."""
+    and each authority whose address was shown or imitated told, encrypted and at most a few times a day.
+    `registered` and `found` are the allowlist's addresses and the claims on them, when already read."""
     registered = registered if registered is not None else await registered_addresses(ctx)
-    found = claims(message, registered, sender=sender)
+    found = found if found is not None else claims(message, registered, sender=sender)
     reason = "; ".join([why, *(claim.describe() for claim in found)])
     ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
-    claimed_ids = list(dict.fromkeys(ids))
-    authorities = [a for a in [await _authority_by_id(ctx, i) for i in claimed_ids] if a is not None]
+    authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
     decision = alert(ctx, arrival, Decision(QUARANTINED, reason, sender, authority or next(iter(authorities), None)))
     told: list[Outgoing] = []
     for named in authorities:
@@ -302,44 +303,60 @@ async def authority_notice(
     ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
 ) -> Outgoing | None:
     """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
+    try:
+        return await encrypted_notice(
+            ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
+            template="authority-notice.txt.j2", values={"title": title, "lines": lines},
+        )  # fmt: skip
+    except KeyProblem:
+        return None  # fail closed: the admins' alert says what happened
+
+
+async def encrypted_notice(
+    ctx: Context,
+    authority: Authority,
+    *,
+    kind: str,
+    reference: str,
+    subject: str,
+    template: str,
+    values: dict[str, Any],
+) -> Outgoing | None:
+    """A notice the gateway starts (not an answer) to an authority's first address, encrypted to its pinned key
+    and signed; None when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
     if not authority.addresses:
         return None
     recipient = authority.addresses[0].address
-    reference = new_reference(ctx.clock())
     envelope = Envelope(
         sender=ctx.config.gateway.address,
         recipient=recipient,
         marking=ctx.config.gateway.marking,
         reference=reference,
-        subject=f"Register gateway: {title} ({reference})",
+        subject=f"{subject} ({reference})",
         auto_submitted="auto-generated",
     )
-    text = ctx.templates.render(
-        "authority-notice.txt.j2",
-        {**reply_values(ctx, authority, recipient, reference), "title": title, "lines": lines},
-    )
-    try:
-        wire = await encrypted_reply(ctx, envelope, text, authority)
-    except KeyProblem:
-        return None  # fail closed: the admins' alert says what happened
+    text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
+    wire = await encrypted_reply(ctx, envelope, text, authority)
     return Outgoing(kind, recipient, message_id_of(wire), wire)
 
 
-async def _authority_by_id(ctx: Context, authority_id: int) -> Authority | None:
+async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
+    """These authorities, in this order, with their addresses; one that is gone is left out."""
     async with ctx.db.transaction(write=False) as session:
-        query = select(Authority).where(Authority.id == authority_id).options(selectinload(Authority.addresses))
-        return (await session.execute(query)).scalar()
+        query = select(Authority).where(Authority.id.in_(ids)).options(selectinload(Authority.addresses))
+        found = {row.id: row for row in (await session.execute(query)).scalars()}
+    return [found[i] for i in ids if i in found]
 
 
 async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...], window: dt.timedelta) -> int:
     async with ctx.db.transaction(write=False) as session:
-        return await _count_sent(session, authority, kinds, ctx.clock() - window)
+        return await _count_sent(session, [a.address for a in authority.addresses], kinds, ctx.clock() - window)
 
 
-async def _count_sent(session: Any, authority: Authority, kinds: tuple[str, ...], since: dt.datetime) -> int:
-    """How many answers of these kinds went to the authority's addresses since then."""
+async def _count_sent(session: Any, addresses: list[str], kinds: tuple[str, ...], since: dt.datetime) -> int:
+    """How many messages of these kinds, caused by inbound mail, went to these addresses since then."""
     query = select(func.count(OutboxMessage.id)).where(
-        OutboxMessage.recipient.in_([a.address for a in authority.addresses]),
+        OutboxMessage.recipient.in_(addresses),
         OutboxMessage.kind.in_(kinds),
         OutboxMessage.inbound_id.is_not(None),
         OutboxMessage.created_at >= since,
@@ -373,8 +390,9 @@ async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision
     limit = ctx.config.limits.answers_per_day
     if await _sent_lately(ctx, asker.authority, ANSWERS, dt.timedelta(days=1)) < limit:
         return None
-    reason = f"the limit of {limit} answers a day to {asker.authority.name} is reached: kept for a person to release"
-    decision = alert(ctx, arrival, Decision(QUARANTINED, reason, asker.sender, asker.authority))
+    decision = alert(
+        ctx, arrival, Decision(QUARANTINED, _over_limit(ctx, asker.authority), asker.sender, asker.authority)
+    )
     key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
     async with ctx.db.transaction(write=False) as session:
         query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
@@ -389,6 +407,11 @@ async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision
     if notice is None:
         return decision
     return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
+
+
+def _over_limit(ctx: Context, authority: Authority) -> str:
+    limit = ctx.config.limits.answers_per_day
+    return f"the limit of {limit} answers a day to {authority.name} is reached: kept for a person to release"
 
 
 async def _alerts_in_last_hour(session: Any, now: dt.datetime) -> int:
@@ -722,23 +745,12 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
         },
     )
     warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
-    return Decision(
-        decision.outcome,
-        decision.reason,
-        decision.sender,
-        decision.authority,
-        decision.reference,
-        (*decision.outgoing, warning),
-        decision.disclosure,
-        decision.subscription,
-    )
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))
 
 
 def message_id_of(wire: bytes) -> str:
     """The Message-ID of mail the gateway wrote: read from its header block, not by parsing the whole message."""
-    end = re.search(rb"\r?\n\r?\n", wire)
-    head = wire[: end.start()] if end else wire
-    return str(BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID", ""))
+    return str(BytesHeaderParser(policy=policy.default).parsebytes(header_block(wire)).get("Message-ID", ""))
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
@@ -756,16 +768,13 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
 async def _notices_within_limit(ctx: Context, session: Any, decision: Decision) -> Decision:
     """The daily limit of impostor notices to an authority, counted again under the write lock, as answers are."""
     kept: list[Outgoing] = []
+    since = ctx.clock() - dt.timedelta(days=1)
     for item in decision.outgoing:
-        if item.kind == "impostor-notice":
-            query = select(func.count(OutboxMessage.id)).where(
-                OutboxMessage.recipient == item.recipient,
-                OutboxMessage.kind == item.kind,
-                OutboxMessage.inbound_id.is_not(None),
-                OutboxMessage.created_at >= ctx.clock() - dt.timedelta(days=1),
-            )
-            if int((await session.execute(query)).scalar() or 0) >= ctx.config.limits.impostor_notices_per_day:
-                continue  # told enough today; the admins' alert still goes
+        if item.kind == "impostor-notice" and (
+            await _count_sent(session, [item.recipient], (item.kind,), since)
+            >= ctx.config.limits.impostor_notices_per_day
+        ):
+            continue  # told enough today; the admins' alert still goes
         kept.append(item)
     return dataclasses.replace(decision, outgoing=tuple(kept))
 
@@ -777,11 +786,12 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     authority = decision.authority
     if authority is None or not any(item.kind in ANSWERS for item in decision.outgoing):
         return decision
-    limit = ctx.config.limits.answers_per_day
-    if await _count_sent(session, authority, ANSWERS, ctx.clock() - dt.timedelta(days=1)) < limit:
+    since = ctx.clock() - dt.timedelta(days=1)
+    if await _count_sent(session, [a.address for a in authority.addresses], ANSWERS, since) < (
+        ctx.config.limits.answers_per_day
+    ):
         return decision
-    reason = f"the limit of {limit} answers a day to {authority.name} is reached: kept for a person to release"
-    return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, authority))
+    return alert(ctx, arrival, Decision(QUARANTINED, _over_limit(ctx, authority), decision.sender, authority))
 
 
 async def _apply_subscription(
@@ -886,18 +896,19 @@ async def commit_decision(
     ctx: Context, session: Any, arrival: Arrival, decision: Decision, *, inbound: InboundMessage, now: dt.datetime
 ) -> None:
     """A decision's outgoing mail, notices, audit records, subscription change and disclosure log."""
-    queued: dict[str, int] = {}
+    queued: dict[str, list[int]] = {}  # outbox ids by kind: several authorities may each get a notice
     for item in decision.outgoing:
         if item.kind == "alert" and await _alerts_in_last_hour(session, now) >= ctx.config.limits.alerts_per_hour:
             inbound.alert_held = "held"  # told of in the next summary, so an attack cannot flood HMCI
             continue
-        queued[item.kind] = await enqueue(
+        outbox_id = await enqueue(
             session, now=now, sender=ctx.config.gateway.address, inbound_id=inbound.id, **item.queued()
         )
+        queued.setdefault(item.kind, []).append(outbox_id)
     for kind, key in decision.notices:
         await session.execute(
             _insert(session, Notice)
-            .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind))
+            .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind, [None])[0])
             .on_conflict_do_nothing()
         )
     await audit.record(
@@ -923,7 +934,7 @@ async def commit_decision(
         facts = decision.disclosure
         session.add(
             Disclosure(
-                **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"], disclosed_at=now
+                **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"][0], disclosed_at=now
             )
         )
         await audit.record(
@@ -942,7 +953,7 @@ async def commit_decision(
                 "enforcement_actions": facts.enforcement_count,
                 "extract_sha256": facts.extract_sha256,
                 "marking": facts.marking,
-                "outbox_id": queued["disclosure"],
+                "outbox_id": queued["disclosure"][0],
             },
             now=now,
         )

@@ -71,10 +71,7 @@ def _headers(raw: bytes) -> list[tuple[str, str]]:
 
 async def show(ctx: Context, inbound_id: int) -> dict[str, Any]:
     async with ctx.db.transaction(write=False) as session:
-        held = await session.get(QuarantinedMessage, inbound_id)
-        inbound = await session.get(InboundMessage, inbound_id)
-        if held is None or inbound is None:
-            raise QuarantineError(f"no quarantined message {inbound_id} (see `gateway quarantine list`)")
+        held, inbound = await _held(session, inbound_id, still_held=False)
         alerts = (
             await session.execute(
                 select(OutboxMessage).where(OutboxMessage.inbound_id == inbound_id).order_by(OutboxMessage.id)
@@ -95,12 +92,13 @@ async def show(ctx: Context, inbound_id: int) -> dict[str, Any]:
     }
 
 
-async def _held(session: Any, inbound_id: int) -> tuple[QuarantinedMessage, InboundMessage]:
+async def _held(session: Any, inbound_id: int, *, still_held: bool = True) -> tuple[QuarantinedMessage, InboundMessage]:
+    """A quarantined message and its record; unless `still_held` is False, one not yet released or discarded."""
     held = await session.get(QuarantinedMessage, inbound_id)
     inbound = await session.get(InboundMessage, inbound_id)
     if held is None or inbound is None:
         raise QuarantineError(f"no quarantined message {inbound_id} (see `gateway quarantine list`)")
-    if held.status != "held":
+    if still_held and held.status != "held":
         raise QuarantineError(f"message {inbound_id} was already {held.status} by {held.decided_by}")
     return held, inbound
 

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import DatabaseSettings, load_config
-from gateway.crypto import kill_agent
+from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import create_database, upgrade_schema
 
 POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
@@ -65,6 +65,31 @@ class AuthorityKeys:
     secret: bytes
     two_keys: bytes
     police_revocation: bytes  # a revocation certificate for the police key, to smuggle in
+
+
+def run_gpg(home: Path, *args: str, data: bytes = b"") -> bytes:
+    """gpg in a test's own home, as a mail client runs it (batch, no passphrase); a failure raises with gpg's words."""
+    command = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *args]
+    result = subprocess.run(command, input=data, capture_output=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"gpg {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
+    return result.stdout
+
+
+@contextlib.contextmanager
+def gateway_keyring(home: Path, keys: AuthorityKeys, name: str, *pinned: AuthorityKey) -> Iterator[tuple[Keyring, str]]:
+    """A gateway-like GnuPG home: its own secret key, these authority keys pinned, and its public key known to
+    the authorities (so that they can encrypt to it). Yields the keyring and the gateway key's fingerprint."""
+    Keyring.create_home(home)
+    ring = Keyring(home)
+    try:
+        fingerprint = ring.generate(name, GATEWAY_ADDRESS, "1y")
+        for key in pinned:
+            ring.import_public(key.public)
+        run_gpg(keys.home, "--import", data=ring.export_public(fingerprint).encode())
+        yield ring, fingerprint
+    finally:
+        kill_agent(home)
 
 
 class _KeyMaker:

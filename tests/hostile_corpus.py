@@ -27,7 +27,6 @@ import re
 import resource
 import signal
 import struct
-import subprocess
 import sys
 import time
 import traceback
@@ -43,7 +42,7 @@ from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database
 from gateway.db.models import Disclosure, InboundMessage, OutboxMessage
 from gateway.pipeline import Context, Outcome, process
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS, AuthorityKeys
+from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS, AuthorityKeys, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
 
 HOSTILE_DIR = Path(__file__).with_name("hostile")
@@ -168,11 +167,7 @@ def corpus_files() -> list[Path]:
 
 
 def gpg(keys: AuthorityKeys, *args: str, data: bytes = b"") -> bytes:
-    command = ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
-    result = subprocess.run([*command, *args], input=data, capture_output=True, check=False, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"gpg {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
-    return result.stdout
+    return run_gpg(keys.home, *args, data=data)
 
 
 def detached_signature(keys: AuthorityKeys, signer: str, data: bytes) -> bytes:

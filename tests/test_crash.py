@@ -88,7 +88,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_answers_once(
             daemon.send_signal(signal.SIGKILL)
             await daemon.wait()
         daemon = await started(live)
-        # A message or an outgoing mail claimed by a killed daemon waits out its lease (60 and 90 seconds).
+        # A message or an outgoing mail claimed by a killed daemon waits out its lease (30 and 90 seconds).
         await until(lambda: set(answers(relay)) >= wanted, 300)
         await until(
             lambda: folder_counts(dovecot_server, "INBOX", "Processed") == {"INBOX": 0, "Processed": BURST}, 120

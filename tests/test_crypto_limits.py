@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.crypto import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem, Keyring, kill_agent
-from tests.conftest import GATEWAY_ADDRESS, AuthorityKeys
+from gateway.crypto import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem, Keyring
+from tests.conftest import AuthorityKeys, gateway_keyring, run_gpg
 
 BOMB_PLAINTEXT = 200 * 1024 * 1024  # zeros: compressed by gpg to a few hundred KB
 PROJECT = Path(__file__).resolve().parent.parent
@@ -29,26 +29,11 @@ class Recipient:
     fingerprint: str
 
 
-def gpg(home: Path, *args: str, data: bytes = b"") -> bytes:
-    return subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *args],
-        input=data, capture_output=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def recipient(tmp_path_factory: pytest.TempPathFactory, keys: AuthorityKeys) -> Iterator[Recipient]:
     """A gateway-like home: its own secret key, the police key pinned, and its public key known to the police."""
-    home = tmp_path_factory.mktemp("limits-gnupg")
-    Keyring.create_home(home)
-    ring = Keyring(home)
-    try:
-        fingerprint = ring.generate("Limits test gateway", GATEWAY_ADDRESS, "1y")
-        ring.import_public(keys.police.public)
-        gpg(keys.home, "--import", data=ring.export_public(fingerprint).encode())
-        yield Recipient(ring, fingerprint)
-    finally:
-        kill_agent(home)
+    with gateway_keyring(tmp_path_factory.mktemp("limits-gnupg"), keys, "Limits test gateway", keys.police) as made:
+        yield Recipient(*made)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +57,7 @@ def bomb(recipient: Recipient, tmp_path_factory: pytest.TempPathFactory) -> byte
 
 def encrypted(keys: AuthorityKeys, recipient: Recipient, plaintext: bytes, *, sign: bool = True) -> bytes:
     signing = ["--sign", "--local-user", keys.police.fingerprint] if sign else []
-    return gpg(keys.home, "--trust-model", "always", "--armor", "--encrypt", "--recipient", recipient.fingerprint,
+    return run_gpg(keys.home, "--trust-model", "always", "--armor", "--encrypt", "--recipient", recipient.fingerprint,
                *signing, data=plaintext)  # fmt: skip
 
 
@@ -191,7 +176,7 @@ def test_an_unsigned_message_decrypts_as_unsigned(keys: AuthorityKeys, recipient
 
 
 def test_a_message_for_another_key_is_a_key_problem_not_a_limit(keys: AuthorityKeys, recipient: Recipient) -> None:
-    for_police = gpg(keys.home, "--trust-model", "always", "--armor", "--encrypt", "--recipient",
+    for_police = run_gpg(keys.home, "--trust-model", "always", "--armor", "--encrypt", "--recipient",
                      keys.police.fingerprint, data=b"not for the gateway")  # fmt: skip
     with pytest.raises(KeyProblem, match="could not be decrypted") as raised:
         recipient.ring.decrypt(for_police)
@@ -210,7 +195,7 @@ def test_a_large_ordinary_message_is_fed_and_read_without_deadlock(keys: Authori
 
 
 def detached(keys: AuthorityKeys, signer: str, data: bytes) -> bytes:
-    return gpg(keys.home, "--detach-sign", "--local-user", signer, data=data)
+    return run_gpg(keys.home, "--detach-sign", "--local-user", signer, data=data)
 
 
 def test_a_detached_signature_still_verifies(keys: AuthorityKeys, recipient: Recipient) -> None:

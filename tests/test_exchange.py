@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from gateway.authenticate import Authenticated, Refused, authenticate
-from gateway.crypto import Keyring, kill_agent
+from gateway.crypto import Keyring
 from gateway.requests import body_text, parse_request
 from gateway.sample import write_sample
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway, gateway_keyring, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
 
 HEADERS = FROM_POLICE + "Message-ID: <exchange1@westmercia.police.example>\nMIME-Version: 1.0\n"
@@ -39,24 +38,13 @@ class GatewayRing:
 def gateway_ring(tmp_path_factory: pytest.TempPathFactory, keys: AuthorityKeys) -> Iterator[GatewayRing]:
     """The gateway's keyring: its own key, and the police and council keys pinned, as `authority add` leaves it."""
     home = tmp_path_factory.mktemp("exchange-gnupg")
-    Keyring.create_home(home)
-    ring = Keyring(home)
-    try:
-        fingerprint = ring.generate("HMCI register gateway", GATEWAY_ADDRESS, "1y")
-        ring.import_public(keys.police.public)
-        ring.import_public(keys.la.public)
-        authority_gpg(keys, "--import", data=ring.export_public(fingerprint).encode())
-        yield GatewayRing(ring, fingerprint)
-    finally:
-        kill_agent(home)
+    with gateway_keyring(home, keys, "HMCI register gateway", keys.police, keys.la) as made:
+        yield GatewayRing(*made)
 
 
 def authority_gpg(keys: AuthorityKeys, *args: str, data: bytes) -> bytes:
     """gpg in the authorities' home, as their mail client runs it."""
-    return subprocess.run(
-        ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *args],
-        input=data, capture_output=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+    return run_gpg(keys.home, *args, data=data)
 
 
 def encrypt(keys: AuthorityKeys, recipient: str, inner: bytes = INNER, signer: str | None = None) -> bytes:

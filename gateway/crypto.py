@@ -39,6 +39,11 @@ class KeyProblem(GatewayError):
     """A key that cannot be used, or a keyring that cannot be opened."""
 
 
+class GpgUnavailable(GatewayError):
+    """gpg itself cannot be run: this machine's fault, never the sender's (so not a KeyProblem, which would make
+    a genuine request look like an impostor's)."""
+
+
 class GpgLimitExceeded(KeyProblem):
     """gpg was stopped: a message made it produce more than allowed, or take longer."""
 
@@ -56,6 +61,7 @@ _CHUNK = 64 * 1024
 class _Finished:
     output: bytes
     status: str  # gpg's status lines (--status-fd), on a pipe of their own: its messages on stderr are dropped
+    returncode: int
 
 
 class _Pump:
@@ -105,7 +111,7 @@ class _Pump:
             self.process.wait(max(deadline - time.monotonic(), 0.001))
         except subprocess.TimeoutExpired:
             raise GpgLimitExceeded(f"gpg did not finish within {timeout:g} seconds") from None
-        return _Finished(b"".join(self.output), self.status.decode("utf-8", "replace"))
+        return _Finished(b"".join(self.output), self.status.decode("utf-8", "replace"), self.process.returncode)
 
     def _feed(self, selector: selectors.BaseSelector, fd: int) -> None:
         try:
@@ -158,7 +164,7 @@ def _run_bounded(command: list[str], data: bytes, *, max_output: int, timeout: f
         )
     except OSError as exc:
         os.close(status_read)
-        raise KeyProblem(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+        raise GpgUnavailable(f"cannot run {command[0]}: {exc.strerror or exc}") from None
     finally:
         os.close(status_write)
     pump = _Pump(process, status_read, data, max_output, what)
@@ -388,7 +394,8 @@ class Keyring:
         except GpgLimitExceeded as exc:
             raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {exc}") from None
         status = finished.status
-        if "[GNUPG:] SIG_CREATED" not in status or "[GNUPG:] END_ENCRYPTION" not in status or not finished.output:
+        done = "[GNUPG:] SIG_CREATED" in status and "[GNUPG:] END_ENCRYPTION" in status and finished.output
+        if finished.returncode != 0 or not done:
             lines = status.splitlines()
             reason = next((line for line in lines if "INV_RECP" in line or "FAILURE" in line or "INV_SGNR" in line), "")
             raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {(reason or status).strip()[-200:]}")

@@ -248,7 +248,7 @@ class Watcher:
         now = asyncio.get_running_loop().time()
         if worked or now - self._quarantine_settled >= SETTLE_SECONDS:
             self._quarantine_settled = now
-            await self.settle_quarantine(client)
+            await self.settle_quarantine(client, uidvalidity)
         return worked
 
     async def _work(
@@ -292,14 +292,17 @@ class Watcher:
         by_folder: dict[str, list[int]] = {}
         for uid, (settled_as, inbound_id) in sorted(settled.items()):
             if settled_as == "quarantined" and inbound_id is not None:
-                # Labelled with its record, so a release or discard later finds it in the Quarantine folder.
-                await self._ok(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"), f"STORE {uid}")
+                # Labelled with its record, so a release or discard later finds it in the Quarantine folder. A
+                # server that refuses keywords still gets it filed: a person then moves it by hand.
+                labelled = await self._timed(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"))
+                if labelled.result != "OK":
+                    log.warning("quarantined message %s could not be labelled: %s", uid, labelled.result)
             by_folder.setdefault(self.folders.for_outcome(settled_as), []).append(uid)
         for folder, uids in by_folder.items():
             await self._move(client, uids, folder)
             await self._moved(uidvalidity, uids)  # at once: should the next move fail, these are known moved
 
-    async def settle_quarantine(self, client: aioimaplib.IMAP4) -> None:
+    async def settle_quarantine(self, client: aioimaplib.IMAP4, uidvalidity: int) -> None:
         """Make the Quarantine folder agree with the database: what a person released or discarded leaves it."""
         async with self._db.transaction(write=False) as session:
             rows = (
@@ -331,7 +334,8 @@ class Watcher:
                     if row is not None:
                         row.settled_as = settled
         finally:
-            await self._ok(client.select(self.folders.inbox), f"SELECT {self.folders.inbox}")
+            if await self._select(client) != uidvalidity:  # its UIDs now name other messages: start again
+                raise MailboxError(f"the UIDVALIDITY of {self.folders.inbox} changed")
 
     async def _sized(self, client: aioimaplib.IMAP4, uids: list[int]) -> list[list[int]]:
         """The messages in groups to fetch at once, each group at most FETCH_BYTES (a bigger message alone), so

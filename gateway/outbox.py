@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 import time
@@ -12,7 +13,7 @@ from email.utils import format_datetime
 from typing import Protocol
 
 import aiosmtplib
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
@@ -23,7 +24,8 @@ from gateway.db.models import OutboxMessage
 SENDER_ACTOR = "gateway"
 SEND_TIMEOUT = 15  # seconds for each SMTP step
 CLAIM_BATCH = 10  # messages claimed at once; none is started with less than LEASE_MARGIN of the lease left
-LEASE_MARGIN = dt.timedelta(seconds=4 * SEND_TIMEOUT)
+LEASE_MARGIN = dt.timedelta(seconds=2 * SEND_TIMEOUT)
+LEASE_SAFETY = 5.0  # seconds: a send still going this close to the end of its claim is stopped
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class RetryPolicy:
     first_wait: dt.timedelta = dt.timedelta(minutes=1)
     longest_wait: dt.timedelta = dt.timedelta(hours=1)
     # A claimed message is not picked up again for this long: a sender that died mid-send is retried after it.
-    # It must outlast one send (a connection and three SMTP steps, SEND_TIMEOUT each): a batch's sender starts
-    # no message with less than LEASE_MARGIN of it left.
+    # A batch's sender starts no message with less than LEASE_MARGIN of it left, and stops one still going
+    # LEASE_SAFETY before it ends: no other sender can claim a message while it is being sent.
     lease: dt.timedelta = dt.timedelta(seconds=90)
 
     @classmethod
@@ -60,7 +62,7 @@ class Transport(Protocol):
 
     async def __call__(self, row: OutboxMessage) -> Attempt: ...
 
-    async def close(self) -> None: ...
+    async def close(self, *, polite: bool = True) -> None: ...
 
 
 class SmtpTransport:
@@ -99,18 +101,21 @@ class SmtpTransport:
             client = await self._connected()
             await client.sendmail(row.sender, [row.recipient], row.content)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            await self.close()  # the next message gets a new connection
+            await self.close(polite=False)  # mid-exchange: dropped; the next message gets a new connection
             return _failed(exc)
         return Attempt(True)
 
-    async def close(self) -> None:
+    async def close(self, *, polite: bool = True) -> None:
+        """QUIT and close; or, not polite, just close (after a failure, or mid-command)."""
         client, self._client = self._client, None
         if client is None:
             return
         try:
-            if client.is_connected:
+            if polite and client.is_connected:
                 await client.quit()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
             client.close()
 
 
@@ -217,16 +222,41 @@ async def deliver_due(
             claimed_at = time.monotonic()
             moment = now + dt.timedelta(seconds=claimed_at - started)
             batch = await _claim(db, moment, rules.lease, min(CLAIM_BATCH, limit - sum(counts.values())))
-            for claimed in batch:
-                if time.monotonic() - claimed_at > (rules.lease - LEASE_MARGIN).total_seconds():
-                    break  # the lease is running out: the rest are sent when it has, by whichever sender
-                result = await transport(claimed)
-                await _record(db, claimed.id, result, rules=rules, now=now, admin_address=admin_address, counts=counts)
+            for index, claimed in enumerate(batch):
+                left = rules.lease.total_seconds() - (time.monotonic() - claimed_at)
+                if left < LEASE_MARGIN.total_seconds():  # a slow relay: the rest go back, due now, to any sender
+                    await _release(db, [row.id for row in batch[index:]], moment)
+                    return counts
+                result = await _within(transport, claimed, left - LEASE_SAFETY)
+                sent_at = now + dt.timedelta(seconds=time.monotonic() - started)
+                await _record(
+                    db, claimed.id, result, rules=rules, now=sent_at, admin_address=admin_address, counts=counts
+                )
             if len(batch) < CLAIM_BATCH:
                 break
     finally:
         await transport.close()
     return counts
+
+
+async def _within(transport: Transport, row: OutboxMessage, seconds: float) -> Attempt:
+    """One delivery, stopped before the claim on the message runs out: past it, another sender could send it too."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await transport(row)
+    except TimeoutError:
+        await transport.close(polite=False)
+        return Attempt(False, False, f"the delivery took over {seconds:.0f} s: stopped before its claim ran out")
+
+
+async def _release(db: Database, ids: list[int], now: dt.datetime) -> None:
+    """Give claimed messages back, due now."""
+    async with db.transaction() as session:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
+            .values(next_attempt_at=now)
+        )
 
 
 async def _record(

@@ -235,6 +235,23 @@ async def test_requests_decided_side_by_side_cannot_pass_the_daily_limit_togethe
     assert counts[("disclosure", POLICE_ADDRESS)] == 1
 
 
+async def test_a_gpg_that_cannot_run_is_the_gateways_fault_not_an_impostor(live: Gateway, keys: AuthorityKeys) -> None:
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    keyring = Keyring(config.gpg.home)
+    keyring.binary = str(live.directory / "no-such-gpg")  # gpg uninstalled, say, under a running gateway
+    try:
+        outcome = await pipeline.process(ctx=Context(config, db, keyring, Templates()), raw=request_from_police(keys),
+                                         source="imap")  # fmt: skip
+    finally:
+        await db.close()
+    assert outcome.kind == "quarantined"  # kept for a person, and tried by no one as an impostor
+    assert outcome.reason.startswith("processing failed (GpgUnavailable)")
+    counts = await asyncio.to_thread(sent, live)
+    assert counts[("alert", ADMIN_ADDRESS)] == 1
+    assert counts[("impostor-notice", POLICE_ADDRESS)] == 0  # the police are not told someone used their name
+
+
 def test_impostor_notices_to_an_authority_are_limited(live: Gateway, keys: AuthorityKeys) -> None:
     limited(live, impostor_notices_per_day=2, alerts_per_hour=100)
     for i in range(4):

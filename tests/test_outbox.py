@@ -12,6 +12,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
+from gateway import outbox
 from gateway.config import DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, OutboxMessage
@@ -165,3 +166,39 @@ async def test_starttls_required_means_no_plaintext_to_a_relay_without_it(db: Da
     assert failed.status == "pending"
     assert failed.last_error is not None
     assert "STARTTLS" in failed.last_error or "TLS" in failed.last_error
+
+
+@dataclass
+class StalledRelay(Relay):
+    """A relay that takes the message, then never answers: the sender must not outlive its claim on it."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(60)
+        return "250 2.0.0 Queued"
+
+
+async def test_a_send_that_would_outlive_its_claim_is_stopped_and_retried(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease of seconds instead of minutes, so that the test need not wait minutes for the same thing.
+    monkeypatch.setattr(outbox, "LEASE_MARGIN", dt.timedelta(seconds=1))
+    monkeypatch.setattr(outbox, "LEASE_SAFETY", 0.5)
+    server, port = await serve(StalledRelay())
+    try:
+        outbox_id = await queue(db)
+        second = await queue(db)
+        rules = RetryPolicy(lease=dt.timedelta(seconds=3))
+        counts = await asyncio.wait_for(
+            deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START, retry=rules),
+            10,
+        )
+    finally:
+        server.close()
+    stalled = await row(db, outbox_id)
+    assert counts == {"sent": 0, "retrying": 1, "failed": 0}
+    assert stalled.status == "pending"
+    assert "stopped before its claim ran out" in (stalled.last_error or "")
+    # Its lease nearly spent, the sender gave the next message back, due at once, for any sender to take.
+    given_back = await row(db, second)
+    assert given_back.attempts == 0
+    assert given_back.next_attempt_at < START + rules.lease

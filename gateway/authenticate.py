@@ -6,12 +6,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
-from email import policy as email_policy
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
 from gateway.addresses import normalise_address
 from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus
+from gateway.guard import READ_POLICY
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]
@@ -162,7 +162,7 @@ def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
     # The request is read from the very bytes that are verified, never from the parser's idea of the first
     # part: wherever the two might disagree (a line that looks like a delimiter, an odd line end), the
     # signature then covers exactly what is read.
-    return SignedParts(signed, signature, message_from_bytes(signed, policy=email_policy.default))
+    return SignedParts(signed, signature, message_from_bytes(signed, policy=READ_POLICY))
 
 
 # ---------------------------------------------------------------- the policy
@@ -284,7 +284,7 @@ def _opened(payload: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt) -
         return Refused(f"the message could not be decrypted: {exc}")
     except KeyProblem:
         return Refused("the message could not be decrypted with the gateway's key")
-    inner = message_from_bytes(opened.data, policy=email_policy.default)
+    inner = message_from_bytes(opened.data, policy=READ_POLICY)
     if opened.signature.signed:  # signed and encrypted in one OpenPGP message (RFC 3156 6.2)
         problem = _by_pinned_key(opened.signature, pinned_key)
         return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)

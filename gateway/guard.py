@@ -4,9 +4,11 @@ or future-dated signatures. Each returns why a message is suspect, or None."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
-from email.headerregistry import AddressHeader
+from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 
 from gateway.addresses import normalise_address
 from gateway.config import LimitSettings
@@ -16,6 +18,31 @@ _DELIMITER = re.compile(rb"(?m)^--")
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_LINE_BREAKS = re.compile(r"\n|\r")  # as the email package's own header_fetch_parse
+_CACHED_UP_TO = 2000  # characters: the few short headers read again and again, never a huge hostile one
+
+
+class _ReadPolicy(EmailPolicy):
+    """The email package's default policy, with each header parsed once, not on every read.
+
+    The parser itself reads Content-Type several times for each part, and the checks read From, Sender and
+    the rest again: each read ran the full header parser. The parsed headers are the package's own objects,
+    shared between reads (nothing changes them), so what every check sees is the same as before.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        if hasattr(value, "name") or len(value) > _CACHED_UP_TO:
+            return super().header_fetch_parse(name, value)  # type: ignore[no-any-return]
+        return _parsed(name, value)
+
+
+READ_POLICY = _ReadPolicy()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(name: str, value: str) -> BaseHeader:
+    header: BaseHeader = READ_POLICY.header_factory(name, "".join(_LINE_BREAKS.split(value)))
+    return header
 
 
 def header_block(raw: bytes, limit: int | None = None) -> bytes:

@@ -40,7 +40,7 @@ from gateway.db.models import (
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
-from gateway.guard import header_block, sender_header_problem, signature_age_problem, too_big
+from gateway.guard import READ_POLICY, header_block, sender_header_problem, signature_age_problem, too_big
 from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
@@ -159,7 +159,7 @@ def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 
     head = header_block(raw, header_limit)
     message_id = None
     try:
-        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID")
+        header = BytesHeaderParser(policy=READ_POLICY).parsebytes(head).get("Message-ID")
         message_id = storable(str(header).strip())[:998] if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
@@ -186,7 +186,7 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
     if unparsable is not None:
         return alert(ctx, arrival, Decision(QUARANTINED, unparsable))
-    message = message_from_bytes(arrival.raw, policy=policy.default)
+    message = message_from_bytes(arrival.raw, policy=READ_POLICY)
     if not isinstance(message, EmailMessage):
         return Decision(QUARANTINED, "the message could not be parsed")
     unreadable = unreadable_headers(message)  # the parser itself fails on some (From: x <a@)
@@ -571,8 +571,8 @@ async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
     inner = inner_message(envelope, text, files)
     with metrics.timed_gpg("sign_and_encrypt"):
-        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner.as_bytes(), authority.key_fingerprint, signer)
-    return outer_message(envelope, encrypted, now=ctx.clock()).as_bytes()
+        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
+    return outer_message(envelope, encrypted, now=ctx.clock())
 
 
 def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
@@ -749,8 +749,11 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
 
 
 def message_id_of(wire: bytes) -> str:
-    """The Message-ID of mail the gateway wrote: read from its header block, not by parsing the whole message."""
-    return str(BytesHeaderParser(policy=policy.default).parsebytes(header_block(wire)).get("Message-ID", ""))
+    """The Message-ID of mail the gateway wrote (compose.outer_message: one line, never folded)."""
+    for line in header_block(wire).splitlines():
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("ascii")
+    return ""
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:

@@ -75,8 +75,8 @@ def build_reply(keyring: Keyring, signer: str, keys: AuthorityKeys) -> tuple[byt
         },
     )  # fmt: skip
     inner = inner_message(envelope, text, extract.files)
-    encrypted = keyring.sign_and_encrypt(inner.as_bytes(), keys.police.fingerprint, signer)
-    return outer_message(envelope, encrypted).as_bytes(), reference
+    encrypted = keyring.sign_and_encrypt(inner, keys.police.fingerprint, signer)
+    return outer_message(envelope, encrypted), reference
 
 
 def test_the_reply_opens_in_gpg_with_a_good_signature_from_the_gateway(

@@ -20,6 +20,10 @@ from gateway.config import DatabaseSettings
 from gateway.errors import GatewayError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connections kept open. The daemon works up to a mailbox batch side by side, each message with a reader and a
+# writer, besides the outbox and the schedule: a pool smaller than that closes a connection after every
+# transaction and opens a new one (with SQLite, a new thread and a cold page cache) for the next.
+POOL = {"pool_size": 20, "max_overflow": 10}
 # Any constant shared by every writer: PostgreSQL serialises write transactions on it.
 WRITE_LOCK_KEY = 0x6761_7465
 
@@ -87,15 +91,15 @@ def sqlite_path(settings: DatabaseSettings) -> Path | None:
 def create_database(settings: DatabaseSettings) -> Database:
     url = settings.url.value
     if settings.is_sqlite:
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-        readers = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        readers = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
         event.listen(readers.sync_engine, "connect", _sqlite_on_connect)
         event.listen(readers.sync_engine, "begin", _sqlite_on_begin_reading)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         return Database(engine, sessions, settings, async_sessionmaker(readers, expire_on_commit=False), readers)
-    engine = create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_pre_ping=True, **POOL)
     return Database(engine, async_sessionmaker(engine, expire_on_commit=False), settings)
 
 

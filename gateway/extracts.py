@@ -126,6 +126,9 @@ def defuse(value: str) -> str:
     Also when the sign hides behind spaces, invisible characters or quotes (some spreadsheets trim them before
     they look), or comes in a full-width form (some fold those to ASCII).
     """
+    first = value[:1]
+    if first.isascii() and first.isalnum():  # most cells: an ASCII letter or digit first is never a formula
+        return value
     risky = value.startswith(_FORMULA_STARTS) or _first_sign(value) in _FORMULA_SIGNS
     return "'" + value if risky else value
 

@@ -34,7 +34,7 @@ CLAIM_LEASE = dt.timedelta(seconds=30)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
 # Messages claimed, fetched, worked on and filed together; fetched at most FETCH_BYTES at a time.
-BATCH = 8
+BATCH = 24
 FETCH_BYTES = 4 * 1024 * 1024
 SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
 _UID = re.compile(rb"\bUID (\d+)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from gateway.config import DatabaseSettings, Secret
 from gateway.db.engine import SQLITE_BUSY_TIMEOUT_MS, create_database, upgrade_schema
@@ -33,3 +34,34 @@ async def test_sqlite_connections_are_set_up_for_concurrent_writers(tmp_path: Pa
     finally:
         await db.close()
     assert pragmas == {"journal_mode": "wal", "busy_timeout": SQLITE_BUSY_TIMEOUT_MS, "foreign_keys": 1}
+
+
+async def test_sqlite_readers_see_the_last_commit_while_a_writer_holds_the_lock_and_cannot_write(
+    tmp_path: Path,
+) -> None:
+    """Readers run on the event loop's thread (no aiosqlite hop): they must never wait for a lock there."""
+    file = tmp_path / "gateway.db"
+    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{file}")))
+    try:
+        await upgrade_schema(db)
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE notes (body TEXT)"))
+            await session.execute(text("INSERT INTO notes VALUES ('first')"))
+        async with db.transaction() as writer:
+            await writer.execute(text("INSERT INTO notes VALUES ('second')"))
+            async with db.transaction(write=False) as reader:  # the writer's lock held all along
+                seen = (await reader.execute(text("SELECT body FROM notes"))).scalars().all()
+                pragmas = {
+                    name: (await reader.execute(text(f"PRAGMA {name}"))).scalar()
+                    for name in ("journal_mode", "foreign_keys", "query_only")
+                }
+        with pytest.raises(DBAPIError, match="attempt to write a readonly database"):
+            async with db.transaction(write=False) as reader:
+                await reader.execute(text("INSERT INTO notes VALUES ('through a reader')"))
+        async with db.transaction(write=False) as reader:
+            after = (await reader.execute(text("SELECT body FROM notes ORDER BY rowid"))).scalars().all()
+    finally:
+        await db.close()
+    assert seen == ["first"]
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "query_only": 1}
+    assert after == ["first", "second"]

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from gateway.config import DatabaseSettings
+from gateway.db.inline_sqlite import connect_reader
 from gateway.errors import GatewayError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -94,8 +95,11 @@ def create_database(settings: DatabaseSettings) -> Database:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-        readers = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
-        event.listen(readers.sync_engine, "connect", _sqlite_on_connect)
+        file = sqlite_path(settings)
+        assert file is not None  # noqa: S101 - is_sqlite says so
+        readers = create_async_engine(
+            url, async_creator=lambda: connect_reader(file, SQLITE_BUSY_TIMEOUT_MS), **POOL
+        )  # fmt: skip
         event.listen(readers.sync_engine, "begin", _sqlite_on_begin_reading)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         return Database(engine, sessions, settings, async_sessionmaker(readers, expire_on_commit=False), readers)

@@ -21,10 +21,14 @@ from gateway.db.inline_sqlite import connect_reader
 from gateway.errors import GatewayError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Connections kept open. The daemon works up to a mailbox batch side by side, each message with a reader and a
-# writer, besides the outbox and the schedule: a pool smaller than that closes a connection after every
-# transaction and opens a new one (with SQLite, a new thread and a cold page cache) for the next.
-POOL = {"pool_size": 20, "max_overflow": 10}
+# Connections kept open, so that a burst does not close one after each transaction and open another (with
+# SQLite, a new thread and a cold page cache each time). Up to a mailbox batch of writers may wait for the
+# write lock at once, each on its connection; SQLite readers never wait (on the loop's thread), so few do.
+# A writer touches few pages: its page cache is kept small (WRITER_CACHE_KB), for the daemon's memory.
+WRITER_POOL = {"pool_size": 20, "max_overflow": 10}
+WRITER_CACHE_KB = 512
+READER_POOL = {"pool_size": 5, "max_overflow": 10}
+SHARED_POOL = {"pool_size": 10, "max_overflow": 10}
 # Any constant shared by every writer: PostgreSQL serialises write transactions on it.
 WRITE_LOCK_KEY = 0x6761_7465
 
@@ -41,6 +45,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
     cursor.close()
 
 
@@ -92,18 +97,18 @@ def sqlite_path(settings: DatabaseSettings) -> Path | None:
 def create_database(settings: DatabaseSettings) -> Database:
     url = settings.url.value
     if settings.is_sqlite:
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **WRITER_POOL)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         file = sqlite_path(settings)
         assert file is not None  # noqa: S101 - is_sqlite says so
         readers = create_async_engine(
-            url, async_creator=lambda: connect_reader(file, SQLITE_BUSY_TIMEOUT_MS), **POOL
+            url, async_creator=lambda: connect_reader(file, SQLITE_BUSY_TIMEOUT_MS), **READER_POOL
         )  # fmt: skip
         event.listen(readers.sync_engine, "begin", _sqlite_on_begin_reading)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         return Database(engine, sessions, settings, async_sessionmaker(readers, expire_on_commit=False), readers)
-    engine = create_async_engine(url, pool_pre_ping=True, **POOL)
+    engine = create_async_engine(url, pool_pre_ping=True, **SHARED_POOL)
     return Database(engine, async_sessionmaker(engine, expire_on_commit=False), settings)
 
 

@@ -11,7 +11,7 @@ from email.message import EmailMessage, Message
 
 from gateway.addresses import normalise_address
 from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus
-from gateway.guard import READ_POLICY
+from gateway.guard import read_policy
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]
@@ -162,7 +162,7 @@ def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
     # The request is read from the very bytes that are verified, never from the parser's idea of the first
     # part: wherever the two might disagree (a line that looks like a delimiter, an odd line end), the
     # signature then covers exactly what is read.
-    return SignedParts(signed, signature, message_from_bytes(signed, policy=READ_POLICY))
+    return SignedParts(signed, signature, message_from_bytes(signed, policy=read_policy()))
 
 
 # ---------------------------------------------------------------- the policy
@@ -284,7 +284,7 @@ def _opened(payload: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt) -
         return Refused(f"the message could not be decrypted: {exc}")
     except KeyProblem:
         return Refused("the message could not be decrypted with the gateway's key")
-    inner = message_from_bytes(opened.data, policy=READ_POLICY)
+    inner = message_from_bytes(opened.data, policy=read_policy())
     if opened.signature.signed:  # signed and encrypted in one OpenPGP message (RFC 3156 6.2)
         problem = _by_pinned_key(opened.signature, pinned_key)
         return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)

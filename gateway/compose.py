@@ -140,6 +140,9 @@ class Templates:
         return self._env.get_template(name).render(**values)
 
 
+_LINE = 78  # RFC 5322's "SHOULD" for a line, as the email package folds
+
+
 def _header(name: str, value: str) -> str:
     """One header line as the email package would write it under OUTER_POLICY: plain when it is short ASCII
     with nothing to encode, else folded (and RFC 2047-encoded) by the package itself."""
@@ -147,9 +150,6 @@ def _header(name: str, value: str) -> str:
         return f"{name}: {value}\r\n"
     folded: str = OUTER_POLICY.header_factory(name, value).fold(policy=OUTER_POLICY)
     return folded
-
-
-_LINE = 78  # RFC 5322's "SHOULD" for a line, as the email package folds
 
 
 def _boundary(*bodies: bytes) -> str:

@@ -4,9 +4,8 @@ or future-dated signatures. Each returns why a message is suspect, or None."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
-from email.headerregistry import AddressHeader, BaseHeader
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 
@@ -18,31 +17,40 @@ _DELIMITER = re.compile(rb"(?m)^--")
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_LINE_BREAKS = re.compile(r"\n|\r")  # as the email package's own header_fetch_parse
-_CACHED_UP_TO = 2000  # characters: the few short headers read again and again, never a huge hostile one
+_CACHED_UP_TO = 200  # characters: the short headers read again and again, never a long hostile one
+_CACHED_AT_MOST = 16  # parsed headers kept for one message: a parse tree can be hundreds of times its text
+_REGISTRY = HeaderRegistry()
 
 
 class _ReadPolicy(EmailPolicy):
-    """The email package's default policy, with each header parsed once, not on every read.
+    """The email package's default policy, with a message's short headers parsed once, not on every read.
 
-    The parser itself reads Content-Type several times for each part, and the checks read From, Sender and
-    the rest again: each read ran the full header parser. The parsed headers are the package's own objects,
-    shared between reads (nothing changes them), so what every check sees is the same as before.
+    The parser reads Content-Type several times for each part, and the checks read From and the rest again:
+    each read ran the full header parser. The parsed headers are the package's own objects, shared between
+    reads of one message (nothing changes them), so what every check sees is the same as before. The cache
+    belongs to one message (`read_policy()` for each) and is bounded, so no sender can make it hold memory.
     """
+
+    _parsed: dict[tuple[str, str], str]
+
+    def __init__(self) -> None:
+        super().__init__(header_factory=_REGISTRY, message_factory=EmailMessage)
+        object.__setattr__(self, "_parsed", {})  # policies are immutable once made
 
     def header_fetch_parse(self, name: str, value: str) -> str:
         if hasattr(value, "name") or len(value) > _CACHED_UP_TO:
             return super().header_fetch_parse(name, value)  # type: ignore[no-any-return]
-        return _parsed(name, value)
+        header = self._parsed.get((name, value))
+        if header is None:
+            header = super().header_fetch_parse(name, value)
+            if len(self._parsed) < _CACHED_AT_MOST:
+                self._parsed[name, value] = header
+        return header
 
 
-READ_POLICY = _ReadPolicy()
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(name: str, value: str) -> BaseHeader:
-    header: BaseHeader = READ_POLICY.header_factory(name, "".join(_LINE_BREAKS.split(value)))
-    return header
+def read_policy() -> EmailPolicy:
+    """The policy to parse one received message with: policy.default, each short header parsed once."""
+    return _ReadPolicy()
 
 
 def header_block(raw: bytes, limit: int | None = None) -> bytes:

@@ -21,20 +21,21 @@ from sqlalchemy import ColumnElement, delete, select, update
 
 from gateway import metrics
 from gateway.config import ImapSettings
-from gateway.db.engine import Database
+from gateway.db.engine import SIDE_BY_SIDE, Database
 from gateway.db.models import InboundMessage, MailboxClaim, MailboxProgress, QuarantinedMessage
 from gateway.pipeline import Outcome
 
 log = logging.getLogger("gateway.mailbox")
 
-# Long enough for any one message (each gpg call is bounded at 30 s), short enough that a gateway that died
-# holding a claim delays that message by no more than this. Should it run out mid-message, the other gateway
-# only repeats the work: the message is recorded once, by its SHA-256, under the write lock.
+# Taken once for a batch (BATCH messages, worked on side by side): long enough for an ordinary batch, short
+# enough that a gateway that died holding a claim delays those messages by no more than this. Should it run
+# out mid-batch (one sender's messages go in order, and each gpg call may take up to 30 s), the other gateway
+# only repeats the work: each message is recorded once, by its SHA-256, under the write lock.
 CLAIM_LEASE = dt.timedelta(seconds=30)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
 # Messages claimed, fetched, worked on and filed together; fetched at most FETCH_BYTES at a time.
-BATCH = 24
+BATCH = SIDE_BY_SIDE  # the database pools are sized for it
 FETCH_BYTES = 4 * 1024 * 1024
 SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
 _UID = re.compile(rb"\bUID (\d+)")

@@ -40,7 +40,7 @@ from gateway.db.models import (
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
-from gateway.guard import READ_POLICY, header_block, sender_header_problem, signature_age_problem, too_big
+from gateway.guard import header_block, read_policy, sender_header_problem, signature_age_problem, too_big
 from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
@@ -159,7 +159,7 @@ def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 
     head = header_block(raw, header_limit)
     message_id = None
     try:
-        header = BytesHeaderParser(policy=READ_POLICY).parsebytes(head).get("Message-ID")
+        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID")
         message_id = storable(str(header).strip())[:998] if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
@@ -186,7 +186,7 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
     if unparsable is not None:
         return alert(ctx, arrival, Decision(QUARANTINED, unparsable))
-    message = message_from_bytes(arrival.raw, policy=READ_POLICY)
+    message = message_from_bytes(arrival.raw, policy=read_policy())
     if not isinstance(message, EmailMessage):
         return Decision(QUARANTINED, "the message could not be parsed")
     unreadable = unreadable_headers(message)  # the parser itself fails on some (From: x <a@)
@@ -748,9 +748,12 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
     return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))
 
 
+_FOLD = re.compile(rb"\r\n(?=[ \t])")  # a header line's continuation (RFC 5322 2.2.3)
+
+
 def message_id_of(wire: bytes) -> str:
-    """The Message-ID of mail the gateway wrote (compose.outer_message: one line, never folded)."""
-    for line in header_block(wire).splitlines():
+    """The Message-ID of mail the gateway wrote (compose.outer_message): read from its header block, unfolded."""
+    for line in _FOLD.sub(b" ", header_block(wire)).split(b"\r\n"):
         if line[:11].lower() == b"message-id:":
             return line[11:].strip().decode("ascii")
     return ""

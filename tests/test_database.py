@@ -65,3 +65,22 @@ async def test_sqlite_readers_see_the_last_commit_while_a_writer_holds_the_lock_
     assert seen == ["first"]
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "query_only": 1}
     assert after == ["first", "second"]
+
+
+async def test_sqlite_readers_and_writers_open_the_same_file_whatever_the_url_carries(tmp_path: Path) -> None:
+    """Readers are opened by the gateway itself, writers by SQLAlchemy: a query in the URL must not split them."""
+    file = tmp_path / "gateway.db"
+    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{file}?timeout=5")))
+    try:
+        await upgrade_schema(db)
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE notes (body TEXT)"))
+            await session.execute(text("INSERT INTO notes VALUES ('written')"))
+        async with db.transaction(write=False) as reader:
+            seen = (await reader.execute(text("SELECT body FROM notes"))).scalars().all()
+    finally:
+        await db.close()
+    assert seen == ["written"]
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(("-wal", "-shm"))) == [
+        "gateway.db"
+    ]

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -23,12 +23,18 @@ from gateway.errors import GatewayError
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Connections kept open, so that a burst does not close one after each transaction and open another (with
 # SQLite, a new thread and a cold page cache each time). Up to a mailbox batch of writers may wait for the
-# write lock at once, each on its connection; SQLite readers never wait (on the loop's thread), so few do.
-# A writer touches few pages: its page cache is kept small (WRITER_CACHE_KB), for the daemon's memory.
-WRITER_POOL = {"pool_size": 20, "max_overflow": 10}
+# write lock at once, each on its connection, and readers, the outbox and /healthz need some besides. SQLite
+# readers run on the loop's thread, one transaction at a time, so they need few. A SQLite writer touches few
+# pages: its page cache is kept small (WRITER_CACHE_KB), for the daemon's memory.
+SIDE_BY_SIDE = 24  # messages worked on at once (the mailbox's batch), each of which may be waiting to write
+WRITER_POOL = {"pool_size": SIDE_BY_SIDE, "max_overflow": 8}
 WRITER_CACHE_KB = 512
-READER_POOL = {"pool_size": 5, "max_overflow": 10}
-SHARED_POOL = {"pool_size": 10, "max_overflow": 10}
+READER_POOL = {"pool_size": 2, "max_overflow": 4}
+SHARED_POOL = {"pool_size": SIDE_BY_SIDE, "max_overflow": 8}  # PostgreSQL: one engine for readers and writers
+# A SQLite reader waits for a lock only in rare cases (another program holding the file in exclusive locking
+# mode, WAL recovery). It would wait on the loop's thread, stopping all else, so only briefly: then the read
+# fails like any database error (a message being decided is kept for a person, with the reason recorded).
+SQLITE_READER_BUSY_TIMEOUT_MS = 2_000
 # Any constant shared by every writer: PostgreSQL serialises write transactions on it.
 WRITE_LOCK_KEY = 0x6761_7465
 
@@ -91,19 +97,19 @@ class Database:
 
 
 def sqlite_path(settings: DatabaseSettings) -> Path | None:
-    return Path(settings.url.value.split(":///", 1)[1]) if settings.is_sqlite else None
+    """The file SQLAlchemy opens for this URL (its query, if any, left off), or None for PostgreSQL."""
+    return Path(make_url(settings.url.value).database or "") if settings.is_sqlite else None
 
 
 def create_database(settings: DatabaseSettings) -> Database:
     url = settings.url.value
-    if settings.is_sqlite:
+    file = sqlite_path(settings)
+    if file is not None:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **WRITER_POOL)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-        file = sqlite_path(settings)
-        assert file is not None  # noqa: S101 - is_sqlite says so
         readers = create_async_engine(
-            url, async_creator=lambda: connect_reader(file, SQLITE_BUSY_TIMEOUT_MS), **READER_POOL
+            url, async_creator=lambda: connect_reader(file, SQLITE_READER_BUSY_TIMEOUT_MS), **READER_POOL
         )  # fmt: skip
         event.listen(readers.sync_engine, "begin", _sqlite_on_begin_reading)
         sessions = async_sessionmaker(engine, expire_on_commit=False)

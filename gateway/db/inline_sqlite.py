@@ -8,7 +8,8 @@ offers aiosqlite's coroutine interface and runs each call at once. Writers keep 
 IMMEDIATE can wait for another writer, and their commit waits for the disk.
 
 Only `Database.transaction(write=False)` uses it. A write through it is refused by SQLite (`query_only`), never
-left to wait on the loop's thread.
+left to wait on the loop's thread. Not offered, because no reader needs them: changing the isolation level
+(AUTOCOMMIT) and streaming results (server-side cursors).
 """
 
 from __future__ import annotations
@@ -102,11 +103,10 @@ class InlineConnection:
         self._conn.create_function(*args, **kwargs)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self.stop()
 
     def stop(self) -> None:
+        """Close at once (SQLAlchemy's terminate); nothing is ever left running elsewhere."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -121,5 +121,5 @@ def _open(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
 
 
 async def connect_reader(path: Path, busy_timeout_ms: int) -> InlineConnection:
-    """A reading connection; opened off the loop, since opening reads the schema and may wait for a lock."""
+    """A reading connection; opened off the loop, since opening may wait for a lock (the WAL's set-up)."""
     return InlineConnection(await asyncio.to_thread(_open, path, busy_timeout_ms))

@@ -25,7 +25,7 @@ from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
 from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
-from gateway.outbox import RetryPolicy, deliver_due, smtp_transport
+from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import Context, Outcome, process
 from gateway.schedule import run_due
 
@@ -155,6 +155,8 @@ class Services:
                 )  # fmt: skip
                 if any(counts.values()):
                     log.info("outbox", **counts)
+                if sum(counts.values()) >= ROUND:
+                    continue  # a full round: more is due now, so no nap (a backlog must not go 50 per interval)
             await _nap(self.stop, self.outbox_due, OUTBOX_INTERVAL)
 
     async def lead(self) -> None:

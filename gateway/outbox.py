@@ -23,6 +23,7 @@ from gateway.db.models import OutboxMessage
 
 SENDER_ACTOR = "gateway"
 SEND_TIMEOUT = 15  # seconds for each SMTP step
+ROUND = 50  # messages one call of deliver_due handles at most; the caller comes straight back when it did
 CLAIM_BATCH = 10  # messages claimed at once; none is started with less than LEASE_MARGIN of the lease left
 LEASE_MARGIN = dt.timedelta(seconds=2 * SEND_TIMEOUT)
 LEASE_SAFETY = 5.0  # seconds: a send still going this close to the end of its claim is stopped
@@ -157,7 +158,7 @@ async def enqueue(
 
 async def _claim(db: Database, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[OutboxMessage]:
     """Take the due messages for this sender: moving their next attempt past the lease claims them."""
-    async with db.transaction() as session:
+    async with db.transaction(ahead=True) as session:
         rows = list(
             (
                 await session.execute(
@@ -209,9 +210,9 @@ async def deliver_due(
     admin_address: str,
     now: dt.datetime,
     retry: RetryPolicy | None = None,
-    limit: int = 50,
+    limit: int = ROUND,
 ) -> dict[str, int]:
-    """Send what is due once; returns counts of sent, retrying and failed messages."""
+    """Send what is due, up to `limit` messages; returns counts of sent, retrying and failed messages."""
     rules = retry or RetryPolicy()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
     started = time.monotonic()
@@ -251,7 +252,7 @@ async def _within(transport: Transport, row: OutboxMessage, seconds: float) -> A
 
 async def _release(db: Database, ids: list[int], now: dt.datetime) -> None:
     """Give claimed messages back, due now."""
-    async with db.transaction() as session:
+    async with db.transaction(ahead=True) as session:
         await session.execute(
             update(OutboxMessage)
             .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
@@ -270,7 +271,7 @@ async def _record(
     counts: dict[str, int],
 ) -> None:
     """How a delivery went, at once: a crash then repeats no more than the message in hand."""
-    async with db.transaction() as session:
+    async with db.transaction(ahead=True) as session:
         row = await session.get(OutboxMessage, outbox_id)
         if row is None or row.status != "pending":
             return

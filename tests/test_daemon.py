@@ -13,14 +13,20 @@ import urllib.request
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
+from gateway import daemon as gateway_daemon
+from gateway.compose import Templates
 from gateway.config import load_config
+from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Subscription
+from gateway.outbox import ROUND
+from gateway.pipeline import Context
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
-from tests.test_outbox import Relay, daemon_settings, serve
+from tests.test_outbox import Relay, daemon_settings, plain_relay, queue, serve
 from tests.test_pipeline import live, police_says, process, register_urns, request_from_police
 
 __all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
@@ -168,3 +174,33 @@ async def test_health_and_metrics_for_operators(live: Gateway, dovecot_server: I
         _, stderr = await asyncio.wait_for(daemon.communicate(), 15)
         server.close()
     assert daemon.returncode == 0, stderr.decode()[-2000:]
+
+
+async def test_a_backlog_bigger_than_a_round_goes_out_at_once_not_a_round_per_tick(
+    live: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_daemon, "OUTBOX_INTERVAL", 3600.0)  # a nap now would outlast the test
+    relay = Relay()
+    server, port = await serve(relay)
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    backlog = 2 * ROUND + 5  # after an outage, say
+    for _ in range(backlog):
+        await queue(db)
+    stop = asyncio.Event()
+    sender = asyncio.create_task(
+        gateway_daemon.Services(Context(config, db, Keyring(config.gpg.home), Templates()), stop).send_outbox(
+            plain_relay(port)
+        )
+    )
+    try:
+        for _ in range(600):
+            if len(relay.received) >= backlog:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sender, 20)
+        server.close()
+        await db.close()
+    assert len(relay.received) == backlog

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -84,3 +85,46 @@ async def test_sqlite_readers_and_writers_open_the_same_file_whatever_the_url_ca
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(("-wal", "-shm"))) == [
         "gateway.db"
     ]
+
+
+async def test_writers_take_turns_in_order_with_bookkeeping_first_and_a_cancelled_one_holds_no_one_up(
+    tmp_path: Path,
+) -> None:
+    """The process's writers queue for their turn (SQLite's own lock polls, and leaves itself idle between tries):
+    short bookkeeping goes before waiting ordinary writes, and a writer cancelled while waiting, or just as its
+    turn came, passes the turn on."""
+    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")))
+    order: list[str] = []
+    release = asyncio.Event()
+    waiting: dict[str, asyncio.Task[None]] = {}
+
+    async def write(name: str, *, ahead: bool = False) -> None:
+        async with db.transaction(ahead=ahead) as session:
+            order.append(name)
+            await session.execute(text("INSERT INTO notes VALUES (:name)"), {"name": name})
+            if name == "holder":
+                await release.wait()
+        if name == "holder":
+            waiting["handed"].cancel()  # its turn has just come, before it could take it: it must pass it on
+
+    try:
+        await upgrade_schema(db)
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE notes (body TEXT)"))
+        holder = asyncio.create_task(write("holder"))
+        while not order:
+            await asyncio.sleep(0.01)
+        for name, ahead in (("first", False), ("gone", False), ("handed", True), ("second", False), ("book", True)):
+            waiting[name] = asyncio.create_task(write(name, ahead=ahead))
+            await asyncio.sleep(0.01)  # queued in this order
+        waiting["gone"].cancel()
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(holder, *waiting.values(), return_exceptions=True), 10)
+        async with db.transaction(write=False) as reader:
+            stored = (await reader.execute(text("SELECT body FROM notes ORDER BY rowid"))).scalars().all()
+    finally:
+        await db.close()
+    assert order == ["holder", "book", "first", "second"]
+    assert stored == order
+    cancelled = [name for name, result in zip(["holder", *waiting], results, strict=True) if result is not None]
+    assert cancelled == ["gone", "handed"]

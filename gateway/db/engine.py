@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,13 @@ from gateway.errors import GatewayError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Connections kept open, so that a burst does not close one after each transaction and open another (with
-# SQLite, a new thread and a cold page cache each time). Up to a mailbox batch of writers may wait for the
-# write lock at once, each on its connection, and readers, the outbox and /healthz need some besides. SQLite
-# readers run on the loop's thread, one transaction at a time, so they need few. A SQLite writer touches few
-# pages: its page cache is kept small (WRITER_CACHE_KB), for the daemon's memory.
-SIDE_BY_SIDE = 24  # messages worked on at once (the mailbox's batch), each of which may be waiting to write
-WRITER_POOL = {"pool_size": SIDE_BY_SIDE, "max_overflow": 8}
-WRITER_CACHE_KB = 512
+# SQLite, a new thread and a cold page cache each time). A writer waits for its turn (WriterQueue) before it
+# takes a connection, so the process writes through one at a time: SQLite's writers need few. SQLite's readers
+# run on the loop's thread, one transaction at a time, so they need few too. On PostgreSQL readers and writers
+# share one engine, and each message worked on (SIDE_BY_SIDE, the mailbox's window) may be reading at once,
+# with the outbox and /healthz besides.
+SIDE_BY_SIDE = 24  # messages worked on at once (the mailbox's window)
+WRITER_POOL = {"pool_size": 2, "max_overflow": 4}
 READER_POOL = {"pool_size": 2, "max_overflow": 4}
 SHARED_POOL = {"pool_size": SIDE_BY_SIDE, "max_overflow": 8}  # PostgreSQL: one engine for readers and writers
 # A SQLite reader waits for a lock only in rare cases (another program holding the file in exclusive locking
@@ -43,6 +45,53 @@ class DatabaseError(GatewayError):
     """The database cannot be reached, or its schema is not the one this code expects."""
 
 
+class WriterQueue:
+    """This process's writers, one at a time, in the order they came; a short write that other work waits on
+    (`ahead`: the outbox marking a message sent, the mailbox's claims and progress) goes before the waiting
+    ordinary ones.
+
+    The database serialises writers anyway (SQLite's write lock, PostgreSQL's advisory lock), but badly for a
+    burst: SQLite's busy handler polls, sleeping up to 100 ms between tries, so with a few writers waiting the
+    lock stood idle half the time; and each waiting writer held a pooled connection. Here a waiting writer
+    holds nothing and is woken as soon as its turn comes. Other processes (the CLI, a second gateway on
+    PostgreSQL) still meet the database's own lock.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    @asynccontextmanager
+    async def turn(self, *, ahead: bool = False) -> AsyncIterator[None]:
+        if self._busy or any(self._waiting):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[0 if ahead else 1].append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._next()  # the turn was handed over as the wait was cancelled: pass it on
+                else:
+                    self._waiting[0 if ahead else 1].remove(waiter)
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """Hand the turn to the first waiter (urgent ones first), or free it."""
+        for waiting in self._waiting:
+            while waiting:
+                waiter = waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # still busy: the turn passes straight to it
+                    return
+        self._busy = False
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Take transaction control away from the driver so that "begin" below decides how to start.
     dbapi_connection.isolation_level = None
@@ -51,7 +100,6 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
     cursor.close()
 
 
@@ -75,19 +123,24 @@ class Database:
     # the daemon's workers read while one of them writes. With PostgreSQL, the same as `sessions`.
     reader_sessions: async_sessionmaker[AsyncSession] | None = None
     reader_engine: AsyncEngine | None = None
+    writers: WriterQueue = field(default_factory=WriterQueue)
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, *, write: bool = True, ahead: bool = False) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends, rolled back if it raises.
 
         Writers go one at a time on both backends: SQLite's BEGIN IMMEDIATE takes the write lock up front,
         and on PostgreSQL a transaction-scoped advisory lock does the same, so two imports or two changes to
-        one authority can never interleave. Readers (write=False) take no lock on PostgreSQL.
+        one authority can never interleave. Within the process they first wait their turn in `writers`
+        (`ahead` for short bookkeeping that other work waits on). Readers (write=False) take no lock.
         """
-        sessions = self.sessions if write or self.reader_sessions is None else self.reader_sessions
-        async with sessions() as session, session.begin():
-            if write:
-                await lock_writers(session)
+        if not write:
+            sessions = self.sessions if self.reader_sessions is None else self.reader_sessions
+            async with sessions() as session, session.begin():
+                yield session
+            return
+        async with self.writers.turn(ahead=ahead), self.sessions() as session, session.begin():
+            await lock_writers(session)
             yield session
 
     async def close(self) -> None:

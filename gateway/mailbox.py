@@ -11,6 +11,7 @@ import re
 import secrets
 import socket
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -27,16 +28,19 @@ from gateway.pipeline import Outcome
 
 log = logging.getLogger("gateway.mailbox")
 
-# Taken once for a batch (BATCH messages, worked on side by side): long enough for an ordinary batch, short
-# enough that a gateway that died holding a claim delays those messages by no more than this. Should it run
-# out mid-batch (one sender's messages go in order, and each gpg call may take up to 30 s), the other gateway
-# only repeats the work: each message is recorded once, by its SHA-256, under the write lock.
+# Taken for each top-up of the window, just before its messages are fetched and started: long enough for an
+# ordinary message, short enough that a gateway that died holding a claim delays those messages by no more
+# than this. Should it run out first (one sender's messages go in order, and each gpg call may take up to
+# 30 s), the other gateway only repeats the work: each message is recorded once, by its SHA-256, under the
+# write lock.
 CLAIM_LEASE = dt.timedelta(seconds=30)
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 MAX_BACKOFF = 60.0
-# Messages claimed, fetched, worked on and filed together; fetched at most FETCH_BYTES at a time.
-BATCH = SIDE_BY_SIDE  # the database pools are sized for it
-FETCH_BYTES = 4 * 1024 * 1024
+# Messages worked on at once, at most, and the bytes of them held at once, at most (a bigger message alone).
+WINDOW = SIDE_BY_SIDE
+WINDOW_BYTES = 4 * 1024 * 1024
+TOP_UP = 8  # more are claimed and fetched once this many places are free: one claim, size and fetch for them
+FILE_AT = 8  # settled messages are filed this many at a time (fewer when nothing else is being worked on)
 SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -229,64 +233,75 @@ class Watcher:
         """Every message in the folder now, oldest first: processed unless already, then moved to its folder.
         True when there was anything to do.
 
-        A few at a time (BATCH): one claim, one fetch and one move per batch, and the batch's messages worked
-        on together, so that one message's gpg runs while another's Python does. Each still ends in exactly one
-        outcome: the pipeline records each by itself, and the claims keep another gateway off them meanwhile."""
+        A sliding window: up to WINDOW messages are worked on at once, so that one message's gpg runs while
+        another's Python does, and more are claimed and fetched (TOP_UP at a time) while the rest are worked on,
+        with nothing standing idle between batches. What has settled is filed FILE_AT at a time. Each message
+        still ends in exactly one outcome: the pipeline records each by itself, and the claims keep another
+        gateway off them meanwhile."""
         response = await self._ok(client.uid_search("ALL"), "UID SEARCH")
-        uids = sorted(int(word) for word in _text(response.lines).split() if word.isdigit())
+        pending = deque(sorted(int(word) for word in _text(response.lines).split() if word.isdigit()))
+        work = _Window(self._handle)
         worked = False
-        for start in range(0, len(uids), BATCH):
-            if self._stop.is_set():
-                return False
-            batch = uids[start : start + BATCH]
-            settled = await self._settled(uidvalidity, batch)
-            failure = await self._work(client, uidvalidity, [uid for uid in batch if uid not in settled], settled)
-            if settled:
-                await self._file(client, uidvalidity, settled)
-                worked = True
-            if failure is not None:
-                raise failure  # what was done is filed; the rest waits for the next round, after the backoff
+        try:
+            while True:
+                going = work.failure is None and not self._stop.is_set()
+                if pending and going and work.wants_more():
+                    await self._top_up(client, uidvalidity, pending, work)
+                if work.settled and (len(work.settled) >= FILE_AT or not work.running):
+                    await self._file_settled(client, uidvalidity, work)
+                    worked = True
+                if not work.running:
+                    if pending and going:
+                        continue
+                    break
+                await work.next_done()
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:  # even when the link dropped: what was decided is remembered, and filed next time
+            await work.wait()
+            await self._remember(uidvalidity, work.outcomes)
+        if work.failure is not None:
+            raise work.failure  # what was done is filed; the rest waits for the next round, after the backoff
         now = asyncio.get_running_loop().time()
         if worked or now - self._quarantine_settled >= SETTLE_SECONDS:
             self._quarantine_settled = now
             await self.settle_quarantine(client, uidvalidity)
         return worked
 
-    async def _work(
-        self, client: aioimaplib.IMAP4, uidvalidity: int, uids: list[int], settled: dict[int, Settled]
-    ) -> BaseException | None:
-        """Claim, fetch and process these messages, adding what each settled as to `settled`; returns the first
-        failure, if any, once every other message of the batch has its outcome."""
-        if not uids:
-            return None
-        mine = await self._claim(uidvalidity, uids)  # another gateway on this mailbox may be working on the rest
-        outcomes: dict[int, Outcome] = {}
-        failure: BaseException | None = None
-        try:
-            for group in await self._sized(client, mine):
-                fetched = await self._fetch(client, group)
-                if len(fetched) < len(group):  # listed, sized, yet not returned: never skipped in silence
-                    missing = _set([uid for uid in group if uid not in fetched])
-                    failure = MailboxError(f"UID FETCH {missing} returned no message")
-                # Concurrently, except that one sender's messages go in order: its daily limit and its
-                # subscriptions then read as they would one at a time.
-                lanes: dict[str, list[int]] = {}
-                for uid, raw in fetched.items():
-                    lanes.setdefault(_from_line(raw), []).append(uid)
-                results = await asyncio.gather(
-                    *(self._in_order(lane, fetched, outcomes) for lane in lanes.values()), return_exceptions=True
-                )
-                failure = next((result for result in results if isinstance(result, BaseException)), failure)
-                if failure is not None:
-                    break
-        finally:  # even when the link dropped mid-batch: what was decided is remembered, and filed next time
-            await self._remember(uidvalidity, outcomes)
-            settled.update({uid: Settled(o.settled_as, o.inbound_id) for uid, o in outcomes.items()})
-        return failure
+    async def _top_up(self, client: aioimaplib.IMAP4, uidvalidity: int, pending: deque[int], work: _Window) -> None:
+        """Claim and fetch the next messages, as many as the window has room for, and start working on them."""
+        chunk = [pending.popleft() for _ in range(min(len(pending), WINDOW - len(work.running)))]
+        settled = await self._settled(uidvalidity, chunk)
+        work.settled.update(settled)  # decided before (by a gateway that died before filing them): filed only
+        mine = await self._claim(uidvalidity, [uid for uid in chunk if uid not in settled])
+        if not mine:
+            return  # another gateway on this mailbox is working on them, and will file them
+        sizes = await self._sizes(client, mine)
+        present = [uid for uid in mine if uid in sizes]  # the rest were expunged since the search: nothing to do
+        budget, taken = WINDOW_BYTES - work.bytes, 0
+        for uid in present:  # a message bigger than the budget waits for room, or goes alone
+            if sizes[uid] > budget and (taken or work.running):
+                break
+            budget -= sizes[uid]
+            taken += 1
+        pending.extendleft(reversed(present[taken:]))  # still claimed by us: taken up again when there is room
+        if not taken:
+            return
+        wanted = present[:taken]
+        fetched = await self._fetch(client, wanted)
+        if len(fetched) < len(wanted):  # listed, sized, yet not returned: never skipped in silence
+            missing = _set([uid for uid in wanted if uid not in fetched])
+            work.failure = work.failure or MailboxError(f"UID FETCH {missing} returned no message")
+        for uid, raw in fetched.items():
+            work.start(uid, raw, sizes[uid])
 
-    async def _in_order(self, uids: list[int], fetched: dict[int, bytes], outcomes: dict[int, Outcome]) -> None:
-        for uid in uids:
-            outcomes[uid] = await self._handle(fetched[uid])
+    async def _file_settled(self, client: aioimaplib.IMAP4, uidvalidity: int, work: _Window) -> None:
+        """Remember what the window has decided, then file everything settled."""
+        await self._remember(uidvalidity, work.outcomes)
+        work.outcomes = {}
+        settled, work.settled = work.settled, {}
+        await self._file(client, uidvalidity, settled)
 
     async def _file(self, client: aioimaplib.IMAP4, uidvalidity: int, settled: dict[int, Settled]) -> None:
         """Each settled message to its outcome's folder: one move per folder."""
@@ -338,11 +353,9 @@ class Watcher:
             if await self._select(client) != uidvalidity:  # its UIDs now name other messages: start again
                 raise MailboxError(f"the UIDVALIDITY of {self.folders.inbox} changed")
 
-    async def _sized(self, client: aioimaplib.IMAP4, uids: list[int]) -> list[list[int]]:
-        """The messages in groups to fetch at once, each group at most FETCH_BYTES (a bigger message alone), so
-        that a batch of oversized mail never sits in memory together."""
-        if len(uids) <= 1:
-            return [uids] if uids else []
+    async def _sizes(self, client: aioimaplib.IMAP4, uids: list[int]) -> dict[int, int]:
+        """Each message's size by UID, so that the window never holds more than WINDOW_BYTES of mail; a message
+        expunged meanwhile is not there."""
         response = await self._ok(client.uid("fetch", _set(uids), "(UID RFC822.SIZE)"), "UID FETCH RFC822.SIZE")
         sizes: dict[int, int] = {}
         for line in response.lines:
@@ -350,17 +363,7 @@ class Watcher:
             named, size = _UID.search(text), _SIZE.search(text)
             if named and size:
                 sizes[int(named[1])] = int(size[1])
-        groups: list[list[int]] = []
-        total = FETCH_BYTES
-        for uid in uids:
-            if uid not in sizes:
-                continue  # gone since the search (expunged by someone else): nothing to do
-            if total + sizes[uid] > FETCH_BYTES:
-                groups.append([])
-                total = 0
-            groups[-1].append(uid)
-            total += sizes[uid]
-        return groups
+        return {uid: sizes[uid] for uid in uids if uid in sizes}
 
     async def _fetch(self, client: aioimaplib.IMAP4, uids: list[int]) -> dict[int, bytes]:
         """The raw messages by UID, in UID order; a message expunged meanwhile is simply not there."""
@@ -416,7 +419,7 @@ class Watcher:
     async def _remember(self, uidvalidity: int, outcomes: dict[int, Outcome]) -> None:
         if not outcomes:
             return
-        async with self._db.transaction() as session:
+        async with self._db.transaction(ahead=True) as session:
             known = set(
                 (
                     await session.execute(
@@ -441,7 +444,7 @@ class Watcher:
     async def _claim(self, uidvalidity: int, uids: list[int]) -> list[int]:
         """Take these messages for this gateway, except those another holds whose lease has not run out."""
         now = self._clock()
-        async with self._db.transaction() as session:
+        async with self._db.transaction(ahead=True) as session:
             claims = {
                 claim.uid: claim
                 for claim in (
@@ -466,10 +469,73 @@ class Watcher:
             return mine
 
     async def _moved(self, uidvalidity: int, uids: list[int]) -> None:
-        async with self._db.transaction() as session:
+        async with self._db.transaction(ahead=True) as session:
             moved = update(MailboxProgress).where(*self._these(MailboxProgress, uidvalidity, uids)).values(moved=True)
             await session.execute(moved)
             await session.execute(delete(MailboxClaim).where(*self._these(MailboxClaim, uidvalidity, uids)))
+
+
+class _Window:
+    """The messages being worked on: a task each, one sender's messages chained so that they go in order (its
+    daily limit and its subscriptions then read as they would one at a time); what they settled as."""
+
+    def __init__(self, handle: Handler) -> None:
+        self._handle = handle
+        self.running: dict[asyncio.Task[Outcome | None], tuple[int, int, str]] = {}  # task: uid, size, sender
+        self._lanes: dict[str, asyncio.Task[Outcome | None]] = {}  # each sender's last message
+        self.bytes = 0
+        self.outcomes: dict[int, Outcome] = {}  # decided, not yet remembered
+        self.settled: dict[int, Settled] = {}  # decided, not yet filed
+        self.failure: BaseException | None = None  # the first; no more is started after it
+
+    def wants_more(self) -> bool:
+        """Room for a top-up: nothing running, or TOP_UP places and half the bytes free."""
+        room = WINDOW - len(self.running) >= TOP_UP and self.bytes <= WINDOW_BYTES // 2
+        return not self.running or room
+
+    def start(self, uid: int, raw: bytes, size: int) -> None:
+        sender = _from_line(raw)
+        task = asyncio.create_task(self._after(self._lanes.get(sender), raw))
+        self.running[task] = (uid, size, sender)
+        self._lanes[sender] = task
+        self.bytes += size
+
+    async def _after(self, before: asyncio.Task[Outcome | None] | None, raw: bytes) -> Outcome | None:
+        """The message's outcome, once the same sender's message before it has one; None, left for the next
+        round, when that one failed."""
+        if before is not None:
+            await asyncio.wait({before})
+            if before.cancelled() or before.exception() is not None or before.result() is None:
+                return None
+        return await self._handle(raw)
+
+    async def next_done(self) -> None:
+        done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+        self._collect(done)
+
+    def _collect(self, done: set[asyncio.Task[Outcome | None]]) -> None:
+        for task in done:
+            uid, size, sender = self.running.pop(task)
+            self.bytes -= size
+            if self._lanes.get(sender) is task:
+                del self._lanes[sender]
+            if task.cancelled():
+                self.failure = self.failure or asyncio.CancelledError()
+            elif (exc := task.exception()) is not None:
+                self.failure = self.failure or exc
+            elif (outcome := task.result()) is not None:
+                self.outcomes[uid] = outcome
+                self.settled[uid] = Settled(outcome.settled_as, outcome.inbound_id)
+
+    def cancel(self) -> None:
+        for task in self.running:
+            task.cancel()
+
+    async def wait(self) -> None:
+        """Until every message being worked on has ended, as an outcome or a failure."""
+        if self.running:
+            done, _ = await asyncio.wait(self.running)
+            self._collect(done)
 
 
 def _from_line(raw: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -112,12 +113,12 @@ async def test_each_message_is_filed_by_its_outcome(
     assert kinds == ["alert", "disclosure", "impostor-notice"]  # the police told someone used their address
 
 
-async def test_large_messages_in_one_batch_are_fetched_a_few_megabytes_at_a_time(
+async def test_large_messages_are_held_a_few_megabytes_at_a_time(
     running: Running, dovecot_server: ImapServer, live: Gateway, keys: AuthorityKeys
 ) -> None:
     await asyncio.wait_for(running.watcher.connected.wait(), 20)
     line = b"x" * 76 + b"\r\n"
-    for i in range(3):  # 3 MB each: two never share a fetch, and the batch still ends in one outcome each
+    for i in range(3):  # 3 MB each: two are never held at once, and each still ends in one outcome
         head = f"From: someone{i}@else.example\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: big\r\n\r\n"
         dovecot_server.deliver(head.encode() + line * (3 * 1024 * 1024 // len(line)))
     dovecot_server.deliver(request_from_police(keys))
@@ -250,3 +251,30 @@ async def test_a_failure_to_record_leaves_the_message_to_be_tried_again(
         await eventually(counts_are(dovecot_server, {"INBOX": 0, "Processed": 1}))
     assert len(attempts) == 2  # the watcher survived the failure and tried the same message again
     assert len(await asyncio.to_thread(outbox, live)) == 1
+
+
+async def test_one_senders_messages_go_in_order_while_other_senders_are_worked_on_meanwhile(
+    live: Gateway, dovecot_server: ImapServer
+) -> None:
+    spans: dict[str, list[tuple[str, float, float]]] = {}
+
+    async def handle(ctx: Context, message: bytes) -> Outcome:
+        head = message.split(b"\r\n\r\n", 1)[0].decode()
+        sender = head.split("From: ", 1)[1].split("\r\n", 1)[0]
+        subject = head.split("Subject: ", 1)[1].split("\r\n", 1)[0]
+        began = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.3)  # as if gpg were at work
+        spans.setdefault(sender, []).append((subject, began, asyncio.get_running_loop().time()))
+        return await process(ctx, message, source="imap")
+
+    for i in range(3):
+        for sender in ("a@else.example", "b@else.example"):
+            dovecot_server.deliver(f"From: {sender}\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: {i}\r\n\r\nx\r\n".encode())
+    async with watching(live, dovecot_server, handle):
+        await eventually(counts_are(dovecot_server, {"INBOX": 0, "Rejected": 6}))
+    a, b = spans["a@else.example"], spans["b@else.example"]
+    assert [subject for subject, _, _ in a] == ["0", "1", "2"]  # in the order they came
+    assert all(earlier[2] <= later[1] for earlier, later in itertools.pairwise(a))  # one at a time
+    # The other sender's first message was worked on meanwhile.
+    assert a[0][1] < b[0][2]
+    assert b[0][1] < a[0][2]

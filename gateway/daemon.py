@@ -31,7 +31,7 @@ from gateway.schedule import run_due
 
 log = structlog.get_logger("gateway.daemon")
 
-SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, the message in hand included
+SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, the messages in hand included
 OUTBOX_INTERVAL = 5.0
 
 
@@ -234,7 +234,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     scheduler.start()
     try:
         with _signals(stop):
-            # Serve: the watcher finishes the message in hand when stop is set; the sender finishes its batch.
+            # Serve: when stop is set the watcher finishes the messages in hand (its window) and the sender its round.
             async with asyncio.timeout(None) as limit, asyncio.TaskGroup() as tasks:
                 tasks.create_task(watcher.run())
                 tasks.create_task(services.send_outbox(config.smtp))

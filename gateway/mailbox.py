@@ -39,7 +39,7 @@ MAX_BACKOFF = 60.0
 # Messages worked on at once, at most, and the bytes of them held at once, at most (a bigger message alone).
 WINDOW = SIDE_BY_SIDE
 WINDOW_BYTES = 4 * 1024 * 1024
-TOP_UP = 8  # more are claimed and fetched once this many places are free: one claim, size and fetch for them
+TOP_UP = 8  # places free before more are claimed and fetched: one size, claim and fetch fills them all
 FILE_AT = 8  # settled messages are filed this many at a time (fewer when nothing else is being worked on)
 SETTLE_SECONDS = 5.0  # how soon a person's release or discard is reflected in the Quarantine folder, at most
 _UID = re.compile(rb"\bUID (\d+)")
@@ -234,13 +234,13 @@ class Watcher:
         True when there was anything to do.
 
         A sliding window: up to WINDOW messages are worked on at once, so that one message's gpg runs while
-        another's Python does, and more are claimed and fetched (TOP_UP at a time) while the rest are worked on,
-        with nothing standing idle between batches. What has settled is filed FILE_AT at a time. Each message
-        still ends in exactly one outcome: the pipeline records each by itself, and the claims keep another
-        gateway off them meanwhile."""
+        another's Python does. Once TOP_UP places are free, as many more as there is room for are claimed and
+        fetched while the rest are worked on, with nothing standing idle between batches. What has settled is
+        filed FILE_AT at a time. Each message still ends in exactly one outcome: the pipeline records each by
+        itself, and the claims keep another gateway off them meanwhile."""
         response = await self._ok(client.uid_search("ALL"), "UID SEARCH")
         pending = deque(sorted(int(word) for word in _text(response.lines).split() if word.isdigit()))
-        work = _Window(self._handle)
+        work = _Window(self._handle, self._stop)
         worked = False
         try:
             while True:
@@ -270,28 +270,28 @@ class Watcher:
         return worked
 
     async def _top_up(self, client: aioimaplib.IMAP4, uidvalidity: int, pending: deque[int], work: _Window) -> None:
-        """Claim and fetch the next messages, as many as the window has room for, and start working on them."""
+        """The next messages, as many as the window has room for (by count and by bytes): claimed, fetched and
+        started. Only what is taken is claimed; the rest goes back to wait for room, free for another gateway."""
         chunk = [pending.popleft() for _ in range(min(len(pending), WINDOW - len(work.running)))]
         settled = await self._settled(uidvalidity, chunk)
         work.settled.update(settled)  # decided before (by a gateway that died before filing them): filed only
-        mine = await self._claim(uidvalidity, [uid for uid in chunk if uid not in settled])
-        if not mine:
-            return  # another gateway on this mailbox is working on them, and will file them
-        sizes = await self._sizes(client, mine)
-        present = [uid for uid in mine if uid in sizes]  # the rest were expunged since the search: nothing to do
+        unsettled = [uid for uid in chunk if uid not in settled]
+        sizes = await self._sizes(client, unsettled) if unsettled else {}
+        present = [uid for uid in unsettled if uid in sizes]  # the rest were expunged since the search
         budget, taken = WINDOW_BYTES - work.bytes, 0
         for uid in present:  # a message bigger than the budget waits for room, or goes alone
             if sizes[uid] > budget and (taken or work.running):
                 break
             budget -= sizes[uid]
             taken += 1
-        pending.extendleft(reversed(present[taken:]))  # still claimed by us: taken up again when there is room
-        if not taken:
-            return
-        wanted = present[:taken]
-        fetched = await self._fetch(client, wanted)
-        if len(fetched) < len(wanted):  # listed, sized, yet not returned: never skipped in silence
-            missing = _set([uid for uid in wanted if uid not in fetched])
+        pending.extendleft(reversed(present[taken:]))
+        work.next_size = sizes[present[taken]] if taken < len(present) else 0
+        mine = await self._claim(uidvalidity, present[:taken]) if taken else []
+        if not mine:
+            return  # nothing to take, or another gateway on this mailbox is working on it and will file it
+        fetched = await self._fetch(client, mine)
+        if len(fetched) < len(mine):  # listed, sized, yet not returned: never skipped in silence
+            missing = _set([uid for uid in mine if uid not in fetched])
             work.failure = work.failure or MailboxError(f"UID FETCH {missing} returned no message")
         for uid, raw in fetched.items():
             work.start(uid, raw, sizes[uid])
@@ -479,18 +479,22 @@ class _Window:
     """The messages being worked on: a task each, one sender's messages chained so that they go in order (its
     daily limit and its subscriptions then read as they would one at a time); what they settled as."""
 
-    def __init__(self, handle: Handler) -> None:
+    def __init__(self, handle: Handler, stop: asyncio.Event) -> None:
         self._handle = handle
+        self._stop = stop
         self.running: dict[asyncio.Task[Outcome | None], tuple[int, int, str]] = {}  # task: uid, size, sender
         self._lanes: dict[str, asyncio.Task[Outcome | None]] = {}  # each sender's last message
         self.bytes = 0
         self.outcomes: dict[int, Outcome] = {}  # decided, not yet remembered
         self.settled: dict[int, Settled] = {}  # decided, not yet filed
         self.failure: BaseException | None = None  # the first; no more is started after it
+        self.next_size = 0  # of the next message, when it did not fit: no top-up until it does
 
     def wants_more(self) -> bool:
-        """Room for a top-up: nothing running, or TOP_UP places and half the bytes free."""
-        room = WINDOW - len(self.running) >= TOP_UP and self.bytes <= WINDOW_BYTES // 2
+        """Room for a top-up: nothing running, or TOP_UP places and half the bytes free (and room for the next
+        message, if it did not fit last time)."""
+        free = WINDOW_BYTES - self.bytes
+        room = WINDOW - len(self.running) >= TOP_UP and free >= max(WINDOW_BYTES // 2, self.next_size)
         return not self.running or room
 
     def start(self, uid: int, raw: bytes, size: int) -> None:
@@ -502,10 +506,12 @@ class _Window:
 
     async def _after(self, before: asyncio.Task[Outcome | None] | None, raw: bytes) -> Outcome | None:
         """The message's outcome, once the same sender's message before it has one; None, left for the next
-        round, when that one failed."""
+        round, when that one failed or the gateway is stopping meanwhile."""
         if before is not None:
             await asyncio.wait({before})
             if before.cancelled() or before.exception() is not None or before.result() is None:
+                return None
+            if self._stop.is_set():  # a long chain must not hold a shutdown up: the rest wait for the next start
                 return None
         return await self._handle(raw)
 
@@ -519,8 +525,8 @@ class _Window:
             self.bytes -= size
             if self._lanes.get(sender) is task:
                 del self._lanes[sender]
-            if task.cancelled():
-                self.failure = self.failure or asyncio.CancelledError()
+            if task.cancelled():  # by cancel(), as the watcher itself is being cancelled
+                self.failure = self.failure or MailboxError("a message's work was cancelled")
             elif (exc := task.exception()) is not None:
                 self.failure = self.failure or exc
             elif (outcome := task.result()) is not None:

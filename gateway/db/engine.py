@@ -55,6 +55,9 @@ class WriterQueue:
     lock stood idle half the time; and each waiting writer held a pooled connection. Here a waiting writer
     holds nothing and is woken as soon as its turn comes. Other processes (the CLI, a second gateway on
     PostgreSQL) still meet the database's own lock.
+
+    The ahead lane has no ageing: it cannot starve the rest, since its writers (the watcher's loop and the
+    outbox's sender, one write at a time each) do IMAP or SMTP work between their writes.
     """
 
     def __init__(self) -> None:
@@ -71,7 +74,7 @@ class WriterQueue:
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._next()  # the turn was handed over as the wait was cancelled: pass it on
-                else:
+                elif waiter in self._waiting[0 if ahead else 1]:  # else a writer handing on already skipped it
                     self._waiting[0 if ahead else 1].remove(waiter)
                 raise
         else:

@@ -151,7 +151,7 @@ class Services:
             with _survive("outbox"):
                 counts = await deliver_due(
                     self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC),
-                    retry=RetryPolicy.of(smtp),
+                    retry=RetryPolicy.of(smtp), limit=ROUND,
                 )  # fmt: skip
                 if any(counts.values()):
                     log.info("outbox", **counts)

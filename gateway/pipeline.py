@@ -793,9 +793,8 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     if authority is None or not any(item.kind in ANSWERS for item in decision.outgoing):
         return decision
     since = ctx.clock() - dt.timedelta(days=1)
-    if await _count_sent(session, [a.address for a in authority.addresses], ANSWERS, since) < (
-        ctx.config.limits.answers_per_day
-    ):
+    sent = await _count_sent(session, [a.address for a in authority.addresses], ANSWERS, since)
+    if sent < ctx.config.limits.answers_per_day:
         return decision
     return alert(ctx, arrival, Decision(QUARANTINED, _over_limit(ctx, authority), decision.sender, authority))
 

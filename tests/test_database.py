@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,27 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import DatabaseSettings, Secret
-from gateway.db.engine import SQLITE_BUSY_TIMEOUT_MS, create_database, upgrade_schema
+from gateway.db.engine import SQLITE_BUSY_TIMEOUT_MS, Database, create_database, upgrade_schema
+
+
+@contextlib.asynccontextmanager
+async def notes_database(tmp_path: Path, *notes: str, query: str = "") -> AsyncIterator[Database]:
+    """A migrated SQLite database (`query` added to its URL) with a `notes` table holding these notes."""
+    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}{query}")))
+    try:
+        await upgrade_schema(db)
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE notes (body TEXT)"))
+            for note in notes:
+                await session.execute(text("INSERT INTO notes VALUES (:body)"), {"body": note})
+        yield db
+    finally:
+        await db.close()
+
+
+async def read_notes(db: Database) -> list[str]:
+    async with db.transaction(write=False) as reader:
+        return list((await reader.execute(text("SELECT body FROM notes ORDER BY rowid"))).scalars())
 
 
 async def test_sqlite_connections_are_set_up_for_concurrent_writers(tmp_path: Path) -> None:
@@ -41,13 +63,7 @@ async def test_sqlite_readers_see_the_last_commit_while_a_writer_holds_the_lock_
     tmp_path: Path,
 ) -> None:
     """Readers run on the event loop's thread (no aiosqlite hop): they must never wait for a lock there."""
-    file = tmp_path / "gateway.db"
-    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{file}")))
-    try:
-        await upgrade_schema(db)
-        async with db.transaction() as session:
-            await session.execute(text("CREATE TABLE notes (body TEXT)"))
-            await session.execute(text("INSERT INTO notes VALUES ('first')"))
+    async with notes_database(tmp_path, "first") as db:
         async with db.transaction() as writer:
             await writer.execute(text("INSERT INTO notes VALUES ('second')"))
             async with db.transaction(write=False) as reader:  # the writer's lock held all along
@@ -59,10 +75,7 @@ async def test_sqlite_readers_see_the_last_commit_while_a_writer_holds_the_lock_
         with pytest.raises(DBAPIError, match="attempt to write a readonly database"):
             async with db.transaction(write=False) as reader:
                 await reader.execute(text("INSERT INTO notes VALUES ('through a reader')"))
-        async with db.transaction(write=False) as reader:
-            after = (await reader.execute(text("SELECT body FROM notes ORDER BY rowid"))).scalars().all()
-    finally:
-        await db.close()
+        after = await read_notes(db)
     assert seen == ["first"]
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "query_only": 1}
     assert after == ["first", "second"]
@@ -70,17 +83,8 @@ async def test_sqlite_readers_see_the_last_commit_while_a_writer_holds_the_lock_
 
 async def test_sqlite_readers_and_writers_open_the_same_file_whatever_the_url_carries(tmp_path: Path) -> None:
     """Readers are opened by the gateway itself, writers by SQLAlchemy: a query in the URL must not split them."""
-    file = tmp_path / "gateway.db"
-    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{file}?timeout=5")))
-    try:
-        await upgrade_schema(db)
-        async with db.transaction() as session:
-            await session.execute(text("CREATE TABLE notes (body TEXT)"))
-            await session.execute(text("INSERT INTO notes VALUES ('written')"))
-        async with db.transaction(write=False) as reader:
-            seen = (await reader.execute(text("SELECT body FROM notes"))).scalars().all()
-    finally:
-        await db.close()
+    async with notes_database(tmp_path, "written", query="?timeout=5") as db:
+        seen = await read_notes(db)
     assert seen == ["written"]
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(("-wal", "-shm"))) == [
         "gateway.db"
@@ -93,12 +97,11 @@ async def test_writers_take_turns_in_order_with_bookkeeping_first_and_a_cancelle
     """The process's writers queue for their turn (SQLite's own lock polls, and leaves itself idle between tries):
     short bookkeeping goes before waiting ordinary writes, and a writer cancelled while waiting, or just as its
     turn came, passes the turn on."""
-    db = create_database(DatabaseSettings(Secret(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")))
     order: list[str] = []
     release = asyncio.Event()
     waiting: dict[str, asyncio.Task[None]] = {}
 
-    async def write(name: str, *, ahead: bool = False) -> None:
+    async def write(db: Database, name: str, *, ahead: bool = False) -> None:
         async with db.transaction(ahead=ahead) as session:
             order.append(name)
             await session.execute(text("INSERT INTO notes VALUES (:name)"), {"name": name})
@@ -108,11 +111,8 @@ async def test_writers_take_turns_in_order_with_bookkeeping_first_and_a_cancelle
             waiting["handed"].cancel()  # its turn has just come, before it could take it: it must pass it on
             waiting["skipped"].cancel()  # next in line, so `handed` finds it cancelled and skips it
 
-    try:
-        await upgrade_schema(db)
-        async with db.transaction() as session:
-            await session.execute(text("CREATE TABLE notes (body TEXT)"))
-        holder = asyncio.create_task(write("holder"))
+    async with notes_database(tmp_path) as db:
+        holder = asyncio.create_task(write(db, "holder"))
         while not order:
             await asyncio.sleep(0.01)
         queue = (
@@ -124,15 +124,12 @@ async def test_writers_take_turns_in_order_with_bookkeeping_first_and_a_cancelle
             ("book", True),
         )
         for name, ahead in queue:
-            waiting[name] = asyncio.create_task(write(name, ahead=ahead))
+            waiting[name] = asyncio.create_task(write(db, name, ahead=ahead))
             await asyncio.sleep(0.01)  # queued in this order
         waiting["gone"].cancel()
         release.set()
         results = await asyncio.wait_for(asyncio.gather(holder, *waiting.values(), return_exceptions=True), 10)
-        async with db.transaction(write=False) as reader:
-            stored = (await reader.execute(text("SELECT body FROM notes ORDER BY rowid"))).scalars().all()
-    finally:
-        await db.close()
+        stored = await read_notes(db)
     assert order == ["holder", "book", "first", "second"]
     assert stored == order
     failed = {name: type(result).__name__ for name, result in zip(["holder", *waiting], results, strict=True) if result}

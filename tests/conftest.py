@@ -29,6 +29,8 @@ LA_ADDRESS = "dcs.secure@shropshire.gov.example"
 OCC_ADDRESS = "register@occ.example"
 GATEWAY_ADDRESS = "register-requests@hmci.example"
 ADMIN_ADDRESS = "gateway-admin@hmci.example"
+# The day the timeless test keys are made on (gpg --faked-system-time): before any date a test walks through.
+TIMELESS_KEYS_MADE = "20260101T000000"
 
 
 # ---------------------------------------------------------------- keys
@@ -49,6 +51,9 @@ class AuthorityKey:
 class AuthorityKeys:
     home: Path  # the authorities' own GnuPG home, holding their secret keys, for decrypting as they would
     police: AuthorityKey
+    # Made on a fixed day long past, never expiring: gpg judges what it signs the same whatever today is, so
+    # walks through time can start from fixed dates (signed with gpg's clock faked to each moment).
+    police_timeless: AuthorityKey
     police_renewed: AuthorityKey
     la: AuthorityKey
     occ: AuthorityKey
@@ -159,6 +164,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
     maker = _KeyMaker(home)
     try:
         police = maker.make(f"West Mercia Police <{POLICE_ADDRESS}>", expiry="3y")  # outlives the two-year walk
+        timeless = maker.make(
+            f"West Mercia Police (timeless) <{POLICE_ADDRESS}>", expiry="never", faked_time=TIMELESS_KEYS_MADE
+        )
         renewed = maker.make(f"West Mercia Police (2027) <{POLICE_ADDRESS}>")
         la = maker.make(f"Shropshire Council <{LA_ADDRESS}>")
         occ = maker.make(f"OCC <{OCC_ADDRESS}>")
@@ -177,6 +185,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
         yield AuthorityKeys(
             home=home,
             police=maker.key(police),
+            police_timeless=maker.key(timeless),
             police_renewed=maker.key(renewed),
             la=maker.key(la),
             occ=maker.key(occ),

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import lock_writers
-from gateway.db.models import AuditRecord
+from gateway.db.models import AuditRecord, stored
 
 GENESIS_HASH = "0" * 64
 
@@ -92,7 +92,9 @@ async def record(
     seq = 1 if last is None else last.seq + 1
     prev_hash = GENESIS_HASH if last is None else last.hash
     recorded_at = _timestamp(now)
-    details_text = canonical_json(details)
+    # Hashed as it will be stored: a sender's text (a NUL, a lone surrogate) is made storable before the hash.
+    actor, subject = stored(AuditRecord.actor, actor), stored(AuditRecord.subject, subject)
+    details_text = stored(AuditRecord.details, canonical_json(details))
     digest = chain_hash(
         prev_hash=prev_hash,
         seq=seq,

@@ -16,6 +16,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -36,6 +37,7 @@ from gateway.db.models import (
     Notice,
     OutboxMessage,
     QuarantinedMessage,
+    RecordFailure,
     Subscription,
     SubscriptionEvent,
 )
@@ -149,8 +151,49 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
         reason = f"processing failed ({type(exc).__name__}); kept for a person to look at"
         log.error("message could not be decided", error=type(exc).__name__, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback: its text could quote the message or register data
         decision = alert(ctx, arrival, Decision(QUARANTINED, reason))
-    # A failure to record is not an outcome: it propagates, and the message is tried again later.
-    return await record(ctx, arrival, decision)
+    # A failure to record is not an outcome: it propagates, and the message is tried again later; unless it
+    # fails the same way, not an outage, again and again (RECORD_TRIES): then it is set aside for a person.
+    try:
+        return await record(ctx, arrival, decision)
+    except Exception as exc:
+        error = type(exc).__name__
+        if outage(exc) or await _failures(ctx, arrival, error) < RECORD_TRIES:
+            raise
+        log.error("message set aside: it cannot be recorded", error=error, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback, as above
+    return await set_aside(ctx, arrival, error)
+
+
+RECORD_TRIES = 3  # failures of one kind, in a row, that set a message aside
+
+
+def outage(exc: BaseException) -> bool:
+    """A failure that says nothing about the message: the database or the network is away, or busy."""
+    if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
+async def _failures(ctx: Context, arrival: Arrival, error: str) -> int:
+    """Count this failure durably, for the message's digest; returns the failures in a row of this kind."""
+    now = ctx.clock()
+    async with ctx.db.transaction() as session:
+        row = await session.get(RecordFailure, arrival.sha256)
+        if row is None:
+            session.add(RecordFailure(sha256=arrival.sha256, error=error, count=1, first_at=now, last_at=now))
+            return 1
+        row.count, row.error, row.last_at = (row.count + 1 if row.error == error else 1), error, now
+        return row.count
+
+
+async def set_aside(ctx: Context, arrival: Arrival, error: str) -> Outcome:
+    """Record, with nothing the sender wrote but its bytes kept whole for a person, a message whose decision
+    cannot be recorded: quarantined, and the admins told, so the messages behind it go on."""
+    reason = (
+        f"the message's outcome could not be recorded ({error}, {RECORD_TRIES} times): set aside, "
+        "nothing was sent; kept for a person to look at"
+    )
+    bare = dataclasses.replace(arrival, message_id=None)  # a value the sender chose may be what cannot be stored
+    return await record(ctx, bare, alert(ctx, bare, Decision(QUARANTINED, reason)))
 
 
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, mapped_column, relationship
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -39,6 +39,45 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def storable_text(value: str, length: int | None = None) -> str:
+    """Text any database keeps as it is given: no NUL (PostgreSQL refuses it), no lone surrogate (the parser
+    keeps undecodable header bytes as those, and UTF-8 cannot encode them), no longer than its column."""
+    if "\x00" in value or not value.isascii():
+        value = value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if length is not None and len(value) > length:
+        value = value[: length - 1] + "\u2026"
+    return value
+
+
+class Storable(TypeDecorator[str]):
+    """Every String column: whatever a sender wrote is made storable here, on its way in, in one place, so that
+    no value can make a row impossible to record (and a message wait for ever behind it)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else storable_text(value, self.length)
+
+    @property
+    def length(self) -> int | None:
+        impl = self.impl_instance
+        return impl.length if isinstance(impl, String) else None
+
+
+class StorableText(Storable):
+    """Every Text column, likewise."""
+
+    impl = Text
+    cache_ok = True
+
+
+def stored(column: InstrumentedAttribute[str], value: str) -> str:
+    """The text a column will hold for `value`: for what must be hashed as it is stored (the audit trail)."""
+    kind = column.property.columns[0].type
+    return storable_text(value, kind.length if isinstance(kind, (Storable, String)) else None)
 
 
 class Base(DeclarativeBase):
@@ -338,3 +377,41 @@ class MailboxClaim(Base):
     uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     owner: Mapped[str] = mapped_column(String(100))
     until: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class RecordFailure(Base):
+    """A message that could not be recorded, and why: counted across restarts, so that one that can never be
+    recorded is set aside for a person instead of blocking the messages behind it for ever."""
+
+    __tablename__ = "record_failures"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    error: Mapped[str] = mapped_column(String(100))  # the class of the last failure
+    count: Mapped[int] = mapped_column(Integer)  # failures in a row with that class
+    first_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SeenSignature(Base):
+    """Each OpenPGP signature that authenticated a request, by gpg's SIG_ID (a digest of the signature packet,
+    whatever armour or MIME is around it): the same signature again is a replay, whatever its headers say."""
+
+    __tablename__ = "seen_signatures"
+
+    signature_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id", ondelete="CASCADE"), index=True)
+    signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+def _storable_text_columns() -> None:
+    """Every String and Text column of every table goes through Storable: no column can be forgotten."""
+    for table in Base.metadata.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, Text):
+                column.type = StorableText()
+            elif isinstance(column.type, String) and not isinstance(column.type, Storable):
+                column.type = Storable(column.type.length)
+
+
+_storable_text_columns()

@@ -501,6 +501,9 @@ class SignatureStatus:
     signed_at: dt.datetime | None
     problem: str | None
     signed: bool = True  # False when there was no signature at all (an encrypted message need not carry one)
+    # gpg's SIG_ID: a digest of the signature itself, the same whatever armour or MIME carries it, so the same
+    # signature arriving again is known for a replay (next year's identical request has another).
+    signature_id: str | None = None
 
 
 _BAD_SIGNATURE = {
@@ -531,7 +534,10 @@ def signature_status(status_text: str) -> SignatureStatus:
     words = valid[0]
     primary = words[10] if len(words) > 10 else words[1]
     signed_at = dt.datetime.fromtimestamp(int(words[3]), dt.UTC) if words[3].isdigit() else None
-    return SignatureStatus(True, primary, signed_at, None)
+    ids = {words[1] for words in lines if len(words) > 1 and words[0] == "SIG_ID"}
+    if len(ids) != 1:  # a signature that cannot be told from a replay of it is not accepted
+        return SignatureStatus(False, None, None, "gpg gave the signature no identity, so a replay could not be told")
+    return SignatureStatus(True, primary, signed_at, None, signature_id=ids.pop())
 
 
 @dataclass(frozen=True)

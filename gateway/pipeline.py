@@ -24,10 +24,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
-from gateway.authenticate import Refused, authenticate, sender_of
+from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
 from gateway.compose import Envelope, Templates, header_text, inner_message, new_reference, outer_message
 from gateway.config import Config
-from gateway.crypto import KeyProblem, Keyring, in_thread
+from gateway.crypto import KeyProblem, Keyring, SignatureStatus, in_thread
 from gateway.db.engine import Database
 from gateway.db.models import (
     Authority,
@@ -38,6 +38,7 @@ from gateway.db.models import (
     OutboxMessage,
     QuarantinedMessage,
     RecordFailure,
+    SeenSignature,
     Subscription,
     SubscriptionEvent,
 )
@@ -115,6 +116,7 @@ class Decision:
     disclosure: DisclosureFacts | None = None
     subscription: SubscriptionChange | None = None
     notices: tuple[tuple[str, str], ...] = ()  # (kind, key) of notices sent at most once, recorded with it
+    signature: SignatureStatus | None = None  # the signature that authenticated the request, never to be used again
 
 
 @dataclass(frozen=True)
@@ -258,11 +260,23 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks
         return await impostor(ctx, arrival, message, f"authentication failed: {authentic.reason}", sender, authority)
-    if authentic.signature is not None:
-        stale = signature_age_problem(authentic.signature.signed_at, arrival.received_at, ctx.config.limits)
+    signature = authentic.signature
+    if signature is not None:
+        stale = signature_age_problem(signature.signed_at, arrival.received_at, ctx.config.limits)
         if stale is not None:
             return await impostor(ctx, arrival, message, stale, sender, authority)
-    asker = Asker(message, authority, sender)
+        replayed = await replayed_signature(ctx, signature, releasing)  # the same signature, acted on before
+        if replayed is not None:
+            return alert(ctx, arrival, Decision(QUARANTINED, replayed, sender, authority))
+    decision = await answer(ctx, arrival, Asker(message, authority, sender), authentic, releasing=releasing)
+    return dataclasses.replace(decision, signature=signature)  # recorded with it: no second use
+
+
+async def answer(
+    ctx: Context, arrival: Arrival, asker: Asker, authentic: Authenticated, *, releasing: int | None
+) -> Decision:
+    """An authenticated request: what it asks, whether it may have it, and the answer, built but not yet sent."""
+    authority = asker.authority
     limited = None if releasing else await answer_limit(ctx, arrival, asker)  # a person let this one through
     if limited is not None:
         return limited
@@ -423,6 +437,28 @@ async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None
     if earlier is None:
         return None
     return f"Message-ID {arrival.message_id[:200]} was already processed as message {earlier}: a replay"
+
+
+async def _earlier_signature(session: Any, signature_id: str, itself: int | None = None) -> int | None:
+    """The message a signature first came with, other than `itself` (the one being released)."""
+    query = select(SeenSignature.inbound_id).where(
+        SeenSignature.signature_id == signature_id, SeenSignature.inbound_id != (itself or 0)
+    )
+    earlier: int | None = (await session.execute(query)).scalar()
+    return earlier
+
+
+def _replay_of(earlier: int) -> str:
+    return f"its signature was already used by message {earlier}: a replay of what was signed, not acted on again"
+
+
+async def replayed_signature(ctx: Context, signature: SignatureStatus, itself: int | None = None) -> str | None:
+    """A signature seen before, under whatever headers: a captured request sent again, or a copy."""
+    if signature.signature_id is None:
+        return None
+    async with ctx.db.transaction(write=False) as session:
+        earlier = await _earlier_signature(session, signature.signature_id, itself)
+    return None if earlier is None else _replay_of(earlier)
 
 
 ANSWERS = ("disclosure", "refusal", "acknowledgement")
@@ -805,6 +841,10 @@ def message_id_of(wire: bytes) -> str:
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
     """A Message-ID seen before with other bytes (a relay re-delivering with a new header, or a replay) is
     recorded in its own right but never answered twice."""
+    signature = decision.signature.signature_id if decision.signature else None
+    earlier = await _earlier_signature(session, signature) if signature else None
+    if earlier is not None:  # a copy decided side by side with the first: one of them only is acted on
+        return alert(ctx, arrival, Decision(QUARANTINED, _replay_of(earlier), decision.sender, decision.authority))
     if arrival.message_id is None or decision.outcome not in (ANSWERED, REFUSED):
         return decision  # nothing would be answered, or decide() saw the replay already
     earlier = await _earlier_with(session, arrival.message_id)
@@ -976,6 +1016,15 @@ async def commit_decision(
         },
         now=now,
     )
+    signature = decision.signature
+    if signature is not None and signature.signature_id is not None:  # kept for good: longer than any is accepted
+        await session.execute(
+            _insert(session, SeenSignature)
+            .values(
+                signature_id=signature.signature_id, inbound_id=inbound.id, signed_at=signature.signed_at, seen_at=now
+            )
+            .on_conflict_do_nothing()
+        )
     if decision.subscription is not None and decision.authority is not None:
         await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -124,6 +125,9 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
         kill_agent(home)
 
 
+_NONCES = itertools.count()
+
+
 def signed_message(
     keys: AuthorityKeys,
     signer: str,
@@ -136,9 +140,12 @@ def signed_message(
     """A multipart/signed message as a mail client makes it: the first part signed exactly as sent (at `at`)."""
     first = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
     faked = ["--faked-system-time", f"{at.astimezone(dt.UTC):%Y%m%dT%H%M%S}"] if at else []
+    # Each message signed anew, as a client does: two of the same text in one second would otherwise carry the
+    # very same (deterministic Ed25519) signature, which the gateway rightly takes for a replay.
+    nonce = ["--sig-notation", f"nonce@tests.example={next(_NONCES)}"]
     signature = subprocess.run(
         ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *faked,
-         "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", signer],
+         *nonce, "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", signer],
         input=first.encode(), capture_output=True, check=True,
     ).stdout.decode()  # fmt: skip
     if alter:

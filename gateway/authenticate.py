@@ -9,6 +9,7 @@ from email import message_from_bytes
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
+from gateway import shown
 from gateway.addresses import normalise_address
 from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus
 from gateway.guard import read_policy
@@ -41,10 +42,11 @@ def sender_of(message: EmailMessage) -> str | Refused:
         return Refused(f"the From header is malformed ({type(header.defects[0]).__name__})")
     if len(header.addresses) != 1:
         return Refused(f"the From header names {len(header.addresses)} mailboxes; exactly one is required")
+    addr_spec = header.addresses[0].addr_spec
     try:
-        return normalise_address(header.addresses[0].addr_spec)
-    except ValueError as exc:
-        return Refused(f"the From address is not acceptable: {exc}")
+        return normalise_address(addr_spec)
+    except ValueError:  # its words quote the address as written: shown here only as an address, or a digest
+        return Refused(f"the From address {shown.address(addr_spec)} is not a plain ASCII local-part@domain")
 
 
 # ---------------------------------------------------------------- DMARC, as the border MTA reported it
@@ -248,8 +250,8 @@ def _exchange_parts(message: Message) -> tuple[Message, Message] | Refused:
     if kinds == encrypted:
         return parts[0], parts[1]
     return Refused(
-        f"{_REWRITTEN} its parts are {', '.join(kinds)}, not an empty text/plain (optional), "
-        "application/pgp-encrypted and application/octet-stream"
+        f"{_REWRITTEN} its parts are {', '.join(shown.token(kind) for kind in kinds)}, not an empty text/plain "
+        "(optional), application/pgp-encrypted and application/octet-stream"
     )
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email import policy, quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
@@ -243,3 +243,32 @@ def outer_message(
         f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n boundary="{boundary}"\r\n'
     )
     return _multipart("".join(headers), boundary, [control, payload])
+
+
+Sign = Callable[[bytes], bytes]  # bytes in, an armoured detached OpenPGP signature (SHA-256) out
+
+
+def admin_message(headers: Sequence[tuple[str, str]], text: str, sign: Sign | None, *, unsigned_why: str = "") -> bytes:
+    """A plain notice to the admins, PGP/MIME signed (RFC 3156) by the gateway's key, never encrypted: an alert
+    that is not signed by that key did not come from the gateway. With no way to sign (`sign` None), it goes
+    unsigned and says so in its first line, with `unsigned_why`, so that no alert is lost for want of a key."""
+    if sign is None:
+        text = f"THIS ALERT IS NOT SIGNED: {unsigned_why or 'the gateway could not sign it'}\n\n{text}"
+    # Quoted-printable and CRLF: a signed part must be 7-bit, and is signed exactly as it goes on the wire.
+    body = quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), eol="\r\n").rstrip("\r\n")
+    part = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
+    head = "".join(_header(name, value) for name, value in headers) + "MIME-Version: 1.0\r\n"
+    if sign is None:
+        return f"{head}{part}\r\n".encode("ascii")
+    # The CRLF before a delimiter belongs to the delimiter: what is signed ends with the part's last character.
+    signature = sign(part.encode("ascii")).rstrip(b"\r\n")
+    signature_part = (
+        b'Content-Type: application/pgp-signature; name="signature.asc"\r\n'
+        b"Content-Description: OpenPGP digital signature\r\n\r\n" + _crlf(signature)[:-2]
+    )
+    boundary = _boundary(part.encode("ascii"), signature_part)
+    head += (
+        'Content-Type: multipart/signed; micalg=pgp-sha256;\r\n protocol="application/pgp-signature";\r\n'
+        f' boundary="{boundary}"\r\n'
+    )
+    return _multipart(head, boundary, [part.encode("ascii"), signature_part])

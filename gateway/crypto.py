@@ -430,7 +430,10 @@ class Keyring:
 
     def sign_detached(self, data: bytes, signer: str) -> bytes:
         """An armoured detached signature over exactly these bytes (what a PGP/MIME client makes)."""
-        result = self._gpg.sign(data, keyid=signer, detach=True, passphrase=None)
+        # SHA-256, as the micalg of the PGP/MIME messages the gateway writes says.
+        result = self._gpg.sign(
+            data, keyid=signer, detach=True, passphrase=None, extra_args=["--digest-algo", "SHA256"]
+        )
         if not result.data or "[GNUPG:] SIG_CREATED" not in (result.stderr or ""):
             raise KeyProblem(f"gpg could not sign with {signer}")
         return bytes(result.data)

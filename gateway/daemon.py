@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import signal
 from collections.abc import Iterator
@@ -135,6 +136,8 @@ class Services:
         self.leadership = Leadership(ctx.db)
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()
+        signer = ctx.config.gpg.signing_key  # checked at start: the daemon does not run without it
+        self.sign = None if signer is None else functools.partial(ctx.keyring.sign_detached, signer=signer)
 
     async def handle(self, raw: bytes, source: str = "imap") -> Outcome:
         with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):
@@ -151,7 +154,7 @@ class Services:
             with _survive("outbox"):
                 counts = await deliver_due(
                     self.ctx.db, transport, admin_address=config.gateway.admin_address, now=dt.datetime.now(dt.UTC),
-                    retry=RetryPolicy.of(smtp), limit=ROUND,
+                    retry=RetryPolicy.of(smtp), limit=ROUND, sign=self.sign,
                 )  # fmt: skip
                 if any(counts.values()):
                     log.info("outbox", **counts)

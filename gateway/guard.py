@@ -9,6 +9,7 @@ from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 
+from gateway import shown
 from gateway.addresses import normalise_address
 from gateway.config import LimitSettings
 
@@ -106,7 +107,7 @@ def sender_header_problem(message: EmailMessage, sender: str) -> str | None:
     try:
         address = normalise_address(header.addresses[0].addr_spec)
     except ValueError:
-        return f"the Sender header {str(header)[:200]!r} is not an acceptable address"
+        return f"the Sender header {shown.address(header.addresses[0].addr_spec)} is not an acceptable address"
     if address != sender:
         return f"the Sender header ({address}) differs from From ({sender})"
     return None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from email.message import Message
 from importlib import resources
 
+from gateway import shown
+
 # Anything shaped like local@domain in a header's text, display name included.
 _ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 _MIN_DOMAIN_FOR_TYPOS = 8  # "a.gov.uk"-sized domains differ by one letter by chance
@@ -92,9 +94,10 @@ class Claim:
     how: str  # exact, confusable characters, invisible characters, punycode, mixed scripts, one letter different
 
     def describe(self) -> str:
+        seen = shown.address(self.seen)  # the sender's text: only as an address, escaped, or as a digest
         if self.how == "exact":
-            return f"{self.seen!r} is the registered address {self.registered}"
-        return f"{self.seen!r} imitates the registered address {self.registered} ({self.how})"
+            return f"{seen} is the registered address {self.registered}"
+        return f"{seen} imitates the registered address {self.registered} ({self.how})"
 
 
 def decoded(header_text: str) -> str:

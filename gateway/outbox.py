@@ -7,8 +7,6 @@ import datetime as dt
 import ssl
 import time
 from dataclasses import dataclass
-from email import policy
-from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Protocol
 
@@ -17,7 +15,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
+from gateway.compose import Sign, admin_message
 from gateway.config import SmtpSettings
+from gateway.crypto import KeyProblem
 from gateway.db.engine import Database
 from gateway.db.models import OutboxMessage
 
@@ -175,27 +175,32 @@ async def _claim(db: Database, now: dt.datetime, lease: dt.timedelta, limit: int
         return rows
 
 
-def _failure_alert(row: OutboxMessage, error: str, admin: str) -> OutboxMessage:
+def _failure_alert(row: OutboxMessage, error: str, admin: str, sign: Sign | None) -> OutboxMessage:
     message_id = f"<outbox-{row.id}-failed@{row.sender.rpartition('@')[2]}>"
-    note = EmailMessage(policy=policy.SMTP)
-    note["From"] = row.sender
-    note["To"] = admin
-    note["Date"] = format_datetime(dt.datetime.now(dt.UTC))
-    note["Message-ID"] = message_id
-    note["Subject"] = f"Register gateway alert: outgoing message {row.id} could not be delivered"
-    note["Auto-Submitted"] = "auto-generated"
-    note.set_content(
+    headers = [
+        ("From", row.sender),
+        ("To", admin),
+        ("Date", format_datetime(dt.datetime.now(dt.UTC))),
+        ("Message-ID", message_id),
+        ("Subject", f"Register gateway alert: outgoing message {row.id} could not be delivered"),
+        ("Auto-Submitted", "auto-generated"),
+    ]
+    text = (
         f"Outgoing message {row.id} ({row.kind}) to {row.recipient} was not delivered and will not be retried.\n"
         f"Last error: {error}\nAttempts: {row.attempts}\n\n"
         f"Nothing was sent in the clear. See `gateway outbox list`; `gateway outbox retry {row.id}` tries again.\n"
     )
+    try:
+        content = admin_message(headers, text, sign, unsigned_why="this sender was given no signing key")
+    except KeyProblem as exc:
+        content = admin_message(headers, text, None, unsigned_why=str(exc))
     return OutboxMessage(
         kind="alert",
         inbound_id=row.inbound_id,
         sender=row.sender,
         recipient=admin,
         message_id=message_id,
-        content=note.as_bytes(),
+        content=content,
         status="pending",
         attempts=0,
         created_at=row.created_at,
@@ -211,8 +216,10 @@ async def deliver_due(
     now: dt.datetime,
     retry: RetryPolicy | None = None,
     limit: int = ROUND,
+    sign: Sign | None = None,
 ) -> dict[str, int]:
-    """Send what is due, up to `limit` messages; returns counts of sent, retrying and failed messages."""
+    """Send what is due, up to `limit` messages; returns counts of sent, retrying and failed messages.
+    `sign` signs the admins' alert of a message given up on (the gateway's key: see pipeline.admin_mail)."""
     rules = retry or RetryPolicy()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
     started = time.monotonic()
@@ -231,8 +238,9 @@ async def deliver_due(
                 result = await _within(transport, claimed, left - LEASE_SAFETY)
                 sent_at = now + dt.timedelta(seconds=time.monotonic() - started)
                 await _record(
-                    db, claimed.id, result, rules=rules, now=sent_at, admin_address=admin_address, counts=counts
-                )
+                    db, claimed.id, result, rules=rules, now=sent_at, admin_address=admin_address, counts=counts,
+                    sign=sign,
+                )  # fmt: skip
             if len(batch) < CLAIM_BATCH:
                 break
     finally:
@@ -269,6 +277,7 @@ async def _record(
     now: dt.datetime,
     admin_address: str,
     counts: dict[str, int],
+    sign: Sign | None,
 ) -> None:
     """How a delivery went, at once: a crash then repeats no more than the message in hand."""
     async with db.transaction(ahead=True) as session:
@@ -285,7 +294,7 @@ async def _record(
             counts["failed"] += 1
             # Alerts about alerts would loop; a failed alert is only in the audit trail and the outbox list.
             if row.kind != "alert":
-                session.add(_failure_alert(row, result.error or "unknown", admin_address))
+                session.add(_failure_alert(row, result.error or "unknown", admin_address, sign))
         else:
             row.next_attempt_at = now + rules.wait(row.attempts)
             counts["retrying"] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -23,9 +24,17 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
 
-from gateway import audit, metrics
+from gateway import audit, metrics, shown
 from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
-from gateway.compose import Envelope, Templates, header_text, inner_message, new_reference, outer_message
+from gateway.compose import (
+    Envelope,
+    Templates,
+    admin_message,
+    header_text,
+    inner_message,
+    new_reference,
+    outer_message,
+)
 from gateway.config import Config
 from gateway.crypto import KeyProblem, Keyring, SignatureStatus, in_thread
 from gateway.db.engine import Database
@@ -343,7 +352,7 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
             "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
             "",
             f"Received: {arrival.received_at:%d %B %Y %H:%M} UTC",
-            f"Message-ID: {(arrival.message_id or '(none)')[:200]}",
+            f"Message-ID (as received): {shown.message_id(arrival.message_id)}",
             f"Why it was refused: {reason[:1500]}",
             "",
             "If you sent it, send the request again from your registered address, signed with your registered",
@@ -436,7 +445,7 @@ async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None
         earlier = await _earlier_with(session, arrival.message_id, itself)
     if earlier is None:
         return None
-    return f"Message-ID {arrival.message_id[:200]} was already processed as message {earlier}: a replay"
+    return f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: a replay"
 
 
 async def _earlier_signature(session: Any, signature_id: str, itself: int | None = None) -> int | None:
@@ -584,7 +593,7 @@ def automatic_mail(message: EmailMessage) -> str | None:  # noqa: PLR0911 - one 
     """Why a message is a machine's (RFC 3834), if it is: such mail is never answered."""
     auto = str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
     if auto != "no":
-        return f"Auto-Submitted: {auto}"
+        return f"Auto-Submitted: {shown.token(auto)}"
     return_path = message.get("Return-Path")
     if return_path is not None and str(return_path).strip() in ("<>", ""):
         return "null return path"
@@ -790,16 +799,31 @@ def _subscription_note(change: SubscriptionChange | None) -> str | None:
 
 
 def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
-    """A plain message to the admins. It goes unencrypted, so it never carries register data."""
-    note = EmailMessage(policy=policy.SMTP)
-    note["From"] = ctx.config.gateway.address
-    note["To"] = ctx.config.gateway.admin_address
-    note["Date"] = format_datetime(ctx.clock())
-    note["Subject"] = header_text(subject)  # it can name an authority, whose name an admin typed
-    note["Auto-Submitted"] = "auto-generated"
-    note["Message-ID"] = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
-    note.set_content(text)
-    return Outgoing("alert", ctx.config.gateway.admin_address, str(note["Message-ID"]), note.as_bytes())
+    """A message to the admins, signed by the gateway, not encrypted: so it never carries register data."""
+    message_id = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
+    headers = [
+        ("From", ctx.config.gateway.address),
+        ("To", ctx.config.gateway.admin_address),
+        ("Date", format_datetime(ctx.clock())),
+        ("Subject", header_text(subject)),  # it can name an authority, whose name an admin typed
+        ("Auto-Submitted", "auto-generated"),
+        ("Message-ID", message_id),
+    ]
+    return Outgoing("alert", ctx.config.gateway.admin_address, message_id, signed_for_admins(ctx, headers, text))
+
+
+def signed_for_admins(ctx: Context, headers: list[tuple[str, str]], text: str) -> bytes:
+    """Admin mail signed by the gateway's key; unsigned, and saying why, only when that key cannot sign.
+
+    gpg runs here on the event loop, once per alert (some 10 ms): alerts are few and bounded per hour, and one
+    must not wait for a thread that a flood of requests keeps busy."""
+    signer = ctx.config.gpg.signing_key
+    if signer is None:
+        return admin_message(headers, text, None, unsigned_why="the gateway has no [gpg] signing_key")
+    try:
+        return admin_message(headers, text, functools.partial(ctx.keyring.sign_detached, signer=signer))
+    except KeyProblem as exc:
+        return admin_message(headers, text, None, unsigned_why=str(exc))
 
 
 def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:
@@ -819,7 +843,7 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
             "reason": decision.reason,
             "sender": decision.sender,
             "authority": decision.authority.name if decision.authority else None,
-            "message_id": arrival.message_id,
+            "message_id": shown.message_id(arrival.message_id),
             "sha256": arrival.sha256,
         },
     )
@@ -850,7 +874,10 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
     earlier = await _earlier_with(session, arrival.message_id)
     if earlier is None:
         return decision
-    reason = f"Message-ID {arrival.message_id} was already processed as message {earlier}: a replay, not answered"
+    reason = (
+        f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: "
+        "a replay, not answered"
+    )
     return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, decision.authority))
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
 
+from gateway import shown
+
 REQUEST_KINDS: tuple[str, ...] = ("disclosure", "renewal", "cancel")
 FREQUENCIES: tuple[str, ...] = ("once", "monthly")
 FIELDS: tuple[str, ...] = ("request", "frequency", "area", "purpose")
@@ -125,7 +127,7 @@ def parse_request(text: str) -> ParsedRequest:
             break
         name, value = " ".join(match[1].split()).lower(), match[2].strip()
         if name not in FIELDS:
-            problems.append(f"unknown field {match[1].strip()!r} (the fields are Request, Frequency, Area, Purpose)")
+            problems.append(f"unknown field {shown.token(match[1])} (the fields are Request, Frequency, Area, Purpose)")
         elif name in values:
             problems.append(f"the {name.capitalize()} field is given twice")
         elif len(value) > MAX_VALUE:
@@ -154,6 +156,8 @@ def _choice(
             problems.append(f"the {name.capitalize()} field is missing: it is one of {', '.join(allowed)}")
         return default
     if value not in allowed:
-        problems.append(f"{values[name]!r} is not a valid {name.capitalize()}: it is one of {', '.join(allowed)}")
+        problems.append(
+            f"{shown.token(values[name])} is not a valid {name.capitalize()}: it is one of {', '.join(allowed)}"
+        )
         return None
     return value

@@ -8,6 +8,7 @@ from typing import cast
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway import shown
 from gateway.authorities import NATIONAL_KINDS
 from gateway.db.models import EnforcementAction, Home
 from gateway.extracts import EnforcementLike, HomeLike
@@ -88,7 +89,8 @@ def resolve_scope(kind: str, own_area: str | None, asked: str | None) -> Scope |
     scope = _named_area(asked)
     if scope is None:
         return ScopeRefusal(
-            f"{asked!r} is not an area the gateway knows: give a police force area or a local authority in England"
+            f"{shown.token(asked)} is not an area the gateway knows: give a police force area or a local authority "
+            "in England"
         )
     if not _covers(own, scope):
         return ScopeRefusal(

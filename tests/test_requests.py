@@ -51,14 +51,14 @@ def test_what_follows_the_fields_is_ignored() -> None:
         (
             "Request: everything\nFrequency: weekly\nPurpose: x\n",
             (
-                "'everything' is not a valid Request: it is one of disclosure, renewal, cancel",
-                "'weekly' is not a valid Frequency: it is one of once, monthly",
+                '"everything" is not a valid Request: it is one of disclosure, renewal, cancel',
+                '"weekly" is not a valid Frequency: it is one of once, monthly',
             ),
         ),
         (
             "Request: disclosure\nUrgency: high\nPurpose: x\nPurpose: y\n",
             (
-                "unknown field 'Urgency' (the fields are Request, Frequency, Area, Purpose)",
+                'unknown field "Urgency" (the fields are Request, Frequency, Area, Purpose)',
                 "the Purpose field is given twice",
             ),
         ),

@@ -62,7 +62,7 @@ def test_areas_an_authority_is_entitled_to(kind: str, own: str | None, asked: st
             "secretary-of-state",
             None,
             "Gotham",
-            "'Gotham' is not an area the gateway knows: give a police force area or a local authority in England",
+            '"Gotham" is not an area the gateway knows: give a police force area or a local authority in England',
         ),
     ],
 )

@@ -156,6 +156,13 @@ FILES: dict[str, Expect] = {
     "border-dmarc-nul-bytes-in-body.eml": _BORDER,
     "border-dmarc-html-only-with-scripts.eml": _BORDER,
     "border-dmarc-8bit-and-invalid-headers.eml": _BORDER,
+    "border-dmarc-nul-in-purpose-only.eml": Expect(ANY, authentic=True, why="a NUL in a valid request's Purpose"),
+    # a sentence of the sender's choosing where the gateway once copied it into mail it signs (tests/test_told_safely)
+    "message-id-sentence-from-lookalike.eml": Expect(MUST_QUARANTINE, why="a Message-ID that is a sentence"),
+    "message-id-comment-from-lookalike.eml": Expect(MUST_QUARANTINE, why="a sentence in a Message-ID's comment"),
+    "message-id-encoded-word-from-lookalike.eml": Expect(MUST_QUARANTINE, why="a Message-ID as an encoded word"),
+    "from-quoted-local-part-sentence.eml": _MALFORMED_FROM,
+    "sender-header-sentence.eml": Expect(MUST_QUARANTINE, why="a Sender header naming a sentence"),
 }
 
 

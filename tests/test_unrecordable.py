@@ -4,15 +4,30 @@ and again, for a reason that is no outage, is set aside for a person and never b
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+import sqlalchemy.exc
 from sqlalchemy import select, text
 
+from gateway import pipeline
+from gateway.compose import Templates
 from gateway.config import load_config
+from gateway.crypto import Keyring
 from gateway.db.engine import create_database
-from gateway.db.models import AuditRecord, Disclosure, InboundMessage, QuarantinedMessage, RecordFailure
-from tests.conftest import AuthorityKeys, Gateway
+from gateway.db.models import (
+    AuditRecord,
+    Disclosure,
+    InboundMessage,
+    QuarantinedMessage,
+    RecordFailure,
+    SpooledMessage,
+)
+from gateway.listener import drain_spool
+from gateway.pipeline import Context
+from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.test_pipeline import live, outbox, process, request_from_police
 
 __all__ = ["live"]  # the fixture used here, defined elsewhere
@@ -105,3 +120,37 @@ def test_a_message_that_cannot_be_recorded_is_set_aside_on_the_third_failure(
     assert json.loads(live.ok("process", str(path), "--json"))["kind"] == "duplicate"
     assert process(live, request_from_police(keys, message_id="<next@westmercia.police.example>"))["kind"] == "answered"
     assert any(isinstance(r, AuditRecord) and r.action == "inbound.quarantined" for r in rows(live, AuditRecord))
+
+
+async def test_the_spool_goes_on_past_a_message_that_cannot_be_recorded(live: Gateway, keys: AuthorityKeys) -> None:
+    """The daemon's spool, as `gateway run` drains it: stuck no longer than three rounds, nothing lost."""
+    await asyncio.to_thread(refuse_inserts, live)
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with db.transaction() as session:
+            for raw in (request_from_police(keys, message_id=f"<{POISON}>"), request_from_police(keys)):
+                session.add(
+                    SpooledMessage(received_at=now, peer="127.0.0.1", mail_from=POLICE_ADDRESS, content=raw,
+                                   status="pending")
+                )  # fmt: skip
+
+        async def one(raw: bytes) -> int:
+            return (await pipeline.process(ctx, raw, source="smtp")).inbound_id
+
+        for _ in range(2):
+            with pytest.raises(sqlalchemy.exc.DBAPIError):
+                await drain_spool(db, one)
+        assert await drain_spool(db, one) == 2
+        async with db.transaction(write=False) as session:
+            spooled = (await session.execute(select(SpooledMessage))).scalars().all()
+            outcomes = [
+                (await session.get(InboundMessage, row.inbound_id)).outcome  # type: ignore[union-attr]
+                for row in spooled
+            ]
+        assert [row.status for row in spooled] == ["done", "done"]
+        assert outcomes == ["quarantined", "answered"]
+    finally:
+        await db.close()

@@ -9,11 +9,12 @@ import io
 import json
 from pathlib import Path
 
-from sqlalchemy import update
+from alembic import command
+from sqlalchemy import Connection, select, text, update
 
-from gateway.config import load_config
-from gateway.db.engine import create_database
-from gateway.db.models import Authority
+from gateway.config import DatabaseSettings, load_config
+from gateway.db.engine import _alembic_config, create_database, head_revision, upgrade_schema
+from gateway.db.models import Authority, Subscription
 from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
 
@@ -207,3 +208,54 @@ def test_suspension_pauses_deliveries_and_removal_ends_them(live: Gateway, keys:
     assert "registration was removed" in body_of(live, keys, notice["id"])
     assert any("registration was removed" in text for text in admin_alerts(live))
     assert schedule(live, NEXT_DELIVERY)["delivery"] == 0
+
+
+async def test_existing_subscriptions_get_the_address_that_asked_when_still_registered(
+    database_settings: DatabaseSettings,
+) -> None:
+    """Migration 0012 on rows an earlier release wrote: the asking message's sender while it is still the
+    authority's, else the authority's first address, where that release sent its deliveries."""
+    db = create_database(database_settings)
+    now, day = dt.datetime(2027, 1, 12, tzinfo=dt.UTC), dt.date(2027, 1, 12)
+
+    def before_0012(connection: Connection) -> None:
+        command.upgrade(_alembic_config(connection), "0011")
+        connection.execute(
+            text(
+                "INSERT INTO authorities (id, name, name_key, kind, area, auth_policy, status, key_fingerprint, "
+                "created_at, updated_at) VALUES (1, 'Force', 'force', 'police', 'West Mercia', 'pgp', 'active', "
+                "'F00D', :now, :now)"
+            ),
+            {"now": now},
+        )
+        for address in ("b@force.example", "a@force.example"):
+            connection.execute(text("INSERT INTO authority_addresses VALUES (:a, 1)"), {"a": address})
+        for ident, sender in ((1, "b@force.example"), (2, "gone@force.example")):
+            connection.execute(
+                text(
+                    "INSERT INTO inbound_messages (id, sha256, source, received_at, sender, authority_id, outcome, "
+                    "reason, size) VALUES (:id, :sha, 'file', :now, :sender, 1, 'answered', '', 1)"
+                ),
+                {"id": ident, "sha": str(ident) * 64, "now": now, "sender": sender},
+            )
+        for ident, inbound in ((1, 1), (2, 2), (3, None)):
+            connection.execute(
+                text(
+                    "INSERT INTO subscriptions (id, authority_id, police_force_area, area, status, started_on, "
+                    "review_on, purpose, created_by_inbound_id, updated_at) VALUES (:id, 1, 'West Mercia', "
+                    "'West Mercia police force area', 'active', :day, :day, 'p', :inbound, :now)"
+                ),
+                {"id": ident, "day": day, "inbound": inbound, "now": now},
+            )
+
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(before_0012)
+        assert await upgrade_schema(db) == ("0011", head_revision())
+        async with db.transaction(write=False) as session:
+            rows = (
+                await session.execute(select(Subscription.id, Subscription.address).order_by(Subscription.id))
+            ).all()
+        assert [tuple(row) for row in rows] == [(1, "b@force.example"), (2, "a@force.example"), (3, "a@force.example")]
+    finally:
+        await db.close()

@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import json
+import subprocess
 from pathlib import Path
 
 from alembic import command
@@ -259,3 +260,19 @@ async def test_existing_subscriptions_get_the_address_that_asked_when_still_regi
         assert [tuple(row) for row in rows] == [(1, "b@force.example"), (2, "a@force.example"), (3, "a@force.example")]
     finally:
         await db.close()
+
+
+def test_an_authority_whose_key_cannot_be_used_is_not_told_in_plaintext(live: Gateway) -> None:
+    assert asks(live, POLICE_ADDRESS, MONTHLY, "wm")["kind"] == "answered"
+    [police] = json.loads(live.ok("authority", "list", "--json"))
+    subprocess.run(
+        ["gpg", "--homedir", str(live.gnupg_home), "--batch", "--yes", "--delete-keys", police["key_fingerprint"]],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    changed = live.run("authority", "update", "West Mercia Police", "--area", "Kent")
+    assert changed.code == 0, changed.err
+    assert subscriptions(live)[0]["status"] == "ended"
+    assert [row for row in outbox(live) if row["recipient"] == POLICE_ADDRESS][1:] == []  # only the first answer
+    [alert] = [text for text in admin_alerts(live) if "subscriptions of West Mercia Police ended" in text]
+    assert "not told: no notice could be encrypted to its key" in " ".join(alert.split())
+    assert str(details(audit_actions(live, "subscription.end")[0])["told"]).startswith("not told")

@@ -191,6 +191,13 @@ class Allowlist:
     def db(self) -> Database:
         return self._db
 
+    async def _review(
+        self, session: AsyncSession, row: Authority, *, actor: str, ending: str | None = None
+    ) -> tuple[str, ...]:
+        lines = await self._standing.review(session, row, actor=actor, ending=ending)
+        # A rehearsal's notices and endings are rolled back with it: its preview says what approval would do.
+        return tuple(f"if approved: {line}" for line in lines) if self._rehearse else lines
+
     def _end(self, change: Change) -> None:
         if self._rehearse:
             raise Rehearsed(change)  # rolls the transaction back, and takes out any key it imported
@@ -375,7 +382,7 @@ class Allowlist:
                 subject=after.name,
                 details={"changed": changed},
             )
-            ended = await self._standing.review(session, row, actor=actor)
+            ended = await self._review(session, row, actor=actor)
             self._end(Change(after, ended))
         return Change(after, ended)
 
@@ -422,7 +429,7 @@ class Allowlist:
             await session.flush()
             verb = "suspend" if status == "suspended" else "resume"
             await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
-            ended = await self._standing.review(session, row, actor=actor)
+            ended = await self._review(session, row, actor=actor)
             self._end(Change(AuthorityView.of(row), ended))
             return Change(AuthorityView.of(row), ended)
 
@@ -431,9 +438,7 @@ class Allowlist:
             row = await self._find(session, name)
             gone = AuthorityView.of(row)
             # Told while its key and addresses are still on record; the rows then go with the authority.
-            ended = await self._standing.review(
-                session, row, actor=actor, ending="the authority's registration was removed"
-            )
+            ended = await self._review(session, row, actor=actor, ending="the authority's registration was removed")
             await session.flush()
             await session.delete(row)
             await session.flush()

@@ -101,11 +101,13 @@ def test_a_national_authority_made_local_keeps_only_what_it_may_still_see(
 
     live.second_admin = True
     live.write_config()
-    asked = live.ok(
+    asked = live.run(
         "authority", "update", "Children's Commissioner", "--kind", "local-authority", "--area", "Shropshire",
         "--actor", "alice",
     )  # fmt: skip
-    assert asked.startswith("change 1 waits for a second admin")
+    assert asked.out.startswith("change 1 waits for a second admin")
+    [preview] = [line for line in asked.err.splitlines() if "if approved" in line]  # what alice is told
+    assert "subscription 1 (all of England, register@occ.example) ended" in preview
     assert by_area(live)["all of England"]["status"] == "active"  # nothing happens until it is approved
     assert not [row for row in outbox(live) if row["kind"] == "subscription-end"]
 

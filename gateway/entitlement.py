@@ -104,7 +104,7 @@ async def end(
         ctx,
         f"monthly subscriptions of {authority.name} ended",
         [
-            f"A change to {authority.name!r} (by {actor}) left monthly subscriptions it may no longer have:",
+            f"{authority.name!r}, as registered now, may no longer have these monthly subscriptions ({actor}):",
             "",
             *lines,
             "",

@@ -9,13 +9,20 @@ import io
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 from alembic import command
 from sqlalchemy import Connection, select, text, update
 
+from gateway import schedule as schedule_module
+from gateway.compose import Templates
 from gateway.config import DatabaseSettings, load_config
+from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import _alembic_config, create_database, head_revision, upgrade_schema
 from gateway.db.models import Authority, Subscription
+from gateway.pipeline import Context
+from gateway.schedule import run_due
 from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
 
@@ -278,3 +285,34 @@ def test_an_authority_whose_key_cannot_be_used_is_not_told_in_plaintext(live: Ga
     [alert] = [text for text in admin_alerts(live) if "subscriptions of West Mercia Police ended" in text]
     assert "not told: no notice could be encrypted to its key" in " ".join(alert.split())
     assert str(details(audit_actions(live, "subscription.end")[0])["told"]).startswith("not told")
+
+
+def test_a_change_committed_while_a_delivery_is_being_made_stops_it(
+    live: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule is asked again where the delivery is recorded: a change that lands after the run read the
+    subscription, while the extract was being built and encrypted, still stops it."""
+    assert asks(live, POLICE_ADDRESS, MONTHLY, "wm")["kind"] == "answered"
+    building = schedule_module._prepare_delivery
+
+    async def overtaken(ctx: Context, due: Any, reference: str, common: dict[str, Any]) -> Any:
+        prepared = await building(ctx, due, reference, common)
+        async with ctx.db.transaction() as session:  # as another admin's change would, from elsewhere
+            await session.execute(update(Authority).values(area="Kent"))
+        return prepared
+
+    monkeypatch.setattr(schedule_module, "_prepare_delivery", overtaken)
+
+    async def run(as_of: dt.datetime) -> dict[str, int]:
+        config = load_config(live.config_path)
+        db = create_database(config.database)
+        try:
+            ctx = Context(config, db, Keyring.private(config.gpg.home), Templates(config.gateway.templates))
+            return await run_due(ctx, as_of)
+        finally:
+            await db.close()
+            kill_agent(config.gpg.home)
+
+    assert asyncio.run(run(DELIVERY))["delivery"] == 0
+    assert [row["kind"] for row in outbox(live)] == ["disclosure"]  # the first answer only
+    assert asyncio.run(run(DELIVERY + dt.timedelta(hours=1)))["ended"] == 1  # and the next run ends it

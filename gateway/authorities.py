@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -155,8 +155,17 @@ def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> li
     return []
 
 
+class Standing(Protocol):
+    """What becomes of an authority's monthly subscriptions when its registration changes (gateway.entitlement):
+    asked inside the change's transaction, so a subscription never outlives what allowed it."""
+
+    async def review(
+        self, session: AsyncSession, authority: Authority, *, actor: str, ending: str | None = None
+    ) -> tuple[str, ...]: ...
+
+
 class Allowlist:
-    """Every change runs in one transaction together with its audit record."""
+    """Every change runs in one transaction together with its audit record and its effect on subscriptions."""
 
     def __init__(
         self,
@@ -165,9 +174,11 @@ class Allowlist:
         *,
         reserved: Iterable[str] = (),
         gateway_key: str | None,
+        standing: Standing,
         rehearse: bool = False,
     ):
         self._db = db
+        self._standing = standing
         # Every check made and every row written, then all of it undone: a change proposed for approval.
         self._rehearse = rehearse
         self._keyring = keyring
@@ -179,6 +190,13 @@ class Allowlist:
     @property
     def db(self) -> Database:
         return self._db
+
+    async def _review(
+        self, session: AsyncSession, row: Authority, *, actor: str, ending: str | None = None
+    ) -> tuple[str, ...]:
+        lines = await self._standing.review(session, row, actor=actor, ending=ending)
+        # A rehearsal's notices and endings are rolled back with it: its preview says what approval would do.
+        return tuple(f"if approved: {line}" for line in lines) if self._rehearse else lines
 
     def _end(self, change: Change) -> None:
         if self._rehearse:
@@ -364,8 +382,9 @@ class Allowlist:
                 subject=after.name,
                 details={"changed": changed},
             )
-            self._end(Change(after))
-        return Change(after)
+            ended = await self._review(session, row, actor=actor)
+            self._end(Change(after, ended))
+        return Change(after, ended)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
         new_name = _clean_name(new_name)
@@ -410,20 +429,24 @@ class Allowlist:
             await session.flush()
             verb = "suspend" if status == "suspended" else "resume"
             await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
-            self._end(Change(AuthorityView.of(row)))
-            return Change(AuthorityView.of(row))
+            ended = await self._review(session, row, actor=actor)
+            self._end(Change(AuthorityView.of(row), ended))
+            return Change(AuthorityView.of(row), ended)
 
     async def remove(self, name: str, *, actor: str) -> Change:
         async with self._db.transaction() as session:
             row = await self._find(session, name)
             gone = AuthorityView.of(row)
+            # Told while its key and addresses are still on record; the rows then go with the authority.
+            ended = await self._review(session, row, actor=actor, ending="the authority's registration was removed")
+            await session.flush()
             await session.delete(row)
             await session.flush()
             await audit.record(
                 session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
             )
         await self._release_key(gone.key_fingerprint)
-        return Change(gone)
+        return Change(gone, ended)
 
     async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
         pinned: list[str] = []

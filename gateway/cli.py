@@ -30,6 +30,7 @@ from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
 from gateway.demo import run_demo
+from gateway.entitlement import Keeper
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
 from gateway.logs import configure as configure_logs
@@ -144,6 +145,7 @@ async def _allowlist(args: argparse.Namespace, *, rehearse: bool = False) -> Asy
             keyring,
             reserved={config.gateway.address, config.gateway.admin_address},
             gateway_key=config.gpg.signing_key,
+            standing=Keeper(Context(config, db, keyring, Templates(config.gateway.templates))),
             rehearse=rehearse,
         )
 
@@ -747,6 +749,7 @@ async def cmd_subscription_list(args: argparse.Namespace) -> int:
             "id": sub.id,
             "authority": name,
             "area": sub.area,
+            "address": sub.address,
             "status": sub.status,
             "started_on": sub.started_on.isoformat(),
             "review_on": sub.review_on.isoformat(),

@@ -387,12 +387,14 @@ async def encrypted_notice(
     subject: str,
     template: str,
     values: dict[str, Any],
+    recipient: str | None = None,
 ) -> Outgoing | None:
-    """A notice the gateway starts (not an answer) to an authority's first address, encrypted to its pinned key
-    and signed; None when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
+    """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
+    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
+    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
     if not authority.addresses:
         return None
-    recipient = authority.addresses[0].address
+    recipient = recipient or authority.addresses[0].address
     envelope = Envelope(
         sender=ctx.config.gateway.address,
         recipient=recipient,
@@ -931,6 +933,8 @@ async def _apply_subscription(
             police_force_area=change.scope.police_force_area,
             local_authority=change.scope.local_authority,
             area=change.scope.description,
+            # The registered address that asked: deliveries and notices go there, not to whichever sorts first.
+            address=decision.sender or authority.addresses[0].address,
             status="active",
             started_on=now.date(),
             review_on=change.review_on,

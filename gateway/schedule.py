@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
@@ -20,6 +21,7 @@ from gateway.compose import Envelope, new_reference
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
+from gateway.entitlement import Ending, end, still_allowed
 from gateway.extracts import ExtractFile, build_extract, defuse
 from gateway.keywatch import check_keys
 from gateway.outbox import enqueue
@@ -32,7 +34,7 @@ from gateway.pipeline import (
     reply_values,
     summarise_held_alerts,
 )
-from gateway.scope import Scope, disclosable
+from gateway.scope import Scope, ScopeRefusal, disclosable
 from gateway.subscriptions import snapshot
 
 # ---------------------------------------------------------------- when
@@ -94,6 +96,8 @@ def changes(previous: dict[str, Any] | None, current: dict[str, Any]) -> Changes
 
 # ---------------------------------------------------------------- doing it once
 
+SUBSCRIPTION_KINDS = frozenset({"delivery", "reminder", "lapse"})  # what goes to the authority
+
 
 @dataclass(frozen=True)
 class Due:
@@ -118,7 +122,7 @@ async def _already(ctx: Context, due: Due) -> bool:
 
 
 def _envelope(ctx: Context, due: Due, reference: str, subject: str) -> Envelope:
-    recipient = due.authority.addresses[0].address
+    recipient = due.subscription.address  # the address that asked, checked still to be the authority's
     return Envelope(
         sender=ctx.config.gateway.address,
         recipient=recipient,
@@ -150,13 +154,13 @@ class Prepared:
     snapshot: dict[str, Any] | None = None
     disclosure: dict[str, Any] | None = None
     lapse: bool = False
-    recipient: str | None = None  # the authority's first address unless said
+    recipient: str | None = None  # the subscription's address unless said
 
 
 async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
     sub, authority = due.subscription, due.authority
     reference = new_reference(as_of)
-    common = reply_values(ctx, authority, authority.addresses[0].address, reference)
+    common = reply_values(ctx, authority, sub.address, reference)
     when = f"{sub.review_on:%d %B %Y}"
     if due.kind == "reminder":
         lines = [
@@ -233,13 +237,33 @@ async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict
     return Prepared("disclosure", wire, reference, current, facts)
 
 
+class _NoLongerAllowed(Exception):  # not an error: how _record undoes a delivery an admin's change overtook
+    pass
+
+
+async def _still_due(session: AsyncSession, due: Due) -> None:
+    """Asked again under the write lock, at the moment of recording: an allowlist change committed since the
+    run read the subscription (a new area, a removed address, a suspension) stops what it no longer allows."""
+    if due.kind not in SUBSCRIPTION_KINDS:
+        return  # the admins' own notices
+    sub = await session.get(Subscription, due.subscription.id)
+    query = select(Authority).where(Authority.id == due.subscription.authority_id)
+    authority = (await session.execute(query.options(selectinload(Authority.addresses)))).scalar()
+    if sub is None or authority is None or sub.status != "active" or authority.status != "active":
+        raise _NoLongerAllowed
+    if isinstance(still_allowed(authority, sub), ScopeRefusal):
+        raise _NoLongerAllowed
+
+
 async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime) -> bool:
-    """The event, its outbox entry and its audit records in one transaction; False if it had happened already."""
+    """The event, its outbox entry and its audit records in one transaction; False if it had happened already,
+    or is no longer allowed."""
     try:
         async with ctx.db.transaction() as session:
+            await _still_due(session, due)
             outbox_id = await enqueue(
                 session, kind=prepared.kind, sender=ctx.config.gateway.address,
-                recipient=prepared.recipient or due.authority.addresses[0].address,
+                recipient=prepared.recipient or due.subscription.address,
                 message_id=message_id_of(prepared.wire),
                 content=prepared.wire, now=as_of,
             )  # fmt: skip
@@ -269,7 +293,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                     },
                     now=as_of,
                 )  # fmt: skip
-    except IntegrityError:
+    except (IntegrityError, _NoLongerAllowed):
         return False
     if prepared.disclosure is not None:
         metrics.DISCLOSURES.inc()  # counted once committed
@@ -295,6 +319,22 @@ async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) ->
     await _record(ctx, withheld, prepared, as_of)
 
 
+async def _end(ctx: Context, sub: Subscription, why: str, as_of: dt.datetime) -> int:
+    """A subscription its authority's registration no longer allows ends, with notice, alert and audit;
+    asked again under the write lock, so a run racing another, or an admin's change, ends it once."""
+    async with ctx.db.transaction() as session:
+        row = await session.get(Subscription, sub.id)
+        query = select(Authority).where(Authority.id == sub.authority_id).options(selectinload(Authority.addresses))
+        authority = (await session.execute(query)).scalar()
+        if row is None or authority is None or row.status != "active":
+            return 0
+        verdict = still_allowed(authority, row)
+        if not isinstance(verdict, ScopeRefusal):
+            return 0
+        await end(ctx, session, authority, [Ending(row, verdict.reason)], actor=GATEWAY_ACTOR, now=as_of)
+    return 1
+
+
 def next_delivery(as_of: dt.datetime, settings: ScheduleSettings) -> dt.datetime:
     year, month = due_period(as_of, settings)
     year, month = (year, month + 1) if month < 12 else (year + 1, 1)
@@ -310,7 +350,9 @@ async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
         query = select(Authority).options(selectinload(Authority.addresses))
         authorities = {a.id: a for a in (await session.execute(query)).scalars()}
     subscribed = {sub.authority_id for sub in rows}
-    counts = {"delivery": 0, "reminder": 0, "lapse": 0, "key notice": 0, "alert summary": 0, "skipped": 0}
+    counts = {
+        "delivery": 0, "reminder": 0, "lapse": 0, "ended": 0, "key notice": 0, "alert summary": 0, "skipped": 0,
+    }  # fmt: skip
     # Before any delivery: warn of keys that will not last until the next one.
     counts["key notice"] = await check_keys(ctx, as_of, next_delivery(as_of, settings), subscribed)
     counts["alert summary"] = int(await summarise_held_alerts(ctx, as_of) > 0)
@@ -318,7 +360,12 @@ async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
     for sub in rows:
         authority = authorities.get(sub.authority_id)
         if authority is None or authority.status != "active" or not authority.addresses:
-            counts["skipped"] += 1
+            counts["skipped"] += 1  # a suspended authority is sent nothing; its deliveries resume with it
+            continue
+        # The mail path's rules at the moment of delivery: what the authority may no longer see is never sent.
+        verdict = still_allowed(authority, sub)
+        if isinstance(verdict, ScopeRefusal):
+            counts["ended"] += await _end(ctx, sub, verdict.reason, as_of)
             continue
         for due in _what_is_due(sub, authority, as_of, today, settings):
             if await _already(ctx, due):

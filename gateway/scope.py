@@ -74,17 +74,29 @@ def _covers(own: Scope, asked: Scope) -> bool:
     return True  # national authorities may ask for any area
 
 
+def _own_scope(kind: str, own_area: str | None) -> Scope | ScopeRefusal:
+    if kind in NATIONAL_KINDS:
+        return Scope()
+    if kind == "police" and own_area is not None:
+        return Scope(police_force_area=own_area)
+    if kind == "local-authority" and own_area is not None:
+        return Scope(local_authority=own_area)
+    return ScopeRefusal(f"the authority's registration has no usable area ({kind}, {own_area!r})")
+
+
+def _within(own: Scope, scope: Scope) -> Scope | ScopeRefusal:
+    if not _covers(own, scope):
+        return ScopeRefusal(
+            f"{scope.description} is outside your own area ({own.description}): "
+            "police forces and local authorities may ask only for their own area"
+        )
+    return scope
+
+
 def resolve_scope(kind: str, own_area: str | None, asked: str | None) -> Scope | ScopeRefusal:
     """The area a request covers: the authority's own unless it asks for another it is entitled to."""
-    if kind in NATIONAL_KINDS:
-        own = Scope()
-    elif kind == "police" and own_area is not None:
-        own = Scope(police_force_area=own_area)
-    elif kind == "local-authority" and own_area is not None:
-        own = Scope(local_authority=own_area)
-    else:
-        return ScopeRefusal(f"the authority's registration has no usable area ({kind}, {own_area!r})")
-    if asked is None:
+    own = _own_scope(kind, own_area)
+    if isinstance(own, ScopeRefusal) or asked is None:
         return own
     scope = _named_area(asked)
     if scope is None:
@@ -92,12 +104,13 @@ def resolve_scope(kind: str, own_area: str | None, asked: str | None) -> Scope |
             f"{shown.token(asked)} is not an area the gateway knows: give a police force area or a local authority "
             "in England"
         )
-    if not _covers(own, scope):
-        return ScopeRefusal(
-            f"{scope.description} is outside your own area ({own.description}): "
-            "police forces and local authorities may ask only for their own area"
-        )
-    return scope
+    return _within(own, scope)
+
+
+def entitled(kind: str, own_area: str | None, scope: Scope) -> Scope | ScopeRefusal:
+    """resolve_scope's rule for an area already resolved (a subscription's): whether this registration covers it."""
+    own = _own_scope(kind, own_area)
+    return own if isinstance(own, ScopeRefusal) else _within(own, scope)
 
 
 def _disclosable(scope: Scope) -> list[ColumnElement[bool]]:

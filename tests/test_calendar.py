@@ -17,7 +17,7 @@ from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.pipeline import Context
 from gateway.schedule import delivery_instant, run_due
 from gateway.subscriptions import add_months, review_date
-from tests.conftest import Gateway
+from tests.conftest import POLICE_ADDRESS, Gateway
 from tests.test_schedule import walker
 
 __all__ = ["walker"]  # the fixture used here, defined elsewhere
@@ -74,7 +74,7 @@ async def test_a_year_from_each_awkward_day_delivers_reminds_and_lapses_once(wal
                 session.add(
                     Subscription(
                         authority_id=authority.id, police_force_area="West Mercia", local_authority=None,
-                        area="West Mercia police force area", status="active", started_on=start,
+                        area="West Mercia police force area", status="active", started_on=start, address=POLICE_ADDRESS,
                         review_on=review_date(start), purpose="Safeguarding children", updated_at=dt.datetime(
                             start.year, start.month, start.day, 10, tzinfo=dt.UTC
                         ),

@@ -282,7 +282,10 @@ class Subscription(Base):
     police_force_area: Mapped[str | None] = mapped_column(String(100))
     local_authority: Mapped[str | None] = mapped_column(String(100))
     area: Mapped[str] = mapped_column(String(200))  # the scope's description, as the authority reads it
-    status: Mapped[str] = mapped_column(String(20), index=True)  # active, cancelled, lapsed
+    # The registered address that asked for it: its deliveries and notices go there, and only while the
+    # address is still the authority's.
+    address: Mapped[str] = mapped_column(String(254))
+    status: Mapped[str] = mapped_column(String(20), index=True)  # active, cancelled, lapsed, ended
     started_on: Mapped[dt.date] = mapped_column(Date)
     review_on: Mapped[dt.date] = mapped_column(Date)
     purpose: Mapped[str] = mapped_column(Text)

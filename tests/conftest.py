@@ -224,7 +224,7 @@ class AdminKey:
 class AdminKeys:
     alice: AdminKey
     bob: AdminKey
-    carol: AdminKey  # registered later, through the two-person rule
+    carol: AdminKey  # registered later, through the two-person rule; signs with a subkey
     mallory: AdminKey  # never registered
 
 
@@ -236,7 +236,13 @@ def admin_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminKeys]:
             home = tmp_path_factory.mktemp(f"admin-{name}")  # each admin's own machine, so to speak
             home.chmod(0o700)
             maker = _KeyMaker(home)
-            fingerprint = maker.make(f"{name.title()} <{name}@hmci.example>", encrypt=False)
+            uid = f"{name.title()} <{name}@hmci.example>"
+            if name == "carol":  # signs with a subkey, her primary key only certifies: as on many smartcards
+                maker.gpg("--quick-gen-key", uid, "ed25519", "cert", "2y")
+                fingerprint = maker.fingerprint(uid)
+                maker.gpg("--quick-add-key", fingerprint, "ed25519", "sign", "2y")
+            else:
+                fingerprint = maker.make(uid, encrypt=False)
             made[name] = AdminKey(home, fingerprint, maker.key(fingerprint).public)
         yield AdminKeys(**made)
     finally:

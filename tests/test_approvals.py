@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from gateway.crypto import kill_agent
 from tests.conftest import POLICE_ADDRESS, AdminKey, AdminKeys, AuthorityKeys, Gateway
 from tests.test_authorities import add_police
 
@@ -172,13 +173,43 @@ def test_key_and_address_changes_and_resume_wait_suspension_does_not(
     assert [c["status"] for c in changes(gateway)] == ["approved", "rejected", "approved"]
 
 
-def test_a_signature_file_that_is_not_one_is_a_clear_error(gateway: Gateway, admin_keys: AdminKeys) -> None:
+def test_what_is_not_a_good_admin_signature_is_a_clear_error(
+    gateway: Gateway, keys: AuthorityKeys, admin_keys: AdminKeys
+) -> None:
     two_person(gateway, admin_keys)
+    assert add_police(gateway, keys.police).code == 0
     garbage = gateway.directory / "garbage.asc"
     garbage.write_bytes(b"-----BEGIN PGP SIGNATURE-----\n\nnonsense\n-----END PGP SIGNATURE-----\n")
-    result = gateway.run("change", "sign", "1", "--signature", str(garbage))
-    assert result.code == 1
-    assert result.err.strip() == "gateway: error: no change 1 (see `gateway change list --all`)"
-    missing = gateway.run("change", "approve", "1", "--signature", str(Path(gateway.directory, "none.asc")))
-    assert missing.code == 1
-    assert len(missing.err.splitlines()) == 1
+    for argv in (
+        ("change", "sign", "1", "--signature", str(garbage)),
+        ("change", "sign", "1", "--signature", str(gateway.directory / "none.asc")),
+        ("change", "sign", "2", "--signature", str(garbage)),
+        ("change", "sign", "1", "--gpg-home", str(admin_keys.alice.home), "--local-user", "0" * 40),
+    ):
+        result = gateway.run(*argv)
+        assert result.code == 1, argv
+        assert result.err.startswith("gateway: error: "), argv
+        assert len(result.err.splitlines()) == 1, result.err
+    assert [c["proposer"] for c in changes(gateway)] == [None]
+
+
+def test_a_signature_for_one_gateways_change_does_not_hold_on_another(
+    gateway: Gateway, keys: AuthorityKeys, admin_keys: AdminKeys, tmp_path: Path
+) -> None:
+    other = Gateway(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 'gateway.db'}")
+    other.directory.mkdir()
+    other.write_config()
+    try:
+        other.signing_key = other.ok("init").split('signing_key = "')[1].split('"')[0]
+        for each in (gateway, other):
+            two_person(each, admin_keys)
+            assert add_police(each, keys.police, *admin_keys.alice.signing()).code == 0
+        here, there = gateway.ok("change", "show", "1"), other.ok("change", "show", "1")
+        assert here != there  # the same change, numbered 1 on both, but each names its own database
+        bobs = signature_file(gateway, admin_keys.bob, here)
+        elsewhere = other.run("change", "approve", "1", "--signature", bobs)
+        assert elsewhere.code == 1
+        assert "change 1 not approved: the signature is not good" in elsewhere.err
+        other.ok("change", "approve", "1", "--signature", signature_file(other, admin_keys.bob, there, "there.asc"))
+    finally:
+        kill_agent(other.gnupg_home)

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.crypto import (
-    _BAD_SIGNATURE,
     GPG_TIMEOUT_SECONDS,
+    UNKNOWN_SIGNER,
     KeyInfo,
     ScannedKey,
     in_thread,
@@ -143,6 +143,39 @@ async def register(
         return view
 
 
+async def _removable(session: AsyncSession, fingerprint: str) -> Admin:
+    row = await session.get(Admin, fingerprint)
+    if row is None or row.status != "active":
+        raise AdminError(f"no active admin with key {fingerprint} (see `gateway admin list`)")
+    active = (await session.execute(select(func.count()).where(Admin.status == "active"))).scalar_one()
+    if active <= SETUP_ADMINS:
+        # With one admin left no change could ever be approved again, not even a new admin's.
+        raise AdminError(
+            f"only {active} admins are active: register another before removing one (two must always remain)"
+        )
+    return row
+
+
+async def check_removable(db: Database, fingerprint: str) -> str:
+    """The admin's name, if removing them would leave at least two admins; AdminError otherwise."""
+    async with db.transaction(write=False) as session:
+        return (await _removable(session, fingerprint)).name
+
+
+async def remove(db: Database, fingerprint: str, *, actor: str, now: dt.datetime) -> AdminView:
+    """Take an admin's key out of the rule: its signatures no longer count, on pending changes either."""
+    async with db.transaction() as session:
+        await lock_writers(session)
+        row = await _removable(session, fingerprint)
+        row.status = "removed"
+        await session.flush()
+        view = AdminView.of(row)
+        await audit.record(
+            session, actor=actor, action="admin.remove", subject=fingerprint, details=view.as_dict(), now=now
+        )
+        return view
+
+
 async def listing(db: Database) -> list[AdminView]:
     async with db.transaction(write=False) as session:
         rows = (await session.execute(select(Admin).order_by(Admin.added_at, Admin.fingerprint))).scalars().all()
@@ -174,7 +207,7 @@ def _verify(statement: bytes, signature: bytes, keys: Mapping[str, str], binary:
         status = scratch.verify_detached(statement, signature)
     if not status.good or status.primary_fingerprint is None:
         # Only the admins' keys are in the scratch home: a key gpg cannot find is nobody's who counts.
-        unknown = status.problem in (_BAD_SIGNATURE["ERRSIG"], _BAD_SIGNATURE["NO_PUBKEY"])
+        unknown = status.problem in UNKNOWN_SIGNER
         raise AdminError(
             "the signature is not by a registered admin's key"
             if unknown
@@ -214,6 +247,6 @@ def sign(statement: str, *, home: Path | None, local_user: str | None, binary: s
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise AdminError(f"cannot run {binary} to sign: {exc}") from None
     if result.returncode != 0 or b"BEGIN PGP SIGNATURE" not in result.stdout:
-        said = " ".join(result.stderr.decode("utf-8", "replace").split())[-300:]
+        said = "".join(c for c in " ".join(result.stderr.decode("utf-8", "replace").split()) if c.isprintable())[-300:]
         raise AdminError(f"gpg could not sign the statement: {said or 'no reason given'}")
     return result.stdout

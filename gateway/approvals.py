@@ -30,9 +30,10 @@ from gateway.db.models import PendingChange
 from gateway.errors import GatewayError
 
 STATEMENT_TITLE = "HMCI register disclosure gateway: change statement, version 1"
-KINDS = ("add", "update", "set-key", "resume", "admin-add")
+KINDS = ("add", "update", "set-key", "resume", "admin-add", "admin-remove")
+ADMIN_KINDS = frozenset({"admin-add", "admin-remove"})  # always under the rule: admins exist only for it
 VERBS = {"add": "added", "update": "updated", "set-key": "new key pinned for", "resume": "resumed",
-         "admin-add": "registered admin"}  # fmt: skip
+         "admin-add": "registered admin", "admin-remove": "removed admin"}  # fmt: skip
 
 
 class ApprovalError(GatewayError):
@@ -58,17 +59,19 @@ class Proposal:
 
     def summary(self, key: KeyInfo | None = None) -> str:
         args = self.arguments
-        pinned = f" {key.fingerprint}" if key else ""
+        with_key = f" with key {key.fingerprint}" if key else ""
         if self.kind == "add":
             where = args["area"] or "national"
-            return f"add {self.authority!r} ({args['kind']}, {where}) at {', '.join(args['emails'])}, key{pinned}"
+            return f"add {self.authority!r} ({args['kind']}, {where}) at {', '.join(args['emails'])}{with_key}"
         if self.kind == "update":
             shown = {k: v for k, v in args.items() if v not in (None, [], ())}
             return f"update {self.authority!r}: {json.dumps(shown, sort_keys=True)}"
         if self.kind == "set-key":
-            return f"pin key{pinned} for {self.authority!r}"
+            return f"pin a new key{(' ' + key.fingerprint) if key else ''} for {self.authority!r}"
         if self.kind == "admin-add":
-            return f"register admin {self.authority!r} with key{pinned}"
+            return f"register admin {self.authority!r}{with_key}"
+        if self.kind == "admin-remove":
+            return f"remove admin {args['name']!r} (key {self.authority})"
         return f"resume {self.authority!r}"
 
 
@@ -101,6 +104,8 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
     if proposal.kind == "admin-add":
         assert key is not None  # noqa: S101 - an admin-add always carries its key
         return [_line("admin-name", proposal.authority), *_key_lines(key, key.signing_expires)]
+    if proposal.kind == "admin-remove":
+        return [_line("admin-fingerprint", proposal.authority), _line("admin-name", args["name"])]
     lines = [_line("authority", proposal.authority)]
     if proposal.kind == "add":
         assert key is not None  # noqa: S101 - an add always carries its key
@@ -171,6 +176,11 @@ async def apply(
             proposed_by=approval.proposer, approved_by=approval.approver,
         )  # fmt: skip
         return Change(None)
+    if proposal.kind == "admin-remove":
+        if approval is None:
+            raise ApprovalError("an admin is removed only through the two-person rule")
+        await admins.remove(allowlist.db, proposal.authority, actor=actor, now=dt.datetime.now(dt.UTC))
+        return Change(None)
     if proposal.kind == "add" and key is not None:
         return await allowlist.add(
             name=proposal.authority, kind=args["kind"], area=args["area"], emails=args["emails"],
@@ -196,6 +206,9 @@ async def rehearse(rehearsal: Allowlist, proposal: Proposal, *, binary: str) -> 
             raise ApprovalError("an admin-add needs the admin's key")
         scanned = await admins.scan_admin_key(key, binary, dt.datetime.now(dt.UTC))
         await admins.check_new(rehearsal.db, scanned, rehearsal.gateway_key)
+        return Change(None)
+    if proposal.kind == "admin-remove":
+        await admins.check_removable(rehearsal.db, proposal.authority)
         return Change(None)
     try:
         await apply(rehearsal, proposal, actor="rehearsal")

@@ -369,7 +369,7 @@ async def _sign_proposal(args: argparse.Namespace, config: Config, ident: int, s
 async def _make_or_propose(args: argparse.Namespace, proposal: approvals.Proposal, verb: str) -> int:
     """The change at once, or (with [gateway] require_second_admin) kept until two admins' keys have signed it."""
     config = _config(args)
-    if not config.gateway.require_second_admin and proposal.kind != "admin-add":
+    if not config.gateway.require_second_admin and proposal.kind not in approvals.ADMIN_KINDS:
         async with _allowlist(args) as allowlist:
             change = await approvals.apply(allowlist, proposal, actor=args.actor)
         return _report(change, verb, args)
@@ -525,8 +525,8 @@ async def cmd_change_approve(args: argparse.Namespace) -> int:
             allowlist.db, args.id, signature, binary=config.gpg.binary, gateway=config.gateway.address,
             now=dt.datetime.now(dt.UTC), make=make,
         )  # fmt: skip
-    if proposal.kind == "admin-add":
-        print(f"registered admin {printable(proposal.authority)}")
+    if proposal.kind in approvals.ADMIN_KINDS:
+        print(f"change {args.id} approved and made: {printable(proposal.summary())}")
         return 0
     return _report(change, approvals.VERBS[proposal.kind], args)
 
@@ -566,6 +566,14 @@ async def cmd_admin_add(args: argparse.Namespace) -> int:
         print(f"user ID:        {printable(uid)}")
     print("confirm this fingerprint with the admin in person or by phone (never by the mail it came with)")
     return 0
+
+
+async def cmd_admin_remove(args: argparse.Namespace) -> int:
+    fingerprint = args.fingerprint.replace(" ", "").upper()
+    async with _database(_config(args)) as db:
+        name = await admins.check_removable(db, fingerprint)
+    proposal = approvals.Proposal("admin-remove", fingerprint, {"name": name})
+    return await _make_or_propose(args, proposal, approvals.VERBS["admin-remove"])
 
 
 async def cmd_admin_list(args: argparse.Namespace) -> int:
@@ -1126,6 +1134,11 @@ def _authority_commands(c: _Commands) -> None:
     )  # fmt: skip
     admin_add.add_argument("--key", required=True, metavar="FILE.asc", help="the admin's OpenPGP public key")
     admin_add.add_argument("--name", required=True, help="the admin's name, for people reading the audit trail")
+    admin_remove = c.command(
+        admin, "remove", cmd_admin_remove, "propose taking an admin's key out of the rule (two must remain)",
+        acting=True, listing=True, signing=True,
+    )  # fmt: skip
+    admin_remove.add_argument("fingerprint", metavar="FINGERPRINT", help="the admin key's full fingerprint")
     c.command(admin, "list", cmd_admin_list, "list the admins and who registered them", listing=True)
 
 

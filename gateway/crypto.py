@@ -537,6 +537,9 @@ _BAD_SIGNATURE = {
 }
 
 
+# What gpg says of a signature by a key it does not hold.
+UNKNOWN_SIGNER = frozenset({_BAD_SIGNATURE["ERRSIG"], _BAD_SIGNATURE["NO_PUBKEY"]})
+
 _SIGNATURE_WORDS = frozenset({"NEWSIG", "GOODSIG", "VALIDSIG", *_BAD_SIGNATURE})
 
 

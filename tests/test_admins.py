@@ -58,7 +58,9 @@ def test_a_third_admin_is_added_by_two_admins_and_can_then_approve(
     early = gateway.run("change", "approve", "1", *carol.signing())
     assert early.code == 1
     assert "the signature is not by a registered admin's key" in early.err
-    assert gateway.ok("change", "approve", "1", *bob.signing()).strip() == "registered admin Carol"
+    assert gateway.ok("change", "approve", "1", *bob.signing()).strip() == (
+        "change 1 approved and made: register admin 'Carol'"
+    )
     [_, _, added] = admins(gateway)
     assert (added["fingerprint"], added["proposed_by"], added["approved_by"]) == (
         carol.fingerprint, alice.fingerprint, bob.fingerprint,
@@ -119,3 +121,34 @@ async def test_the_upgrade_cancels_changes_pending_under_the_old_rule(database_s
             assert (await audit.verify(session)).ok
     finally:
         await db.close()
+
+
+def test_an_admin_is_removed_by_two_others_and_two_always_remain(
+    gateway: Gateway, keys: AuthorityKeys, admin_keys: AdminKeys
+) -> None:
+    alice, bob, carol = admin_keys.alice, admin_keys.bob, admin_keys.carol
+    two_person(gateway, admin_keys)
+    too_few = gateway.run("admin", "remove", alice.fingerprint, *bob.signing())
+    assert too_few.code == 1
+    assert "only 2 admins are active: register another before removing one" in too_few.err
+    gateway.ok("admin", "add", "--key", str(carol.write(gateway.directory)), "--name", "Carol", *alice.signing())
+    gateway.ok("change", "approve", "1", *bob.signing())
+
+    gateway.ok("admin", "remove", alice.fingerprint, *bob.signing())
+    statement = gateway.ok("change", "show", "2")
+    assert f'admin-fingerprint: "{alice.fingerprint}"' in statement
+    assert 'admin-name: "Alice"' in statement
+    assert gateway.ok("change", "approve", "2", *carol.signing()).strip() == (
+        f"change 2 approved and made: remove admin 'Alice' (key {alice.fingerprint})"
+    )
+    assert [(a["name"], a["status"]) for a in admins(gateway)] == [
+        ("Alice", "removed"), ("Bob", "active"), ("Carol", "active"),
+    ]  # fmt: skip
+    # Alice's key no longer counts, as a proposer or an approver.
+    assert add_police(gateway, keys.police).code == 0
+    refused = gateway.run("change", "sign", "3", *alice.signing())
+    assert refused.code == 1
+    assert "the signature is not by a registered admin's key" in refused.err
+    gateway.ok("change", "sign", "3", *bob.signing())
+    assert gateway.run("change", "approve", "3", *alice.signing()).code == 1
+    gateway.ok("change", "approve", "3", *carol.signing())

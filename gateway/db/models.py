@@ -344,7 +344,7 @@ class Admin(Base):
     # The minimal export of the key as registered; kept out of the gateway's keyring, so that an admin key can
     # never be picked to encrypt a disclosure to, nor an authority's key be taken for an admin's.
     public_key: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20))  # active
+    status: Mapped[str] = mapped_column(String(20))  # active, removed
     added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # Both NULL for the two registered at set-up by the host's administrator.
     proposed_by: Mapped[str | None] = mapped_column(String(40))

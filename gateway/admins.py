@@ -225,6 +225,9 @@ async def verify(statement: str, signature: bytes, keys: Mapping[str, str], bina
         raise AdminError("no admin is registered: the host's administrator registers two with `gateway admin add`")
     if not signature.strip() or len(signature) > MAX_SIGNATURE_BYTES:
         raise AdminError(f"that is not a detached signature (empty, or over {MAX_SIGNATURE_BYTES} bytes)")
+    if not signature.lstrip().startswith(b"-----BEGIN PGP SIGNATURE-----") or not signature.isascii():
+        # Kept as text with the change, and checked again at approval: armour only.
+        raise AdminError("give an ASCII-armoured detached signature (gpg --armor --detach-sign)")
     return await in_thread(_verify, statement.encode("ascii"), signature, keys, binary)
 
 

@@ -319,8 +319,8 @@ async def _unchanged(snap: _Snapshot, change_id: int, *, binary: str, gateway: s
     expected = statement(snap.proposal, change_id, gateway=gateway, database=snap.database, key=key)
     if expected != snap.statement:
         raise ApprovalError(
-            f"change {change_id}'s statement does not match the change as stored here (was the gateway's address "
-            "or database changed?): reject it and propose it again"
+            f"change {change_id}'s statement no longer matches the change as stored here (the gateway's address, its "
+            "database or the key's validity changed): reject it and propose it again"
         )
 
 
@@ -345,8 +345,8 @@ async def sign_proposal(
         raise ApprovalError(f"change {change_id} not signed: {exc}") from None
     async with db.transaction() as session:
         row = _still(await session.get(PendingChange, change_id), snap, change_id)
-        row.proposer_fingerprint, row.proposer_signature = proposer, signature.decode("ascii", "replace")
-        name = (await admins.names(session))[proposer]
+        row.proposer_fingerprint, row.proposer_signature = proposer, signature.decode("ascii")
+        name = (await admins.names(session)).get(proposer, "?")
         await audit.record(
             session, actor=f"admin {proposer}", action="change.sign", subject=f"change {change_id}",
             details={"proposer": proposer, "proposer_name": name}, now=now,
@@ -389,12 +389,12 @@ async def approve(
     async with db.transaction() as session:
         row = _still(await session.get(PendingChange, change_id), snap, change_id)
         row.status, row.decided_by, row.decided_at = "approved", f"admin {approver}", now
-        row.approver_fingerprint, row.approver_signature = approver, signature.decode("ascii", "replace")
+        row.approver_fingerprint, row.approver_signature = approver, signature.decode("ascii")
         known = await admins.names(session)
         await audit.record(
             session, actor=f"admin {approver}", action="change.approve", subject=f"change {change_id}",
             details={"summary": row.summary, "proposer": approval.proposer, "approver": approver,
-                     "proposer_name": known[approval.proposer], "approver_name": known[approver]},
+                     "proposer_name": known.get(approval.proposer), "approver_name": known.get(approver)},
             now=now,
         )  # fmt: skip
     try:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from gateway.crypto import kill_agent
-from tests.conftest import POLICE_ADDRESS, AdminKey, AdminKeys, AuthorityKeys, Gateway
+from tests.conftest import POLICE_ADDRESS, AdminKey, AdminKeys, AuthorityKeys, Gateway, run_gpg
 from tests.test_authorities import add_police
 
 
@@ -180,6 +180,12 @@ def test_what_is_not_a_good_admin_signature_is_a_clear_error(
     assert add_police(gateway, keys.police).code == 0
     garbage = gateway.directory / "garbage.asc"
     garbage.write_bytes(b"-----BEGIN PGP SIGNATURE-----\n\nnonsense\n-----END PGP SIGNATURE-----\n")
+    binary = gateway.directory / "binary.sig"
+    binary.write_bytes(run_gpg(admin_keys.alice.home, "--detach-sign", data=gateway.ok("change", "show", "1").encode()))
+    not_armoured = gateway.run("change", "sign", "1", "--signature", str(binary))
+    assert not_armoured.err.strip() == (
+        "gateway: error: change 1 not signed: give an ASCII-armoured detached signature (gpg --armor --detach-sign)"
+    )
     for argv in (
         ("change", "sign", "1", "--signature", str(garbage)),
         ("change", "sign", "1", "--signature", str(gateway.directory / "none.asc")),

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
 
+from sqlalchemy import text
+
+from gateway.config import load_config
 from gateway.crypto import kill_agent
+from gateway.db.engine import create_database
 from tests.conftest import POLICE_ADDRESS, AdminKey, AdminKeys, AuthorityKeys, Gateway, run_gpg
 from tests.test_authorities import add_police
 
@@ -219,3 +224,37 @@ def test_a_signature_for_one_gateways_change_does_not_hold_on_another(
         other.ok("change", "approve", "1", "--signature", signature_file(other, admin_keys.bob, there, "there.asc"))
     finally:
         kill_agent(other.gnupg_home)
+
+
+def test_a_change_altered_in_the_database_after_it_was_signed_is_not_made(
+    gateway: Gateway, keys: AuthorityKeys, admin_keys: AdminKeys
+) -> None:
+    two_person(gateway, admin_keys)
+    assert add_police(gateway, keys.police, *admin_keys.alice.signing()).code == 0
+
+    async def redirect() -> None:  # someone with the database's password adds their own address
+        db = create_database(load_config(gateway.config_path).database)
+        try:
+            async with db.transaction() as session:
+                payload = (await session.execute(text("SELECT payload FROM pending_changes"))).scalar_one()
+                arguments = json.loads(payload)
+                arguments["emails"].append("me@attacker.example")
+                await session.execute(text("UPDATE pending_changes SET payload = :p"), {"p": json.dumps(arguments)})
+        finally:
+            await db.close()
+
+    asyncio.run(redirect())
+    refused = gateway.run("change", "approve", "1", *admin_keys.bob.signing())
+    assert refused.code == 1
+    assert "change 1's statement no longer matches the change as stored here" in refused.err
+    assert authorities(gateway) == []
+
+
+def test_an_expired_or_encryption_only_key_cannot_be_an_admin(gateway: Gateway, keys: AuthorityKeys) -> None:
+    expired = gateway.run("admin", "add", "--key", str(keys.expired.write(gateway.directory, "e.asc")), "--name", "E")
+    assert expired.code == 1
+    assert expired.err.strip() == (
+        f"gateway: error: key {keys.expired.fingerprint} refused as an admin key: "
+        "the key has expired, or cannot sign any more"
+    )
+    assert json.loads(gateway.ok("admin", "list", "--json")) == []

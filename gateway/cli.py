@@ -344,6 +344,8 @@ def _report(change: Change, verb: str, args: argparse.Namespace) -> int:
 def _signature(args: argparse.Namespace, statement: str, gpg: str) -> bytes:
     """The admin's detached signature over the statement: from --signature FILE, or made now by their own gpg."""
     path = getattr(args, "signature", None)
+    if path is not None and _wants_signing(args):
+        raise UsageError("give either --signature FILE (made elsewhere) or --local-user/--gpg-home, not both")
     if path is not None:
         try:
             return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()

@@ -217,6 +217,24 @@ async def rehearse(rehearsal: Allowlist, proposal: Proposal, *, binary: str) -> 
     raise ApprovalError("the change was not rehearsed")  # pragma: no cover - a rehearsing allowlist always raises
 
 
+def settled(proposal: Proposal, preview: Change) -> Proposal:
+    """The proposal as its rehearsal read it: names cleaned and areas canonical, so that the statement shows
+    exactly what will be stored (applying a canonical value again changes nothing)."""
+    view = preview.authority
+    if view is None:
+        return proposal
+    if proposal.kind == "add":
+        return Proposal(proposal.kind, view.name, {**proposal.arguments, "area": view.area})
+    if proposal.kind == "update":
+        args = dict(proposal.arguments)
+        if args.get("new_name") is not None:
+            args["new_name"] = view.name
+        if args.get("area") is not None:
+            args["area"] = view.area
+        return Proposal(proposal.kind, proposal.authority, args)
+    return proposal
+
+
 async def propose(
     db: Database, proposal: Proposal, *, actor: str, now: dt.datetime, gateway: str, binary: str
 ) -> tuple[int, str]:

@@ -377,6 +377,7 @@ async def _make_or_propose(args: argparse.Namespace, proposal: approvals.Proposa
         return _report(change, verb, args)
     async with _allowlist(args, rehearse=True) as rehearsal:
         preview = await approvals.rehearse(rehearsal, proposal, binary=config.gpg.binary)
+        proposal = approvals.settled(proposal, preview)
         ident, statement = await approvals.propose(
             rehearsal.db, proposal, actor=args.actor, now=dt.datetime.now(dt.UTC), gateway=config.gateway.address,
             binary=config.gpg.binary,

@@ -156,13 +156,18 @@ def test_key_and_address_changes_and_resume_wait_suspension_does_not(
     new_key.write_bytes(keys.police_renewed.public)
     gateway.ok("authority", "set-key", "West Mercia Police", str(new_key), *alice.signing())
     gateway.ok("authority", "update", "West Mercia Police", "--add-email", "x@westmercia.police.example",
-               *alice.signing())  # fmt: skip
+               "--kind", "local-authority", "--area", "  shropshire ", *alice.signing())  # fmt: skip
     assert authorities(gateway)[0]["key_fingerprint"] == keys.police.fingerprint
     assert authorities(gateway)[0]["addresses"] == [POLICE_ADDRESS]
     shown = gateway.ok("change", "show", "1")
     assert f'key-fingerprint: "{keys.police_renewed.fingerprint}"' in shown
     assert 'key-user-id: "West Mercia Police (2027) <disclosures@westmercia.police.example>"' in shown
-    assert 'add-address: "x@westmercia.police.example"' in gateway.ok("change", "show", "2")
+    update = gateway.ok("change", "show", "2").splitlines()
+    assert update[6:] == [
+        'new-kind: "local-authority"',
+        'new-area: "Shropshire"',
+        'add-address: "x@westmercia.police.example"',
+    ]
 
     gateway.ok("authority", "suspend", "West Mercia Police", "--actor", "alice")  # takes access away: at once
     assert authorities(gateway)[0]["status"] == "suspended"

@@ -16,7 +16,7 @@ from gateway import audit
 from gateway.addresses import normalise_address
 from gateway.crypto import KeyInfo, Keyring, in_thread, scan_key
 from gateway.db.engine import Database
-from gateway.db.models import Authority, AuthorityAddress
+from gateway.db.models import Admin, Authority, AuthorityAddress
 from gateway.errors import GatewayError, UsageError
 from gateway.reference import find_local_authority, find_police_force_area
 
@@ -198,6 +198,10 @@ class Allowlist:
         # A rehearsal's notices and endings are rolled back with it: its preview says what approval would do.
         return tuple(f"if approved: {line}" for line in lines) if self._rehearse else lines
 
+    @property
+    def gateway_key(self) -> str | None:
+        return self._gateway_key
+
     def _end(self, change: Change) -> None:
         if self._rehearse:
             raise Rehearsed(change)  # rolls the transaction back, and takes out any key it imported
@@ -240,6 +244,8 @@ class Allowlist:
         _key_checks(scanned.info, addresses, dt.datetime.now(dt.UTC))
         if fingerprint == self._gateway_key:
             raise AllowlistError("that is the gateway's own key, not the authority's")
+        if await session.get(Admin, fingerprint) is not None:
+            raise AllowlistError(f"key {fingerprint} is an admin's key: an authority needs a key of its own")
         # One key, one authority: a key carrying two authorities' addresses would let each read the other's mail.
         holder = (
             await session.execute(

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from gateway import __version__, approvals, audit, daemon, quarantine
+from gateway import __version__, admins, approvals, audit, daemon, quarantine
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
@@ -344,23 +344,63 @@ def _report(change: Change, verb: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _signature(args: argparse.Namespace, statement: str, gpg: str) -> bytes:
+    """The admin's detached signature over the statement: from --signature FILE, or made now by their own gpg."""
+    path = getattr(args, "signature", None)
+    if path is not None and _wants_signing(args):
+        raise UsageError("give either --signature FILE (made elsewhere) or --local-user/--gpg-home, not both")
+    if path is not None:
+        try:
+            return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as exc:
+            raise GatewayError(f"cannot read signature file {path}: {exc.strerror}") from None
+    home = Path(args.gpg_home) if args.gpg_home else None
+    return admins.sign(statement, home=home, local_user=args.local_user, binary=gpg)
+
+
+def _wants_signing(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "local_user", None) or getattr(args, "gpg_home", None))
+
+
+async def _sign_proposal(args: argparse.Namespace, config: Config, ident: int, statement: str) -> None:
+    signature = await asyncio.to_thread(_signature, args, statement, config.gpg.binary)
+    async with _database(config) as db:
+        fingerprint, name = await approvals.sign_proposal(
+            db, ident, signature, binary=config.gpg.binary, gateway=config.gateway.address, now=dt.datetime.now(dt.UTC)
+        )
+    print(f"change {ident} signed by its proposer, admin {printable(name)} ({fingerprint})")
+
+
 async def _make_or_propose(args: argparse.Namespace, proposal: approvals.Proposal, verb: str) -> int:
-    """The change at once, or (with [gateway] require_second_admin) kept until another admin approves it."""
-    if not _config(args).gateway.require_second_admin:
+    """The change at once, or (with [gateway] require_second_admin) kept until two admins' keys have signed it."""
+    config = _config(args)
+    if not config.gateway.require_second_admin and proposal.kind not in approvals.ADMIN_KINDS:
         async with _allowlist(args) as allowlist:
             change = await approvals.apply(allowlist, proposal, actor=args.actor)
         return _report(change, verb, args)
     async with _allowlist(args, rehearse=True) as rehearsal:
-        ident, preview = await approvals.propose(
-            rehearsal.db, rehearsal, proposal, actor=args.actor, now=dt.datetime.now(dt.UTC)
-        )
+        preview = await approvals.rehearse(rehearsal, proposal, binary=config.gpg.binary)
+        proposal = approvals.settled(proposal, preview)
+        ident, statement = await approvals.propose(
+            rehearsal.db, proposal, actor=args.actor, now=dt.datetime.now(dt.UTC), gateway=config.gateway.address,
+            binary=config.gpg.binary,
+        )  # fmt: skip
     for warning in preview.warnings:
         _warn(warning)
     if args.json:
-        _emit_json({"pending_change": ident, "would_be": preview.authority.as_dict() if preview.authority else None})
+        _emit_json({"pending_change": ident, "statement": statement,
+                    "would_be": preview.authority.as_dict() if preview.authority else None})  # fmt: skip
     else:
-        print(f"change {ident} waits for a second admin: {proposal.summary()}")
-        print(f"  another admin approves it with: gateway change approve {ident} --actor NAME")
+        print(f"change {ident} proposed; it needs two admins' signatures. It reads:\n")
+        sys.stdout.write(statement)
+        print()
+    if _wants_signing(args):
+        await _sign_proposal(args, config, ident, statement)
+    elif not args.json:
+        print(f"its proposer signs it with: gateway change sign {ident} --local-user YOUR-KEY")
+    if not args.json:
+        print(f"a different admin checks it with `gateway change show {ident}` and approves it with:")
+        print(f"  gateway change approve {ident} --local-user THEIR-KEY")
     return 0
 
 
@@ -441,32 +481,112 @@ async def cmd_change_list(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _database(config) as db:
         rows = [dataclasses.asdict(p) for p in await approvals.listing(db, everything=args.all)]
+    if not args.json:
+        for row in rows:
+            row["proposer"] = row["proposer"] or "(not signed yet)"
     _emit_rows(args, rows, empty="no changes were ever proposed" if args.all else "no changes wait for approval")
     return 0
 
 
-async def _decide_change(args: argparse.Namespace, *, approve: bool) -> int:
-    async with _allowlist(args) as allowlist:
-
-        async def make(proposal: approvals.Proposal, actor: str) -> Change:
-            return await approvals.apply(allowlist, proposal, actor=actor)
-
-        proposal, change = await approvals.decide(
-            allowlist.db, args.id, actor=args.actor, approve=approve, now=dt.datetime.now(dt.UTC), make=make
-        )
-    if change is None:
-        print(f"change {args.id} rejected: {proposal.summary()}; nothing was changed")
+async def cmd_change_show(args: argparse.Namespace) -> int:
+    async with _database(_config(args)) as db:
+        shown = await approvals.show(db, args.id)
+    if args.json:
+        _emit_json({**dataclasses.asdict(shown.change), "statement": shown.statement,
+                    "proposer_name": shown.proposer_name, "approver_name": shown.approver_name})  # fmt: skip
         return 0
-    verbs = {"add": "added", "update": "updated", "set-key": "new key pinned for", "resume": "resumed"}
-    return _report(change, verbs[proposal.kind], args)
+    if shown.statement is None:
+        raise approvals.ApprovalError(f"change {args.id} has no statement: it was proposed under the old rule")
+    # Exactly the bytes that are signed, and nothing else on stdout: `gateway change show 7 > change-7.txt`
+    # is what an admin signs on another machine.
+    sys.stdout.write(shown.statement)
+    return 0
+
+
+async def cmd_change_sign(args: argparse.Namespace) -> int:
+    config = _config(args)
+    async with _database(config) as db:
+        shown = await approvals.show(db, args.id)
+    if shown.statement is None:
+        raise approvals.ApprovalError(f"change {args.id} has no statement to sign: propose it again")
+    await _sign_proposal(args, config, args.id, shown.statement)
+    return 0
 
 
 async def cmd_change_approve(args: argparse.Namespace) -> int:
-    return await _decide_change(args, approve=True)
+    config = _config(args)
+    async with _database(config) as db:
+        shown = await approvals.show(db, args.id)
+    if shown.statement is None:
+        raise approvals.ApprovalError(f"change {args.id} has no statement to sign: it was {shown.change.status}")
+    signature = await asyncio.to_thread(_signature, args, shown.statement, config.gpg.binary)
+    async with _allowlist(args) as allowlist:
+
+        async def make(proposal: approvals.Proposal, approval: approvals.Approval) -> Change:
+            return await approvals.apply(
+                allowlist, proposal, actor=approval.actor, approval=approval, binary=config.gpg.binary
+            )
+
+        proposal, change = await approvals.approve(
+            allowlist.db, args.id, signature, binary=config.gpg.binary, gateway=config.gateway.address,
+            now=dt.datetime.now(dt.UTC), make=make,
+        )  # fmt: skip
+    if proposal.kind in approvals.ADMIN_KINDS:
+        print(f"change {args.id} approved and made: {printable(proposal.summary())}")
+        return 0
+    return _report(change, approvals.VERBS[proposal.kind], args)
 
 
 async def cmd_change_reject(args: argparse.Namespace) -> int:
-    return await _decide_change(args, approve=False)
+    async with _database(_config(args)) as db:
+        proposal = await approvals.reject(db, args.id, actor=args.actor, now=dt.datetime.now(dt.UTC))
+    print(f"change {args.id} rejected: {printable(proposal.summary())}; nothing was changed")
+    return 0
+
+
+# ---------------------------------------------------------------- admins
+
+
+async def cmd_admin_add(args: argparse.Namespace) -> int:
+    config = _config(args)
+    key_data = _read_key_file(args.key)
+    now = dt.datetime.now(dt.UTC)
+    async with _database(config) as db:
+        count = await admins.registered_count(db)
+        if count < admins.SETUP_ADMINS:
+            scanned = await admins.scan_admin_key(key_data, config.gpg.binary, now)
+            view = await admins.register(
+                db, scanned, args.name, actor=args.actor, gateway_key=config.gpg.signing_key, now=now
+            )
+    if count >= admins.SETUP_ADMINS:
+        proposal = approvals.Proposal(
+            "admin-add", admins.clean_name(args.name), {"key": approvals.key_argument(key_data)}
+        )
+        return await _make_or_propose(args, proposal, approvals.VERBS["admin-add"])
+    if args.json:
+        _emit_json({**view.as_dict(), "user_ids": list(scanned.info.user_ids)})
+        return 0
+    print(f"registered admin {printable(view.name)} at set-up ({count + 1} of {admins.SETUP_ADMINS})")
+    print(f"fingerprint:    {view.fingerprint}")
+    for uid in scanned.info.user_ids:
+        print(f"user ID:        {printable(uid)}")
+    print("confirm this fingerprint with the admin in person or by phone (never by the mail it came with)")
+    return 0
+
+
+async def cmd_admin_remove(args: argparse.Namespace) -> int:
+    fingerprint = args.fingerprint.replace(" ", "").upper()
+    async with _database(_config(args)) as db:
+        name = await admins.check_removable(db, fingerprint)
+    proposal = approvals.Proposal("admin-remove", fingerprint, {"name": name})
+    return await _make_or_propose(args, proposal, approvals.VERBS["admin-remove"])
+
+
+async def cmd_admin_list(args: argparse.Namespace) -> int:
+    async with _database(_config(args)) as db:
+        rows = [view.as_dict() for view in await admins.listing(db)]
+    _emit_rows(args, rows, empty="no admins yet: the host's administrator registers two with `gateway admin add`")
+    return 0
 
 
 # ---------------------------------------------------------------- audit
@@ -816,6 +936,7 @@ class _Parents:
     common: argparse.ArgumentParser
     acting: argparse.ArgumentParser
     listing: argparse.ArgumentParser
+    signing: argparse.ArgumentParser
 
 
 def _parents() -> _Parents:
@@ -835,7 +956,14 @@ def _parents() -> _Parents:
     )
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-    return _Parents(common, acting, listing)
+    signing = argparse.ArgumentParser(add_help=False)
+    signing.add_argument(
+        "--local-user",
+        metavar="KEY",
+        help="sign the change's statement with this admin key, in your own gpg (agent, pinentry or smartcard)",
+    )
+    signing.add_argument("--gpg-home", metavar="DIR", help="your GnuPG home for signing (default: gpg's own)")
+    return _Parents(common, acting, listing, signing)
 
 
 class _Commands:
@@ -858,10 +986,12 @@ class _Commands:
         *,
         acting: bool = False,
         listing: bool = False,
+        signing: bool = False,
     ) -> argparse.ArgumentParser:
         parents = [self.parents.common]
         parents += [self.parents.acting] if acting else []
         parents += [self.parents.listing] if listing else []
+        parents += [self.parents.signing] if signing else []
         sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text, parents=parents)
         sub.set_defaults(handler=handler)
         return sub
@@ -924,6 +1054,7 @@ def _authority_commands(c: _Commands) -> None:
         "register an authority with its addresses and key",
         acting=True,
         listing=True,
+        signing=True,
     )
     add.add_argument("--name", required=True, help="the authority's name, e.g. 'West Mercia Police'")
     add.add_argument("--kind", required=True, choices=KINDS)
@@ -954,6 +1085,7 @@ def _authority_commands(c: _Commands) -> None:
         "change an authority's name, kind, area, authentication or addresses",
         acting=True,
         listing=True,
+        signing=True,
     )
     update.add_argument("authority", metavar="NAME")
     update.add_argument("--name", help="new name")
@@ -971,7 +1103,7 @@ def _authority_commands(c: _Commands) -> None:
             "delete an authority and its addresses (the audit trail keeps the record)",
         ),
     ):
-        sub = c.command(authority, name, handler, text, acting=True, listing=True)
+        sub = c.command(authority, name, handler, text, acting=True, listing=True, signing=name == "resume")
         sub.add_argument("authority", metavar="NAME")
     set_key = c.command(
         authority,
@@ -980,18 +1112,43 @@ def _authority_commands(c: _Commands) -> None:
         "pin a new OpenPGP key for an authority",
         acting=True,
         listing=True,
+        signing=True,
     )
     set_key.add_argument("authority", metavar="NAME")
     set_key.add_argument("key_file", metavar="FILE.asc", help="the new public key ('-' = stdin)")
-    change = c.group("change", "allowlist and key changes waiting for a second admin (two-person rule)")
+    change = c.group("change", "allowlist, key and admin changes waiting for a second admin (two-person rule)")
     change_list = c.command(change, "list", cmd_change_list, "the changes waiting for approval", listing=True)
-    change_list.add_argument("--all", action="store_true", help="also those approved or rejected")
-    approve = c.command(
-        change, "approve", cmd_change_approve, "make a change another admin asked for", acting=True, listing=True
+    change_list.add_argument("--all", action="store_true", help="also those approved, rejected or cancelled")
+    show = c.command(
+        change, "show", cmd_change_show, "print exactly the statement of a change that admins sign", listing=True
     )
+    show.add_argument("id", type=int, metavar="ID")
+    signature_help = "a detached signature over `gateway change show ID`, made elsewhere ('-' = stdin)"
+    sign = c.command(change, "sign", cmd_change_sign, "sign a change you proposed, as its proposer", signing=True)
+    sign.add_argument("id", type=int, metavar="ID")
+    sign.add_argument("--signature", metavar="FILE.asc", help=signature_help)
+    approve = c.command(
+        change, "approve", cmd_change_approve, "sign and make a change another admin proposed and signed",
+        listing=True, signing=True,
+    )  # fmt: skip
     approve.add_argument("id", type=int, metavar="ID")
-    reject = c.command(change, "reject", cmd_change_reject, "drop a change another admin asked for", acting=True)
+    approve.add_argument("--signature", metavar="FILE.asc", help=signature_help)
+    reject = c.command(change, "reject", cmd_change_reject, "drop a pending change (only takes it away)", acting=True)
     reject.add_argument("id", type=int, metavar="ID")
+    admin = c.group("admin", "the admins: OpenPGP keys that propose and approve changes")
+    admin_add = c.command(
+        admin, "add", cmd_admin_add,
+        "register an admin's key: the first two at set-up, any later one as a change under the two-person rule",
+        acting=True, listing=True, signing=True,
+    )  # fmt: skip
+    admin_add.add_argument("--key", required=True, metavar="FILE.asc", help="the admin's OpenPGP public key")
+    admin_add.add_argument("--name", required=True, help="the admin's name, for people reading the audit trail")
+    admin_remove = c.command(
+        admin, "remove", cmd_admin_remove, "propose taking an admin's key out of the rule (two must remain)",
+        acting=True, listing=True, signing=True,
+    )  # fmt: skip
+    admin_remove.add_argument("fingerprint", metavar="FINGERPRINT", help="the admin key's full fingerprint")
+    c.command(admin, "list", cmd_admin_list, "list the admins and who registered them", listing=True)
 
 
 def _audit_and_other_commands(c: _Commands) -> None:

@@ -190,6 +190,8 @@ class KeyInfo:
     weaknesses: tuple[str, ...] = ()
     # When the key stops being able to sign: the primary's expiry or, if sooner, that of the last signing key.
     signing_expires: dt.datetime | None = None
+    # The primary key and each valid subkey: "primary EdDSA ed25519 sign,certify expires 2028-12-06", say.
+    algorithms: tuple[str, ...] = ()
 
     def problems(self, now: dt.datetime | None = None) -> list[str]:
         """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
@@ -207,6 +209,24 @@ class KeyInfo:
 # OpenPGP public-key algorithm ids (RFC 4880 9.1) whose strength is their length in bits.
 _LENGTH_ALGORITHMS = {"1": "RSA", "2": "RSA", "3": "RSA", "16": "ElGamal", "17": "DSA", "20": "ElGamal"}
 MIN_KEY_BITS = 2048
+
+
+# OpenPGP public-key algorithm ids (RFC 4880 9.1, RFC 6637, RFC 9580) as people name them.
+_ALGORITHM_NAMES = {
+    "1": "RSA", "2": "RSA", "3": "RSA", "16": "ElGamal", "17": "DSA", "18": "ECDH", "19": "ECDSA", "22": "EdDSA",
+    "25": "X25519", "26": "X448", "27": "Ed25519", "28": "Ed448",
+}  # fmt: skip
+_CAPABILITIES = {"s": "sign", "c": "certify", "e": "encrypt", "a": "authenticate"}
+
+
+def _describe_key(role: str, record: dict[str, Any]) -> str:
+    algo = record.get("algo", "")
+    name = _ALGORITHM_NAMES.get(algo, f"algorithm-{algo}")
+    size = record.get("curve") or f"{record.get('length') or '?'} bits"
+    uses = ",".join(word for letter, word in _CAPABILITIES.items() if letter in record.get("cap", ""))
+    expires = _epoch(record.get("expires", ""))
+    until = f"expires {expires.isoformat().replace('+00:00', 'Z')}" if expires else "never expires"
+    return f"{role} {name} {size} {uses or 'no-use'} {until}"
 
 
 def _epoch(value: str) -> dt.datetime | None:
@@ -264,6 +284,10 @@ def _key_info(entry: dict[str, Any], uid_map: dict[str, dict[str, str]]) -> KeyI
         can_sign="S" in cap,
         weaknesses=_weaknesses(entry),
         signing_expires=_effective_expiry(entry, "s"),
+        algorithms=(
+            _describe_key("primary", entry),
+            *(_describe_key("subkey", sub) for sub in entry.get("subkey_info", {}).values() if _usable(sub)),
+        ),
     )
 
 
@@ -518,6 +542,9 @@ _BAD_SIGNATURE = {
     "NO_PUBKEY": "the signing key is not in the gateway's keyring",
 }
 
+
+# What gpg says of a signature by a key it does not hold.
+UNKNOWN_SIGNER = frozenset({_BAD_SIGNATURE["ERRSIG"], _BAD_SIGNATURE["NO_PUBKEY"]})
 
 _SIGNATURE_WORDS = frozenset({"NEWSIG", "GOODSIG", "VALIDSIG", *_BAD_SIGNATURE})
 

@@ -75,10 +75,28 @@ def _prepare(directory: Path) -> None:
         if not (directory / MARKER).exists():
             raise GatewayError(f"{directory} exists and was not made by `gateway demo`: choose another --dir")
         kill_agent(directory / "gnupg")
-        kill_agent(directory / "authority-keys")
+        for home in ("authority-keys", *ADMIN_HOMES):
+            kill_agent(directory / home)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("made by `gateway demo`; deleted and remade by the next run\n")
+
+
+ADMIN_HOMES = ("admin-alice", "admin-bob")  # each admin's own GnuPG home, as on their own machine
+
+
+def _admin_keys(directory: Path) -> list[str]:
+    """Each admin makes a key of their own; the gateway registers the public half."""
+    fingerprints = []
+    for home_name in ADMIN_HOMES:
+        home = directory / home_name
+        Keyring.create_home(home)
+        keyring = Keyring(home)
+        who = home_name.removeprefix("admin-")
+        fingerprint = keyring.generate(f"Demo admin {who.title()}", f"{who}@hmci.example", "1y")
+        (directory / f"{home_name}.asc").write_text(keyring.export_public(fingerprint))
+        fingerprints.append(fingerprint)
+    return fingerprints
 
 
 def _authority_keys(directory: Path) -> dict[str, str]:
@@ -282,23 +300,30 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
             "--enforcement", str(directory / "register/enforcement.csv"),
         )  # fmt: skip
         fingerprints = await asyncio.to_thread(_authority_keys, directory)
+        # Admins are keys: the host's administrator registers the first two (and would confirm their
+        # fingerprints with them out of band); every change is signed by one and approved by the other.
+        alice, bob = await asyncio.to_thread(_admin_keys, directory)
+        for home_name, name in zip(ADMIN_HOMES, ("Alice", "Bob"), strict=True):
+            await step("admin", "add", "--key", str(directory / f"{home_name}.asc"), "--name", name)
         for a in AUTHORITIES:
             area = ["--area", a.area] if a.area else []
             await step(
-                "authority", "add", "--actor", "demo-admin", "--name", a.name, "--kind", a.kind, *area,
+                "authority", "add", "--name", a.name, "--kind", a.kind, *area,
                 "--email", a.address, "--key", str(directory / a.key_file),
+                "--gpg-home", str(directory / ADMIN_HOMES[0]), "--local-user", alice,
             )  # fmt: skip
-        # The two-person rule: each addition waits until a second admin approves it.
         await step("change", "list")
         for number in range(1, len(AUTHORITIES) + 1):
-            await step("change", "approve", str(number), "--actor", "demo-second-admin")
+            await step(
+                "change", "approve", str(number), "--gpg-home", str(directory / ADMIN_HOMES[1]), "--local-user", bob
+            )
         await step("authority", "list")
         await _mail_path(directory, config, fingerprints)
         await step("outbox", "list")
         await step("audit", "verify")
     finally:
-        kill_agent(directory / "gnupg")
-        kill_agent(directory / "authority-keys")
+        for home in ("gnupg", "authority-keys", *ADMIN_HOMES):
+            kill_agent(directory / home)
     print(f"\nThe demo gateway lives in {directory}. Try:")
     print(f"  gateway --config {config} audit list")
     return 0

@@ -207,6 +207,58 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityKeys]:
         kill_agent(home)
 
 
+@dataclass(frozen=True)
+class AdminKey:
+    """An admin's key in the admin's own GnuPG home, as on their own machine."""
+
+    home: Path
+    fingerprint: str
+    public: bytes
+
+    def write(self, directory: Path) -> Path:
+        path = directory / f"admin-{self.fingerprint}.asc"
+        path.write_bytes(self.public)
+        return path
+
+    def signing(self) -> tuple[str, ...]:
+        """The options that make `gateway` sign with this admin's own gpg."""
+        return ("--gpg-home", str(self.home), "--local-user", self.fingerprint)
+
+    def detached(self, data: bytes) -> bytes:
+        """A detached signature made with gpg itself, elsewhere than the gateway."""
+        return run_gpg(self.home, "--armor", "--detach-sign", "--local-user", self.fingerprint, data=data)
+
+
+@dataclass(frozen=True)
+class AdminKeys:
+    alice: AdminKey
+    bob: AdminKey
+    carol: AdminKey  # registered later, through the two-person rule; signs with a subkey
+    mallory: AdminKey  # never registered
+
+
+@pytest.fixture(scope="session")
+def admin_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminKeys]:
+    made: dict[str, AdminKey] = {}
+    try:
+        for name in ("alice", "bob", "carol", "mallory"):
+            home = tmp_path_factory.mktemp(f"admin-{name}")  # each admin's own machine, so to speak
+            home.chmod(0o700)
+            maker = _KeyMaker(home)
+            uid = f"{name.title()} <{name}@hmci.example>"
+            if name == "carol":  # signs with a subkey, her primary key only certifies: as on many smartcards
+                maker.gpg("--quick-gen-key", uid, "ed25519", "cert", "2y")
+                fingerprint = maker.fingerprint(uid)
+                maker.gpg("--quick-add-key", fingerprint, "ed25519", "sign", "2y")
+            else:
+                fingerprint = maker.make(uid, encrypt=False)
+            made[name] = AdminKey(home, fingerprint, maker.key(fingerprint).public)
+        yield AdminKeys(**made)
+    finally:
+        for key in made.values():
+            kill_agent(key.home)
+
+
 # ---------------------------------------------------------------- databases
 
 

@@ -23,7 +23,8 @@ from gateway.db.engine import _alembic_config, create_database, head_revision, u
 from gateway.db.models import Authority, Subscription
 from gateway.pipeline import Context
 from gateway.schedule import run_due
-from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AdminKeys, AuthorityKeys, Gateway
+from tests.test_approvals import two_person
 from tests.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
 
 __all__ = ["live"]  # the fixture used here, defined elsewhere
@@ -93,7 +94,7 @@ def by_area(gateway: Gateway) -> dict[str, dict[str, object]]:
 
 
 def test_a_national_authority_made_local_keeps_only_what_it_may_still_see(
-    live: Gateway, keys: AuthorityKeys, tmp_path: Path
+    live: Gateway, keys: AuthorityKeys, admin_keys: AdminKeys, tmp_path: Path
 ) -> None:
     """The issue's case, through the two-person rule: the change ends the England subscription when approved."""
     live.ok(
@@ -106,19 +107,18 @@ def test_a_national_authority_made_local_keeps_only_what_it_may_still_see(
         "all of England": "active", "Shropshire local authority area": "active",
     }  # fmt: skip
 
-    live.second_admin = True
-    live.write_config()
+    two_person(live, admin_keys)
     asked = live.run(
         "authority", "update", "Children's Commissioner", "--kind", "local-authority", "--area", "Shropshire",
-        "--actor", "alice",
+        *admin_keys.alice.signing(),
     )  # fmt: skip
-    assert asked.out.startswith("change 1 waits for a second admin")
+    assert asked.out.startswith("change 1 proposed; it needs two admins' signatures.")
     [preview] = [line for line in asked.err.splitlines() if "if approved" in line]  # what alice is told
     assert "subscription 1 (all of England, register@occ.example) ended" in preview
     assert by_area(live)["all of England"]["status"] == "active"  # nothing happens until it is approved
     assert not [row for row in outbox(live) if row["kind"] == "subscription-end"]
 
-    live.ok("change", "approve", "1", "--actor", "bob")
+    live.ok("change", "approve", "1", *admin_keys.bob.signing())
     areas = by_area(live)
     assert (areas["all of England"]["status"], areas["Shropshire local authority area"]["status"]) == (
         "ended", "active",
@@ -131,7 +131,10 @@ def test_a_national_authority_made_local_keeps_only_what_it_may_still_see(
     [alert] = [text for text in admin_alerts(live) if "subscriptions of Children's Commissioner ended" in text]
     assert "all of England" in alert
     [ended] = audit_actions(live, "subscription.end")
-    assert (ended["actor"], details(ended)["area"]) == ("alice, approved by bob", "all of England")
+    assert (ended["actor"], details(ended)["area"]) == (
+        f"admin {admin_keys.alice.fingerprint}, approved by admin {admin_keys.bob.fingerprint}",
+        "all of England",
+    )
 
     # The next delivery carries Shropshire only; the ended subscription sends nothing, now or later.
     counts = schedule(live, DELIVERY)

@@ -365,9 +365,43 @@ class PendingChange(Base):
     summary: Mapped[str] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(200))
     requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(20), index=True)  # pending, approved, rejected
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending, approved, rejected, cancelled
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # What both admins sign: the change's id, this gateway's identity and the change's full effect.
+    statement: Mapped[str | None] = mapped_column(Text)
+    proposer_fingerprint: Mapped[str | None] = mapped_column(String(40))
+    proposer_signature: Mapped[str | None] = mapped_column(Text)
+    approver_fingerprint: Mapped[str | None] = mapped_column(String(40))
+    approver_signature: Mapped[str | None] = mapped_column(Text)
+
+
+class Admin(Base):
+    """An admin is an OpenPGP key: proposals and approvals are signatures by it, checked against this copy."""
+
+    __tablename__ = "admins"
+
+    fingerprint: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The minimal export of the key as registered; kept out of the gateway's keyring, so that an admin key can
+    # never be picked to encrypt a disclosure to, nor an authority's key be taken for an admin's.
+    public_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))  # active, removed
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Both NULL for the two registered at set-up by the host's administrator.
+    proposed_by: Mapped[str | None] = mapped_column(String(40))
+    approved_by: Mapped[str | None] = mapped_column(String(40))
+
+
+class Installation(Base):
+    """This database's identity, named in every signed statement: a signature made for one gateway's change
+    cannot be replayed on another's."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1
+    identity: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class MailboxClaim(Base):

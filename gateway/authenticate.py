@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,9 +192,14 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
     parts = split_signed(message, raw)
     if isinstance(parts, Refused):
         return parts
-    status = verify(parts.signed_bytes, parts.signature)
+    status = _covering(verify(parts.signed_bytes, parts.signature), parts.signed_bytes)
     problem = _by_pinned_key(status, pinned_key)
     return Refused(problem) if problem else Authenticated("pgp", parts.content, status)
+
+
+def _covering(status: SignatureStatus, signed: bytes) -> SignatureStatus:
+    """The status, knowing what the signature covers: with the signer and the time, what tells a replay."""
+    return dataclasses.replace(status, signed_sha256=hashlib.sha256(signed).hexdigest())
 
 
 def _encrypted_payload(message: Message) -> bytes | None:
@@ -288,8 +295,9 @@ def _opened(payload: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt) -
         return Refused("the message could not be decrypted with the gateway's key")
     inner = message_from_bytes(opened.data, policy=read_policy())
     if opened.signature.signed:  # signed and encrypted in one OpenPGP message (RFC 3156 6.2)
-        problem = _by_pinned_key(opened.signature, pinned_key)
-        return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)
+        status = _covering(opened.signature, opened.data)
+        problem = _by_pinned_key(status, pinned_key)
+        return Refused(problem) if problem else Authenticated("pgp", inner, status)
     return _signed_by(inner, opened.data, pinned_key, verify)  # signed, then encrypted (RFC 3156 6.1)
 
 

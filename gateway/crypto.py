@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import re
 import selectors
@@ -531,6 +532,17 @@ class SignatureStatus:
     # gpg's SIG_ID: a digest of the signature itself, the same whatever armour or MIME carries it, so the same
     # signature arriving again is known for a replay (next year's identical request has another).
     signature_id: str | None = None
+    signed_sha256: str | None = None  # of the bytes it covers: set by whoever verified them (authenticate.py)
+
+    def replay_keys(self) -> tuple[str, ...]:
+        """What makes this signature the one it is, each enough to know it again. SIG_ID alone is not: an
+        ECDSA signature's s can be replaced by n - s, which verifies the same and has another SIG_ID. The signer,
+        the moment it signed (inside the signed data, so unchangeable) and what it signed cannot be altered."""
+        keys = [f"id:{self.signature_id}"] if self.signature_id else []
+        if self.primary_fingerprint and self.signed_at and self.signed_sha256:
+            made = f"{self.primary_fingerprint}/{int(self.signed_at.timestamp())}/{self.signed_sha256}"
+            keys.append(f"signed:{hashlib.sha256(made.encode()).hexdigest()}")
+        return tuple(keys)
 
 
 _BAD_SIGNATURE = {

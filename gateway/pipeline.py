@@ -450,12 +450,15 @@ async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None
     return f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: a replay"
 
 
-async def _earlier_signature(session: Any, signature_id: str, itself: int | None = None) -> int | None:
+async def _earlier_signature(session: Any, signature: SignatureStatus, itself: int | None = None) -> int | None:
     """The message a signature first came with, other than `itself` (the one being released)."""
+    keys = signature.replay_keys()
+    if not keys:
+        return None
     query = select(SeenSignature.inbound_id).where(
-        SeenSignature.signature_id == signature_id, SeenSignature.inbound_id != (itself or 0)
+        SeenSignature.signature_id.in_(keys), SeenSignature.inbound_id != (itself or 0)
     )
-    earlier: int | None = (await session.execute(query)).scalar()
+    earlier: int | None = (await session.execute(query.limit(1))).scalar()
     return earlier
 
 
@@ -465,10 +468,8 @@ def _replay_of(earlier: int) -> str:
 
 async def replayed_signature(ctx: Context, signature: SignatureStatus, itself: int | None = None) -> str | None:
     """A signature seen before, under whatever headers: a captured request sent again, or a copy."""
-    if signature.signature_id is None:
-        return None
     async with ctx.db.transaction(write=False) as session:
-        earlier = await _earlier_signature(session, signature.signature_id, itself)
+        earlier = await _earlier_signature(session, signature, itself)
     return None if earlier is None else _replay_of(earlier)
 
 
@@ -867,8 +868,7 @@ def message_id_of(wire: bytes) -> str:
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
     """A Message-ID seen before with other bytes (a relay re-delivering with a new header, or a replay) is
     recorded in its own right but never answered twice."""
-    signature = decision.signature.signature_id if decision.signature else None
-    earlier = await _earlier_signature(session, signature) if signature else None
+    earlier = await _earlier_signature(session, decision.signature) if decision.signature else None
     if earlier is not None:  # a copy decided side by side with the first: one of them only is acted on
         return alert(ctx, arrival, Decision(QUARANTINED, _replay_of(earlier), decision.sender, decision.authority))
     if arrival.message_id is None or decision.outcome not in (ANSWERED, REFUSED):
@@ -1048,14 +1048,13 @@ async def commit_decision(
         now=now,
     )
     signature = decision.signature
-    if signature is not None and signature.signature_id is not None:  # kept for good: longer than any is accepted
-        await session.execute(
-            _insert(session, SeenSignature)
-            .values(
-                signature_id=signature.signature_id, inbound_id=inbound.id, signed_at=signature.signed_at, seen_at=now
+    if signature is not None:  # kept for good: longer than any signature is accepted
+        for key in signature.replay_keys():
+            await session.execute(
+                _insert(session, SeenSignature)
+                .values(signature_id=key, inbound_id=inbound.id, signed_at=signature.signed_at, seen_at=now)
+                .on_conflict_do_nothing()
             )
-            .on_conflict_do_nothing()
-        )
     if decision.subscription is not None and decision.authority is not None:
         await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:

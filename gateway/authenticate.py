@@ -13,7 +13,7 @@ from email.message import EmailMessage, Message
 
 from gateway import shown
 from gateway.addresses import normalise_address
-from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus
+from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus, hashed_subpackets
 from gateway.guard import read_policy
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
@@ -192,14 +192,21 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
     parts = split_signed(message, raw)
     if isinstance(parts, Refused):
         return parts
-    status = _covering(verify(parts.signed_bytes, parts.signature), parts.signed_bytes)
+    status = verify(parts.signed_bytes, parts.signature)
     problem = _by_pinned_key(status, pinned_key)
-    return Refused(problem) if problem else Authenticated("pgp", parts.content, status)
+    if problem:
+        return Refused(problem)
+    hashed = hashed_subpackets(parts.signature)
+    if hashed is None:  # gpg took it; the gateway could not tell a replay of it: not accepted
+        return Refused("the signature is not one OpenPGP v4 signature packet the gateway can read")
+    return Authenticated("pgp", parts.content, _covering(status, hashed, parts.signed_bytes))
 
 
-def _covering(status: SignatureStatus, signed: bytes) -> SignatureStatus:
-    """The status, knowing what the signature covers: with the signer and the time, what tells a replay."""
-    return dataclasses.replace(status, signed_sha256=hashlib.sha256(signed).hexdigest())
+def _covering(status: SignatureStatus, hashed: bytes, signed: bytes) -> SignatureStatus:
+    """The status, knowing all that the signer signed: its hashed subpackets and the data. With the signer,
+    what tells a replay, however the signature's own values were re-encoded."""
+    digest = hashlib.sha256(hashlib.sha256(hashed).digest() + hashlib.sha256(signed).digest()).hexdigest()
+    return dataclasses.replace(status, signed_sha256=digest)
 
 
 def _encrypted_payload(message: Message) -> bytes | None:
@@ -257,7 +264,7 @@ def _exchange_parts(message: Message) -> tuple[Message, Message] | Refused:
     if kinds == encrypted:
         return parts[0], parts[1]
     return Refused(
-        f"{_REWRITTEN} its parts are {', '.join(shown.token(kind) for kind in kinds)}, not an empty text/plain "
+        f"{_REWRITTEN} its parts are {', '.join(shown.content_type(kind) for kind in kinds)}, not an empty text/plain "
         "(optional), application/pgp-encrypted and application/octet-stream"
     )
 
@@ -295,9 +302,10 @@ def _opened(payload: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt) -
         return Refused("the message could not be decrypted with the gateway's key")
     inner = message_from_bytes(opened.data, policy=read_policy())
     if opened.signature.signed:  # signed and encrypted in one OpenPGP message (RFC 3156 6.2)
-        status = _covering(opened.signature, opened.data)
-        problem = _by_pinned_key(status, pinned_key)
-        return Refused(problem) if problem else Authenticated("pgp", inner, status)
+        # Sealed inside what only the gateway can open, the signature cannot be re-encoded by anyone who
+        # copies the message: its SIG_ID is enough to know it again.
+        problem = _by_pinned_key(opened.signature, pinned_key)
+        return Refused(problem) if problem else Authenticated("pgp", inner, opened.signature)
     return _signed_by(inner, opened.data, pinned_key, verify)  # signed, then encrypted (RFC 3156 6.1)
 
 

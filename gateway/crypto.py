@@ -7,6 +7,7 @@ bytes it may produce and the time it may take: python-gnupg reads all of gpg's o
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import os
@@ -532,17 +533,63 @@ class SignatureStatus:
     # gpg's SIG_ID: a digest of the signature itself, the same whatever armour or MIME carries it, so the same
     # signature arriving again is known for a replay (next year's identical request has another).
     signature_id: str | None = None
-    signed_sha256: str | None = None  # of the bytes it covers: set by whoever verified them (authenticate.py)
+    # What the signer signed besides the data: a digest of the signature packet's hashed subpackets (its time,
+    # notations, ...) with the SHA-256 of the bytes it covers. Set by whoever verified them (authenticate.py).
+    signed_sha256: str | None = None
 
     def replay_keys(self) -> tuple[str, ...]:
         """What makes this signature the one it is, each enough to know it again. SIG_ID alone is not: an
-        ECDSA signature's s can be replaced by n - s, which verifies the same and has another SIG_ID. The signer,
-        the moment it signed (inside the signed data, so unchangeable) and what it signed cannot be altered."""
+        ECDSA signature's s can be replaced by n - s, which verifies the same and has another SIG_ID; but what
+        the signer signed (the data, and the signature's own hashed subpackets) cannot be altered."""
         keys = [f"id:{self.signature_id}"] if self.signature_id else []
-        if self.primary_fingerprint and self.signed_at and self.signed_sha256:
-            made = f"{self.primary_fingerprint}/{int(self.signed_at.timestamp())}/{self.signed_sha256}"
+        if self.primary_fingerprint and self.signed_sha256:
+            made = f"{self.primary_fingerprint}/{self.signed_sha256}"
             keys.append(f"signed:{hashlib.sha256(made.encode()).hexdigest()}")
         return tuple(keys)
+
+
+def hashed_subpackets(signature: bytes) -> bytes | None:
+    """The hashed subpacket area of the first (v4) signature packet in an OpenPGP signature, armoured or not;
+    None when it is not one. Read only after gpg called the signature good: the packet is well formed."""
+    data = _dearmoured(signature)
+    if data is None or len(data) < 2 or not data[0] & 0x80:
+        return None
+    if data[0] & 0x40:  # new format packet header
+        tag, first = data[0] & 0x3F, data[1]
+        if first < 192:
+            start, length = 2, first
+        elif first < 224 and len(data) > 2:
+            start, length = 3, ((first - 192) << 8) + data[2] + 192
+        elif first == 255 and len(data) > 5:
+            start, length = 6, int.from_bytes(data[2:6], "big")
+        else:
+            return None  # partial lengths: never a signature packet's
+    else:  # old format: the length's size in the low two bits
+        tag, size = (data[0] >> 2) & 0x0F, {0: 1, 1: 2, 2: 4}.get(data[0] & 3)
+        if size is None:
+            return None
+        start, length = 1 + size, int.from_bytes(data[1 : 1 + size], "big")
+    body = data[start : start + length]
+    if tag != 2 or len(body) < 6 or body[0] != 4:
+        return None
+    hashed = int.from_bytes(body[4:6], "big")
+    return body[: 6 + hashed] if len(body) >= 6 + hashed else None  # version, type, algorithms and the area
+
+
+def _dearmoured(signature: bytes) -> bytes | None:
+    text = signature.strip()
+    if not text.startswith(b"-----BEGIN PGP SIGNATURE-----"):
+        return text
+    lines = text.splitlines()
+    try:
+        blank = next(i for i, line in enumerate(lines) if not line.strip())
+    except StopIteration:
+        return None
+    body = b"".join(line.strip() for line in lines[blank + 1 :] if line.strip() and not line.startswith((b"=", b"-")))
+    try:
+        return base64.b64decode(body, validate=True)
+    except ValueError:
+        return None
 
 
 _BAD_SIGNATURE = {

@@ -19,7 +19,7 @@ from gateway.compose import Sign, admin_message
 from gateway.config import SmtpSettings
 from gateway.crypto import KeyProblem
 from gateway.db.engine import Database
-from gateway.db.models import OutboxMessage
+from gateway.db.models import Authority, AuthorityAddress, OutboxMessage
 
 SENDER_ACTOR = "gateway"
 SEND_TIMEOUT = 15  # seconds for each SMTP step
@@ -235,7 +235,11 @@ async def deliver_due(
                 if left < LEASE_MARGIN.total_seconds():  # a slow relay: the rest go back, due now, to any sender
                     await _release(db, [row.id for row in batch[index:]], moment)
                     return counts
-                result = await _within(transport, claimed, left - LEASE_SAFETY)
+                result = (
+                    await _within(transport, claimed, left - LEASE_SAFETY)
+                    if claimed.recipient == admin_address or await _still_registered(db, claimed.recipient)
+                    else WITHHELD
+                )
                 sent_at = now + dt.timedelta(seconds=time.monotonic() - started)
                 await _record(
                     db, claimed.id, result, rules=rules, now=sent_at, admin_address=admin_address, counts=counts,
@@ -246,6 +250,21 @@ async def deliver_due(
     finally:
         await transport.close()
     return counts
+
+
+# Mail queued for an authority goes only while its address is still registered to an active authority:
+# a suspension, a removal or an address taken away also stops what was already waiting in the outbox.
+WITHHELD = Attempt(False, True, "withheld: the recipient is no longer a registered address of an active authority")
+
+
+async def _still_registered(db: Database, recipient: str) -> bool:
+    async with db.transaction(write=False) as session:
+        query = (
+            select(AuthorityAddress.address)
+            .join(Authority, Authority.id == AuthorityAddress.authority_id)
+            .where(AuthorityAddress.address == recipient, Authority.status == "active")
+        )
+        return (await session.execute(query.limit(1))).scalar() is not None
 
 
 async def _within(transport: Transport, row: OutboxMessage, seconds: float) -> Attempt:

@@ -51,6 +51,14 @@ def address(value: str | None) -> str:
     return digest(value)
 
 
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,30}/[a-z0-9][a-z0-9.+-]{0,60}")
+
+
+def content_type(value: str) -> str:
+    """A MIME type as the parser read it (type/subtype, lower case), as it is; else a digest."""
+    return value if _CONTENT_TYPE.fullmatch(value) else digest(value)
+
+
 def token(value: str) -> str:
     """A short word a sender wrote (a field name, an Auto-Submitted keyword), quoted; else a digest."""
     text = value.strip()

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from gateway import outbox
 from gateway.config import DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
-from gateway.db.models import AuditRecord, OutboxMessage
+from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.dovecot import ImapServer
@@ -43,6 +43,15 @@ class Relay:
 @pytest.fixture
 async def db(migrated_settings: DatabaseSettings) -> AsyncIterator[Database]:
     database = create_database(migrated_settings)
+    async with database.transaction() as session:  # the police, registered: mail to them may go
+        police = Authority(
+            name="West Mercia Police", name_key="west mercia police", kind="police", area="West Mercia",
+            auth_policy="pgp", status="active", key_fingerprint="0" * 40, key_expires=None, created_at=START,
+            updated_at=START,
+        )  # fmt: skip
+        session.add(police)
+        await session.flush()
+        session.add(AuthorityAddress(address=POLICE_ADDRESS, authority_id=police.id))
     try:
         yield database
     finally:
@@ -138,6 +147,27 @@ async def test_a_permanent_refusal_fails_and_alerts_the_admin(db: Database) -> N
     assert [a.recipient for a in alerts] == [ADMIN_ADDRESS]
     assert b"550 5.1.1 No such user" in alerts[0].content
     assert "outbox.failed" in actions
+
+
+async def test_what_waits_in_the_outbox_for_an_authority_suspended_meanwhile_is_withheld(db: Database) -> None:
+    """A suspension, a removal or an address taken away also stops mail already queued for it."""
+    relay = Relay()
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        async with db.transaction() as session:
+            police = (await session.execute(select(Authority))).scalar_one()
+            police.status = "suspended"
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    assert counts["failed"] == 1
+    queued = await row(db, outbox_id)
+    assert (queued.status, queued.last_error) == ("failed", outbox.WITHHELD.error)
+    assert relay.received == []  # nothing reached the suspended authority
+    async with db.transaction(write=False) as session:
+        alerts = (await session.execute(select(OutboxMessage).where(OutboxMessage.kind == "alert"))).scalars().all()
+    assert [a.recipient for a in alerts] == [ADMIN_ADDRESS]  # and the admins hear of it
 
 
 async def test_after_the_retry_period_it_gives_up(db: Database) -> None:

@@ -135,6 +135,20 @@ FILES: dict[str, Expect] = {
     "no-from-header.eml": Expect(why="no From at all"),
     "dmarc-pass-from-another-border.eml": Expect(MUST_QUARANTINE, why="a dmarc=pass written by someone else's MX"),
     "dmarc-pass-below-the-top.eml": Expect(MUST_QUARANTINE, why="our border says fail on top; a pass below it"),
+    # text the border copies from the envelope into its own header, and a header without authserv-id
+    "dmarc-pass-in-a-quoted-mail-from.eml": Expect(MUST_QUARANTINE, why="a dmarc=pass inside a quoted local part"),
+    "dmarc-pass-in-an-encoded-word-in-a-comment.eml": Expect(MUST_QUARANTINE, why="an encoded word in an SPF comment"),
+    "dmarc-pass-behind-a-parenthesis-in-a-quoted-string.eml": Expect(
+        MUST_QUARANTINE, why="a '(' in one quoted string and ')' in another hide the fail between them"
+    ),
+    "dmarc-pass-from-microsoft-365-without-authserv-id.eml": Expect(
+        MUST_QUARANTINE, why="Microsoft 365's header names no authserv-id: never trusted"
+    ),
+    # header fields over their bound, from an unregistered address: quarantined unparsed, never parsed slowly
+    "from-obsolete-local-part-over-the-bound.eml": Expect(MUST_QUARANTINE, why="3 kB of dots and atoms in From"),
+    "content-type-obsolete-local-part-over-the-bound.eml": Expect(MUST_QUARANTINE, why="2 kB of them in Content-Type"),
+    "reply-to-long-run-without-at-sign.eml": Expect(MUST_QUARANTINE, why="a Reply-To of 3000 letters, no @"),
+    "to-many-encoded-words-over-the-bound.eml": Expect(MUST_QUARANTINE, why="a To of 150 encoded words"),
     # charsets, transfer encodings and HTML, unauthenticated
     "unknown-charset.eml": _FROM_POLICE,
     "lying-charset-utf16.eml": _FROM_POLICE,

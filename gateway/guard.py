@@ -127,7 +127,7 @@ def parsed_field_problem(raw: bytes) -> str | None:
         if bound is None:
             continue
         if len(field) > bound:
-            return f"a {name.decode().title()} header of {len(field)} bytes, over the limit of {bound}: not parsed"
+            return f"the {name.decode().title()} header is {len(field)} bytes, over the limit of {bound}: not parsed"
         if name in _ADDRESS_FIELDS:
             total += len(field)
     if total > _ADDRESS_FIELDS_TOTAL:
@@ -135,7 +135,7 @@ def parsed_field_problem(raw: bytes) -> str | None:
     total = 0
     for size in _mime_field_sizes(raw):
         if size > _MIME_FIELD_BYTES:
-            return f"a MIME header field of {size} bytes, over the limit of {_MIME_FIELD_BYTES}: not parsed"
+            return f"a MIME header field is {size} bytes, over the limit of {_MIME_FIELD_BYTES}: not parsed"
         total += size
         if total > _MIME_FIELDS_TOTAL:
             return f"the MIME header fields take over {_MIME_FIELDS_TOTAL} bytes: not parsed"

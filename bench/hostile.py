@@ -108,9 +108,9 @@ def shapes() -> dict[str, bytes]:
             from_police('MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="p"\r\n'),
             ("--p\r\nContent-Type: text/plain; a=" + obsolete_local_part(960) + "\r\n\r\nx\r\n") * 7 + "--p--\r\n",
         ),
-        "200 parts, each Content-Type an obsolete local part": message(
+        "150 parts, each Content-Type an obsolete local part": message(
             from_police('MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="p"\r\n'),
-            part * 200 + "--p--\r\n",
+            part * 150 + "--p--\r\n",
         ),
     }
 

@@ -28,7 +28,8 @@ _FIELD_NAME = re.compile(rb"[!-9;-~]*:")  # RFC 5322 ftext, then the colon
 # parsed. A request's own are a small fraction of each bound.
 _ADDRESS_FIELDS = {b"from": 1024, b"sender": 1024, b"reply-to": 1024, b"to": 2048, b"cc": 2048}
 _ADDRESS_FIELDS_TOTAL = 4 * 1024  # all of them together: so many copies of a field cost no more than this
-_OTHER_FIELDS = {b"message-id": 1024, b"auto-submitted": 1024, b"return-path": 1024, b"precedence": 1024}
+_OTHER_FIELDS = {b"auto-submitted": 1024, b"return-path": 1024, b"precedence": 1024}
+PARSED_ID_UP_TO = 1024  # a longer Message-ID is kept as written, never parsed: it is a label, not a reason to refuse
 # Read by gateway.authresults, not by the email package, in linear time: bounded all the same, as no border
 # writes more than a few hundred bytes.
 _OTHER_FIELDS[b"authentication-results"] = 16 * 1024
@@ -113,10 +114,9 @@ def fields(head: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield field.partition(b":")[0].rstrip(b" \t").lower(), field
 
 
-def bounded_field(head: bytes, name: bytes) -> bytes | None:
-    """The first field of that (lower-case) name, when it is within its bound: what alone may then be parsed."""
-    found = next((field for each, field in fields(head) if each == name), None)
-    return found if found is not None and len(found) <= _OTHER_FIELDS.get(name, _MIME_FIELD_BYTES) else None
+def first_field(head: bytes, name: bytes) -> bytes:
+    """The first field of that (lower-case) name, whole and as received, or nothing."""
+    return next((field for each, field in fields(head) if each == name), b"")
 
 
 def parsed_field_problem(raw: bytes) -> str | None:

@@ -41,7 +41,8 @@ from gateway.db.models import (
 )
 from gateway.extracts import build_extract
 from gateway.guard import (
-    bounded_field,
+    PARSED_ID_UP_TO,
+    first_field,
     header_block,
     read_policy,
     sender_header_problem,
@@ -163,11 +164,15 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
     # Only the header block, and no more of it than the limit: the body is parsed once, in decide(), after the
     # checks on size, and its failures are dealt with there.
-    # Only the Message-ID field is parsed, and only when it is short: the parser would read Content-Type too.
-    field = bounded_field(header_block(raw, header_limit), b"message-id")
+    # Only the Message-ID field is parsed (the parser would read Content-Type too), and only when short: the
+    # parser is slow on long hostile ones, which are kept as written.
+    field = first_field(header_block(raw, header_limit), b"message-id")
     message_id = None
     try:
-        header = BytesHeaderParser(policy=policy.default).parsebytes(field or b"").get("Message-ID")
+        if len(field) > PARSED_ID_UP_TO:
+            written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
+            return Arrival(raw, hashlib.sha256(raw).hexdigest(), storable(written.strip())[:998], source, now)
+        header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
         message_id = storable(str(header).strip())[:998] if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None

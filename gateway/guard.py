@@ -18,6 +18,9 @@ _DELIMITER = re.compile(rb"(?m)^--")
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# Python's parser ends a line at CRLF, CR or LF: so do the bounds, all made LF before fields are told apart,
+# or a field behind a lone CR would pass unmeasured.
+_LINE_END = re.compile(rb"\r\n?")
 _FIELD_END = re.compile(rb"\n(?![ \t])")  # a line end that no continuation line follows (RFC 5322 2.2.3)
 _FIELD_NAME = re.compile(rb"[!-9;-~]*:")  # RFC 5322 ftext, then the colon
 
@@ -109,8 +112,8 @@ def too_big(raw: bytes, limits: LimitSettings) -> str | None:
 
 
 def fields(head: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """Each field of a header block: its lower-cased name and the whole field as received, folds included."""
-    for field in _FIELD_END.split(head):
+    """Each field of a header block: its lower-cased name and the whole field, folds included, each line end LF."""
+    for field in _FIELD_END.split(_LINE_END.sub(b"\n", head)):
         yield field.partition(b":")[0].rstrip(b" \t").lower(), field
 
 
@@ -145,19 +148,19 @@ def parsed_field_problem(raw: bytes) -> str | None:
 def _mime_field_sizes(raw: bytes) -> Iterator[int]:
     """The size of each Content-* field at the start of any line, continuation lines included: the message's
     own and every part's, told apart from nothing else. Found with bytes.find, each byte looked at a few times."""
-    lowered = raw.lower()
-    at = 0 if lowered.startswith(b"content-") else lowered.find(b"\ncontent-") + 1
-    while at > 0 or (at == 0 and lowered.startswith(b"content-")):
+    text = _LINE_END.sub(b"\n", raw.lower())  # a line end counts one byte: the bounds are the parser's work
+    at = 0 if text.startswith(b"content-") else text.find(b"\ncontent-") + 1
+    while at > 0 or (at == 0 and text.startswith(b"content-")):
         end = at
         while True:
-            end = raw.find(b"\n", end)
-            if end < 0 or raw[end + 1 : end + 2] not in (b" ", b"\t"):
+            end = text.find(b"\n", end)
+            if end < 0 or text[end + 1 : end + 2] not in (b" ", b"\t"):
                 break
             end += 1
-        end = len(raw) if end < 0 else end
-        if _FIELD_NAME.match(raw, at + 8, end):
+        end = len(text) if end < 0 else end
+        if _FIELD_NAME.match(text, at + 8, end):
             yield end - at
-        at = lowered.find(b"\ncontent-", end) + 1 if end < len(raw) else 0
+        at = text.find(b"\ncontent-", end) + 1 if end < len(text) else 0
         if at == 0:
             break
 

@@ -30,7 +30,7 @@ _FIELD_NAME = re.compile(rb"[!-9;-~]*:")  # RFC 5322 ftext, then the colon
 # these are measured on the raw bytes, before anything parses them, and a message over any bound is never
 # parsed. A request's own are a small fraction of each bound.
 _ADDRESS_FIELDS = {b"from": 1024, b"sender": 1024, b"reply-to": 1024, b"to": 2048, b"cc": 2048}
-_ADDRESS_FIELDS_TOTAL = 4 * 1024  # all of them together: so many copies of a field cost no more than this
+_ADDRESS_FIELDS_TOTAL = 3 * 1024  # all of them together: so many copies of a field cost no more than this
 _OTHER_FIELDS = {b"auto-submitted": 1024, b"return-path": 1024, b"precedence": 1024}
 PARSED_ID_UP_TO = 1024  # a longer Message-ID is kept as written, never parsed: it is a label, not a reason to refuse
 # Read by gateway.authresults, not by the email package, in linear time: bounded all the same, as no border

@@ -739,16 +739,13 @@ def hostile_fields() -> list[Heavy]:
             f"Authentication-Results: mx.hmci.example; spf=pass ({folded(words, 76)})", sender=police
         ),
     }
-    within = "\r\n".join(
-        f"{name}: {dots_and_atoms(bound - 40)}@attacker.example"
-        for name, bound in (("Sender", 1024), ("Reply-To", 1024), ("To", 1024))
-    )
+    within = "\r\n".join(f"{name}: {dots_and_atoms(bound - 40)}@attacker.example" for name, bound in (("To", 2048),))
     return [
         *(Heavy(name, functools.partial(_built, raw), quarantined) for name, raw in shapes.items()),
         Heavy(
             "address-fields-of-dots-and-atoms-within-their-bounds",
             lambda k, g: with_field(within, sender=f"{dots_and_atoms(984)}@attacker.example"),
-            Expect(NO_ANSWER, why="From, Sender, Reply-To and To of dots and atoms, each just within its bound"),
+            Expect(NO_ANSWER, why="From and To of dots and atoms, each just within its bound, and together"),
         ),
     ]
 

@@ -31,11 +31,15 @@ _FIELD_NAME = re.compile(rb"[!-9;-~]*:")  # RFC 5322 ftext, then the colon
 # parsed. A request's own are a small fraction of each bound.
 _ADDRESS_FIELDS = {b"from": 1024, b"sender": 1024, b"reply-to": 1024, b"to": 2048, b"cc": 2048}
 _ADDRESS_FIELDS_TOTAL = 3 * 1024  # all of them together: so many copies of a field cost no more than this
-_OTHER_FIELDS = {b"auto-submitted": 1024, b"return-path": 1024, b"precedence": 1024}
+_OTHER_FIELDS = {
+    b"auto-submitted": 1024,
+    b"return-path": 1024,
+    b"precedence": 1024,
+    # Read by gateway.authresults in linear time, never by the email package; bounded all the same, as no
+    # border writes more than a few hundred bytes.
+    b"authentication-results": 16 * 1024,
+}
 PARSED_ID_UP_TO = 1024  # a longer Message-ID is kept as written, never parsed: it is a label, not a reason to refuse
-# Read by gateway.authresults, not by the email package, in linear time: bounded all the same, as no border
-# writes more than a few hundred bytes.
-_OTHER_FIELDS[b"authentication-results"] = 16 * 1024
 _MIME_FIELD_BYTES = 1024  # each Content-* field, in the headers or in any part
 _MIME_FIELDS_TOTAL = 8 * 1024  # a signed request's are a few hundred bytes
 # Every field the checks parse is bounded (parsed_field_problem): all of them can be kept parsed, each parsed
@@ -118,7 +122,7 @@ def fields(head: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 
 def first_field(head: bytes, name: bytes) -> bytes:
-    """The first field of that (lower-case) name, whole and as received, or nothing."""
+    """The first field of that (lower-case) name, whole (name, folds, value; line ends LF), or nothing."""
     return next((field for each, field in fields(head) if each == name), b"")
 
 

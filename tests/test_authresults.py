@@ -30,8 +30,9 @@ def message(*fields: str) -> EmailMessage:
 
 
 # ---------------------------------------------------------------- the headers real borders write
-# Each is quoted from the vendor's documentation, with the vendor's example domain replaced by the police
-# domain and the authserv-id by the one the gateway trusts (as a deployment configures it).
+# Each is in the shape the vendor's documentation shows (written from that documentation's examples, as
+# remembered: no copy could be fetched here), with the example domain replaced by the police domain and the
+# authserv-id by the one the gateway trusts, as a deployment configures it.
 
 VENDORS = {
     # OpenDMARC, README and opendmarc(8): one header of its own, the policy and disposition in a comment.

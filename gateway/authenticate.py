@@ -13,6 +13,8 @@ from email.message import EmailMessage, Message
 
 from gateway import shown
 from gateway.addresses import normalise_address
+from gateway.authresults import AuthResults, Unreadable, raw_values
+from gateway.authresults import parse as parse_results
 from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus, hashed_subpackets
 from gateway.guard import read_policy
 
@@ -54,41 +56,56 @@ def sender_of(message: EmailMessage) -> str | Refused:
 # ---------------------------------------------------------------- DMARC, as the border MTA reported it
 
 
-def _without_comments(text: str) -> str:
-    # RFC 8601 allows (comments), nested; none of them carries meaning for us.
-    previous = None
-    while previous != text:
-        previous, text = text, re.sub(r"\([^()]*\)", " ", text)
-    return text
+def _border_header(message: Message, authserv_id: str | None) -> AuthResults | Refused:
+    """The topmost Authentication-Results, if our own border wrote it and it can be read."""
+    if authserv_id is None:
+        return Refused("DMARC results are not trusted: [gateway] authserv_id is not set")
+    values = raw_values(message)
+    if not values:
+        return Refused("no Authentication-Results header from the border")
+    try:
+        header = parse_results(values[0])
+    except Unreadable as exc:
+        return Refused(f"the topmost Authentication-Results cannot be read ({exc})")
+    if header.authserv_id is None:
+        return Refused("the topmost Authentication-Results names no authserv-id: it is not from our border")
+    if header.authserv_id.lower() != authserv_id.lower():
+        return Refused(
+            # Not shown even as a token: a host name can spell a sentence (gateway.moved.send.unsigned.to...).
+            f"the topmost Authentication-Results is from {shown.digest(header.authserv_id)}, not from {authserv_id!r}"
+        )
+    return header
 
 
 def dmarc_pass(message: Message, authserv_id: str | None, domain: str) -> Refused | None:
     """None when the topmost Authentication-Results, written by our own border, says dmarc=pass for `domain`.
 
     Only the topmost header is read: a sender can add any number of its own below it, and our border adds
-    its header on top. A header from anyone else, or for another domain, counts for nothing.
+    its header on top. A header from anyone else, or for another domain, counts for nothing. The header is
+    read as written (RFC 8601 tokens, never RFC 2047 decoded): text the border copies into it from the
+    envelope, in a quoted string or a comment, stays inside that string or comment. A topmost header without
+    an authserv-id (Microsoft 365 writes them so) is refused, never skipped: the one below it could be anyone's.
     """
-    if authserv_id is None:
-        return Refused("DMARC results are not trusted: [gateway] authserv_id is not set")
-    headers = message.get_all("Authentication-Results") or []
-    if not headers:
-        return Refused("no Authentication-Results header from the border")
-    fields = [part.strip() for part in _without_comments(str(headers[0])).split(";")]
-    server = fields[0].split()[0].lower() if fields[0] else ""
-    if server != authserv_id.lower():
-        return Refused(f"the topmost Authentication-Results is from {server!r}, not from {authserv_id!r}")
-    for result in fields[1:]:
-        words = result.split()
-        if not words or not words[0].lower().startswith("dmarc="):
-            continue
-        verdict = words[0].split("=", 1)[1].lower()
-        header_from = next(
-            (w.split("=", 1)[1].strip('"').lower() for w in words[1:] if w.lower().startswith("header.from=")), None
+    header = _border_header(message, authserv_id)
+    if isinstance(header, Refused):
+        return header
+    verdicts = []
+    for result in header.results:
+        if result.method != "dmarc":
+            continue  # an odd resinfo cannot reach into another: the tokenizer tells a real ';' apart
+        if not result.readable:
+            return Refused("the border's DMARC result does not follow RFC 8601: it cannot be read")
+        if len(result.properties) != len({name for name, _ in result.properties}):
+            return Refused("the border's DMARC result names a property twice")
+        header_from = dict(result.properties).get("header.from")
+        if header_from is not None and header_from.lower() == domain:
+            verdicts.append(result.result)
+    if any(verdict != "pass" for verdict in verdicts):
+        verdict = next(v for v in verdicts if v != "pass")  # a keyword (RFC 8601), or a digest
+        return Refused(
+            f"DMARC for {domain} is {verdict if verdict.isalpha() and len(verdict) <= 20 else shown.digest(verdict)}"
         )
-        if header_from != domain:
-            continue
-        return None if verdict == "pass" else Refused(f"DMARC for {domain} is {verdict}")
-    return Refused(f"the border reported no DMARC result for {domain}")
+    return None if verdicts else Refused(f"the border reported no DMARC result for {domain}")
 
 
 # ---------------------------------------------------------------- PGP/MIME signatures (RFC 3156)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -18,13 +19,39 @@ _DELIMITER = re.compile(rb"(?m)^--")
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_CACHED_UP_TO = 200  # characters: the short headers read again and again, never a long hostile one
-_CACHED_AT_MOST = 16  # parsed headers kept for one message: a parse tree can be hundreds of times its text
+# Python's parser ends a line at CRLF, CR or LF: so do the bounds, all made LF before fields are told apart,
+# or a field behind a lone CR would pass unmeasured.
+_LINE_END = re.compile(rb"\r\n?")
+_FIELD_END = re.compile(rb"\n(?![ \t])")  # a line end that no continuation line follows (RFC 5322 2.2.3)
+_FIELD_NAME = re.compile(rb"[!-9;-~]*:")  # RFC 5322 ftext, then the colon
+
+# The fields Python's email package parses before a sender is authenticated, and the most bytes (folds
+# included) one of them may take. Its structured parsers cost far more than linear time on some shapes (an
+# obsolete local part of dots and atoms: 1.5 s at 10 kB of Content-Type, minutes at 100 kB of From), so
+# these are measured on the raw bytes, before anything parses them, and a message over any bound is never
+# parsed. A request's own are a small fraction of each bound.
+_ADDRESS_FIELDS = {b"from": 1024, b"sender": 1024, b"reply-to": 1024, b"to": 2048, b"cc": 2048}
+_ADDRESS_FIELDS_TOTAL = 3 * 1024  # all of them together: so many copies of a field cost no more than this
+_OTHER_FIELDS = {
+    b"auto-submitted": 1024,
+    b"return-path": 1024,
+    b"precedence": 1024,
+    # Read by gateway.authresults in linear time, never by the email package; bounded all the same, as no
+    # border writes more than a few hundred bytes.
+    b"authentication-results": 16 * 1024,
+}
+PARSED_ID_UP_TO = 1024  # a longer Message-ID is kept as written, never parsed: it is a label, not a reason to refuse
+_MIME_FIELD_BYTES = 1024  # each Content-* field, in the headers or in any part
+_MIME_FIELDS_TOTAL = 8 * 1024  # a signed request's are a few hundred bytes
+# Every field the checks parse is bounded (parsed_field_problem): all of them can be kept parsed, each parsed
+# once however often it is read. A long field nobody bounded (Subject, say) is parsed on each read instead.
+_CACHED_UP_TO = 4096  # characters
+_CACHED_TEXT = 24 * 1024  # characters of header text kept parsed for one message: a tree is hundreds of times that
 _REGISTRY = HeaderRegistry()
 
 
 class _ReadPolicy(EmailPolicy):
-    """The email package's default policy, with a message's short headers parsed once, not on every read.
+    """The email package's default policy, with a message's bounded headers parsed once, not on every read.
 
     The parser reads Content-Type several times for each part, and the checks read From and the rest again:
     each read ran the full header parser. The parsed headers are the package's own objects, shared between
@@ -33,10 +60,12 @@ class _ReadPolicy(EmailPolicy):
     """
 
     _parsed: dict[tuple[str, str], str]
+    _kept: list[int]  # characters of header text in _parsed
 
     def __init__(self) -> None:
         super().__init__(header_factory=_REGISTRY, message_factory=EmailMessage)
         object.__setattr__(self, "_parsed", {})  # policies are immutable once made
+        object.__setattr__(self, "_kept", [0])
 
     def header_fetch_parse(self, name: str, value: str) -> str:
         if hasattr(value, "name") or len(value) > _CACHED_UP_TO:
@@ -44,8 +73,9 @@ class _ReadPolicy(EmailPolicy):
         header = self._parsed.get((name, value))
         if header is None:
             header = super().header_fetch_parse(name, value)
-            if len(self._parsed) < _CACHED_AT_MOST:
+            if self._kept[0] + len(value) <= _CACHED_TEXT:
                 self._parsed[name, value] = header
+                self._kept[0] += len(value)
         return header
 
 
@@ -63,7 +93,8 @@ def header_block(raw: bytes, limit: int | None = None) -> bytes:
 
 
 def too_big(raw: bytes, limits: LimitSettings) -> str | None:
-    """Mail the parser must never see: over the size limit, with huge headers, or with too many MIME parts.
+    """Mail the parser must never see: over the size limit, with huge headers, too many MIME parts, or a header
+    field it would parse over that field's bound (parsed_field_problem).
 
     Counted on the bytes, before parsing, so a message of a million parts or nested thousands deep costs a
     regular-expression scan, not the parser's time and memory.
@@ -82,7 +113,61 @@ def too_big(raw: bytes, limits: LimitSettings) -> str | None:
     lines = raw.count(b"\n")
     if lines > limits.max_message_bytes // 40:  # the parser's cost is per line: a million short ones is an attack
         return f"the message has {lines} lines, more than {limits.max_message_bytes // 40}: not parsed"
+    return parsed_field_problem(raw)
+
+
+def fields(head: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Each field of a header block: its lower-cased name and the whole field, folds included, each line end LF."""
+    for field in _FIELD_END.split(_LINE_END.sub(b"\n", head)):
+        yield field.partition(b":")[0].rstrip(b" \t").lower(), field
+
+
+def first_field(head: bytes, name: bytes) -> bytes:
+    """The first field of that (lower-case) name, whole (name, folds, value; line ends LF), or nothing."""
+    return next((field for each, field in fields(head) if each == name), b"")
+
+
+def parsed_field_problem(raw: bytes) -> str | None:
+    """A header field the parser would read that is over its bound: linear in the message, never parsed."""
+    total = 0
+    for name, field in fields(header_block(raw)):
+        bound = _ADDRESS_FIELDS.get(name) or _OTHER_FIELDS.get(name)
+        if bound is None:
+            continue
+        if len(field) > bound:
+            return f"the {name.decode().title()} header is {len(field)} bytes, over the limit of {bound}: not parsed"
+        if name in _ADDRESS_FIELDS:
+            total += len(field)
+    if total > _ADDRESS_FIELDS_TOTAL:
+        return f"the address headers take {total} bytes, over the limit of {_ADDRESS_FIELDS_TOTAL}: not parsed"
+    total = 0
+    for size in _mime_field_sizes(raw):
+        if size > _MIME_FIELD_BYTES:
+            return f"a MIME header field is {size} bytes, over the limit of {_MIME_FIELD_BYTES}: not parsed"
+        total += size
+        if total > _MIME_FIELDS_TOTAL:
+            return f"the MIME header fields take over {_MIME_FIELDS_TOTAL} bytes: not parsed"
     return None
+
+
+def _mime_field_sizes(raw: bytes) -> Iterator[int]:
+    """The size of each Content-* field at the start of any line, continuation lines included: the message's
+    own and every part's, told apart from nothing else. Found with bytes.find, each byte looked at a few times."""
+    text = _LINE_END.sub(b"\n", raw.lower())  # a line end counts one byte: the bounds are the parser's work
+    at = 0 if text.startswith(b"content-") else text.find(b"\ncontent-") + 1
+    while at > 0 or (at == 0 and text.startswith(b"content-")):
+        end = at
+        while True:
+            end = text.find(b"\n", end)
+            if end < 0 or text[end + 1 : end + 2] not in (b" ", b"\t"):
+                break
+            end += 1
+        end = len(text) if end < 0 else end
+        if _FIELD_NAME.match(text, at + 8, end):
+            yield end - at
+        at = text.find(b"\ncontent-", end) + 1 if end < len(text) else 0
+        if at == 0:
+            break
 
 
 def _count(pattern: re.Pattern[bytes], raw: bytes, enough: int) -> int:

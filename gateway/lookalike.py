@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ from importlib import resources
 
 from gateway import shown
 
-# Anything shaped like local@domain in a header's text, display name included.
-_ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
+# What ends anything shaped like local@domain in a header's text (with white space), display name included.
+_SEPARATORS = str.maketrans(dict.fromkeys("<>\"'(),;:[]", " "))
 _MIN_DOMAIN_FOR_TYPOS = 8  # "a.gov.uk"-sized domains differ by one letter by chance
 
 
@@ -71,18 +70,26 @@ def _unpunycode(domain: str) -> str:
 
 
 def _one_edit_apart(a: str, b: str) -> bool:
-    """One letter changed, added, dropped, or two neighbours swapped (Damerau), and not equal."""
+    """One letter changed, added, dropped, or two neighbours swapped (Damerau), and not equal.
+
+    Linear: whatever the edit, it can be taken at the first place the two differ.
+    """
     if a == b or abs(len(a) - len(b)) > 1:
         return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
     if len(a) == len(b):
-        diffs = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-        if len(diffs) == 1:
-            return True
-        return (
-            len(diffs) == 2 and diffs[1] == diffs[0] + 1 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]]
-        )
+        swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+        return a[i + 1 :] == b[i + 1 :] or swapped
     short, long_ = sorted((a, b), key=len)
-    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
+    return long_[i + 1 :] == short[i:]
+
+
+@functools.lru_cache(maxsize=4096)
+def _registered_skeleton(text: str) -> str:
+    """The skeleton of a registered address or domain: the same few, for every message."""
+    return skeleton(text)
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ def _compare(candidate: str, registered: Iterable[str]) -> Claim | None:
     shown = f"{local}@{unicode_domain}"
     hidden = invisible(shown)
     visible = "".join(c for c in shown if f"U+{ord(c):04X}" not in hidden)
+    seen_skeleton = skeleton(visible)
+    domain_skeleton = skeleton(visible.rpartition("@")[2])
     for address in registered:
         reg_domain = address.rpartition("@")[2]
         if seen.lower() == address:
@@ -119,8 +128,8 @@ def _compare(candidate: str, registered: Iterable[str]) -> Claim | None:
         if domain.lower().startswith(f"{reg_domain}."):
             return Claim(seen, address, f"the registered domain {reg_domain} inside another, {domain}")
         same_domain = domain.lower() == reg_domain  # a colleague's unregistered address is no look-alike
-        if skeleton(visible) == skeleton(address) or (
-            not same_domain and skeleton(visible.rpartition("@")[2]) == skeleton(reg_domain)
+        if seen_skeleton == _registered_skeleton(address) or (
+            not same_domain and domain_skeleton == _registered_skeleton(reg_domain)
         ):
             ways = []
             if hidden:
@@ -140,6 +149,15 @@ def _compare(candidate: str, registered: Iterable[str]) -> Claim | None:
     return None
 
 
+def address_like(text: str) -> list[str]:
+    """Every run of text between separators that holds an "@" with something either side: one pass over it.
+
+    A regular expression for the same (non-separators, "@", non-separators) retried from every start in a long
+    run without an "@" and cost quadratic time on an obsolete local part made of dots and atoms.
+    """
+    return list(dict.fromkeys(word for word in text.translate(_SEPARATORS).split() if "@" in word[1:-1]))
+
+
 def claims(message: Message, registered: Iterable[str], *, sender: str | None) -> list[Claim]:
     """Every registered address that the From and Sender headers name or imitate, other than `sender` itself
     (the address the message really comes from, when it is registered)."""
@@ -148,7 +166,7 @@ def claims(message: Message, registered: Iterable[str], *, sender: str | None) -
     for name in ("From", "Sender"):
         for header in message.get_all(name) or []:
             text = decoded(str(header))
-            for candidate in dict.fromkeys(_ADDRESS_LIKE.findall(text)):
+            for candidate in address_like(text):
                 if sender is not None and candidate.lower() == sender and sender in addresses:
                     continue  # the registered address it really comes from is no claim
                 claim = _compare(candidate, addresses)

@@ -52,7 +52,15 @@ from gateway.db.models import (
     SubscriptionEvent,
 )
 from gateway.extracts import build_extract
-from gateway.guard import header_block, read_policy, sender_header_problem, signature_age_problem, too_big
+from gateway.guard import (
+    PARSED_ID_UP_TO,
+    first_field,
+    header_block,
+    read_policy,
+    sender_header_problem,
+    signature_age_problem,
+    too_big,
+)
 from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
@@ -210,10 +218,15 @@ async def set_aside(ctx: Context, arrival: Arrival, error: str) -> Outcome:
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
     # Only the header block, and no more of it than the limit: the body is parsed once, in decide(), after the
     # checks on size, and its failures are dealt with there.
-    head = header_block(raw, header_limit)
+    # Only the Message-ID field is parsed (the parser would read Content-Type too), and only when short: the
+    # parser is slow on long hostile ones, which are kept as written.
+    field = first_field(header_block(raw, header_limit), b"message-id")
     message_id = None
     try:
-        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("Message-ID")
+        if len(field) > PARSED_ID_UP_TO:
+            written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
+            return Arrival(raw, hashlib.sha256(raw).hexdigest(), storable(written.strip())[:998], source, now)
+        header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
         message_id = storable(str(header).strip())[:998] if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
@@ -581,8 +594,9 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
 def unreadable_headers(message: EmailMessage) -> str | None:
     """Why the headers the gateway reads cannot even be parsed, if they cannot."""
     # Message-ID and References are read defensively where they are used: a request is not refused for them.
+    # Authentication-Results is never given to the parser (gateway.authresults reads it as written).
     for name in ("From", "Sender", "Reply-To", "To", "Cc", "Auto-Submitted", "Return-Path", "Precedence",
-                 "Authentication-Results", "Content-Type"):  # fmt: skip
+                 "Content-Type"):  # fmt: skip
         try:
             for value in message.get_all(name) or []:
                 str(value)

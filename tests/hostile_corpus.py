@@ -135,6 +135,20 @@ FILES: dict[str, Expect] = {
     "no-from-header.eml": Expect(why="no From at all"),
     "dmarc-pass-from-another-border.eml": Expect(MUST_QUARANTINE, why="a dmarc=pass written by someone else's MX"),
     "dmarc-pass-below-the-top.eml": Expect(MUST_QUARANTINE, why="our border says fail on top; a pass below it"),
+    # text the border copies from the envelope into its own header, and a header without authserv-id
+    "dmarc-pass-in-a-quoted-mail-from.eml": Expect(MUST_QUARANTINE, why="a dmarc=pass inside a quoted local part"),
+    "dmarc-pass-in-an-encoded-word-in-a-comment.eml": Expect(MUST_QUARANTINE, why="an encoded word in an SPF comment"),
+    "dmarc-pass-behind-a-parenthesis-in-a-quoted-string.eml": Expect(
+        MUST_QUARANTINE, why="a '(' in one quoted string and ')' in another hide the fail between them"
+    ),
+    "dmarc-pass-from-microsoft-365-without-authserv-id.eml": Expect(
+        MUST_QUARANTINE, why="Microsoft 365's header names no authserv-id: never trusted"
+    ),
+    # header fields over their bound, from an unregistered address: quarantined unparsed, never parsed slowly
+    "from-obsolete-local-part-over-the-bound.eml": Expect(MUST_QUARANTINE, why="3 kB of dots and atoms in From"),
+    "content-type-obsolete-local-part-over-the-bound.eml": Expect(MUST_QUARANTINE, why="2 kB of them in Content-Type"),
+    "reply-to-long-run-without-at-sign.eml": Expect(MUST_QUARANTINE, why="a Reply-To of 3000 letters, no @"),
+    "to-many-encoded-words-over-the-bound.eml": Expect(MUST_QUARANTINE, why="a To of 150 encoded words"),
     # charsets, transfer encodings and HTML, unauthenticated
     "unknown-charset.eml": _FROM_POLICE,
     "lying-charset-utf16.eml": _FROM_POLICE,
@@ -686,9 +700,67 @@ def decompression_bomb(keys: AuthorityKeys, gateway_key: str, size: int) -> byte
     return _encrypted(headers(message_id="bomb"), sealed)
 
 
+def folded(text: str, width: int = 70) -> str:
+    """Short lines, each of which looks normal."""
+    return "\r\n ".join(text[i : i + width] for i in range(0, len(text), width))
+
+
+HEADER_FILL = 240 * 1024  # near the 256 kB max_header_bytes, folds and the other fields included
+
+
+def dots_and_atoms(size: int) -> str:
+    """An obsolete local part (RFC 5322 4.4), folded: about `size` bytes."""
+    return folded(".".join(["a"] * (size * 70 // 146)))
+
+
+def _built(raw: bytes, keys: AuthorityKeys, gateway_key: str) -> bytes:
+    return raw
+
+
+def with_field(field: str, sender: str = "Someone <someone@attacker.example>", name: str = "field") -> bytes:
+    return (headers(sender=sender, message_id=name, extra=f"{field}\r\n") + "\r\n" + REQUEST).encode()
+
+
+def hostile_fields() -> list[Heavy]:
+    """Header fields at the size limit in the shapes Python's parser and the old look-alike check took minutes
+    over, and every address field just within its bound: parsed, so the worst the parser is still given."""
+    size = HEADER_FILL
+    words = " ".join(["=?utf-8?q?a=C3=A9?="] * (size // 20))
+    deep = folded("(" * (size // 4) + ")" * (size // 4))
+    police = f"West Mercia Police <{POLICE_ADDRESS}>"
+    quarantined = Expect(MUST_QUARANTINE, why="a header field far over its bound, quarantined unparsed")
+    shapes = {
+        "from-obsolete-local-part-240-kb": with_field("", sender=f"{dots_and_atoms(size)}@x"),
+        "from-run-without-at-sign-240-kb": with_field("", sender="x" * size),
+        "from-deep-comments-120-kb": with_field("", sender=f"{deep} a@attacker.example"),
+        "from-long-quoted-string-240-kb": with_field("", sender=f'"{folded("q" * size)}" <a@b.example>'),
+        "from-many-encoded-words-240-kb": with_field("", sender=f"{folded(words, 76)} <a@b.example>"),
+        "content-type-obsolete-local-part-240-kb": with_field(
+            f"Content-Type: text/plain; a={dots_and_atoms(size)}", sender=police
+        ),
+        "authentication-results-deep-comments-120-kb": with_field(
+            f"Authentication-Results: mx.hmci.example; dmarc=pass {deep} header.from=westmercia.police.example",
+            sender=police,
+        ),
+        "authentication-results-many-encoded-words-240-kb": with_field(
+            f"Authentication-Results: mx.hmci.example; spf=pass ({folded(words, 76)})", sender=police
+        ),
+    }
+    within = "\r\n".join(f"{name}: {dots_and_atoms(bound - 40)}@attacker.example" for name, bound in (("To", 2048),))
+    return [
+        *(Heavy(name, functools.partial(_built, raw), quarantined) for name, raw in shapes.items()),
+        Heavy(
+            "address-fields-of-dots-and-atoms-within-their-bounds",
+            lambda k, g: with_field(within, sender=f"{dots_and_atoms(984)}@attacker.example"),
+            Expect(NO_ANSWER, why="From and To of dots and atoms, each just within its bound, and together"),
+        ),
+    ]
+
+
 def heavy_cases() -> list[Heavy]:
     mib = 1024 * 1024
     return [
+        *hostile_fields(),
         Heavy(
             "nested-multipart-5000-deep",
             lambda k, g: nested_multipart(5000),

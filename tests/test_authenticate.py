@@ -15,6 +15,7 @@ import pytest
 from gateway.authenticate import Authenticated, Refused, authenticate, dmarc_pass, sender_of
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
+from gateway.shown import digest
 from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys
 
 BORDER = "mx.hmci.example"
@@ -86,7 +87,7 @@ def test_dmarc_pass_from_our_border_for_the_from_domain() -> None:
         ),
         (
             [f"mx.attacker.example; dmarc=pass header.from={DOMAIN}"],
-            f"the topmost Authentication-Results is from 'mx.attacker.example', not from '{BORDER}'",
+            f"the topmost Authentication-Results is from {digest('mx.attacker.example')}, not from '{BORDER}'",
         ),
         ([f"{BORDER}; dmarc=pass header.from=attacker.example"], f"the border reported no DMARC result for {DOMAIN}"),
         ([], "no Authentication-Results header from the border"),

@@ -40,6 +40,11 @@ HOSTILE = {
         f'From: "{POLICE_ADDRESS}" <"{SENTENCE}"@westmercia.police.example>\nTo: {GATEWAY_ADDRESS}\n'
         "Message-ID: <q@x.example>\n"
     ),
+    "authserv-id": plain(
+        "Authentication-Results: gateway.retired.send.unsigned.to.evil; dmarc=pass "
+        f"header.from=westmercia.police.example\nFrom: {POLICE_ADDRESS}\nTo: {GATEWAY_ADDRESS}\n"
+        "Message-ID: <ar@x.example>\n"
+    ),
     "sender header": plain(
         f'From: {POLICE_ADDRESS}\nSender: "{SENTENCE}" <"{SENTENCE}"@x.example>\nTo: {GATEWAY_ADDRESS}\n'
         "Message-ID: <s@x.example>\n"

@@ -175,7 +175,7 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     try:
         return await record(ctx, arrival, decision)
     except Exception as exc:
-        error = type(exc).__name__
+        error = type(exc).__name__ + (f" {state}" if (state := _sqlstate(exc)) else "")
         if outage(exc) or await _failures(ctx, arrival, error) < RECORD_TRIES:
             raise
         log.error("message set aside: it cannot be recorded", error=error, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback, as above
@@ -185,9 +185,24 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
 RECORD_TRIES = 3  # failures of one kind, in a row, that set a message aside
 
 
+# SQLSTATE classes and codes that say the database is away or busy, not that the message is at fault:
+# connection (08), transaction rollback: deadlock, serialization (40), insufficient resources (53), operator
+# intervention: shutdown, statement timeout (57), system error (58), lock not available (55P03).
+_OUTAGE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
 def outage(exc: BaseException) -> bool:
     """A failure that says nothing about the message: the database or the network is away, or busy."""
     if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True
+    state = _sqlstate(exc)
+    if state is not None and (state[:2] in _OUTAGE_CLASSES or state == "55P03"):
         return True
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
@@ -225,12 +240,24 @@ def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 
     try:
         if len(field) > PARSED_ID_UP_TO:
             written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
-            return Arrival(raw, hashlib.sha256(raw).hexdigest(), storable(written.strip())[:998], source, now)
+            return Arrival(raw, hashlib.sha256(raw).hexdigest(), _as_label(written), source, now)
         header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
-        message_id = storable(str(header).strip())[:998] if header else None
+        message_id = _as_label(str(header)) if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
     return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
+
+
+MAX_LABEL_BYTES = 500  # an index entry must hold it: PostgreSQL's B-tree takes some 2,700 bytes at most
+
+
+def _as_label(written: str) -> str:
+    """A Message-ID as it is kept to tell the same message again: as written, or when long, by its digest,
+    so that two long ones never share a truncated prefix, and none is too long for its index."""
+    label = storable(written.strip())
+    if len(label.encode("utf-8")) <= MAX_LABEL_BYTES:
+        return label
+    return f"sha256:{hashlib.sha256(label.encode('utf-8')).hexdigest()}"
 
 
 def storable(text: str) -> str:
@@ -839,8 +866,9 @@ def signed_for_admins(ctx: Context, headers: list[tuple[str, str]], text: str) -
         return admin_message(headers, text, None, unsigned_why="the gateway has no [gpg] signing_key")
     try:
         return admin_message(headers, text, functools.partial(ctx.keyring.sign_detached, signer=signer))
-    except KeyProblem as exc:
-        return admin_message(headers, text, None, unsigned_why=str(exc))
+    except (KeyProblem, OSError, ValueError) as exc:  # gpg failed or is gone: the alert must still go
+        log.error("an alert could not be signed", error=type(exc).__name__)  # noqa: TRY400 - no traceback in logs
+        return admin_message(headers, text, None, unsigned_why=f"gpg could not sign it ({type(exc).__name__})")
 
 
 def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:

@@ -253,6 +253,8 @@ async def _still_due(session: AsyncSession, due: Due) -> None:
         raise _NoLongerAllowed
     if isinstance(still_allowed(authority, sub), ScopeRefusal):
         raise _NoLongerAllowed
+    if authority.key_fingerprint != due.authority.key_fingerprint:  # sealed to a key since replaced: not sent
+        raise _NoLongerAllowed
 
 
 async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime) -> bool:

@@ -30,7 +30,12 @@ STARTS = [
     dt.date(2028, 2, 29),  # a leap day: its review falls on 28 February 2029
     dt.date(2027, 3, 28),  # the clocks go forward that night
     dt.date(2027, 10, 31),  # the clocks go back that night
+    dt.date(2027, 3, 26),  # its review falls on 26 March 2028, when the clocks go forward
+    dt.date(2027, 10, 29),  # its review falls on 29 October 2028, when they go back
+    dt.date(2027, 4, 2),  # its 7-day reminder falls on 26 March 2028
+    dt.date(2027, 11, 28),  # its 30-day reminder falls on 29 October 2028
 ]
+CLOCK_CHANGES = {dt.date(2027, 3, 28), dt.date(2027, 10, 31), dt.date(2028, 3, 26), dt.date(2028, 10, 29)}
 
 
 def months_between(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -116,11 +121,14 @@ async def test_a_year_from_each_awkward_day_delivers_reminds_and_lapses_once(wal
 
 
 def test_the_walk_covers_what_it_says() -> None:
-    """The starts include both clock changes and a leap day, and the steps include days in summer time."""
+    """Starts, reviews and reminders fall on both clock changes and a leap day; steps fall in summer time."""
+    for day in CLOCK_CHANGES:  # each really is a change: noon's offset differs from the day before's
+        before = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(12))
+        assert LONDON.utcoffset(dt.datetime.combine(day, dt.time(12))) != LONDON.utcoffset(before), day
+    days = {*STARTS, *(review_date(s) for s in STARTS)}
+    days |= {review_date(s) - dt.timedelta(days=n) for s in STARTS for n in SETTINGS.reminder_days}
+    assert days >= CLOCK_CHANGES
     assert dt.date(2028, 2, 29) in STARTS
-    assert {s for s in STARTS if LONDON.utcoffset(dt.datetime.combine(s, dt.time(12))) != dt.timedelta(0)} == {
-        dt.date(2027, 3, 28)
-    }  # of the starts, only the spring change's day is in summer time by noon
     assert review_date(dt.date(2028, 2, 29)) == dt.date(2029, 2, 28)
     assert review_date(dt.date(2027, 1, 31)) == dt.date(2028, 1, 31)
     steps = moments(STARTS)

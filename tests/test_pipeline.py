@@ -201,7 +201,7 @@ def test_an_area_outside_the_forces_own_is_refused_with_the_reason(live: Gateway
 
 
 AUTOMATIC = {
-    "Auto-Submitted: auto-replied\r\n": "Auto-Submitted: auto-replied",
+    "Auto-Submitted: auto-replied\r\n": 'Auto-Submitted: "auto-replied"',
     "Precedence: bulk\r\n": "Precedence: bulk",
     "List-Id: <safeguarding.lists.example>\r\n": "mailing list traffic",
     "Return-Path: <>\r\n": "null return path",

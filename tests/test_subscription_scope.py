@@ -319,3 +319,32 @@ def test_a_change_committed_while_a_delivery_is_being_made_stops_it(
     assert asyncio.run(run(DELIVERY))["delivery"] == 0
     assert [row["kind"] for row in outbox(live)] == ["disclosure"]  # the first answer only
     assert asyncio.run(run(DELIVERY + dt.timedelta(hours=1)))["ended"] == 1  # and the next run ends it
+
+
+def test_a_key_replaced_while_a_delivery_is_being_sealed_stops_it(
+    live: Gateway, keys: AuthorityKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extract sealed to a key that was replaced meanwhile (a key reported compromised) is never queued."""
+    assert asks(live, POLICE_ADDRESS, MONTHLY, "wm-key")["kind"] == "answered"
+    building = schedule_module._prepare_delivery
+
+    async def overtaken(ctx: Context, due: Any, reference: str, common: dict[str, Any]) -> Any:
+        prepared = await building(ctx, due, reference, common)
+        async with ctx.db.transaction() as session:  # `authority set-key`, committed from elsewhere
+            await session.execute(update(Authority).values(key_fingerprint=keys.police_renewed.fingerprint))
+        return prepared
+
+    monkeypatch.setattr(schedule_module, "_prepare_delivery", overtaken)
+
+    async def run(as_of: dt.datetime) -> dict[str, int]:
+        config = load_config(live.config_path)
+        db = create_database(config.database)
+        try:
+            ctx = Context(config, db, Keyring.private(config.gpg.home), Templates(config.gateway.templates))
+            return await run_due(ctx, as_of)
+        finally:
+            await db.close()
+            kill_agent(config.gpg.home)
+
+    assert asyncio.run(run(DELIVERY))["delivery"] == 0
+    assert [row["kind"] for row in outbox(live)] == ["disclosure"]  # the first answer only

@@ -134,7 +134,9 @@ def test_every_alert_is_pgp_mime_signed_by_the_gateway_and_verifies(
     )  # fmt: skip
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
     assert verified.returncode == 0, verified.stderr
-    assert f"VALIDSIG {live.signing_key}" in verified.stdout
+    [validsig] = [line.split() for line in verified.stdout.splitlines() if line.startswith("[GNUPG:] VALIDSIG ")]
+    assert validsig[2] == live.signing_key
+    assert validsig[9] == "8"  # SHA-256, as micalg=pgp-sha256 says
     # A forged alert (the same text, unsigned, or signed by anyone else) has no such signature to show.
     tampered = parts.signed_bytes.replace(b"quarantined", b"answered")
     (tmp_path / "signed").write_bytes(tampered)

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.authenticate import SignedParts, split_signed
 from gateway.compose import Templates
 from gateway.config import InboundSmtpSettings, SmtpSettings, load_config
 from gateway.crypto import Keyring, in_thread, kill_agent
@@ -204,7 +205,14 @@ def _show_received(envelope: Envelope, keys: Keyring, gateway_key: str) -> None:
         body = outer.get_body(preferencelist=("plain",)) if isinstance(outer, EmailMessage) else None
         text = body.get_content() if body is not None else ""
         reason = next((line for line in text.splitlines() if line.startswith("Reason:")), "")
-        print(f"     a plain alert with no register data; {reason}")
+        parts = split_signed(outer, raw) if isinstance(outer, EmailMessage) else None
+        signed = "unsigned"
+        if isinstance(parts, SignedParts):
+            status = keys.verify_detached(parts.signed_bytes, parts.signature)
+            signed = "signed by the gateway's key: " + (
+                "good" if status.good and status.primary_fingerprint == gateway_key else "NOT GOOD"
+            )
+        print(f"     an alert with no register data, not encrypted, {signed}; {reason}")
         return
     payload = list(outer.iter_parts())[1].get_payload(decode=True)
     opened = keys.decrypt(payload if isinstance(payload, bytes) else b"")

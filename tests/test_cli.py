@@ -176,6 +176,7 @@ def test_demo_runs_and_will_not_wipe_a_directory_it_did_not_make(
     # Each authority's client checks the gateway's signature with the key it imported.
     assert out.count("signature by the gateway's key: good") == 4  # three answers and the impostor notice
     assert "NOT GOOD" not in out
+    assert "an alert with no register data, not encrypted, signed by the gateway's key: good" in out  # admins too
     assert "audit trail intact" in out
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0  # a rerun starts afresh
     (tmp_path / "precious").mkdir()

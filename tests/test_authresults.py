@@ -96,6 +96,23 @@ def test_a_header_without_authserv_id_on_top_is_not_skipped_for_the_one_below() 
     assert dmarc_pass(message(MICROSOFT_365, forged), BORDER, DOMAIN) is not None
 
 
+# Microsoft 365 as a user of MimeKit found it in the wild (jstedfast/MimeKit issue #490, "Support parsing Office
+# 365 Authentication-Results", redacted there): besides no authserv-id, bare domains between the results and a
+# trailing ";", neither of which RFC 8601 allows.
+MICROSOFT_365_IN_THE_WILD = (
+    "Authentication-Results: spf=fail (sender IP is 1.1.1.1) smtp.mailfrom=eu-west-1.amazonses.com;"
+    f" recevingdomain.com; dkim=pass (signature was verified) header.d={DOMAIN};domain1.com;"
+    f" dmarc=bestguesspass action=none header.from={DOMAIN};"
+)
+
+
+def test_microsoft_365_as_found_in_the_wild_is_refused_on_top_and_ignored_below_our_border() -> None:
+    refused = dmarc_pass(message(MICROSOFT_365_IN_THE_WILD), BORDER, DOMAIN)
+    assert refused is not None
+    assert "Authentication-Results" in refused.reason
+    assert dmarc_pass(message(VENDORS["OpenDMARC"][0], MICROSOFT_365_IN_THE_WILD), BORDER, DOMAIN) is None
+
+
 def test_our_border_on_top_of_microsoft_365_is_read() -> None:
     """A border of our own, in front of the mailbox, that stamps last: its header is the one read."""
     assert dmarc_pass(message(VENDORS["OpenDMARC"][0], MICROSOFT_365), BORDER, DOMAIN) is None

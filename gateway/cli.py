@@ -7,7 +7,6 @@ import asyncio
 import csv
 import dataclasses
 import datetime as dt
-import functools
 import json
 import os
 import re
@@ -707,11 +706,11 @@ async def cmd_outbox_send(args: argparse.Namespace) -> int:
     if config.smtp is None:
         raise ConfigError(f"{config.path}: [smtp] is not configured: there is no relay to send through")
     async with _database(config) as db:
-        signer, keyring = config.gpg.signing_key, Keyring(config.gpg.home, config.gpg.binary)
+        keyring = Keyring(config.gpg.home, config.gpg.binary)
         counts = await deliver_due(
             db, smtp_transport(config.smtp), admin_address=config.gateway.admin_address,
             now=dt.datetime.now(dt.UTC), retry=RetryPolicy.of(config.smtp),
-            sign=functools.partial(keyring.sign_detached, signer=signer) if signer else None,
+            sign=keyring.signer(config.gpg.signing_key),
         )  # fmt: skip
     print(f"sent {counts['sent']}, will retry {counts['retrying']}, failed {counts['failed']}")
     return 0

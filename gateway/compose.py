@@ -17,9 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from gateway.addresses import normalise_address
+from gateway.crypto import KeyProblem
 from gateway.extracts import ExtractFile
 
 # The shipped templates (templates/ in a checkout, installed as gateway.templates); a configured directory
@@ -140,6 +142,7 @@ class Templates:
         return self._env.get_template(name).render(**values)
 
 
+log = structlog.get_logger("gateway.compose")
 _LINE = 78  # RFC 5322's "SHOULD" for a line, as the email package folds
 
 
@@ -248,18 +251,34 @@ def outer_message(
 Sign = Callable[[bytes], bytes]  # bytes in, an armoured detached OpenPGP signature (SHA-256) out
 
 
-def admin_message(headers: Sequence[tuple[str, str]], text: str, sign: Sign | None, *, unsigned_why: str = "") -> bytes:
-    """A plain notice to the admins, PGP/MIME signed (RFC 3156) by the gateway's key, never encrypted: an alert
-    that is not signed by that key did not come from the gateway. With no way to sign (`sign` None), it goes
-    unsigned and says so in its first line, with `unsigned_why`, so that no alert is lost for want of a key."""
-    if sign is None:
-        text = f"THIS ALERT IS NOT SIGNED: {unsigned_why or 'the gateway could not sign it'}\n\n{text}"
+def admin_message(headers: Sequence[tuple[str, str]], text: str, sign: Sign | None) -> bytes:
+    """A notice to the admins, PGP/MIME signed (RFC 3156) by the gateway's key, never encrypted: an alert that
+    is not signed by that key did not come from the gateway. With no way to sign (`sign` None, or gpg failing),
+    it goes unsigned and says so in its first line, so that no alert is lost for want of a key.
+
+    gpg runs on the caller's thread, the event loop's too (some 10 ms an alert): alerts are few and bounded per
+    hour, and one must not wait for a thread that a flood of requests keeps busy."""
+    if sign is not None:
+        try:
+            return _signed_admin_message(headers, text, sign)
+        except (KeyProblem, OSError, ValueError) as exc:
+            log.error("an alert could not be signed", error=type(exc).__name__)  # noqa: TRY400 - no traceback
+            text = f"THIS ALERT IS NOT SIGNED: gpg could not sign it ({type(exc).__name__})\n\n{text}"
+    else:
+        text = f"THIS ALERT IS NOT SIGNED: the gateway has no signing key ([gpg] signing_key)\n\n{text}"
+    head, part = _admin_head_and_part(headers, text)
+    return f"{head}{part}\r\n".encode("ascii")
+
+
+def _admin_head_and_part(headers: Sequence[tuple[str, str]], text: str) -> tuple[str, str]:
     # Quoted-printable and CRLF: a signed part must be 7-bit, and is signed exactly as it goes on the wire.
     body = quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), eol="\r\n").rstrip("\r\n")
     part = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
-    head = "".join(_header(name, value) for name, value in headers) + "MIME-Version: 1.0\r\n"
-    if sign is None:
-        return f"{head}{part}\r\n".encode("ascii")
+    return "".join(_header(name, value) for name, value in headers) + "MIME-Version: 1.0\r\n", part
+
+
+def _signed_admin_message(headers: Sequence[tuple[str, str]], text: str, sign: Sign) -> bytes:
+    head, part = _admin_head_and_part(headers, text)
     # The CRLF before a delimiter belongs to the delimiter: what is signed ends with the part's last character.
     signature = sign(part.encode("ascii")).rstrip(b"\r\n")
     signature_part = (

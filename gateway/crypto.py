@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
@@ -453,6 +454,10 @@ class Keyring:
             except GpgLimitExceeded as exc:
                 return SignatureStatus(False, None, None, f"the signature could not be checked: {exc}")
         return signature_status(finished.status)
+
+    def signer(self, fingerprint: str | None) -> Callable[[bytes], bytes] | None:
+        """Detached signing with this key (sign_detached), or None when there is none to sign with."""
+        return None if fingerprint is None else functools.partial(self.sign_detached, signer=fingerprint)
 
     def sign_detached(self, data: bytes, signer: str) -> bytes:
         """An armoured detached signature over exactly these bytes (what a PGP/MIME client makes)."""

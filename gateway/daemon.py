@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import hashlib
 import signal
 from collections.abc import Iterator
@@ -136,8 +135,7 @@ class Services:
         self.leadership = Leadership(ctx.db)
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()
-        signer = ctx.config.gpg.signing_key  # checked at start: the daemon does not run without it
-        self.sign = None if signer is None else functools.partial(ctx.keyring.sign_detached, signer=signer)
+        self.sign = ctx.keyring.signer(ctx.config.gpg.signing_key)  # checked at start: the daemon needs one
 
     async def handle(self, raw: bytes, source: str = "imap") -> Outcome:
         with structlog.contextvars.bound_contextvars(message=hashlib.sha256(raw).hexdigest()[:12]):

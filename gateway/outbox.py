@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import audit
 from gateway.compose import Sign, admin_message
 from gateway.config import SmtpSettings
-from gateway.crypto import KeyProblem
 from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress, OutboxMessage
 
@@ -190,10 +189,7 @@ def _failure_alert(row: OutboxMessage, error: str, admin: str, sign: Sign | None
         f"Last error: {error}\nAttempts: {row.attempts}\n\n"
         f"Nothing was sent in the clear. See `gateway outbox list`; `gateway outbox retry {row.id}` tries again.\n"
     )
-    try:
-        content = admin_message(headers, text, sign, unsigned_why="this sender was given no signing key")
-    except KeyProblem as exc:
-        content = admin_message(headers, text, None, unsigned_why=str(exc))
+    content = admin_message(headers, text, sign)
     return OutboxMessage(
         kind="alert",
         inbound_id=row.inbound_id,

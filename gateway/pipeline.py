@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import re
@@ -254,15 +253,9 @@ MAX_LABEL_BYTES = 500  # an index entry must hold it: PostgreSQL's B-tree takes 
 def _as_label(written: str) -> str:
     """A Message-ID as it is kept to tell the same message again: as written, or when long, by its digest,
     so that two long ones never share a truncated prefix, and none is too long for its index."""
-    label = storable(written.strip())
-    if len(label.encode("utf-8")) <= MAX_LABEL_BYTES:
-        return label
-    return f"sha256:{hashlib.sha256(label.encode('utf-8')).hexdigest()}"
-
-
-def storable(text: str) -> str:
-    """Attacker text a database can keep: no NUL (PostgreSQL refuses it), no other control characters."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    label = written.strip()  # made storable where every text is, on its way into the database (db.models)
+    encoded = label.encode("utf-8", "surrogateescape")
+    return label if len(encoded) <= MAX_LABEL_BYTES else f"sha256:{hashlib.sha256(encoded).hexdigest()}"
 
 
 async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
@@ -853,22 +846,8 @@ def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
         ("Auto-Submitted", "auto-generated"),
         ("Message-ID", message_id),
     ]
-    return Outgoing("alert", ctx.config.gateway.admin_address, message_id, signed_for_admins(ctx, headers, text))
-
-
-def signed_for_admins(ctx: Context, headers: list[tuple[str, str]], text: str) -> bytes:
-    """Admin mail signed by the gateway's key; unsigned, and saying why, only when that key cannot sign.
-
-    gpg runs here on the event loop, once per alert (some 10 ms): alerts are few and bounded per hour, and one
-    must not wait for a thread that a flood of requests keeps busy."""
-    signer = ctx.config.gpg.signing_key
-    if signer is None:
-        return admin_message(headers, text, None, unsigned_why="the gateway has no [gpg] signing_key")
-    try:
-        return admin_message(headers, text, functools.partial(ctx.keyring.sign_detached, signer=signer))
-    except (KeyProblem, OSError, ValueError) as exc:  # gpg failed or is gone: the alert must still go
-        log.error("an alert could not be signed", error=type(exc).__name__)  # noqa: TRY400 - no traceback in logs
-        return admin_message(headers, text, None, unsigned_why=f"gpg could not sign it ({type(exc).__name__})")
+    wire = admin_message(headers, text, ctx.keyring.signer(ctx.config.gpg.signing_key))
+    return Outgoing("alert", ctx.config.gateway.admin_address, message_id, wire)
 
 
 def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:
@@ -1039,7 +1018,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             sender=decision.sender,
             authority_id=decision.authority.id if decision.authority else None,
             outcome=decision.outcome,
-            reason=storable(decision.reason),
+            reason=decision.reason,
             reference=decision.reference,
             size=len(arrival.raw),
         )

@@ -16,16 +16,14 @@ from alembic import command
 from sqlalchemy import Connection, select, text, update
 
 from gateway import schedule as schedule_module
-from gateway.compose import Templates
 from gateway.config import DatabaseSettings, load_config
-from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import _alembic_config, create_database, head_revision, upgrade_schema
 from gateway.db.models import Authority, Subscription
 from gateway.pipeline import Context
-from gateway.schedule import run_due
 from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AdminKeys, AuthorityKeys, Gateway
 from tests.test_approvals import two_person
 from tests.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
+from tests.test_schedule import run as schedule
 
 __all__ = ["live"]  # the fixture used here, defined elsewhere
 
@@ -45,12 +43,6 @@ def asks(gateway: Gateway, address: str, body: str, name: str, at: dt.datetime =
         f"Message-ID: <{name}@{domain}>\r\n\r\n{body}"
     ).encode()
     return process(gateway, raw, f"{name}.eml", at)
-
-
-def schedule(gateway: Gateway, as_of: dt.datetime) -> dict[str, int]:
-    out = gateway.ok("schedule", "run", "--as-of", as_of.isoformat())
-    counts = out.split(": ", 1)[1].split(" (")[0]
-    return {kind: int(n) for n, kind in (part.split(" ", 1) for part in counts.split(", "))}
 
 
 def body_of(gateway: Gateway, keys: AuthorityKeys, outbox_id: object) -> str:
@@ -290,35 +282,30 @@ def test_an_authority_whose_key_cannot_be_used_is_not_told_in_plaintext(live: Ga
     assert str(details(audit_actions(live, "subscription.end")[0])["told"]).startswith("not told")
 
 
+def overtake_delivery(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """Commit `change` (an UPDATE), as another admin's command would from elsewhere, after the schedule run read
+    the subscription and while it built and sealed the delivery."""
+    building = schedule_module._prepare_delivery
+
+    async def overtaken(ctx: Context, due: Any, reference: str, common: dict[str, Any]) -> Any:
+        prepared = await building(ctx, due, reference, common)
+        async with ctx.db.transaction() as session:
+            await session.execute(change)
+        return prepared
+
+    monkeypatch.setattr(schedule_module, "_prepare_delivery", overtaken)
+
+
 def test_a_change_committed_while_a_delivery_is_being_made_stops_it(
     live: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rule is asked again where the delivery is recorded: a change that lands after the run read the
     subscription, while the extract was being built and encrypted, still stops it."""
     assert asks(live, POLICE_ADDRESS, MONTHLY, "wm")["kind"] == "answered"
-    building = schedule_module._prepare_delivery
-
-    async def overtaken(ctx: Context, due: Any, reference: str, common: dict[str, Any]) -> Any:
-        prepared = await building(ctx, due, reference, common)
-        async with ctx.db.transaction() as session:  # as another admin's change would, from elsewhere
-            await session.execute(update(Authority).values(area="Kent"))
-        return prepared
-
-    monkeypatch.setattr(schedule_module, "_prepare_delivery", overtaken)
-
-    async def run(as_of: dt.datetime) -> dict[str, int]:
-        config = load_config(live.config_path)
-        db = create_database(config.database)
-        try:
-            ctx = Context(config, db, Keyring.private(config.gpg.home), Templates(config.gateway.templates))
-            return await run_due(ctx, as_of)
-        finally:
-            await db.close()
-            kill_agent(config.gpg.home)
-
-    assert asyncio.run(run(DELIVERY))["delivery"] == 0
+    overtake_delivery(monkeypatch, update(Authority).values(area="Kent"))
+    assert schedule(live, DELIVERY)["delivery"] == 0
     assert [row["kind"] for row in outbox(live)] == ["disclosure"]  # the first answer only
-    assert asyncio.run(run(DELIVERY + dt.timedelta(hours=1)))["ended"] == 1  # and the next run ends it
+    assert schedule(live, DELIVERY + dt.timedelta(hours=1))["ended"] == 1  # and the next run ends it
 
 
 def test_a_key_replaced_while_a_delivery_is_being_sealed_stops_it(
@@ -326,25 +313,6 @@ def test_a_key_replaced_while_a_delivery_is_being_sealed_stops_it(
 ) -> None:
     """An extract sealed to a key that was replaced meanwhile (a key reported compromised) is never queued."""
     assert asks(live, POLICE_ADDRESS, MONTHLY, "wm-key")["kind"] == "answered"
-    building = schedule_module._prepare_delivery
-
-    async def overtaken(ctx: Context, due: Any, reference: str, common: dict[str, Any]) -> Any:
-        prepared = await building(ctx, due, reference, common)
-        async with ctx.db.transaction() as session:  # `authority set-key`, committed from elsewhere
-            await session.execute(update(Authority).values(key_fingerprint=keys.police_renewed.fingerprint))
-        return prepared
-
-    monkeypatch.setattr(schedule_module, "_prepare_delivery", overtaken)
-
-    async def run(as_of: dt.datetime) -> dict[str, int]:
-        config = load_config(live.config_path)
-        db = create_database(config.database)
-        try:
-            ctx = Context(config, db, Keyring.private(config.gpg.home), Templates(config.gateway.templates))
-            return await run_due(ctx, as_of)
-        finally:
-            await db.close()
-            kill_agent(config.gpg.home)
-
-    assert asyncio.run(run(DELIVERY))["delivery"] == 0
+    overtake_delivery(monkeypatch, update(Authority).values(key_fingerprint=keys.police_renewed.fingerprint))
+    assert schedule(live, DELIVERY)["delivery"] == 0
     assert [row["kind"] for row in outbox(live)] == ["disclosure"]  # the first answer only

@@ -22,15 +22,13 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway import admins, audit
-from gateway.addresses import normalise_address
-from gateway.authorities import Allowlist, AllowlistError, Change, Rehearsed, resolve_area
+from gateway.authorities import Allowlist, AllowlistError, Change, Rehearsed, addresses_of, resolve_area
 from gateway.crypto import KeyInfo, in_thread, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import PendingChange
 from gateway.errors import GatewayError
 
 STATEMENT_TITLE = "HMCI register disclosure gateway: change statement, version 1"
-KINDS = ("add", "update", "set-key", "resume", "admin-add", "admin-remove")
 ADMIN_KINDS = frozenset({"admin-add", "admin-remove"})  # always under the rule: admins exist only for it
 VERBS = {"add": "added", "update": "updated", "set-key": "new key pinned for", "resume": "resumed",
          "admin-add": "registered admin", "admin-remove": "removed admin"}  # fmt: skip
@@ -84,13 +82,6 @@ def _line(label: str, value: object) -> str:
     return f"{label}: {json.dumps(value, ensure_ascii=True)}\n"
 
 
-def _addresses(values: list[str]) -> list[str]:
-    try:
-        return [normalise_address(value) for value in values]
-    except ValueError as exc:
-        raise ApprovalError(str(exc)) from None
-
-
 def _key_lines(info: KeyInfo, expires: dt.datetime | None) -> list[str]:
     lines = [_line("key-fingerprint", info.fingerprint)]
     lines += [_line("key-user-id", uid) for uid in info.user_ids]
@@ -113,7 +104,7 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
             _line("authority-kind", args["kind"]),
             _line("area", resolve_area(args["kind"], args["area"]) or "national"),
             _line("authentication", args["auth"]),
-            *(_line("address", a) for a in _addresses(args["emails"])),
+            *(_line("address", a) for a in addresses_of(args["emails"])),
             *_key_lines(key, key.expires),
         ]
     elif proposal.kind == "update":
@@ -121,8 +112,8 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
                             ("new-authentication", "auth")):  # fmt: skip
             if args.get(name) is not None:
                 lines.append(_line(label, args[name]))
-        lines += [_line("add-address", a) for a in _addresses(args.get("add_emails") or [])]
-        lines += [_line("remove-address", a) for a in _addresses(args.get("remove_emails") or [])]
+        lines += [_line("add-address", a) for a in addresses_of(args.get("add_emails") or [])]
+        lines += [_line("remove-address", a) for a in addresses_of(args.get("remove_emails") or [])]
     elif proposal.kind == "set-key":
         assert key is not None  # noqa: S101 - a set-key always carries its key
         lines += _key_lines(key, key.expires)
@@ -349,13 +340,37 @@ def _still(row: PendingChange | None, snap: _Snapshot, change_id: int) -> Pendin
     return row
 
 
+async def to_sign(db: Database, change_id: int, *, approving: bool) -> str:
+    """The statement an admin is about to sign, once the change can take that signature (pending; for the
+    proposer, not yet signed; for approval, signed by its proposer): refused before any gpg or PIN prompt."""
+    snap = await _snapshot(db, change_id)
+    if approving:
+        _proposer_signed(snap, change_id)
+    else:
+        _not_yet_signed(snap, change_id)
+    return snap.statement
+
+
+def _not_yet_signed(snap: _Snapshot, change_id: int) -> None:
+    if snap.proposer is not None:
+        raise ApprovalError(f"change {change_id} is already signed by its proposer {snap.proposer}")
+
+
+def _proposer_signed(snap: _Snapshot, change_id: int) -> tuple[str, str]:
+    """The proposer's fingerprint and signature, or why the change cannot be approved yet."""
+    if snap.proposer is None or snap.proposer_signature is None:
+        raise ApprovalError(
+            f"change {change_id} is not signed by its proposer yet: they sign it with `gateway change sign {change_id}`"
+        )
+    return snap.proposer, snap.proposer_signature
+
+
 async def sign_proposal(
     db: Database, change_id: int, signature: bytes, *, binary: str, gateway: str, now: dt.datetime
 ) -> tuple[str, str]:
     """Record the proposer's signature over the statement; returns the proposer's fingerprint and name."""
     snap = await _snapshot(db, change_id)
-    if snap.proposer is not None:
-        raise ApprovalError(f"change {change_id} is already signed by its proposer {snap.proposer}")
+    _not_yet_signed(snap, change_id)
     await _unchanged(snap, change_id, binary=binary, gateway=gateway)
     try:
         proposer = await admins.verify(snap.statement, signature, snap.keys, binary)
@@ -384,26 +399,23 @@ async def approve(
 ) -> tuple[Proposal, Change]:
     """Check both signatures against the admins' keys, proposer and approver different, then apply the change."""
     snap = await _snapshot(db, change_id)
-    if snap.proposer is None or snap.proposer_signature is None:
-        raise ApprovalError(
-            f"change {change_id} is not signed by its proposer yet: they sign it with `gateway change sign {change_id}`"
-        )
+    proposer, proposer_signature = _proposer_signed(snap, change_id)
     await _unchanged(snap, change_id, binary=binary, gateway=gateway)
     try:  # again now: the proposer's key may have been revoked, or the proposer removed, since
-        checked = await admins.verify(snap.statement, snap.proposer_signature.encode("ascii"), snap.keys, binary)
+        checked = await admins.verify(snap.statement, proposer_signature.encode("ascii"), snap.keys, binary)
     except admins.AdminError as exc:
         raise ApprovalError(f"change {change_id}'s proposer signature no longer holds: {exc}") from None
-    if checked != snap.proposer:
-        raise ApprovalError(f"change {change_id}'s proposer signature is by {checked}, not {snap.proposer}")
+    if checked != proposer:
+        raise ApprovalError(f"change {change_id}'s proposer signature is by {checked}, not {proposer}")
     try:
         approver = await admins.verify(snap.statement, signature, snap.keys, binary)
     except admins.AdminError as exc:
         raise ApprovalError(f"change {change_id} not approved: {exc}") from None
-    if approver == snap.proposer:
+    if approver == proposer:
         raise ApprovalError(
             f"change {change_id} was proposed with admin key {approver}: a different admin's key must approve it"
         )
-    approval = Approval(snap.proposer, approver)
+    approval = Approval(proposer, approver)
     async with db.transaction() as session:
         row = _still(await session.get(PendingChange, change_id), snap, change_id)
         row.status, row.decided_by, row.decided_at = "approved", f"admin {approver}", now

@@ -127,7 +127,8 @@ def resolve_area(kind: str, area: str | None) -> str | None:
     return la.name
 
 
-def _addresses(emails: Iterable[str]) -> list[str]:
+def addresses_of(emails: Iterable[str]) -> list[str]:
+    """The addresses as stored: normalised (AllowlistError if one is not an address), each once."""
     found: list[str] = []
     for email in emails:
         try:
@@ -302,7 +303,7 @@ class Allowlist:
         if auth_policy not in AUTH_POLICIES:
             raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
         canonical_area = resolve_area(kind, area)
-        addresses = _addresses(emails)
+        addresses = addresses_of(emails)
         if not addresses:
             raise UsageError("give at least one --email")
         pinned: list[str] = []
@@ -373,7 +374,7 @@ class Allowlist:
                 row.area = resolve_area(row.kind, area)
             if auth_policy is not None:
                 row.auth_policy = auth_policy
-            await self._change_addresses(session, row, _addresses(add_emails), _addresses(remove_emails))
+            await self._change_addresses(session, row, addresses_of(add_emails), addresses_of(remove_emails))
             after = AuthorityView.of(row)
             changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
             if not changed:

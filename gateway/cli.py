@@ -502,23 +502,26 @@ async def cmd_change_show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _to_sign(args: argparse.Namespace, config: Config, *, approving: bool) -> str:
+    """The statement, checked ready for this signature; shown before the admin's own gpg signs it."""
+    async with _database(config) as db:
+        statement = await approvals.to_sign(db, args.id, approving=approving)
+    if _wants_signing(args) and sys.stderr.isatty():
+        # For the person whose gpg (pinentry, smartcard) is about to sign; stdout keeps saying what was done.
+        print(f"change {args.id} reads, as you are about to sign it:\n\n{statement}", file=sys.stderr)
+    return statement
+
+
 async def cmd_change_sign(args: argparse.Namespace) -> int:
     config = _config(args)
-    async with _database(config) as db:
-        shown = await approvals.show(db, args.id)
-    if shown.statement is None:
-        raise approvals.ApprovalError(f"change {args.id} has no statement to sign: propose it again")
-    await _sign_proposal(args, config, args.id, shown.statement)
+    await _sign_proposal(args, config, args.id, await _to_sign(args, config, approving=False))
     return 0
 
 
 async def cmd_change_approve(args: argparse.Namespace) -> int:
     config = _config(args)
-    async with _database(config) as db:
-        shown = await approvals.show(db, args.id)
-    if shown.statement is None:
-        raise approvals.ApprovalError(f"change {args.id} has no statement to sign: it was {shown.change.status}")
-    signature = await asyncio.to_thread(_signature, args, shown.statement, config.gpg.binary)
+    statement = await _to_sign(args, config, approving=True)
+    signature = await asyncio.to_thread(_signature, args, statement, config.gpg.binary)
     async with _allowlist(args) as allowlist:
 
         async def make(proposal: approvals.Proposal, approval: approvals.Approval) -> Change:

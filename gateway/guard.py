@@ -154,20 +154,20 @@ def _mime_field_sizes(raw: bytes) -> Iterator[int]:
     """The size of each Content-* field at the start of any line, continuation lines included: the message's
     own and every part's, told apart from nothing else. Found with bytes.find, each byte looked at a few times."""
     text = _LINE_END.sub(b"\n", raw.lower())  # a line end counts one byte: the bounds are the parser's work
-    at = 0 if text.startswith(b"content-") else text.find(b"\ncontent-") + 1
-    while at > 0 or (at == 0 and text.startswith(b"content-")):
-        end = at
-        while True:
-            end = text.find(b"\n", end)
-            if end < 0 or text[end + 1 : end + 2] not in (b" ", b"\t"):
-                break
-            end += 1
+    start = 0 if text.startswith(b"content-") else _next_mime_field(text, 0)
+    while start is not None:
+        end = text.find(b"\n", start)
+        while end >= 0 and text[end + 1 : end + 2] in (b" ", b"\t"):  # a continuation line: the same field
+            end = text.find(b"\n", end + 1)
         end = len(text) if end < 0 else end
-        if _FIELD_NAME.match(text, at + 8, end):
-            yield end - at
-        at = text.find(b"\ncontent-", end) + 1 if end < len(text) else 0
-        if at == 0:
-            break
+        if _FIELD_NAME.match(text, start + 8, end):
+            yield end - start
+        start = _next_mime_field(text, end)
+
+
+def _next_mime_field(text: bytes, after: int) -> int | None:
+    found = text.find(b"\ncontent-", after)
+    return None if found < 0 else found + 1
 
 
 def _count(pattern: re.Pattern[bytes], raw: bytes, enough: int) -> int:

@@ -75,15 +75,19 @@ def _prepare(directory: Path) -> None:
         # Only ever wipe a directory this command made, never one a user pointed at by mistake.
         if not (directory / MARKER).exists():
             raise GatewayError(f"{directory} exists and was not made by `gateway demo`: choose another --dir")
-        kill_agent(directory / "gnupg")
-        for home in ("authority-keys", *ADMIN_HOMES):
-            kill_agent(directory / home)
+        _kill_agents(directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("made by `gateway demo`; deleted and remade by the next run\n")
 
 
 ADMIN_HOMES = ("admin-alice", "admin-bob")  # each admin's own GnuPG home, as on their own machine
+
+
+def _kill_agents(directory: Path) -> None:
+    """The gpg-agents of every GnuPG home the demo makes: the gateway's, the authorities', the admins'."""
+    for home in ("gnupg", "authority-keys", *ADMIN_HOMES):
+        kill_agent(directory / home)
 
 
 def _admin_keys(directory: Path) -> list[str]:
@@ -330,8 +334,7 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
         await step("outbox", "list")
         await step("audit", "verify")
     finally:
-        for home in ("gnupg", "authority-keys", *ADMIN_HOMES):
-            kill_agent(directory / home)
+        _kill_agents(directory)
     print(f"\nThe demo gateway lives in {directory}. Try:")
     print(f"  gateway --config {config} audit list")
     return 0

@@ -241,14 +241,18 @@ class _NoLongerAllowed(Exception):  # not an error: how _record undoes a deliver
     pass
 
 
+async def _as_now(session: AsyncSession, sub: Subscription) -> tuple[Subscription | None, Authority | None]:
+    """The subscription and its authority (with its addresses) as they are now, under the caller's lock."""
+    query = select(Authority).where(Authority.id == sub.authority_id).options(selectinload(Authority.addresses))
+    return await session.get(Subscription, sub.id), (await session.execute(query)).scalar()
+
+
 async def _still_due(session: AsyncSession, due: Due) -> None:
     """Asked again under the write lock, at the moment of recording: an allowlist change committed since the
     run read the subscription (a new area, a removed address, a suspension) stops what it no longer allows."""
     if due.kind not in SUBSCRIPTION_KINDS:
         return  # the admins' own notices
-    sub = await session.get(Subscription, due.subscription.id)
-    query = select(Authority).where(Authority.id == due.subscription.authority_id)
-    authority = (await session.execute(query.options(selectinload(Authority.addresses)))).scalar()
+    sub, authority = await _as_now(session, due.subscription)
     if sub is None or authority is None or sub.status != "active" or authority.status != "active":
         raise _NoLongerAllowed
     if isinstance(still_allowed(authority, sub), ScopeRefusal):
@@ -325,9 +329,7 @@ async def _end(ctx: Context, sub: Subscription, why: str, as_of: dt.datetime) ->
     """A subscription its authority's registration no longer allows ends, with notice, alert and audit;
     asked again under the write lock, so a run racing another, or an admin's change, ends it once."""
     async with ctx.db.transaction() as session:
-        row = await session.get(Subscription, sub.id)
-        query = select(Authority).where(Authority.id == sub.authority_id).options(selectinload(Authority.addresses))
-        authority = (await session.execute(query)).scalar()
+        row, authority = await _as_now(session, sub)
         if row is None or authority is None or row.status != "active":
             return 0
         verdict = still_allowed(authority, row)

@@ -34,12 +34,13 @@ from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
 from gateway.logs import configure as configure_logs
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
-from gateway.pipeline import Context, process
+from gateway.pipeline import process
 from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
 from gateway.schedule import next_events, run_due
 from gateway.subscriptions import change_by_hand, history
+from gateway.values import Context, OutcomeKind
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -843,7 +844,7 @@ async def cmd_quarantine_release(args: argparse.Namespace) -> int:
     config = _config(args)
     async with _pipeline(config) as ctx:
         outcome = await quarantine.release(ctx, args.id, actor=args.actor)
-    if outcome.kind == "quarantined":
+    if outcome.kind == OutcomeKind.QUARANTINED:
         raise GatewayError(f"message {args.id} {outcome.reason}")
     reference = f" (reference {outcome.reference})" if outcome.reference else ""
     print(f"message {args.id} released: {outcome.kind}: {outcome.reason}{reference}")

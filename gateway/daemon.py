@@ -26,8 +26,9 @@ from gateway.errors import ConfigError
 from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
-from gateway.pipeline import Context, Outcome, process
+from gateway.pipeline import process
 from gateway.schedule import run_due
+from gateway.values import Context, Outcome
 
 log = structlog.get_logger("gateway.daemon")
 

@@ -26,7 +26,8 @@ from gateway.db.engine import create_database
 from gateway.errors import GatewayError
 from gateway.listener import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
-from gateway.pipeline import Context, Outcome, process
+from gateway.pipeline import process
+from gateway.values import Context, Outcome
 
 MARKER = ".gateway-demo"
 GATEWAY_ADDRESS = "register-requests@hmci.example"

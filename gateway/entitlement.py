@@ -14,8 +14,9 @@ from gateway.compose import new_reference
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.outbox import enqueue
-from gateway.pipeline import Context, admin_notice, encrypted_notice
+from gateway.pipeline import admin_notice, encrypted_notice
 from gateway.scope import Scope, ScopeRefusal, entitled
+from gateway.values import Context
 
 ENDED = "ended"
 

@@ -16,7 +16,8 @@ from gateway.compose import new_reference
 from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority, KeyNotice
 from gateway.outbox import enqueue
-from gateway.pipeline import GATEWAY_ACTOR, Context, Outgoing, admin_notice, encrypted_notice
+from gateway.pipeline import admin_notice, encrypted_notice
+from gateway.values import GATEWAY_ACTOR, Context, Outgoing
 
 NOTICE_DAYS = 30
 GATEWAY_HOLDER = "gateway"

@@ -24,7 +24,7 @@ from gateway import metrics
 from gateway.config import ImapSettings
 from gateway.db.engine import SIDE_BY_SIDE, Database
 from gateway.db.models import InboundMessage, MailboxClaim, MailboxProgress, QuarantinedMessage
-from gateway.pipeline import Outcome
+from gateway.values import Outcome, OutcomeKind
 
 log = logging.getLogger("gateway.mailbox")
 
@@ -78,7 +78,8 @@ class Folders:
         return cls(settings.folder, settings.processed_folder, settings.rejected_folder, settings.quarantine_folder)
 
     def for_outcome(self, settled_as: str) -> str:
-        return {"rejected": self.rejected, "quarantined": self.quarantine}.get(settled_as, self.processed)
+        folders: dict[str, str] = {OutcomeKind.REJECTED: self.rejected, OutcomeKind.QUARANTINED: self.quarantine}
+        return folders.get(settled_as, self.processed)
 
 
 def _text(lines: list[Any]) -> str:
@@ -307,7 +308,7 @@ class Watcher:
         """Each settled message to its outcome's folder: one move per folder."""
         by_folder: dict[str, list[int]] = {}
         for uid, (settled_as, inbound_id) in sorted(settled.items()):
-            if settled_as == "quarantined" and inbound_id is not None:
+            if settled_as == OutcomeKind.QUARANTINED and inbound_id is not None:
                 # Labelled with its record, so a release or discard later finds it in the Quarantine folder. A
                 # server that refuses keywords still gets it filed: a person then moves it by hand.
                 labelled = await self._timed(client.uid("store", str(uid), "+FLAGS.SILENT", f"({label(inbound_id)})"))
@@ -328,7 +329,7 @@ class Watcher:
                     .join(InboundMessage, InboundMessage.id == MailboxProgress.inbound_id)
                     .where(
                         MailboxProgress.folder == self.folders.inbox,
-                        MailboxProgress.settled_as == "quarantined",
+                        MailboxProgress.settled_as == OutcomeKind.QUARANTINED,
                         MailboxProgress.moved.is_(True),
                         QuarantinedMessage.status != "held",
                     )
@@ -340,7 +341,7 @@ class Watcher:
         try:
             for progress, status, outcome in rows:
                 # A discarded message goes where unanswered mail goes; a released one where its new outcome does.
-                settled = "rejected" if status == "discarded" else outcome
+                settled = OutcomeKind.REJECTED if status == "discarded" else outcome
                 found = await self._ok(client.uid_search(f"KEYWORD {label(progress.inbound_id or 0)}"), "UID SEARCH")
                 uids = [int(word) for word in _text(found.lines).split() if word.isdigit()]
                 if uids:

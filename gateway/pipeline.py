@@ -8,8 +8,6 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -27,16 +25,13 @@ from gateway import audit, metrics, shown
 from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
 from gateway.compose import (
     Envelope,
-    Templates,
     admin_message,
     header_text,
     inner_message,
     new_reference,
     outer_message,
 )
-from gateway.config import Config
-from gateway.crypto import KeyProblem, Keyring, SignatureStatus, in_thread
-from gateway.db.engine import Database
+from gateway.crypto import KeyProblem, SignatureStatus, in_thread
 from gateway.db.models import (
     Authority,
     AuthorityAddress,
@@ -65,96 +60,19 @@ from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
 from gateway.subscriptions import SubscriptionChange, review_date, snapshot
+from gateway.values import (
+    GATEWAY_ACTOR,
+    Arrival,
+    Asker,
+    Context,
+    Decision,
+    DisclosureFacts,
+    Outcome,
+    OutcomeKind,
+    Outgoing,
+)
 
-# The few outcomes a message can have (STYLE.md): answered with data, refused with reasons, rejected without
-# a word, quarantined for a person to look at; a message seen before is a duplicate and changes nothing.
-ANSWERED, REFUSED, REJECTED, QUARANTINED, DUPLICATE = "answered", "refused", "rejected", "quarantined", "duplicate"
-GATEWAY_ACTOR = "gateway"
 log = structlog.get_logger("gateway.pipeline")
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the pipeline works with; built once at start (daemon) or per command (`gateway process`)."""
-
-    config: Config
-    db: Database
-    keyring: Keyring
-    templates: Templates
-    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
-
-
-@dataclass(frozen=True)
-class Arrival:
-    raw: bytes
-    sha256: str
-    message_id: str | None
-    source: str
-    received_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    kind: str  # disclosure, refusal or alert
-    recipient: str
-    message_id: str
-    content: bytes
-
-    def queued(self) -> dict[str, Any]:
-        """What `outbox.enqueue` needs to know of it."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class DisclosureFacts:
-    """What DPA 2018 s.62 asks to be logged of a disclosure, besides when and to which outgoing message."""
-
-    reference: str
-    authority_name: str
-    recipient: str
-    key_fingerprint: str
-    area: str
-    purpose: str
-    home_count: int
-    enforcement_count: int
-    extract_sha256: str
-    marking: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    outcome: str
-    reason: str
-    sender: str | None = None
-    authority: Authority | None = None
-    reference: str | None = None
-    outgoing: tuple[Outgoing, ...] = ()
-    disclosure: DisclosureFacts | None = None
-    subscription: SubscriptionChange | None = None
-    notices: tuple[tuple[str, str], ...] = ()  # (kind, key) of notices sent at most once, recorded with it
-    signature: SignatureStatus | None = None  # the signature that authenticated the request, never to be used again
-
-
-@dataclass(frozen=True)
-class Asker:
-    """An authenticated request's origin: the message, the authority, the registered address it came from."""
-
-    message: EmailMessage
-    authority: Authority
-    sender: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str
-    reason: str
-    inbound_id: int
-    reference: str | None = None
-    settled_as: str = ""  # the outcome that decides where the message is filed: a duplicate's is its original's
-
-    def __post_init__(self) -> None:
-        if not self.settled_as:
-            object.__setattr__(self, "settled_as", self.kind)
 
 
 async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
@@ -168,7 +86,7 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     except Exception as exc:
         reason = f"processing failed ({type(exc).__name__}); kept for a person to look at"
         log.error("message could not be decided", error=type(exc).__name__, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback: its text could quote the message or register data
-        decision = alert(ctx, arrival, Decision(QUARANTINED, reason))
+        decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason))
     # A failure to record is not an outcome: it propagates, and the message is tried again later; unless it
     # fails the same way, not an outage, again and again (RECORD_TRIES): then it is set aside for a person.
     try:
@@ -226,7 +144,7 @@ async def set_aside(ctx: Context, arrival: Arrival, error: str) -> Outcome:
         "nothing was sent; kept for a person to look at"
     )
     bare = dataclasses.replace(arrival, message_id=None)  # a value the sender chose may be what cannot be stored
-    return await record(ctx, bare, alert(ctx, bare, Decision(QUARANTINED, reason)))
+    return await record(ctx, bare, alert(ctx, bare, Decision(OutcomeKind.QUARANTINED, reason)))
 
 
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
@@ -264,7 +182,11 @@ async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
     if row is None:
         return None
     return Outcome(
-        DUPLICATE, f"already processed as message {row.id} ({row.outcome})", row.id, row.reference, row.outcome
+        OutcomeKind.DUPLICATE,
+        f"already processed as message {row.id} ({row.outcome})",
+        row.id,
+        row.reference,
+        row.outcome,
     )
 
 
@@ -272,16 +194,16 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     """Who sent it, may they ask, what did they ask, may they have it; then the answer, built but not yet sent."""
     unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
     if unparsable is not None:
-        return alert(ctx, arrival, Decision(QUARANTINED, unparsable))
+        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, unparsable))
     message = message_from_bytes(arrival.raw, policy=read_policy())
     if not isinstance(message, EmailMessage):
-        return Decision(QUARANTINED, "the message could not be parsed")
+        return Decision(OutcomeKind.QUARANTINED, "the message could not be parsed")
     unreadable = unreadable_headers(message)  # the parser itself fails on some (From: x <a@)
     if unreadable is not None:
-        return alert(ctx, arrival, Decision(QUARANTINED, unreadable))
+        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, unreadable))
     automatic = automatic_mail(message)  # RFC 3834: never answer a machine
     if automatic is not None:
-        return Decision(REJECTED, f"automatic mail is never answered ({automatic})")
+        return Decision(OutcomeKind.REJECTED, f"automatic mail is never answered ({automatic})")
     sender = sender_of(message)  # exactly one From mailbox, no defects
     if isinstance(sender, Refused):  # a From built to be read one way by people and another by software
         return await impostor(ctx, arrival, message, sender.reason, None)
@@ -292,9 +214,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         if found:  # a registered address shown, or imitated
             why = f"{sender} is not a registered address"
             return await impostor(ctx, arrival, message, why, sender, registered=registered, found=found)
-        return Decision(REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
+        return Decision(OutcomeKind.REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
-        return Decision(REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
+        return Decision(OutcomeKind.REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
     suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival, releasing)
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
@@ -309,7 +231,7 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
             return await impostor(ctx, arrival, message, stale, sender, authority)
         replayed = await replayed_signature(ctx, signature, releasing)  # the same signature, acted on before
         if replayed is not None:
-            return alert(ctx, arrival, Decision(QUARANTINED, replayed, sender, authority))
+            return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, replayed, sender, authority))
     decision = await answer(ctx, arrival, Asker(message, authority, sender), authentic, releasing=releasing)
     return dataclasses.replace(decision, signature=signature)  # recorded with it: no second use
 
@@ -373,7 +295,9 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
     reason = "; ".join([why, *(claim.describe() for claim in found)])
     ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
     authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
-    decision = alert(ctx, arrival, Decision(QUARANTINED, reason, sender, authority or next(iter(authorities), None)))
+    decision = alert(
+        ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority or next(iter(authorities), None))
+    )
     told: list[Outgoing] = []
     for named in authorities:
         if await _sent_lately(ctx, named, ("impostor-notice",), dt.timedelta(days=1)) >= (
@@ -515,7 +439,9 @@ async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision
     if await _sent_lately(ctx, asker.authority, ANSWERS, dt.timedelta(days=1)) < limit:
         return None
     decision = alert(
-        ctx, arrival, Decision(QUARANTINED, _over_limit(ctx, asker.authority), asker.sender, asker.authority)
+        ctx,
+        arrival,
+        Decision(OutcomeKind.QUARANTINED, _over_limit(ctx, asker.authority), asker.sender, asker.authority),
     )
     key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
     async with ctx.db.transaction(write=False) as session:
@@ -726,10 +652,12 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
         wire = await encrypted_reply(ctx, envelope, text, authority)
     except KeyProblem as exc:
         return alert(
-            ctx, arrival, Decision(QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority)
+            ctx,
+            arrival,
+            Decision(OutcomeKind.QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority),
         )
     reply = Outgoing("refusal", sender, message_id_of(wire), wire)
-    return Decision(REFUSED, reason, sender, authority, reference, (reply,))
+    return Decision(OutcomeKind.REFUSED, reason, sender, authority, reference, (reply,))
 
 
 async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
@@ -768,10 +696,10 @@ async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Req
         wire = await encrypted_reply(ctx, envelope, text, asker.authority)
     except KeyProblem as exc:
         reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
-        return alert(ctx, arrival, Decision(QUARANTINED, reason, asker.sender, asker.authority))
+        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, asker.sender, asker.authority))
     reply = Outgoing("acknowledgement", asker.sender, message_id_of(wire), wire)
     reason = f"subscription {current.id} for {scope.description}: {request.kind}"
-    return Decision(ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
+    return Decision(OutcomeKind.ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
 
 
 async def disclose(
@@ -803,7 +731,7 @@ async def disclose(
     try:
         wire = await encrypted_reply(ctx, envelope, text, authority, extract.files)
     except KeyProblem as exc:
-        return alert(ctx, arrival, Decision(QUARANTINED, f"no data sent: {exc}", sender, authority))
+        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, f"no data sent: {exc}", sender, authority))
     if change is not None and change.action == "create":
         change = dataclasses.replace(change, snapshot=json.dumps(snapshot(homes, actions)))
     facts = DisclosureFacts(
@@ -820,7 +748,7 @@ async def disclose(
     )
     reply = Outgoing("disclosure", sender, message_id_of(wire), wire)
     reason = f"{extract.home_count} homes of {scope.description} disclosed"
-    return Decision(ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
+    return Decision(OutcomeKind.ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
 
 
 def _subscription_note(change: SubscriptionChange | None) -> str | None:
@@ -891,8 +819,10 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
     recorded in its own right but never answered twice."""
     earlier = await _earlier_signature(session, decision.signature) if decision.signature else None
     if earlier is not None:  # a copy decided side by side with the first: one of them only is acted on
-        return alert(ctx, arrival, Decision(QUARANTINED, _replay_of(earlier), decision.sender, decision.authority))
-    if arrival.message_id is None or decision.outcome not in (ANSWERED, REFUSED):
+        return alert(
+            ctx, arrival, Decision(OutcomeKind.QUARANTINED, _replay_of(earlier), decision.sender, decision.authority)
+        )
+    if arrival.message_id is None or decision.outcome not in (OutcomeKind.ANSWERED, OutcomeKind.REFUSED):
         return decision  # nothing would be answered, or decide() saw the replay already
     earlier = await _earlier_with(session, arrival.message_id)
     if earlier is None:
@@ -901,7 +831,7 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
         f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: "
         "a replay, not answered"
     )
-    return alert(ctx, arrival, Decision(QUARANTINED, reason, decision.sender, decision.authority))
+    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, decision.sender, decision.authority))
 
 
 async def _notices_within_limit(ctx: Context, session: Any, decision: Decision) -> Decision:
@@ -929,7 +859,9 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     sent = await _count_sent(session, [a.address for a in authority.addresses], ANSWERS, since)
     if sent < ctx.config.limits.answers_per_day:
         return decision
-    return alert(ctx, arrival, Decision(QUARANTINED, _over_limit(ctx, authority), decision.sender, authority))
+    return alert(
+        ctx, arrival, Decision(OutcomeKind.QUARANTINED, _over_limit(ctx, authority), decision.sender, authority)
+    )
 
 
 async def _apply_subscription(
@@ -1001,7 +933,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         ).scalar()
         if existing is not None:
             return Outcome(
-                DUPLICATE,
+                OutcomeKind.DUPLICATE,
                 f"already processed as message {existing.id}",
                 existing.id,
                 existing.reference,
@@ -1024,7 +956,7 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
         )
         session.add(inbound)
         await session.flush()
-        if decision.outcome == QUARANTINED:  # kept whole, for a person to read, release or discard
+        if decision.outcome == OutcomeKind.QUARANTINED:  # kept whole, for a person to read, release or discard
             session.add(QuarantinedMessage(inbound_id=inbound.id, content=arrival.raw, status="held"))
         await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
     if decision.disclosure is not None:

@@ -13,7 +13,8 @@ from gateway import audit, metrics
 from gateway.db.models import Authority, InboundMessage, OutboxMessage, QuarantinedMessage
 from gateway.errors import GatewayError
 from gateway.lookalike import decoded
-from gateway.pipeline import QUARANTINED, Arrival, Context, Outcome, commit_decision, decide
+from gateway.pipeline import commit_decision, decide
+from gateway.values import Arrival, Context, Outcome, OutcomeKind
 
 SHOWN_HEADERS = ("From", "Sender", "To", "Subject", "Date", "Message-ID", "Authentication-Results", "Received")
 
@@ -116,12 +117,12 @@ async def release(ctx: Context, inbound_id: int, *, actor: str) -> Outcome:
     now = ctx.clock()
     async with ctx.db.transaction() as session:
         held, inbound = await _held(session, inbound_id)  # again, under the lock: one release only
-        if decision.outcome == QUARANTINED:
+        if decision.outcome == OutcomeKind.QUARANTINED:
             await audit.record(
                 session, actor=actor, action="quarantine.release-refused", subject=f"message {inbound_id}",
                 details={"reason": decision.reason}, now=now,
             )  # fmt: skip
-            return Outcome(QUARANTINED, f"still quarantined: {decision.reason}", inbound_id)
+            return Outcome(OutcomeKind.QUARANTINED, f"still quarantined: {decision.reason}", inbound_id)
         before = inbound.outcome
         inbound.outcome, inbound.reason, inbound.reference = decision.outcome, decision.reason, decision.reference
         inbound.sender = decision.sender

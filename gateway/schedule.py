@@ -25,17 +25,10 @@ from gateway.entitlement import Ending, end, still_allowed
 from gateway.extracts import ExtractFile, build_extract, defuse
 from gateway.keywatch import check_keys
 from gateway.outbox import enqueue
-from gateway.pipeline import (
-    GATEWAY_ACTOR,
-    Context,
-    admin_notice,
-    encrypted_reply,
-    message_id_of,
-    reply_values,
-    summarise_held_alerts,
-)
+from gateway.pipeline import admin_notice, encrypted_reply, message_id_of, reply_values, summarise_held_alerts
 from gateway.scope import Scope, ScopeRefusal, disclosable
 from gateway.subscriptions import snapshot
+from gateway.values import GATEWAY_ACTOR, Context
 
 # ---------------------------------------------------------------- when
 

@@ -41,7 +41,8 @@ from gateway.config import Config, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database
 from gateway.db.models import Disclosure, InboundMessage, OutboxMessage
-from gateway.pipeline import Context, Outcome, process
+from gateway.pipeline import process
+from gateway.values import Context, Outcome
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS, AuthorityKeys, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
 

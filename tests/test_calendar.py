@@ -14,9 +14,9 @@ from gateway.config import ScheduleSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
-from gateway.pipeline import Context
 from gateway.schedule import delivery_instant, run_due
 from gateway.subscriptions import add_months, review_date
+from gateway.values import Context
 from tests.conftest import POLICE_ADDRESS, Gateway
 from tests.test_schedule import walker
 

@@ -23,7 +23,7 @@ from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Subscription
 from gateway.outbox import ROUND
-from gateway.pipeline import Context
+from gateway.values import Context
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_outbox import Relay, daemon_settings, plain_relay, queue, serve

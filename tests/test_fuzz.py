@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 
 from gateway.config import load_config
 from gateway.db.engine import Database, create_database
-from gateway.pipeline import Context, process
+from gateway.pipeline import process
+from gateway.values import Context
 from tests.conftest import POSTGRES_ENV, AuthorityKeys, Gateway
 from tests.hostile_corpus import (
     ANSWERED,

@@ -23,7 +23,8 @@ import pytest
 
 from gateway.config import load_config
 from gateway.db.engine import create_database
-from gateway.pipeline import Outcome, process
+from gateway.pipeline import process
+from gateway.values import Outcome, OutcomeKind
 from tests.conftest import AuthorityKeys, Gateway
 from tests.hostile_corpus import (
     FILES,
@@ -107,7 +108,10 @@ def judge(case: Heavy, raw: bytes, report: dict[str, object], left: Left, police
         return [str(report["error"])]
     kind, reason, inbound_id = str(report["kind"]), str(report["reason"]), int(str(report["inbound_id"]))
     found = problems(
-        Outcome(kind, reason, inbound_id, settled_as=str(report["settled_as"])), left, case.expect, police_key
+        Outcome(OutcomeKind(kind), reason, inbound_id, settled_as=str(report["settled_as"])),
+        left,
+        case.expect,
+        police_key,
     )
     seconds, memory = float(str(report["seconds"])), float(str(report["memory_mib"]))
     print(f"{case.name}: {len(raw)} bytes, {kind} in {seconds:.2f} s, memory +{memory:.0f} MiB ({reason[:120]})")

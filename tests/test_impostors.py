@@ -15,7 +15,7 @@ from gateway.compose import Templates
 from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
-from gateway.pipeline import Context
+from gateway.values import Context
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_authenticate import BORDER, FROM_POLICE, REQUEST, signed_message

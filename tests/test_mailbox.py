@@ -18,7 +18,8 @@ from gateway.config import ImapSettings, Secret, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database
 from gateway.mailbox import Watcher
-from gateway.pipeline import Context, Outcome, process
+from gateway.pipeline import process
+from gateway.values import Context, Outcome
 from tests.conftest import GATEWAY_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server, start_dovecot
 from tests.test_authenticate import FROM_POLICE, REQUEST

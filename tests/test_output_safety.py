@@ -40,10 +40,11 @@ from gateway.extracts import ENFORCEMENT_EXTRACT_COLUMNS, HOME_EXTRACT_COLUMNS, 
 from gateway.listener import start_listener
 from gateway.logs import configure as configure_logs
 from gateway.outbox import deliver_due, smtp_transport
-from gateway.pipeline import Context, _reply_envelope
+from gateway.pipeline import _reply_envelope
 from gateway.sample import write_sample
 from gateway.schedule import Changes, delivery_instant
 from gateway.subscriptions import add_months
+from gateway.values import Context
 from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server, free_port
 from tests.test_authenticate import FROM_POLICE, REQUEST

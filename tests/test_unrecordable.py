@@ -26,7 +26,7 @@ from gateway.db.models import (
     SpooledMessage,
 )
 from gateway.listener import drain_spool
-from gateway.pipeline import Context
+from gateway.values import Context
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
 from tests.test_pipeline import live, outbox, process, request_from_police
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.authenticate import dmarc_pass, sender_of
 from gateway.config import LimitSettings
-from gateway.guard import read_policy, sender_header_problem, too_big
+from gateway.guard import automatic_mail, read_policy, sender_header_problem, too_big, unreadable_headers
 from gateway.lookalike import claims
-from gateway.pipeline import arrive, automatic_mail, unreadable_headers
+from gateway.pipeline import arrive
 
 HEADER_LIMIT = 256 * 1024
 POLICE = "police@westmercia.police.example"

@@ -1,9 +1,10 @@
-"""Checks that need no database and no gpg: what is too big to parse, headers that contradict From, stale
-or future-dated signatures. Each returns why a message is suspect, or None."""
+"""Checks that need no database and no gpg: what is too big to parse, headers that will not parse or that
+contradict From, a machine's mail, stale or future-dated signatures. Each returns why, or None."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterator
 from email.headerregistry import AddressHeader, HeaderRegistry
@@ -210,4 +211,53 @@ def signature_age_problem(signed_at: dt.datetime | None, received: dt.datetime, 
         )
     if signed_at > received + dt.timedelta(minutes=limits.signature_future_minutes):
         return f"the signature is dated {signed_at:%Y-%m-%d %H:%M} UTC, in the future"
+    return None
+
+
+MAX_LABEL_BYTES = 500  # an index entry must hold it: PostgreSQL's B-tree takes some 2,700 bytes at most
+
+
+def message_id_label(written: str) -> str:
+    """A Message-ID as it is kept to tell the same message again: as written, or when long, by its digest,
+    so that two long ones never share a truncated prefix, and none is too long for its index."""
+    label = written.strip()  # made storable where every text is, on its way into the database (db.models)
+    encoded = label.encode("utf-8", "surrogateescape")
+    return label if len(encoded) <= MAX_LABEL_BYTES else f"sha256:{hashlib.sha256(encoded).hexdigest()}"
+
+
+def unreadable_headers(message: EmailMessage) -> str | None:
+    """Why the headers the gateway reads cannot even be parsed, if they cannot."""
+    # Message-ID and References are read defensively where they are used: a request is not refused for them.
+    # Authentication-Results is never given to the parser (gateway.authresults reads it as written).
+    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Auto-Submitted", "Return-Path", "Precedence",
+                 "Content-Type"):  # fmt: skip
+        try:
+            for value in message.get_all(name) or []:
+                str(value)
+                getattr(value, "addresses", None)
+        except Exception as exc:  # the parser's own bugs: IndexError, ValueError, ...
+            return f"the {name} header cannot be parsed ({type(exc).__name__})"
+    return None
+
+
+def automatic_mail(message: EmailMessage) -> str | None:  # noqa: PLR0911 - one return per sign of a machine
+    """Why a message is a machine's (RFC 3834), if it is: such mail is never answered."""
+    auto = str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {shown.token(auto)}"
+    return_path = message.get("Return-Path")
+    if return_path is not None and str(return_path).strip() in ("<>", ""):
+        return "null return path"
+    precedence = str(message.get("Precedence", "")).strip().lower()
+    if precedence in ("bulk", "list", "junk"):
+        return f"Precedence: {precedence}"
+    if any(name.lower().startswith("list-") for name in message):
+        return "mailing list traffic"
+    if message.get_content_type() == "multipart/report":
+        return "a delivery or disposition report"
+    for name in ("From", "Sender"):
+        for value in message.get_all(name) or []:
+            mailbox = re.search(r"(?i)\b(mailer-daemon|postmaster)@", str(value))
+            if mailbox:
+                return f"{name} is {mailbox[1]}"
     return None

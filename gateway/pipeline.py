@@ -14,11 +14,8 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
-import sqlalchemy.exc
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics, shown
@@ -32,6 +29,7 @@ from gateway.compose import (
     outer_message,
 )
 from gateway.crypto import KeyProblem, SignatureStatus, in_thread
+from gateway.db import dialect
 from gateway.db.models import (
     Authority,
     AuthorityAddress,
@@ -48,12 +46,15 @@ from gateway.db.models import (
 from gateway.extracts import build_extract
 from gateway.guard import (
     PARSED_ID_UP_TO,
+    automatic_mail,
     first_field,
     header_block,
+    message_id_label,
     read_policy,
     sender_header_problem,
     signature_age_problem,
     too_big,
+    unreadable_headers,
 )
 from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
@@ -92,36 +93,14 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     try:
         return await record(ctx, arrival, decision)
     except Exception as exc:
-        error = type(exc).__name__ + (f" {state}" if (state := _sqlstate(exc)) else "")
-        if outage(exc) or await _failures(ctx, arrival, error) < RECORD_TRIES:
+        error = type(exc).__name__ + (f" {state}" if (state := dialect.sqlstate(exc)) else "")
+        if dialect.outage(exc) or await _failures(ctx, arrival, error) < RECORD_TRIES:
             raise
         log.error("message set aside: it cannot be recorded", error=error, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback, as above
     return await set_aside(ctx, arrival, error)
 
 
 RECORD_TRIES = 3  # failures of one kind, in a row, that set a message aside
-
-
-# SQLSTATE classes and codes that say the database is away or busy, not that the message is at fault:
-# connection (08), transaction rollback: deadlock, serialization (40), insufficient resources (53), operator
-# intervention: shutdown, statement timeout (57), system error (58), lock not available (55P03).
-_OUTAGE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", None)
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return state if isinstance(state, str) else None
-
-
-def outage(exc: BaseException) -> bool:
-    """A failure that says nothing about the message: the database or the network is away, or busy."""
-    if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return True
-    state = _sqlstate(exc)
-    if state is not None and (state[:2] in _OUTAGE_CLASSES or state == "55P03"):
-        return True
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
 
 async def _failures(ctx: Context, arrival: Arrival, error: str) -> int:
@@ -157,23 +136,12 @@ def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 
     try:
         if len(field) > PARSED_ID_UP_TO:
             written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
-            return Arrival(raw, hashlib.sha256(raw).hexdigest(), _as_label(written), source, now)
+            return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id_label(written), source, now)
         header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
-        message_id = _as_label(str(header)) if header else None
+        message_id = message_id_label(str(header)) if header else None
     except Exception:  # a header that will not even parse is no label; decide() records what is wrong
         message_id = None
     return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
-
-
-MAX_LABEL_BYTES = 500  # an index entry must hold it: PostgreSQL's B-tree takes some 2,700 bytes at most
-
-
-def _as_label(written: str) -> str:
-    """A Message-ID as it is kept to tell the same message again: as written, or when long, by its digest,
-    so that two long ones never share a truncated prefix, and none is too long for its index."""
-    label = written.strip()  # made storable where every text is, on its way into the database (db.models)
-    encoded = label.encode("utf-8", "surrogateescape")
-    return label if len(encoded) <= MAX_LABEL_BYTES else f"sha256:{hashlib.sha256(encoded).hexdigest()}"
 
 
 async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:
@@ -502,13 +470,6 @@ async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
     return len(held)
 
 
-def _insert(session: Any, table: Any) -> Any:
-    """An INSERT that can skip a row already there, in the session's own dialect."""
-    if session.bind.dialect.name == "postgresql":
-        return postgresql_insert(table)
-    return sqlite_insert(table)
-
-
 def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
     return authenticate(
         message,
@@ -535,44 +496,6 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
                 .limit(1)
             )
         ).scalar()
-
-
-def unreadable_headers(message: EmailMessage) -> str | None:
-    """Why the headers the gateway reads cannot even be parsed, if they cannot."""
-    # Message-ID and References are read defensively where they are used: a request is not refused for them.
-    # Authentication-Results is never given to the parser (gateway.authresults reads it as written).
-    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Auto-Submitted", "Return-Path", "Precedence",
-                 "Content-Type"):  # fmt: skip
-        try:
-            for value in message.get_all(name) or []:
-                str(value)
-                getattr(value, "addresses", None)
-        except Exception as exc:  # the parser's own bugs: IndexError, ValueError, ...
-            return f"the {name} header cannot be parsed ({type(exc).__name__})"
-    return None
-
-
-def automatic_mail(message: EmailMessage) -> str | None:  # noqa: PLR0911 - one return per sign of a machine
-    """Why a message is a machine's (RFC 3834), if it is: such mail is never answered."""
-    auto = str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
-    if auto != "no":
-        return f"Auto-Submitted: {shown.token(auto)}"
-    return_path = message.get("Return-Path")
-    if return_path is not None and str(return_path).strip() in ("<>", ""):
-        return "null return path"
-    precedence = str(message.get("Precedence", "")).strip().lower()
-    if precedence in ("bulk", "list", "junk"):
-        return f"Precedence: {precedence}"
-    if any(name.lower().startswith("list-") for name in message):
-        return "mailing list traffic"
-    if message.get_content_type() == "multipart/report":
-        return "a delivery or disposition report"
-    for name in ("From", "Sender"):
-        for value in message.get_all(name) or []:
-            mailbox = re.search(r"(?i)\b(mailer-daemon|postmaster)@", str(value))
-            if mailbox:
-                return f"{name} is {mailbox[1]}"
-    return None
 
 
 async def find_authority(ctx: Context, address: str) -> Authority | None:
@@ -979,7 +902,7 @@ async def commit_decision(
         queued.setdefault(item.kind, []).append(outbox_id)
     for kind, key in decision.notices:
         await session.execute(
-            _insert(session, Notice)
+            dialect.insert(session, Notice)
             .values(kind=kind, key=key, created_at=now, outbox_id=queued.get(kind, [None])[0])
             .on_conflict_do_nothing()
         )
@@ -1004,7 +927,7 @@ async def commit_decision(
     if signature is not None:  # kept for good: longer than any signature is accepted
         for key in signature.replay_keys():
             await session.execute(
-                _insert(session, SeenSignature)
+                dialect.insert(session, SeenSignature)
                 .values(signature_id=key, inbound_id=inbound.id, signed_at=signature.signed_at, seen_at=now)
                 .on_conflict_do_nothing()
             )

@@ -1,4 +1,5 @@
-"""Templates to the reply's MIME tree: protected headers inside, PGP/MIME outside, the marking everywhere."""
+"""Templates to mail on the wire: the reply's MIME tree (protected headers inside, PGP/MIME outside, the
+marking everywhere) sealed to the authority's key, and the admins' signed notices."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email import policy, quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import format_datetime, make_msgid
 from importlib import resources
@@ -20,9 +22,13 @@ from typing import Any
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from gateway import metrics
 from gateway.addresses import normalise_address
-from gateway.crypto import KeyProblem
+from gateway.crypto import KeyProblem, in_thread
+from gateway.db.models import Authority
 from gateway.extracts import ExtractFile
+from gateway.guard import header_block
+from gateway.values import Context, Outgoing
 
 # The shipped templates (templates/ in a checkout, installed as gateway.templates); a configured directory
 # may override single templates.
@@ -291,3 +297,86 @@ def _signed_admin_message(headers: Sequence[tuple[str, str]], text: str, sign: S
         f' boundary="{boundary}"\r\n'
     )
     return _multipart(head, boundary, [part.encode("ascii"), signature_part])
+
+
+def _read_header(message: EmailMessage, name: str) -> str:
+    """A header's text, or nothing when Python's parser cannot read it ('Message-ID: <' raises IndexError)."""
+    try:
+        return str(message.get(name, ""))
+    except Exception:
+        return ""
+
+
+def reply_envelope(ctx: Context, message: EmailMessage, recipient: str, reference: str, subject: str) -> Envelope:
+    original = _read_header(message, "Message-ID").strip() or None
+    earlier = tuple(_read_header(message, "References").split())
+    return Envelope(
+        sender=ctx.config.gateway.address,
+        recipient=recipient,
+        marking=ctx.config.gateway.marking,
+        reference=reference,
+        subject=subject,
+        in_reply_to=original,
+        references=(*earlier, original) if original else earlier,
+    )
+
+
+async def seal(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
+    """The reply as it goes on the wire; KeyProblem if it cannot be encrypted to the authority: no plaintext ever."""
+    signer = ctx.config.gpg.signing_key
+    if signer is None:
+        raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
+    known, info = ctx.keyring.remembered(authority.key_fingerprint)
+    if not known:  # no thread and no gpg when it was inspected within the minute
+        info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
+    if info is None or info.problems(ctx.clock()):
+        why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
+        raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
+    inner = inner_message(envelope, text, files)
+    with metrics.timed_gpg("sign_and_encrypt"):
+        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
+    return outer_message(envelope, encrypted, now=ctx.clock())
+
+
+def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
+    return {
+        "marking": ctx.config.gateway.marking,
+        "reference": reference,
+        "date": ctx.clock().strftime("%d %B %Y"),
+        "authority": authority.name,
+        "recipient": recipient,
+        "gateway_address": ctx.config.gateway.address,
+        "contact": ctx.config.gateway.admin_address,
+    }
+
+
+def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
+    """A message to the admins, signed by the gateway, not encrypted: so it never carries register data."""
+    message_id = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
+    headers = [
+        ("From", ctx.config.gateway.address),
+        ("To", ctx.config.gateway.admin_address),
+        ("Date", format_datetime(ctx.clock())),
+        ("Subject", header_text(subject)),  # it can name an authority, whose name an admin typed
+        ("Auto-Submitted", "auto-generated"),
+        ("Message-ID", message_id),
+    ]
+    wire = admin_message(headers, text, ctx.keyring.signer(ctx.config.gpg.signing_key))
+    return Outgoing("alert", ctx.config.gateway.admin_address, message_id, wire)
+
+
+def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:
+    """A plain notice to the admins (templates/admin-notice.txt.j2): no register data, ever."""
+    values = {"title": title, "date": ctx.clock().isoformat(timespec="seconds"), "lines": lines}
+    return admin_mail(ctx, f"Register gateway: {title}", ctx.templates.render("admin-notice.txt.j2", values))
+
+
+_FOLD = re.compile(rb"\r\n(?=[ \t])")  # a header line's continuation (RFC 5322 2.2.3)
+
+
+def message_id_of(wire: bytes) -> str:
+    """The Message-ID of mail the gateway wrote (compose.outer_message): read from its header block, unfolded."""
+    for line in _FOLD.sub(b" ", header_block(wire)).split(b"\r\n"):
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("ascii")
+    return ""

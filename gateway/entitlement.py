@@ -10,11 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.compose import new_reference
+from gateway.compose import admin_notice, new_reference
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.outbox import enqueue
-from gateway.pipeline import admin_notice, encrypted_notice
+from gateway.pipeline import encrypted_notice
 from gateway.scope import Scope, ScopeRefusal, entitled
 from gateway.values import Context
 

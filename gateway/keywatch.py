@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from gateway import audit
-from gateway.compose import new_reference
+from gateway.compose import admin_notice, new_reference
 from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority, KeyNotice
 from gateway.outbox import enqueue
-from gateway.pipeline import admin_notice, encrypted_notice
+from gateway.pipeline import encrypted_notice
 from gateway.values import GATEWAY_ACTOR, Context, Outgoing
 
 NOTICE_DAYS = 30

@@ -11,7 +11,6 @@ from collections import Counter
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from email.utils import format_datetime, make_msgid
 from typing import Any
 
 import structlog
@@ -22,11 +21,13 @@ from gateway import audit, metrics, shown
 from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
 from gateway.compose import (
     Envelope,
-    admin_message,
-    header_text,
-    inner_message,
+    admin_mail,
+    admin_notice,
+    message_id_of,
     new_reference,
-    outer_message,
+    reply_envelope,
+    reply_values,
+    seal,
 )
 from gateway.crypto import KeyProblem, SignatureStatus, in_thread
 from gateway.db import dialect
@@ -329,7 +330,7 @@ async def encrypted_notice(
         auto_submitted="auto-generated",
     )
     text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
-    wire = await encrypted_reply(ctx, envelope, text, authority)
+    wire = await seal(ctx, envelope, text, authority)
     return Outgoing(kind, recipient, message_id_of(wire), wire)
 
 
@@ -510,69 +511,18 @@ async def find_authority(ctx: Context, address: str) -> Authority | None:
         ).scalar()
 
 
-def _header(message: EmailMessage, name: str) -> str:
-    """A header's text, or nothing when Python's parser cannot read it ('Message-ID: <' raises IndexError)."""
-    try:
-        return str(message.get(name, ""))
-    except Exception:
-        return ""
-
-
-def _reply_envelope(ctx: Context, message: EmailMessage, recipient: str, reference: str, subject: str) -> Envelope:
-    original = _header(message, "Message-ID").strip() or None
-    earlier = tuple(_header(message, "References").split())
-    return Envelope(
-        sender=ctx.config.gateway.address,
-        recipient=recipient,
-        marking=ctx.config.gateway.marking,
-        reference=reference,
-        subject=subject,
-        in_reply_to=original,
-        references=(*earlier, original) if original else earlier,
-    )
-
-
-async def encrypted_reply(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
-    """The reply as it goes on the wire; KeyProblem if it cannot be encrypted to the authority: no plaintext ever."""
-    signer = ctx.config.gpg.signing_key
-    if signer is None:
-        raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
-    known, info = ctx.keyring.remembered(authority.key_fingerprint)
-    if not known:  # no thread and no gpg when it was inspected within the minute
-        info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
-    if info is None or info.problems(ctx.clock()):
-        why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
-        raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
-    inner = inner_message(envelope, text, files)
-    with metrics.timed_gpg("sign_and_encrypt"):
-        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
-    return outer_message(envelope, encrypted, now=ctx.clock())
-
-
-def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:
-    return {
-        "marking": ctx.config.gateway.marking,
-        "reference": reference,
-        "date": ctx.clock().strftime("%d %B %Y"),
-        "authority": authority.name,
-        "recipient": recipient,
-        "gateway_address": ctx.config.gateway.address,
-        "contact": ctx.config.gateway.admin_address,
-    }
-
-
 async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[str]) -> Decision:
     """An authenticated request that cannot be met: an encrypted answer saying what to fix, and no data."""
     message, authority, sender = asker.message, asker.authority, asker.sender
     reference = new_reference(ctx.clock())
-    envelope = _reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
+    envelope = reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
     text = ctx.templates.render(
         "refusal.txt.j2",
         {**reply_values(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
     )
     reason = "; ".join(problems)
     try:
-        wire = await encrypted_reply(ctx, envelope, text, authority)
+        wire = await seal(ctx, envelope, text, authority)
     except KeyProblem as exc:
         return alert(
             ctx,
@@ -611,12 +561,12 @@ async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Req
         ]
     reference = new_reference(ctx.clock())
     subject = f"Monthly subscription {request.kind} ({reference})"
-    envelope = _reply_envelope(ctx, asker.message, asker.sender, reference, subject)
+    envelope = reply_envelope(ctx, asker.message, asker.sender, reference, subject)
     text = ctx.templates.render(
         "acknowledgement.txt.j2", {**reply_values(ctx, asker.authority, asker.sender, reference), "lines": lines}
     )
     try:
-        wire = await encrypted_reply(ctx, envelope, text, asker.authority)
+        wire = await seal(ctx, envelope, text, asker.authority)
     except KeyProblem as exc:
         reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
         return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, asker.sender, asker.authority))
@@ -636,7 +586,7 @@ async def disclose(
         homes, actions = await disclosable(session, scope)
     extract = build_extract(homes, actions, marking=marking, reference=reference)
     subject = f"Register of children's homes: {scope.description} ({reference})"
-    envelope = _reply_envelope(ctx, message, sender, reference, subject)
+    envelope = reply_envelope(ctx, message, sender, reference, subject)
     text = ctx.templates.render(
         "disclosure.txt.j2",
         {
@@ -652,7 +602,7 @@ async def disclose(
         },
     )
     try:
-        wire = await encrypted_reply(ctx, envelope, text, authority, extract.files)
+        wire = await seal(ctx, envelope, text, authority, extract.files)
     except KeyProblem as exc:
         return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, f"no data sent: {exc}", sender, authority))
     if change is not None and change.action == "create":
@@ -686,27 +636,6 @@ def _subscription_note(change: SubscriptionChange | None) -> str | None:
     )
 
 
-def admin_mail(ctx: Context, subject: str, text: str) -> Outgoing:
-    """A message to the admins, signed by the gateway, not encrypted: so it never carries register data."""
-    message_id = make_msgid(domain=ctx.config.gateway.address.rpartition("@")[2])
-    headers = [
-        ("From", ctx.config.gateway.address),
-        ("To", ctx.config.gateway.admin_address),
-        ("Date", format_datetime(ctx.clock())),
-        ("Subject", header_text(subject)),  # it can name an authority, whose name an admin typed
-        ("Auto-Submitted", "auto-generated"),
-        ("Message-ID", message_id),
-    ]
-    wire = admin_message(headers, text, ctx.keyring.signer(ctx.config.gpg.signing_key))
-    return Outgoing("alert", ctx.config.gateway.admin_address, message_id, wire)
-
-
-def admin_notice(ctx: Context, title: str, lines: list[str]) -> Outgoing:
-    """A plain notice to the admins (templates/admin-notice.txt.j2): no register data, ever."""
-    values = {"title": title, "date": ctx.clock().isoformat(timespec="seconds"), "lines": lines}
-    return admin_mail(ctx, f"Register gateway: {title}", ctx.templates.render("admin-notice.txt.j2", values))
-
-
 def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
     """Add a plain alert to the admins to a decision; it names the message, never any register data."""
     text = ctx.templates.render(
@@ -724,17 +653,6 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
     )
     warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
     return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))
-
-
-_FOLD = re.compile(rb"\r\n(?=[ \t])")  # a header line's continuation (RFC 5322 2.2.3)
-
-
-def message_id_of(wire: bytes) -> str:
-    """The Message-ID of mail the gateway wrote (compose.outer_message): read from its header block, unfolded."""
-    for line in _FOLD.sub(b" ", header_block(wire)).split(b"\r\n"):
-        if line[:11].lower() == b"message-id:":
-            return line[11:].strip().decode("ascii")
-    return ""
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:

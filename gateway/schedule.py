@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
-from gateway.compose import Envelope, new_reference
+from gateway.compose import Envelope, admin_notice, message_id_of, new_reference, reply_values, seal
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
@@ -25,7 +25,7 @@ from gateway.entitlement import Ending, end, still_allowed
 from gateway.extracts import ExtractFile, build_extract, defuse
 from gateway.keywatch import check_keys
 from gateway.outbox import enqueue
-from gateway.pipeline import admin_notice, encrypted_reply, message_id_of, reply_values, summarise_held_alerts
+from gateway.pipeline import summarise_held_alerts
 from gateway.scope import Scope, ScopeRefusal, disclosable
 from gateway.subscriptions import snapshot
 from gateway.values import GATEWAY_ACTOR, Context
@@ -169,7 +169,7 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
         text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription review due ({reference})"
         return Prepared(
-            "reminder", await encrypted_reply(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
+            "reminder", await seal(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
         )
     if due.kind == "lapse":
         lines = [
@@ -179,7 +179,7 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
         ]
         text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription lapsed ({reference})"
-        wire = await encrypted_reply(ctx, _envelope(ctx, due, reference, subject), text, authority)
+        wire = await seal(ctx, _envelope(ctx, due, reference, subject), text, authority)
         return Prepared("lapse", wire, reference, lapse=True)
     return await _prepare_delivery(ctx, due, reference, common)
 
@@ -214,7 +214,7 @@ async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict
     )
     subject = f"Register of children's homes: {sub.area}, {due.key} ({reference})"
     envelope = _envelope(ctx, due, reference, subject)
-    wire = await encrypted_reply(ctx, envelope, text, authority, (*extract.files, changes_file))
+    wire = await seal(ctx, envelope, text, authority, (*extract.files, changes_file))
     facts = {
         "reference": reference,
         "authority_name": authority.name,

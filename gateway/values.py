@@ -8,14 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.compose import Templates
 from gateway.config import Config
 from gateway.crypto import Keyring, SignatureStatus
 from gateway.db.engine import Database
 from gateway.db.models import Authority
 from gateway.subscriptions import SubscriptionChange
+
+if TYPE_CHECKING:  # compose builds Outgoing values: it imports this module
+    from gateway.compose import Templates
 
 GATEWAY_ACTOR = "gateway"  # the actor of what the gateway does by itself, in the audit log
 

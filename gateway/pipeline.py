@@ -14,10 +14,10 @@ from email.parser import BytesHeaderParser
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from gateway import audit, metrics, shown
+from gateway import audit, limits, metrics, shown
 from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
 from gateway.compose import (
     Envelope,
@@ -29,7 +29,7 @@ from gateway.compose import (
     reply_values,
     seal,
 )
-from gateway.crypto import KeyProblem, SignatureStatus, in_thread
+from gateway.crypto import KeyProblem, in_thread
 from gateway.db import dialect
 from gateway.db.models import (
     Authority,
@@ -37,7 +37,6 @@ from gateway.db.models import (
     Disclosure,
     InboundMessage,
     Notice,
-    OutboxMessage,
     QuarantinedMessage,
     RecordFailure,
     SeenSignature,
@@ -186,7 +185,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         return Decision(OutcomeKind.REJECTED, f"{sender} is not a registered address", sender)  # no backscatter
     if authority.status != "active":
         return Decision(OutcomeKind.REJECTED, f"authority {authority.name!r} is suspended", sender, authority)
-    suspect = sender_header_problem(message, sender) or await replayed_message_id(ctx, arrival, releasing)
+    async with ctx.db.transaction(write=False) as session:
+        replay = await limits.message_id_replay(session, arrival.message_id, releasing)
+    suspect = sender_header_problem(message, sender) or replay
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
     with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check
@@ -198,7 +199,8 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         stale = signature_age_problem(signature.signed_at, arrival.received_at, ctx.config.limits)
         if stale is not None:
             return await impostor(ctx, arrival, message, stale, sender, authority)
-        replayed = await replayed_signature(ctx, signature, releasing)  # the same signature, acted on before
+        async with ctx.db.transaction(write=False) as session:  # the same signature, acted on before
+            replayed = await limits.signature_replay(session, signature, releasing)
         if replayed is not None:
             return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, replayed, sender, authority))
     decision = await answer(ctx, arrival, Asker(message, authority, sender), authentic, releasing=releasing)
@@ -269,10 +271,11 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
     )
     told: list[Outgoing] = []
     for named in authorities:
-        if await _sent_lately(ctx, named, ("impostor-notice",), dt.timedelta(days=1)) >= (
-            ctx.config.limits.impostor_notices_per_day
-        ):
-            continue
+        async with ctx.db.transaction(write=False) as session:
+            if not named.addresses or await limits.impostor_notices_spent(
+                session, ctx.config.limits, named.addresses[0].address, ctx.clock()
+            ):
+                continue
         lines = [
             "Someone sent the register disclosure gateway a message that used your name, and it was refused:",
             "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
@@ -342,76 +345,14 @@ async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
     return [found[i] for i in ids if i in found]
 
 
-async def _sent_lately(ctx: Context, authority: Authority, kinds: tuple[str, ...], window: dt.timedelta) -> int:
-    async with ctx.db.transaction(write=False) as session:
-        return await _count_sent(session, [a.address for a in authority.addresses], kinds, ctx.clock() - window)
-
-
-async def _count_sent(session: Any, addresses: list[str], kinds: tuple[str, ...], since: dt.datetime) -> int:
-    """How many messages of these kinds, caused by inbound mail, went to these addresses since then."""
-    query = select(func.count(OutboxMessage.id)).where(
-        OutboxMessage.recipient.in_(addresses),
-        OutboxMessage.kind.in_(kinds),
-        OutboxMessage.inbound_id.is_not(None),
-        OutboxMessage.created_at >= since,
-    )
-    return int((await session.execute(query)).scalar() or 0)
-
-
-async def _earlier_with(session: Any, message_id: str, itself: int | None = None) -> int | None:
-    """The first message recorded with this Message-ID, other than `itself` (the one being released)."""
-    query = select(InboundMessage.id).where(InboundMessage.message_id == message_id, InboundMessage.id != (itself or 0))
-    earlier: int | None = (await session.execute(query.limit(1))).scalar()
-    return earlier
-
-
-async def replayed_message_id(ctx: Context, arrival: Arrival, itself: int | None = None) -> str | None:
-    """A Message-ID already seen on other bytes: the same request sent again, or someone replaying it."""
-    if arrival.message_id is None:
-        return None
-    async with ctx.db.transaction(write=False) as session:
-        earlier = await _earlier_with(session, arrival.message_id, itself)
-    if earlier is None:
-        return None
-    return f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: a replay"
-
-
-async def _earlier_signature(session: Any, signature: SignatureStatus, itself: int | None = None) -> int | None:
-    """The message a signature first came with, other than `itself` (the one being released)."""
-    keys = signature.replay_keys()
-    if not keys:
-        return None
-    query = select(SeenSignature.inbound_id).where(
-        SeenSignature.signature_id.in_(keys), SeenSignature.inbound_id != (itself or 0)
-    )
-    earlier: int | None = (await session.execute(query.limit(1))).scalar()
-    return earlier
-
-
-def _replay_of(earlier: int) -> str:
-    return f"its signature was already used by message {earlier}: a replay of what was signed, not acted on again"
-
-
-async def replayed_signature(ctx: Context, signature: SignatureStatus, itself: int | None = None) -> str | None:
-    """A signature seen before, under whatever headers: a captured request sent again, or a copy."""
-    async with ctx.db.transaction(write=False) as session:
-        earlier = await _earlier_signature(session, signature, itself)
-    return None if earlier is None else _replay_of(earlier)
-
-
-ANSWERS = ("disclosure", "refusal", "acknowledgement")
-
-
 async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision | None:
     """Past [limits] answers_per_day to one authority, requests wait in quarantine; it is told once a day."""
-    limit = ctx.config.limits.answers_per_day
-    if await _sent_lately(ctx, asker.authority, ANSWERS, dt.timedelta(days=1)) < limit:
+    async with ctx.db.transaction(write=False) as session:
+        spent = await limits.answers_spent(session, ctx.config.limits, asker.authority, ctx.clock())
+    if spent is None:
         return None
-    decision = alert(
-        ctx,
-        arrival,
-        Decision(OutcomeKind.QUARANTINED, _over_limit(ctx, asker.authority), asker.sender, asker.authority),
-    )
+    decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, asker.sender, asker.authority))
+    limit = ctx.config.limits.answers_per_day
     key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
     async with ctx.db.transaction(write=False) as session:
         query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
@@ -426,20 +367,6 @@ async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision
     if notice is None:
         return decision
     return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
-
-
-def _over_limit(ctx: Context, authority: Authority) -> str:
-    limit = ctx.config.limits.answers_per_day
-    return f"the limit of {limit} answers a day to {authority.name} is reached: kept for a person to release"
-
-
-async def _alerts_in_last_hour(session: Any, now: dt.datetime) -> int:
-    query = select(func.count(OutboxMessage.id)).where(
-        OutboxMessage.kind == "alert",
-        OutboxMessage.inbound_id.is_not(None),
-        OutboxMessage.created_at >= now - dt.timedelta(hours=1),
-    )
-    return int((await session.execute(query)).scalar() or 0)
 
 
 async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
@@ -656,33 +583,22 @@ def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
-    """A Message-ID seen before with other bytes (a relay re-delivering with a new header, or a replay) is
-    recorded in its own right but never answered twice."""
-    earlier = await _earlier_signature(session, decision.signature) if decision.signature else None
-    if earlier is not None:  # a copy decided side by side with the first: one of them only is acted on
-        return alert(
-            ctx, arrival, Decision(OutcomeKind.QUARANTINED, _replay_of(earlier), decision.sender, decision.authority)
-        )
-    if arrival.message_id is None or decision.outcome not in (OutcomeKind.ANSWERED, OutcomeKind.REFUSED):
-        return decision  # nothing would be answered, or decide() saw the replay already
-    earlier = await _earlier_with(session, arrival.message_id)
-    if earlier is None:
+    """A copy decided side by side with the first, or a Message-ID seen before with other bytes (a relay
+    re-delivering with a new header, or a replay), is recorded in its own right but never acted on twice."""
+    replay = await limits.signature_replay(session, decision.signature) if decision.signature else None
+    if replay is None and decision.outcome in (OutcomeKind.ANSWERED, OutcomeKind.REFUSED):
+        replay = await limits.message_id_replay(session, arrival.message_id)
+    if replay is None:
         return decision
-    reason = (
-        f"Message-ID {shown.message_id(arrival.message_id)} was already processed as message {earlier}: "
-        "a replay, not answered"
-    )
-    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, decision.sender, decision.authority))
+    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, replay, decision.sender, decision.authority))
 
 
 async def _notices_within_limit(ctx: Context, session: Any, decision: Decision) -> Decision:
     """The daily limit of impostor notices to an authority, counted again under the write lock, as answers are."""
     kept: list[Outgoing] = []
-    since = ctx.clock() - dt.timedelta(days=1)
     for item in decision.outgoing:
-        if item.kind == "impostor-notice" and (
-            await _count_sent(session, [item.recipient], (item.kind,), since)
-            >= ctx.config.limits.impostor_notices_per_day
+        if item.kind == "impostor-notice" and await limits.impostor_notices_spent(
+            session, ctx.config.limits, item.recipient, ctx.clock()
         ):
             continue  # told enough today; the admins' alert still goes
         kept.append(item)
@@ -694,15 +610,12 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     daemon's workers, or by two gateways) cannot together pass it. One held here is held like any other; its
     authority is told with the next request over the limit (answer_limit), which finds no notice sent yet."""
     authority = decision.authority
-    if authority is None or not any(item.kind in ANSWERS for item in decision.outgoing):
+    if authority is None or not any(item.kind in limits.ANSWERS for item in decision.outgoing):
         return decision
-    since = ctx.clock() - dt.timedelta(days=1)
-    sent = await _count_sent(session, [a.address for a in authority.addresses], ANSWERS, since)
-    if sent < ctx.config.limits.answers_per_day:
+    spent = await limits.answers_spent(session, ctx.config.limits, authority, ctx.clock())
+    if spent is None:
         return decision
-    return alert(
-        ctx, arrival, Decision(OutcomeKind.QUARANTINED, _over_limit(ctx, authority), decision.sender, authority)
-    )
+    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, decision.sender, authority))
 
 
 async def _apply_subscription(
@@ -811,7 +724,7 @@ async def commit_decision(
     """A decision's outgoing mail, notices, audit records, subscription change and disclosure log."""
     queued: dict[str, list[int]] = {}  # outbox ids by kind: several authorities may each get a notice
     for item in decision.outgoing:
-        if item.kind == "alert" and await _alerts_in_last_hour(session, now) >= ctx.config.limits.alerts_per_hour:
+        if item.kind == "alert" and await limits.alerts_spent(session, ctx.config.limits, now):
             inbound.alert_held = "held"  # told of in the next summary, so an attack cannot flood HMCI
             continue
         outbox_id = await enqueue(

@@ -1,4 +1,5 @@
-"""Who really sent this? One From mailbox, then a PGP/MIME signature by the pinned key or the border's DMARC pass."""
+"""Who really sent this? One From mailbox on the allowlist, then a PGP/MIME signature by the pinned key or the
+border's DMARC pass."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from email import message_from_bytes
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
 from gateway import shown
 from gateway.addresses import normalise_address
 from gateway.authresults import AuthResults, Unreadable, raw_values
 from gateway.authresults import parse as parse_results
 from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus, hashed_subpackets
+from gateway.db.engine import Database
+from gateway.db.models import Authority, AuthorityAddress
 from gateway.guard import read_policy
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
@@ -370,3 +376,23 @@ def authenticate(
     if not reasons:
         reasons.append(f"unknown authentication policy {policy!r}")
     return Refused("; ".join(reasons))
+
+
+async def registered_addresses(db: Database) -> dict[str, int]:
+    """Every registered address, with its authority's id."""
+    async with db.transaction(write=False) as session:
+        rows = await session.execute(select(AuthorityAddress.address, AuthorityAddress.authority_id))
+        return {row.address: row.authority_id for row in rows}
+
+
+async def find_authority(db: Database, address: str) -> Authority | None:
+    """The authority this address is registered to, with its addresses."""
+    async with db.transaction(write=False) as session:
+        return (
+            await session.execute(
+                select(Authority)
+                .join(AuthorityAddress)
+                .where(AuthorityAddress.address == address)
+                .options(selectinload(Authority.addresses))
+            )
+        ).scalar()

@@ -13,8 +13,8 @@ from gateway import audit
 from gateway.compose import admin_notice, new_reference
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
+from gateway.notices import encrypted_notice
 from gateway.outbox import enqueue
-from gateway.pipeline import encrypted_notice
 from gateway.scope import Scope, ScopeRefusal, entitled
 from gateway.values import Context
 

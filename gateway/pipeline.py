@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections import Counter
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -15,14 +14,10 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
-from gateway import audit, limits, metrics, shown
-from gateway.authenticate import Authenticated, Refused, authenticate, sender_of
+from gateway import audit, limits, metrics
+from gateway.authenticate import Authenticated, Refused, authenticate, find_authority, registered_addresses, sender_of
 from gateway.compose import (
-    Envelope,
-    admin_mail,
-    admin_notice,
     message_id_of,
     new_reference,
     reply_envelope,
@@ -33,7 +28,6 @@ from gateway.crypto import KeyProblem, in_thread
 from gateway.db import dialect
 from gateway.db.models import (
     Authority,
-    AuthorityAddress,
     Disclosure,
     InboundMessage,
     Notice,
@@ -56,7 +50,8 @@ from gateway.guard import (
     too_big,
     unreadable_headers,
 )
-from gateway.lookalike import Claim, claims
+from gateway.lookalike import claims
+from gateway.notices import alert, answer_limit, impostor
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
@@ -175,9 +170,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     sender = sender_of(message)  # exactly one From mailbox, no defects
     if isinstance(sender, Refused):  # a From built to be read one way by people and another by software
         return await impostor(ctx, arrival, message, sender.reason, None)
-    authority = await find_authority(ctx, sender)
+    authority = await find_authority(ctx.db, sender)
     if authority is None:
-        registered = await registered_addresses(ctx)
+        registered = await registered_addresses(ctx.db)
         found = claims(message, registered, sender=sender)
         if found:  # a registered address shown, or imitated
             why = f"{sender} is not a registered address"
@@ -241,163 +236,6 @@ async def answer(
 # ---------------------------------------------------------------- impostors, replays and floods
 
 
-async def registered_addresses(ctx: Context) -> dict[str, int]:
-    async with ctx.db.transaction(write=False) as session:
-        rows = await session.execute(select(AuthorityAddress.address, AuthorityAddress.authority_id))
-        return {row.address: row.authority_id for row in rows}
-
-
-async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is from
-    ctx: Context,
-    arrival: Arrival,
-    message: EmailMessage,
-    why: str,
-    sender: str | None,
-    authority: Authority | None = None,
-    *,
-    registered: dict[str, int] | None = None,
-    found: list[Claim] | None = None,
-) -> Decision:
-    """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
-    and each authority whose address was shown or imitated told, encrypted and at most a few times a day.
-    `registered` and `found` are the allowlist's addresses and the claims on them, when already read."""
-    registered = registered if registered is not None else await registered_addresses(ctx)
-    found = found if found is not None else claims(message, registered, sender=sender)
-    reason = "; ".join([why, *(claim.describe() for claim in found)])
-    ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
-    authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
-    decision = alert(
-        ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority or next(iter(authorities), None))
-    )
-    told: list[Outgoing] = []
-    for named in authorities:
-        async with ctx.db.transaction(write=False) as session:
-            if not named.addresses or await limits.impostor_notices_spent(
-                session, ctx.config.limits, named.addresses[0].address, ctx.clock()
-            ):
-                continue
-        lines = [
-            "Someone sent the register disclosure gateway a message that used your name, and it was refused:",
-            "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
-            "",
-            f"Received: {arrival.received_at:%d %B %Y %H:%M} UTC",
-            f"Message-ID (as received): {shown.message_id(arrival.message_id)}",
-            f"Why it was refused: {reason[:1500]}",
-            "",
-            "If you sent it, send the request again from your registered address, signed with your registered",
-            "key (or through your mail system's DMARC-aligned path). If you did not, nothing needs doing: you may",
-            "wish to tell your information security team.",
-        ]
-        notice = await authority_notice(ctx, named, "someone tried to use your name", lines, "impostor-notice")
-        if notice is not None:
-            told.append(notice)
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, *told))
-
-
-async def authority_notice(
-    ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
-) -> Outgoing | None:
-    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
-    try:
-        return await encrypted_notice(
-            ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
-            template="authority-notice.txt.j2", values={"title": title, "lines": lines},
-        )  # fmt: skip
-    except KeyProblem:
-        return None  # fail closed: the admins' alert says what happened
-
-
-async def encrypted_notice(
-    ctx: Context,
-    authority: Authority,
-    *,
-    kind: str,
-    reference: str,
-    subject: str,
-    template: str,
-    values: dict[str, Any],
-    recipient: str | None = None,
-) -> Outgoing | None:
-    """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
-    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
-    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
-    if not authority.addresses:
-        return None
-    recipient = recipient or authority.addresses[0].address
-    envelope = Envelope(
-        sender=ctx.config.gateway.address,
-        recipient=recipient,
-        marking=ctx.config.gateway.marking,
-        reference=reference,
-        subject=f"{subject} ({reference})",
-        auto_submitted="auto-generated",
-    )
-    text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
-    wire = await seal(ctx, envelope, text, authority)
-    return Outgoing(kind, recipient, message_id_of(wire), wire)
-
-
-async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
-    """These authorities, in this order, with their addresses; one that is gone is left out."""
-    async with ctx.db.transaction(write=False) as session:
-        query = select(Authority).where(Authority.id.in_(ids)).options(selectinload(Authority.addresses))
-        found = {row.id: row for row in (await session.execute(query)).scalars()}
-    return [found[i] for i in ids if i in found]
-
-
-async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision | None:
-    """Past [limits] answers_per_day to one authority, requests wait in quarantine; it is told once a day."""
-    async with ctx.db.transaction(write=False) as session:
-        spent = await limits.answers_spent(session, ctx.config.limits, asker.authority, ctx.clock())
-    if spent is None:
-        return None
-    decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, asker.sender, asker.authority))
-    limit = ctx.config.limits.answers_per_day
-    key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
-    async with ctx.db.transaction(write=False) as session:
-        query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
-        if (await session.execute(query)).scalar() is not None:
-            return decision
-    lines = [
-        f"The gateway has answered {limit} requests from {asker.authority.name} in the last 24 hours, its daily limit.",
-        "Further requests are kept, not lost: HMCI will release them, or you may send them again tomorrow.",
-        "If you did not send that many requests, please tell HMCI: someone may be using your account.",
-    ]
-    notice = await authority_notice(ctx, asker.authority, "daily limit of answers reached", lines, "limit-notice")
-    if notice is None:
-        return decision
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
-
-
-async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
-    """One summary of the alerts held back over the hourly limit; returns how many it covers."""
-    async with ctx.db.transaction() as session:
-        query = select(InboundMessage).where(InboundMessage.alert_held == "held").with_for_update(skip_locked=True)
-        held = list((await session.execute(query)).scalars())
-        if not held:
-            return 0
-        reasons = Counter(row.reason.split(";")[0][:120] for row in held)
-        lines = [
-            f"{len(held)} messages were quarantined without an alert each: more than",
-            f"{ctx.config.limits.alerts_per_hour} alerts in an hour would flood this mailbox (an attack, perhaps).",
-            f"The first arrived at {min(r.received_at for r in held):%Y-%m-%d %H:%M} UTC.",
-            "",
-            "Most common reasons:",
-            *(f"  {count} x {reason}" for reason, count in reasons.most_common(10)),
-            "",
-            "See them with `gateway quarantine list`.",
-        ]
-        summary = admin_notice(dataclasses.replace(ctx, clock=lambda: now), f"{len(held)} alerts held back", lines)
-        outbox_id = await enqueue(session, now=now, sender=ctx.config.gateway.address, **summary.queued())
-        for row in held:
-            row.alert_held = "summarised"
-        await audit.record(
-            session, actor=GATEWAY_ACTOR, action="alert.summary", subject=f"{len(held)} alerts",
-            details={"inbound_ids": [row.id for row in held], "outbox_id": outbox_id}, now=now,
-        )  # fmt: skip
-    return len(held)
-
-
 def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
     return authenticate(
         message,
@@ -422,18 +260,6 @@ async def find_subscription(ctx: Context, authority: Authority, scope: Scope, st
                 )
                 .order_by(Subscription.id.desc())
                 .limit(1)
-            )
-        ).scalar()
-
-
-async def find_authority(ctx: Context, address: str) -> Authority | None:
-    async with ctx.db.transaction(write=False) as session:
-        return (
-            await session.execute(
-                select(Authority)
-                .join(AuthorityAddress)
-                .where(AuthorityAddress.address == address)
-                .options(selectinload(Authority.addresses))
             )
         ).scalar()
 
@@ -561,25 +387,6 @@ def _subscription_note(change: SubscriptionChange | None) -> str | None:
         f"Monthly updates: you will receive this area's register every month. Please confirm by {when} that you "
         "still need it, by sending an email whose body is: Request: renewal"
     )
-
-
-def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
-    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
-    text = ctx.templates.render(
-        "alert.txt.j2",
-        {
-            "title": f"message {decision.outcome}",
-            "date": ctx.clock().isoformat(timespec="seconds"),
-            "outcome": decision.outcome,
-            "reason": decision.reason,
-            "sender": decision.sender,
-            "authority": decision.authority.name if decision.authority else None,
-            "message_id": shown.message_id(arrival.message_id),
-            "sha256": arrival.sha256,
-        },
-    )
-    warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:

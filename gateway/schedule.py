@@ -23,9 +23,8 @@ from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
 from gateway.entitlement import Ending, end, still_allowed
 from gateway.extracts import ExtractFile, build_extract, defuse
-from gateway.keywatch import check_keys
+from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
-from gateway.pipeline import summarise_held_alerts
 from gateway.scope import Scope, ScopeRefusal, disclosable
 from gateway.subscriptions import snapshot
 from gateway.values import GATEWAY_ACTOR, Context

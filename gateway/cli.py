@@ -29,7 +29,6 @@ from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
 from gateway.demo import run_demo
-from gateway.entitlement import Keeper
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
 from gateway.logs import configure as configure_logs
@@ -39,7 +38,7 @@ from gateway.reference import local_authorities, police_force_areas
 from gateway.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.sample import write_sample
 from gateway.schedule import next_events, run_due
-from gateway.subscriptions import change_by_hand, history
+from gateway.subscriptions import Keeper, change_by_hand, history
 from gateway.values import Context, OutcomeKind
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]

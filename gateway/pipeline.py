@@ -34,8 +34,6 @@ from gateway.db.models import (
     QuarantinedMessage,
     RecordFailure,
     SeenSignature,
-    Subscription,
-    SubscriptionEvent,
 )
 from gateway.extracts import build_extract
 from gateway.guard import (
@@ -55,7 +53,7 @@ from gateway.notices import alert, answer_limit, impostor
 from gateway.outbox import enqueue
 from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
 from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
-from gateway.subscriptions import SubscriptionChange, review_date, snapshot
+from gateway.subscriptions import apply_by_mail, find_subscription, review_date, snapshot, subscription_note
 from gateway.values import (
     GATEWAY_ACTOR,
     Arrival,
@@ -66,6 +64,7 @@ from gateway.values import (
     Outcome,
     OutcomeKind,
     Outgoing,
+    SubscriptionChange,
 )
 
 log = structlog.get_logger("gateway.pipeline")
@@ -224,7 +223,7 @@ async def answer(
         return await acknowledge(ctx, arrival, asker, request, scope)
     change = None
     if request.frequency == "monthly":
-        current = await find_subscription(ctx, authority, scope, "active")
+        current = await find_subscription(ctx.db, authority, scope, "active")
         change = (
             SubscriptionChange("already-active", scope, current.review_on, current.id)
             if current
@@ -246,22 +245,6 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
         verify=ctx.keyring.verify_detached,
         decrypt=ctx.keyring.decrypt,
     )
-
-
-async def find_subscription(ctx: Context, authority: Authority, scope: Scope, status: str) -> Subscription | None:
-    async with ctx.db.transaction(write=False) as session:
-        return (
-            await session.execute(
-                select(Subscription)
-                .where(
-                    Subscription.authority_id == authority.id,
-                    Subscription.status == status,
-                    Subscription.area == scope.description,
-                )
-                .order_by(Subscription.id.desc())
-                .limit(1)
-            )
-        ).scalar()
 
 
 async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[str]) -> Decision:
@@ -288,9 +271,9 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
 
 async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
     """A renewal or a cancellation: applied to the active subscription for the area, and answered, encrypted."""
-    current = await find_subscription(ctx, asker.authority, scope, "active")
+    current = await find_subscription(ctx.db, asker.authority, scope, "active")
     if current is None:
-        lapsed = await find_subscription(ctx, asker.authority, scope, "lapsed")
+        lapsed = await find_subscription(ctx.db, asker.authority, scope, "lapsed")
         if lapsed is not None and request.kind == "renewal":
             problem = (
                 f"your monthly subscription for {scope.description} lapsed on {lapsed.review_on:%d %B %Y}: "
@@ -351,7 +334,7 @@ async def disclose(
             "enforcement_file": extract.enforcement.name,
             "enforcement_count": extract.enforcement_count,
             "purpose": request.purpose,
-            "subscription": _subscription_note(change),
+            "subscription": subscription_note(change),
         },
     )
     try:
@@ -375,18 +358,6 @@ async def disclose(
     reply = Outgoing("disclosure", sender, message_id_of(wire), wire)
     reason = f"{extract.home_count} homes of {scope.description} disclosed"
     return Decision(OutcomeKind.ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
-
-
-def _subscription_note(change: SubscriptionChange | None) -> str | None:
-    if change is None:
-        return None
-    when = f"{change.review_on:%d %B %Y}"
-    if change.action == "already-active":
-        return f"Your monthly subscription for this area is already active; its review falls on {when}."
-    return (
-        f"Monthly updates: you will receive this area's register every month. Please confirm by {when} that you "
-        "still need it, by sending an email whose body is: Request: renewal"
-    )
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
@@ -423,65 +394,6 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     if spent is None:
         return decision
     return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, decision.sender, authority))
-
-
-async def _apply_subscription(
-    session: Any, change: SubscriptionChange, decision: Decision, inbound_id: int, now: dt.datetime
-) -> None:
-    """A subscription change, in the transaction of the outcome that answered it, checked again under the lock."""
-    authority = decision.authority
-    if authority is None or change.action == "already-active":
-        return
-    if change.action == "create":
-        active = await session.execute(
-            select(Subscription.id).where(
-                Subscription.authority_id == authority.id,
-                Subscription.status == "active",
-                Subscription.area == change.scope.description,
-            )
-        )
-        if active.scalar() is not None:  # a concurrent monthly request made it a moment ago
-            return
-        row = Subscription(
-            authority_id=authority.id,
-            police_force_area=change.scope.police_force_area,
-            local_authority=change.scope.local_authority,
-            area=change.scope.description,
-            # The registered address that asked: deliveries and notices go there, not to whichever sorts first.
-            address=decision.sender or authority.addresses[0].address,
-            status="active",
-            started_on=now.date(),
-            review_on=change.review_on,
-            purpose=decision.disclosure.purpose if decision.disclosure else "",
-            created_by_inbound_id=inbound_id,
-            updated_at=now,
-        )
-        session.add(row)
-        await session.flush()
-        # The first answer's content, so that the first monthly delivery can say what changed since.
-        session.add(
-            SubscriptionEvent(
-                subscription_id=row.id, kind="initial", key="start", happened_at=now, outbox_id=None,
-                reference=decision.reference, snapshot=change.snapshot,
-            )
-        )  # fmt: skip
-    else:
-        row = await session.get(Subscription, change.subscription_id)
-        if row is None or row.status != "active":
-            return
-        if change.action == "renew":
-            row.review_on = change.review_on
-        else:
-            row.status = "cancelled"
-        row.updated_at = now
-    await audit.record(
-        session,
-        actor=GATEWAY_ACTOR,
-        action=f"subscription.{change.action}",
-        subject=f"subscription {row.id}",
-        details={"authority": authority.name, "area": row.area, "review_on": row.review_on, "status": row.status},
-        now=now,
-    )
 
 
 async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
@@ -570,7 +482,7 @@ async def commit_decision(
                 .on_conflict_do_nothing()
             )
     if decision.subscription is not None and decision.authority is not None:
-        await _apply_subscription(session, decision.subscription, decision, inbound.id, now)
+        await apply_by_mail(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:
         facts = decision.disclosure
         session.add(

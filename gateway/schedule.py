@@ -21,12 +21,11 @@ from gateway.compose import Envelope, admin_notice, message_id_of, new_reference
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
-from gateway.entitlement import Ending, end, still_allowed
 from gateway.extracts import ExtractFile, build_extract, defuse
 from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
-from gateway.scope import Scope, ScopeRefusal, disclosable
-from gateway.subscriptions import snapshot
+from gateway.scope import Scope, ScopeRefusal, disclosable, still_allowed
+from gateway.subscriptions import Ending, end, lapse, snapshot
 from gateway.values import GATEWAY_ACTOR, Context
 
 # ---------------------------------------------------------------- when
@@ -274,9 +273,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
             )  # fmt: skip
             await session.flush()  # the unique key fails here if another run got there first
             if prepared.lapse:
-                subscription = await session.get(Subscription, due.subscription.id)
-                if subscription is not None:
-                    subscription.status, subscription.updated_at = "lapsed", as_of
+                await lapse(session, due.subscription.id, as_of)
             details = {"subscription": due.subscription.id, "key": due.key, "outbox_id": outbox_id}
             await audit.record(
                 session, actor=GATEWAY_ACTOR, action=f"subscription.{due.kind}", subject=prepared.reference,

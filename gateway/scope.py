@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import shown
 from gateway.authorities import NATIONAL_KINDS
-from gateway.db.models import EnforcementAction, Home
+from gateway.db.models import Authority, EnforcementAction, Home, Subscription
 from gateway.extracts import EnforcementLike, HomeLike
 from gateway.reference import find_local_authority, find_police_force_area
 
@@ -146,3 +146,12 @@ def enforcement_in(scope: Scope) -> Select[EnforcementAction]:
         .where(*_disclosable(scope))
         .order_by(EnforcementAction.urn, EnforcementAction.date, EnforcementAction.id)
     )
+
+
+def still_allowed(authority: Authority, subscription: Subscription) -> Scope | ScopeRefusal:
+    """The mail path's rules, asked again of the authority as registered now: its kind and area must still
+    cover the subscription's area, and the address that asked must still be one of its addresses. Whether the
+    authority is suspended is the caller's question: suspension pauses deliveries, it does not end them."""
+    if subscription.address not in {a.address for a in authority.addresses}:
+        return ScopeRefusal(f"{subscription.address} is no longer one of the authority's registered addresses")
+    return entitled(authority.kind, authority.area, Scope(subscription.police_force_area, subscription.local_authority))

@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.crypto import Keyring, SignatureStatus
 from gateway.db.engine import Database
 from gateway.db.models import Authority
-from gateway.subscriptions import SubscriptionChange
+from gateway.scope import Scope
 
 if TYPE_CHECKING:  # compose builds Outgoing values: it imports this module
     from gateway.compose import Templates
@@ -114,3 +114,14 @@ class Outcome:
     def __post_init__(self) -> None:
         if not self.settled_as:
             object.__setattr__(self, "settled_as", self.kind)
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """What a request does to a subscription, decided before and applied inside the outcome's transaction."""
+
+    action: str  # create, already-active, renew, cancel
+    scope: Scope
+    review_on: dt.date
+    subscription_id: int | None = None
+    snapshot: str | None = None  # what the first answer held, for the first delivery's summary of changes

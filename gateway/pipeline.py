@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -17,25 +16,17 @@ from sqlalchemy import select
 
 from gateway import audit, limits, metrics
 from gateway.authenticate import Authenticated, Refused, authenticate, find_authority, registered_addresses, sender_of
-from gateway.compose import (
-    message_id_of,
-    new_reference,
-    reply_envelope,
-    reply_values,
-    seal,
-)
-from gateway.crypto import KeyProblem, in_thread
+from gateway.crypto import in_thread
 from gateway.db import dialect
 from gateway.db.models import (
     Authority,
-    Disclosure,
     InboundMessage,
     Notice,
     QuarantinedMessage,
     RecordFailure,
     SeenSignature,
 )
-from gateway.extracts import build_extract
+from gateway.disclose import record_disclosure
 from gateway.guard import (
     PARSED_ID_UP_TO,
     automatic_mail,
@@ -51,16 +42,16 @@ from gateway.guard import (
 from gateway.lookalike import claims
 from gateway.notices import alert, answer_limit, impostor
 from gateway.outbox import enqueue
-from gateway.requests import FORMAT_HELP, Request, body_text, parse_request
-from gateway.scope import Scope, ScopeRefusal, disclosable, resolve_scope
-from gateway.subscriptions import apply_by_mail, find_subscription, review_date, snapshot, subscription_note
+from gateway.replies import acknowledge, disclose, refuse
+from gateway.requests import body_text, parse_request
+from gateway.scope import ScopeRefusal, resolve_scope
+from gateway.subscriptions import apply_by_mail, find_subscription, review_date
 from gateway.values import (
     GATEWAY_ACTOR,
     Arrival,
     Asker,
     Context,
     Decision,
-    DisclosureFacts,
     Outcome,
     OutcomeKind,
     Outgoing,
@@ -247,119 +238,6 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
     )
 
 
-async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[str]) -> Decision:
-    """An authenticated request that cannot be met: an encrypted answer saying what to fix, and no data."""
-    message, authority, sender = asker.message, asker.authority, asker.sender
-    reference = new_reference(ctx.clock())
-    envelope = reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
-    text = ctx.templates.render(
-        "refusal.txt.j2",
-        {**reply_values(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
-    )
-    reason = "; ".join(problems)
-    try:
-        wire = await seal(ctx, envelope, text, authority)
-    except KeyProblem as exc:
-        return alert(
-            ctx,
-            arrival,
-            Decision(OutcomeKind.QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority),
-        )
-    reply = Outgoing("refusal", sender, message_id_of(wire), wire)
-    return Decision(OutcomeKind.REFUSED, reason, sender, authority, reference, (reply,))
-
-
-async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope) -> Decision:
-    """A renewal or a cancellation: applied to the active subscription for the area, and answered, encrypted."""
-    current = await find_subscription(ctx.db, asker.authority, scope, "active")
-    if current is None:
-        lapsed = await find_subscription(ctx.db, asker.authority, scope, "lapsed")
-        if lapsed is not None and request.kind == "renewal":
-            problem = (
-                f"your monthly subscription for {scope.description} lapsed on {lapsed.review_on:%d %B %Y}: "
-                "to receive monthly updates again, send a new request with Request: disclosure and Frequency: monthly"
-            )
-        else:
-            problem = f"there is no active monthly subscription for {scope.description} to {request.kind}"
-        return await refuse(ctx, arrival, asker, [problem])
-    today = ctx.clock().date()
-    if request.kind == "renewal":
-        change = SubscriptionChange("renew", scope, review_date(today), current.id)
-        lines = [
-            f"Your monthly subscription for {scope.description} is confirmed.",
-            f"Its next review falls on {change.review_on:%d %B %Y}; you will be reminded before then.",
-        ]
-    else:
-        change = SubscriptionChange("cancel", scope, current.review_on, current.id)
-        lines = [
-            f"Your monthly subscription for {scope.description} is cancelled: no further deliveries will be made.",
-            "To receive monthly updates again, send a new request with Frequency: monthly.",
-        ]
-    reference = new_reference(ctx.clock())
-    subject = f"Monthly subscription {request.kind} ({reference})"
-    envelope = reply_envelope(ctx, asker.message, asker.sender, reference, subject)
-    text = ctx.templates.render(
-        "acknowledgement.txt.j2", {**reply_values(ctx, asker.authority, asker.sender, reference), "lines": lines}
-    )
-    try:
-        wire = await seal(ctx, envelope, text, asker.authority)
-    except KeyProblem as exc:
-        reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, asker.sender, asker.authority))
-    reply = Outgoing("acknowledgement", asker.sender, message_id_of(wire), wire)
-    reason = f"subscription {current.id} for {scope.description}: {request.kind}"
-    return Decision(OutcomeKind.ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
-
-
-async def disclose(
-    ctx: Context, arrival: Arrival, asker: Asker, request: Request, scope: Scope, *, change: SubscriptionChange | None
-) -> Decision:
-    """The extract for the scope, encrypted to the pinned key and signed; fail closed if that cannot be done."""
-    message, authority, sender = asker.message, asker.authority, asker.sender
-    reference = new_reference(ctx.clock())
-    marking = ctx.config.gateway.marking
-    async with ctx.db.transaction(write=False) as session:
-        homes, actions = await disclosable(session, scope)
-    extract = build_extract(homes, actions, marking=marking, reference=reference)
-    subject = f"Register of children's homes: {scope.description} ({reference})"
-    envelope = reply_envelope(ctx, message, sender, reference, subject)
-    text = ctx.templates.render(
-        "disclosure.txt.j2",
-        {
-            **reply_values(ctx, authority, sender, reference),
-            "area": scope.description,
-            "request_date": arrival.received_at.strftime("%d %B %Y"),
-            "homes_file": extract.homes.name,
-            "home_count": extract.home_count,
-            "enforcement_file": extract.enforcement.name,
-            "enforcement_count": extract.enforcement_count,
-            "purpose": request.purpose,
-            "subscription": subscription_note(change),
-        },
-    )
-    try:
-        wire = await seal(ctx, envelope, text, authority, extract.files)
-    except KeyProblem as exc:
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, f"no data sent: {exc}", sender, authority))
-    if change is not None and change.action == "create":
-        change = dataclasses.replace(change, snapshot=json.dumps(snapshot(homes, actions)))
-    facts = DisclosureFacts(
-        reference=reference,
-        authority_name=authority.name,
-        recipient=sender,
-        key_fingerprint=authority.key_fingerprint,
-        area=scope.description,
-        purpose=request.purpose,
-        home_count=extract.home_count,
-        enforcement_count=extract.enforcement_count,
-        extract_sha256=extract.sha256,
-        marking=marking,
-    )
-    reply = Outgoing("disclosure", sender, message_id_of(wire), wire)
-    reason = f"{extract.home_count} homes of {scope.description} disclosed"
-    return Decision(OutcomeKind.ANSWERED, reason, sender, authority, reference, (reply,), facts, change)
-
-
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:
     """A copy decided side by side with the first, or a Message-ID seen before with other bytes (a relay
     re-delivering with a new header, or a replay), is recorded in its own right but never acted on twice."""
@@ -484,29 +362,6 @@ async def commit_decision(
     if decision.subscription is not None and decision.authority is not None:
         await apply_by_mail(session, decision.subscription, decision, inbound.id, now)
     if decision.disclosure is not None:
-        facts = decision.disclosure
-        session.add(
-            Disclosure(
-                **dataclasses.asdict(facts), inbound_id=inbound.id, outbox_id=queued["disclosure"][0], disclosed_at=now
-            )
-        )
-        await audit.record(
-            session,
-            actor=GATEWAY_ACTOR,
-            action="disclosure",
-            subject=facts.reference,
-            details={
-                "justification": facts.purpose,
-                "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
-                "authority": facts.authority_name,
-                "recipient": facts.recipient,
-                "key_fingerprint": facts.key_fingerprint,
-                "area": facts.area,
-                "homes": facts.home_count,
-                "enforcement_actions": facts.enforcement_count,
-                "extract_sha256": facts.extract_sha256,
-                "marking": facts.marking,
-                "outbox_id": queued["disclosure"][0],
-            },
-            now=now,
+        await record_disclosure(
+            ctx, session, decision.disclosure, inbound_id=inbound.id, outbox_id=queued["disclosure"][0], now=now
         )

@@ -20,13 +20,14 @@ from gateway import audit, metrics
 from gateway.compose import Envelope, admin_notice, message_id_of, new_reference, reply_values, seal
 from gateway.config import ScheduleSettings
 from gateway.crypto import KeyProblem
-from gateway.db.models import Authority, Disclosure, Subscription, SubscriptionEvent
-from gateway.extracts import ExtractFile, build_extract, defuse
+from gateway.db.models import Authority, Subscription, SubscriptionEvent
+from gateway.disclose import read_register, record_disclosure, seal_disclosure
+from gateway.extracts import ExtractFile, defuse
 from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
-from gateway.scope import Scope, ScopeRefusal, disclosable, still_allowed
-from gateway.subscriptions import Ending, end, lapse, snapshot
-from gateway.values import GATEWAY_ACTOR, Context
+from gateway.scope import Scope, ScopeRefusal, still_allowed
+from gateway.subscriptions import Ending, end, lapse
+from gateway.values import GATEWAY_ACTOR, Context, DisclosureFacts
 
 # ---------------------------------------------------------------- when
 
@@ -143,7 +144,7 @@ class Prepared:
     wire: bytes
     reference: str
     snapshot: dict[str, Any] | None = None
-    disclosure: dict[str, Any] | None = None
+    disclosure: DisclosureFacts | None = None
     lapse: bool = False
     recipient: str | None = None  # the subscription's address unless said
 
@@ -184,48 +185,26 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
 
 async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict[str, Any]) -> Prepared:
     sub, authority = due.subscription, due.authority
-    scope = Scope(sub.police_force_area, sub.local_authority)
-    async with ctx.db.transaction(write=False) as session:
-        homes, actions = await disclosable(session, scope)
-    marking = ctx.config.gateway.marking
-    extract = build_extract(homes, actions, marking=marking, reference=reference)
-    current = snapshot(homes, actions)
+    register = await read_register(ctx, Scope(sub.police_force_area, sub.local_authority), reference)
+    current = register.snapshot()
     diff = changes(await _latest_snapshot(ctx, sub.id), current)
-    changes_file = diff.file(marking, reference)
-    text = ctx.templates.render(
-        "delivery.txt.j2",
-        {
-            **common,
-            "area": sub.area,
-            "period": due.key,
-            "homes_file": extract.homes.name,
-            "home_count": extract.home_count,
-            "enforcement_file": extract.enforcement.name,
-            "enforcement_count": extract.enforcement_count,
-            "changes_file": changes_file.name,
-            "new": len(diff.new),
-            "gone": len(diff.gone),
-            "changed": len(diff.changed),
-            "new_actions": len(diff.new_actions),
-            "review_on": f"{sub.review_on:%d %B %Y}",
-        },
-    )
-    subject = f"Register of children's homes: {sub.area}, {due.key} ({reference})"
-    envelope = _envelope(ctx, due, reference, subject)
-    wire = await seal(ctx, envelope, text, authority, (*extract.files, changes_file))
-    facts = {
-        "reference": reference,
-        "authority_name": authority.name,
-        "recipient": envelope.recipient,
-        "key_fingerprint": authority.key_fingerprint,
-        "area": sub.area,
-        "purpose": sub.purpose,
-        "home_count": extract.home_count,
-        "enforcement_count": extract.enforcement_count,
-        "extract_sha256": extract.sha256,
-        "marking": marking,
+    changes_file = diff.file(ctx.config.gateway.marking, reference)
+    values = {
+        **common,
+        "period": due.key,
+        "changes_file": changes_file.name,
+        "new": len(diff.new),
+        "gone": len(diff.gone),
+        "changed": len(diff.changed),
+        "new_actions": len(diff.new_actions),
+        "review_on": f"{sub.review_on:%d %B %Y}",
     }
-    return Prepared("disclosure", wire, reference, current, facts)
+    subject = f"Register of children's homes: {sub.area}, {due.key} ({reference})"
+    sealed = await seal_disclosure(
+        ctx, register, authority=authority, envelope=_envelope(ctx, due, reference, subject), area=sub.area,
+        purpose=sub.purpose, template="delivery.txt.j2", values=values, also=(changes_file,),
+    )  # fmt: skip
+    return Prepared("disclosure", sealed.outgoing.content, reference, current, sealed.facts)
 
 
 class _NoLongerAllowed(Exception):  # not an error: how _record undoes a delivery an admin's change overtook
@@ -280,14 +259,9 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 details=details, now=as_of,
             )  # fmt: skip
             if prepared.disclosure is not None:
-                session.add(Disclosure(**prepared.disclosure, inbound_id=None, outbox_id=outbox_id, disclosed_at=as_of))
-                await audit.record(
-                    session, actor=GATEWAY_ACTOR, action="disclosure", subject=prepared.reference,
-                    details={
-                        **prepared.disclosure, "justification": prepared.disclosure["purpose"], "outbox": outbox_id,
-                    },
-                    now=as_of,
-                )  # fmt: skip
+                await record_disclosure(
+                    ctx, session, prepared.disclosure, inbound_id=None, outbox_id=outbox_id, now=as_of
+                )
     except (IntegrityError, _NoLongerAllowed):
         return False
     if prepared.disclosure is not None:

@@ -12,7 +12,7 @@ from email.parser import BytesHeaderParser
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from gateway import audit, limits, metrics
 from gateway.authenticate import Authenticated, Refused, authenticate, find_authority, registered_addresses, sender_of
@@ -298,24 +298,32 @@ async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:
             message_id=arrival.message_id,
             source=arrival.source,
             received_at=arrival.received_at,
-            sender=decision.sender,
-            authority_id=decision.authority.id if decision.authority else None,
-            outcome=decision.outcome,
-            reason=decision.reason,
-            reference=decision.reference,
             size=len(arrival.raw),
         )
+        return await settle(ctx, session, arrival, decision, inbound=inbound, now=now)
+
+
+async def settle(
+    ctx: Context, session: Any, arrival: Arrival, decision: Decision, *, inbound: InboundMessage, now: dt.datetime
+) -> Outcome:
+    """The one commit step, for a new message (record) and for a held one a person released (its row updated,
+    not a new one): the outcome on the message's row, its outgoing mail, notices, audit records, signature,
+    subscription change and disclosure log, all in the caller's transaction."""
+    inbound.outcome, inbound.reason, inbound.reference = decision.outcome, decision.reason, decision.reference
+    inbound.sender = decision.sender
+    inbound.authority_id = decision.authority.id if decision.authority else None
+    if inbound.id is None:
         session.add(inbound)
         await session.flush()
         if decision.outcome == OutcomeKind.QUARANTINED:  # kept whole, for a person to read, release or discard
             session.add(QuarantinedMessage(inbound_id=inbound.id, content=arrival.raw, status="held"))
-        await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
-    if decision.disclosure is not None:
-        metrics.DISCLOSURES.inc()  # counted once committed: a rolled-back attempt is retried, not disclosed
+    await _commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
+    if decision.disclosure is not None:  # counted once committed: a rolled-back attempt is retried, not disclosed
+        event.listen(session.sync_session, "after_commit", lambda _session: metrics.DISCLOSURES.inc(), once=True)
     return Outcome(decision.outcome, decision.reason, inbound.id, decision.reference)
 
 
-async def commit_decision(
+async def _commit_decision(
     ctx: Context, session: Any, arrival: Arrival, decision: Decision, *, inbound: InboundMessage, now: dt.datetime
 ) -> None:
     """A decision's outgoing mail, notices, audit records, subscription change and disclosure log."""

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway import audit, metrics
+from gateway import audit
 from gateway.db.models import Authority, InboundMessage, OutboxMessage, QuarantinedMessage
 from gateway.errors import GatewayError
 from gateway.lookalike import decoded
-from gateway.pipeline import commit_decision, decide
+from gateway.pipeline import decide, settle
 from gateway.values import Arrival, Context, Outcome, OutcomeKind
 
 SHOWN_HEADERS = ("From", "Sender", "To", "Subject", "Date", "Message-ID", "Authentication-Results", "Received")
@@ -123,23 +123,16 @@ async def release(ctx: Context, inbound_id: int, *, actor: str) -> Outcome:
                 details={"reason": decision.reason}, now=now,
             )  # fmt: skip
             return Outcome(OutcomeKind.QUARANTINED, f"still quarantined: {decision.reason}", inbound_id)
-        before = inbound.outcome
-        inbound.outcome, inbound.reason, inbound.reference = decision.outcome, decision.reason, decision.reference
-        inbound.sender = decision.sender
-        inbound.authority_id = decision.authority.id if decision.authority else None
-        held.status, held.decided_by, held.decided_at = "released", actor, now
         await audit.record(
             session,
             actor=actor,
             action="quarantine.release",
             subject=f"message {inbound_id}",
-            details={"before": before, "outcome": decision.outcome, "reason": decision.reason},
+            details={"before": inbound.outcome, "outcome": decision.outcome, "reason": decision.reason},
             now=now,
         )
-        await commit_decision(ctx, session, arrival, decision, inbound=inbound, now=now)
-    if decision.disclosure is not None:
-        metrics.DISCLOSURES.inc()
-    return Outcome(decision.outcome, decision.reason, inbound_id, decision.reference)
+        held.status, held.decided_by, held.decided_at = "released", actor, now
+        return await settle(ctx, session, arrival, decision, inbound=inbound, now=now)
 
 
 async def discard(ctx: Context, inbound_id: int, *, actor: str) -> None:

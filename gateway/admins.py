@@ -13,18 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.crypto import (
-    GPG_TIMEOUT_SECONDS,
-    UNKNOWN_SIGNER,
-    KeyInfo,
-    ScannedKey,
-    in_thread,
-    scan_key,
-    scratch_keyring,
-)
+from gateway.crypto import ScannedKey, scan_key, scratch_keyring
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, Installation
 from gateway.errors import GatewayError, UsageError
+from gateway.gpgrun import GPG_TIMEOUT_SECONDS, in_thread
+from gateway.keyinfo import KeyInfo
+from gateway.signatures import UNKNOWN_SIGNER
 
 SETUP_ADMINS = 2  # registered by the host's administrator; every later one only through the two-person rule
 MAX_NAME = 200

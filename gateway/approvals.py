@@ -23,10 +23,12 @@ from sqlalchemy import select
 
 from gateway import admins, audit
 from gateway.authorities import Allowlist, AllowlistError, Change, Rehearsed, addresses_of, resolve_area
-from gateway.crypto import KeyInfo, in_thread, scan_key
+from gateway.crypto import scan_key
 from gateway.db.engine import Database
 from gateway.db.models import PendingChange
 from gateway.errors import GatewayError
+from gateway.gpgrun import in_thread
+from gateway.keyinfo import KeyInfo
 
 STATEMENT_TITLE = "HMCI register disclosure gateway: change statement, version 1"
 ADMIN_KINDS = frozenset({"admin-add", "admin-remove"})  # always under the rule: admins exist only for it

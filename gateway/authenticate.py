@@ -19,10 +19,12 @@ from gateway import shown
 from gateway.addresses import normalise_address
 from gateway.authresults import AuthResults, Unreadable, raw_values
 from gateway.authresults import parse as parse_results
-from gateway.crypto import Decrypted, GpgLimitExceeded, KeyProblem, SignatureStatus, hashed_subpackets
+from gateway.crypto import Decrypted
 from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress
+from gateway.gpgrun import GpgLimitExceeded, KeyProblem
 from gateway.guard import read_policy
+from gateway.signatures import SignatureStatus, hashed_subpackets
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]

@@ -25,12 +25,14 @@ from gateway import __version__, admins, approvals, audit, daemon, quarantine
 from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
 from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
-from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
+from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
 from gateway.demo import run_demo
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
+from gateway.gpgrun import KeyProblem, in_thread
+from gateway.keyinfo import KeyInfo
 from gateway.logs import configure as configure_logs
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from gateway.pipeline import process

@@ -24,9 +24,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from gateway import metrics
 from gateway.addresses import normalise_address
-from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority
 from gateway.extracts import ExtractFile
+from gateway.gpgrun import KeyProblem, in_thread
 from gateway.guard import header_block
 from gateway.values import Context, Outgoing
 

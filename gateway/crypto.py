@@ -1,297 +1,37 @@
 """python-gnupg at the edge: inspect, import, pin, export and generate OpenPGP keys.
 
-What comes from outside (decrypting and verifying incoming mail) runs gpg directly instead, bounded in the
-bytes it may produce and the time it may take: python-gnupg reads all of gpg's output into memory.
+What comes from outside (decrypting and verifying incoming mail) runs gpg directly instead (gpgrun.py),
+bounded in the bytes it may produce and the time it may take: python-gnupg reads all of gpg's output into
+memory.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import datetime as dt
 import functools
-import hashlib
 import os
-import re
-import selectors
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
 
 import gnupg
 
-from gateway.addresses import normalise_address
 from gateway.config import exposed
-from gateway.errors import GatewayError
-
-T = TypeVar("T")
-
-# python-gnupg runs one gpg process per call; more than a few at once only queue on gpg-agent. A thread
-# semaphore, not an asyncio one, because it must not belong to any one event loop.
-_GPG_CALLS = threading.BoundedSemaphore(4)
-
-
-class KeyProblem(GatewayError):
-    """A key that cannot be used, or a keyring that cannot be opened."""
-
-
-class GpgUnavailable(GatewayError):
-    """gpg itself cannot be run: this machine's fault, never the sender's (so not a KeyProblem, which would make
-    a genuine request look like an impostor's)."""
-
-
-class GpgLimitExceeded(KeyProblem):
-    """gpg was stopped: a message made it produce more than allowed, or take longer."""
-
-
-# What gpg may make of one incoming message. A message is at most 10 MB (the inbound limit), so 25 MB of
-# plaintext leaves room for base64 and ordinary compression; without a bound a compressed packet can turn a few
-# MB of mail into gigabytes (a decompression bomb), all of it read into memory.
-DECRYPT_MAX_BYTES = 25 * 1024 * 1024
-GPG_TIMEOUT_SECONDS = 30.0
-_MAX_STATUS_BYTES = 1024 * 1024  # a few status lines per key and signature: more is somebody's doing
-_CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class _Finished:
-    output: bytes
-    status: str  # gpg's status lines (--status-fd), on a pipe of their own: its messages on stderr are dropped
-    returncode: int
-
-
-class _Pump:
-    """One running gpg and its four pipes: stdin fed, stdout, stderr and status read, all as they allow."""
-
-    def __init__(self, process: subprocess.Popen[bytes], status: int, data: bytes, max_output: int, what: str):
-        self.process = process
-        # Started with all three as PIPE, so none is None.
-        self.stdin = cast(IO[bytes], process.stdin)
-        self.stdout = cast(IO[bytes], process.stdout)
-        self.stderr = cast(IO[bytes], process.stderr)
-        self.status_fd = status
-        self.pending = memoryview(data)
-        self.max_output = max_output
-        self.what = what
-        self.output: list[bytes] = []
-        self.size = 0
-        self.status = bytearray()
-
-    def run(self, timeout: float) -> _Finished:
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.stdout.fileno(), selectors.EVENT_READ, self._output)
-            selector.register(self.stderr.fileno(), selectors.EVENT_READ, lambda chunk: None)  # drained
-            selector.register(self.status_fd, selectors.EVENT_READ, self._status)
-            if self.pending:
-                os.set_blocking(self.stdin.fileno(), False)
-                selector.register(self.stdin.fileno(), selectors.EVENT_WRITE, None)
-            else:
-                self.stdin.close()
-            reading = 3
-            while reading:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise GpgLimitExceeded(f"gpg did not finish within {timeout:g} seconds")
-                for key, _ in selector.select(remaining):
-                    if key.data is None:
-                        self._feed(selector, key.fd)
-                        continue
-                    chunk = os.read(key.fd, _CHUNK)
-                    if chunk:
-                        key.data(chunk)
-                    else:
-                        selector.unregister(key.fd)
-                        reading -= 1
-        try:
-            self.process.wait(max(deadline - time.monotonic(), 0.001))
-        except subprocess.TimeoutExpired:
-            raise GpgLimitExceeded(f"gpg did not finish within {timeout:g} seconds") from None
-        return _Finished(b"".join(self.output), self.status.decode("utf-8", "replace"), self.process.returncode)
-
-    def _feed(self, selector: selectors.BaseSelector, fd: int) -> None:
-        try:
-            self.pending = self.pending[os.write(fd, self.pending[:_CHUNK]) :]
-        except BlockingIOError:
-            return
-        except BrokenPipeError:  # gpg stopped reading; its status says why
-            self.pending = self.pending[:0]
-        if not self.pending:
-            selector.unregister(fd)
-            self.stdin.close()
-
-    def _output(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.max_output:
-            raise GpgLimitExceeded(f"{self.what} is larger than {self.max_output} bytes")
-        self.output.append(chunk)
-
-    def _status(self, chunk: bytes) -> None:
-        self.status += chunk
-        if len(self.status) > _MAX_STATUS_BYTES:
-            raise GpgLimitExceeded(f"gpg reported more than {_MAX_STATUS_BYTES} bytes of status")
-
-    def close(self) -> None:
-        """Kill gpg if it still runs, reap it, close every pipe."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            with suppress(OSError):
-                stream.close()
-        os.close(self.status_fd)
-
-
-def _run_bounded(command: list[str], data: bytes, *, max_output: int, timeout: float, what: str) -> _Finished:
-    """Run gpg on `data` (its stdin), reading its output, status and messages as they come.
-
-    gpg is killed and GpgLimitExceeded raised once its output passes `max_output` bytes (`what` names that
-    output in the error), its status passes _MAX_STATUS_BYTES, or it has run `timeout` seconds. Every pipe is
-    drained all along, so gpg never blocks on a full one, and the process is always reaped.
-    """
-    status_read, status_write = os.pipe()
-    try:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [command[0], "--status-fd", str(status_write), *command[1:]],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(status_write,),
-        )
-    except OSError as exc:
-        os.close(status_read)
-        raise GpgUnavailable(f"cannot run {command[0]}: {exc.strerror or exc}") from None
-    finally:
-        os.close(status_write)
-    pump = _Pump(process, status_read, data, max_output, what)
-    try:
-        return pump.run(timeout)
-    finally:
-        pump.close()
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    fingerprint: str
-    user_ids: tuple[str, ...]
-    emails: frozenset[str]
-    created: dt.datetime
-    # When the key stops being usable to encrypt to: the primary's expiry or, if sooner, that of the last
-    # valid encryption subkey. None means never.
-    expires: dt.datetime | None
-    revoked: bool
-    expired: bool
-    can_encrypt: bool
-    can_sign: bool
-    weaknesses: tuple[str, ...] = ()
-    # When the key stops being able to sign: the primary's expiry or, if sooner, that of the last signing key.
-    signing_expires: dt.datetime | None = None
-    # The primary key and each valid subkey: "primary EdDSA ed25519 sign,certify expires 2028-12-06", say.
-    algorithms: tuple[str, ...] = ()
-
-    def problems(self, now: dt.datetime | None = None) -> list[str]:
-        """Why this key cannot be pinned for an authority, if it cannot (the root cause only)."""
-        moment = now or dt.datetime.now(dt.UTC)
-        if self.revoked:
-            return ["the key is revoked"]
-        if self.expired or (self.expires is not None and self.expires <= moment):
-            when = self.expires.date().isoformat() if self.expires else "an unknown date"
-            return [f"the key expired on {when}"]
-        if not self.can_encrypt:
-            return ["the key has no valid encryption-capable subkey"]
-        return list(self.weaknesses)
-
-
-# OpenPGP public-key algorithm ids (RFC 4880 9.1) whose strength is their length in bits.
-_LENGTH_ALGORITHMS = {"1": "RSA", "2": "RSA", "3": "RSA", "16": "ElGamal", "17": "DSA", "20": "ElGamal"}
-MIN_KEY_BITS = 2048
-
-
-# OpenPGP public-key algorithm ids (RFC 4880 9.1, RFC 6637, RFC 9580) as people name them.
-_ALGORITHM_NAMES = {
-    "1": "RSA", "2": "RSA", "3": "RSA", "16": "ElGamal", "17": "DSA", "18": "ECDH", "19": "ECDSA", "22": "EdDSA",
-    "25": "X25519", "26": "X448", "27": "Ed25519", "28": "Ed448",
-}  # fmt: skip
-_CAPABILITIES = {"s": "sign", "c": "certify", "e": "encrypt", "a": "authenticate"}
-
-
-def _describe_key(role: str, record: dict[str, Any]) -> str:
-    algo = record.get("algo", "")
-    name = _ALGORITHM_NAMES.get(algo, f"algorithm-{algo}")
-    size = record.get("curve") or f"{record.get('length') or '?'} bits"
-    uses = ",".join(word for letter, word in _CAPABILITIES.items() if letter in record.get("cap", ""))
-    expires = _epoch(record.get("expires", ""))
-    until = f"expires {expires.isoformat().replace('+00:00', 'Z')}" if expires else "never expires"
-    return f"{role} {name} {size} {uses or 'no-use'} {until}"
-
-
-def _epoch(value: str) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(int(value), dt.UTC) if value else None
-
-
-def uid_address(uid: str) -> str | None:
-    """A user ID's mailbox as gpg and mail clients read it: the last <...>, else the whole ID; None if invalid."""
-    match = re.search(r"<([^<>]*)>\s*$", uid)
-    try:
-        return normalise_address(match[1] if match else uid)
-    except ValueError:
-        return None
-
-
-def _usable(record: dict[str, str]) -> bool:
-    # Validity letters (gpg's DETAILS, field 2): r revoked, e expired, i invalid, d disabled.
-    return record.get("trust", "") not in ("r", "e", "i", "d")
-
-
-def _effective_expiry(entry: dict[str, Any], capability: str = "e") -> dt.datetime | None:
-    never = dt.datetime.max.replace(tzinfo=dt.UTC)
-    capable = [entry] if capability in entry.get("cap", "") else []
-    capable += [s for s in entry.get("subkey_info", {}).values() if capability in s.get("cap", "") and _usable(s)]
-    latest = max((_epoch(s.get("expires", "")) or never for s in capable), default=never)
-    soonest = min(_epoch(entry.get("expires", "")) or never, latest)
-    return None if soonest == never else soonest
-
-
-def _weaknesses(entry: dict[str, Any]) -> tuple[str, ...]:
-    found = []
-    for record in [entry, *(s for s in entry.get("subkey_info", {}).values() if _usable(s))]:
-        name = _LENGTH_ALGORITHMS.get(record.get("algo", ""))
-        bits = int(record.get("length") or 0)
-        if name and bits < MIN_KEY_BITS:
-            found.append(f"it uses a {bits}-bit {name} key (at least {MIN_KEY_BITS} bits are needed)")
-    return tuple(dict.fromkeys(found))
-
-
-def _key_info(entry: dict[str, Any], uid_map: dict[str, dict[str, str]]) -> KeyInfo:
-    # Upper-case capability letters (field 12) are what the key as a whole can do now, counting only its
-    # valid subkeys; revoked and expired user IDs are left out.
-    uids = tuple(uid for uid in entry["uids"] if uid_map.get(uid, {}).get("trust") not in ("r", "e"))
-    emails = frozenset(address for address in map(uid_address, uids) if address is not None)
-    cap = entry.get("cap", "")
-    return KeyInfo(
-        fingerprint=entry["fingerprint"],
-        user_ids=uids,
-        emails=emails,
-        created=_epoch(entry["date"]) or dt.datetime.fromtimestamp(0, dt.UTC),
-        expires=_effective_expiry(entry),
-        revoked=entry.get("trust") == "r",
-        expired=entry.get("trust") == "e",
-        can_encrypt="E" in cap,
-        can_sign="S" in cap,
-        weaknesses=_weaknesses(entry),
-        signing_expires=_effective_expiry(entry, "s"),
-        algorithms=(
-            _describe_key("primary", entry),
-            *(_describe_key("subkey", sub) for sub in entry.get("subkey_info", {}).values() if _usable(sub)),
-        ),
-    )
+from gateway.gpgrun import (
+    CHUNK,
+    DECRYPT_MAX_BYTES,
+    GPG_TIMEOUT_SECONDS,
+    MAX_STATUS_BYTES,
+    GpgLimitExceeded,
+    KeyProblem,
+    run_bounded,
+)
+from gateway.keyinfo import KeyInfo, key_info
+from gateway.signatures import SignatureStatus, signature_status
 
 
 def kill_agent(home: Path) -> None:
@@ -360,7 +100,7 @@ class Keyring:
         listing = self._gpg.list_keys(keys=[fingerprint])
         for entry in listing:
             if entry["fingerprint"] == fingerprint:
-                return _key_info(entry, listing.uid_map)
+                return key_info(entry, listing.uid_map)
         return None
 
     def inspect_cached(self, fingerprint: str, seconds: float = 60.0) -> KeyInfo | None:
@@ -415,8 +155,8 @@ class Keyring:
             "--sign", "--encrypt",
         )  # fmt: skip
         try:
-            finished = _run_bounded(
-                command, data, max_output=4 * len(data) + _CHUNK * 16, timeout=GPG_TIMEOUT_SECONDS, what="the reply"
+            finished = run_bounded(
+                command, data, max_output=4 * len(data) + CHUNK * 16, timeout=GPG_TIMEOUT_SECONDS, what="the reply"
             )
         except GpgLimitExceeded as exc:
             raise KeyProblem(f"gpg could not sign and encrypt to {recipient}: {exc}") from None
@@ -444,10 +184,10 @@ class Keyring:
             sig.write(signature)
             sig.flush()
             try:
-                finished = _run_bounded(
+                finished = run_bounded(
                     self._gpg_command("--verify", sig.name, "-"),
                     data,
-                    max_output=_MAX_STATUS_BYTES,
+                    max_output=MAX_STATUS_BYTES,
                     timeout=timeout,
                     what="gpg's output for a signature check",
                 )
@@ -478,7 +218,7 @@ class Keyring:
         GpgLimitExceeded (a KeyProblem) raised; nothing is returned truncated. (gpg's own --max-output is no
         substitute: gpg 2.2 cuts the plaintext short yet still reports DECRYPTION_OKAY and exits 0.)
         """
-        finished = _run_bounded(
+        finished = run_bounded(
             self._gpg_command("--trust-model", "always", "--decrypt"),
             data,
             max_output=max_bytes,
@@ -527,114 +267,6 @@ def scratch_keyring(binary: str = "gpg") -> Iterator[Keyring]:
 
 
 @dataclass(frozen=True)
-class SignatureStatus:
-    """What gpg said of one detached signature, read from its status lines (python-gnupg's flags can mislead)."""
-
-    good: bool
-    primary_fingerprint: str | None  # the key that made it: the primary key's fingerprint, never a subkey's
-    signed_at: dt.datetime | None
-    problem: str | None
-    signed: bool = True  # False when there was no signature at all (an encrypted message need not carry one)
-    # gpg's SIG_ID: a digest of the signature itself, the same whatever armour or MIME carries it, so the same
-    # signature arriving again is known for a replay (next year's identical request has another).
-    signature_id: str | None = None
-    # What the signer signed besides the data: a digest of the signature packet's hashed subpackets (its time,
-    # notations, ...) with the SHA-256 of the bytes it covers. Set by whoever verified them (authenticate.py).
-    signed_sha256: str | None = None
-
-    def replay_keys(self) -> tuple[str, ...]:
-        """What makes this signature the one it is, each enough to know it again. SIG_ID alone is not: an
-        ECDSA signature's s can be replaced by n - s, which verifies the same and has another SIG_ID; but what
-        the signer signed (the data, and the signature's own hashed subpackets) cannot be altered."""
-        keys = [f"id:{self.signature_id}"] if self.signature_id else []
-        if self.primary_fingerprint and self.signed_sha256:
-            made = f"{self.primary_fingerprint}/{self.signed_sha256}"
-            keys.append(f"signed:{hashlib.sha256(made.encode()).hexdigest()}")
-        return tuple(keys)
-
-
-def hashed_subpackets(signature: bytes) -> bytes | None:
-    """The hashed subpacket area of the first (v4) signature packet in an OpenPGP signature, armoured or not;
-    None when it is not one. Read only after gpg called the signature good: the packet is well formed."""
-    data = _dearmoured(signature)
-    if data is None or len(data) < 2 or not data[0] & 0x80:
-        return None
-    if data[0] & 0x40:  # new format packet header
-        tag, first = data[0] & 0x3F, data[1]
-        if first < 192:
-            start, length = 2, first
-        elif first < 224 and len(data) > 2:
-            start, length = 3, ((first - 192) << 8) + data[2] + 192
-        elif first == 255 and len(data) > 5:
-            start, length = 6, int.from_bytes(data[2:6], "big")
-        else:
-            return None  # partial lengths: never a signature packet's
-    else:  # old format: the length's size in the low two bits
-        tag, size = (data[0] >> 2) & 0x0F, {0: 1, 1: 2, 2: 4}.get(data[0] & 3)
-        if size is None:
-            return None
-        start, length = 1 + size, int.from_bytes(data[1 : 1 + size], "big")
-    body = data[start : start + length]
-    if tag != 2 or len(body) < 6 or body[0] != 4:
-        return None
-    hashed = int.from_bytes(body[4:6], "big")
-    return body[: 6 + hashed] if len(body) >= 6 + hashed else None  # version, type, algorithms and the area
-
-
-def _dearmoured(signature: bytes) -> bytes | None:
-    text = signature.strip()
-    if not text.startswith(b"-----BEGIN PGP SIGNATURE-----"):
-        return text
-    lines = text.splitlines()
-    try:
-        blank = next(i for i, line in enumerate(lines) if not line.strip())
-    except StopIteration:
-        return None
-    body = b"".join(line.strip() for line in lines[blank + 1 :] if line.strip() and not line.startswith((b"=", b"-")))
-    try:
-        return base64.b64decode(body, validate=True)
-    except ValueError:
-        return None
-
-
-_BAD_SIGNATURE = {
-    "BADSIG": "the signature does not match the signed part (it was altered or only partly signed)",
-    "EXPKEYSIG": "the signing key has expired",
-    "REVKEYSIG": "the signing key is revoked",
-    "EXPSIG": "the signature has expired",
-    "ERRSIG": "the signature could not be checked (unknown key or algorithm)",
-    "NO_PUBKEY": "the signing key is not in the gateway's keyring",
-}
-
-
-# What gpg says of a signature by a key it does not hold.
-UNKNOWN_SIGNER = frozenset({_BAD_SIGNATURE["ERRSIG"], _BAD_SIGNATURE["NO_PUBKEY"]})
-
-_SIGNATURE_WORDS = frozenset({"NEWSIG", "GOODSIG", "VALIDSIG", *_BAD_SIGNATURE})
-
-
-def signature_status(status_text: str) -> SignatureStatus:
-    lines = [line.split()[1:] for line in status_text.splitlines() if line.startswith("[GNUPG:] ")]
-    if not any(words and words[0] in _SIGNATURE_WORDS for words in lines):
-        return SignatureStatus(False, None, None, "there is no signature", signed=False)
-    for words in lines:
-        if words and words[0] in _BAD_SIGNATURE:
-            return SignatureStatus(False, None, None, _BAD_SIGNATURE[words[0]])
-    valid = [words for words in lines if words and words[0] == "VALIDSIG"]
-    if len(valid) != 1 or not any(words and words[0] == "GOODSIG" for words in lines):
-        count = len(valid)
-        return SignatureStatus(False, None, None, f"expected one good signature, gpg reported {count}")
-    # VALIDSIG <fpr> <date> <timestamp> <expire> <version> <reserved> <algo> <hash> <class> <primary-fpr>
-    words = valid[0]
-    primary = words[10] if len(words) > 10 else words[1]
-    signed_at = dt.datetime.fromtimestamp(int(words[3]), dt.UTC) if words[3].isdigit() else None
-    ids = {words[1] for words in lines if len(words) > 1 and words[0] == "SIG_ID"}
-    if len(ids) != 1:  # a signature that cannot be told from a replay of it is not accepted
-        return SignatureStatus(False, None, None, "gpg gave the signature no identity, so a replay could not be told")
-    return SignatureStatus(True, primary, signed_at, None, signature_id=ids.pop())
-
-
-@dataclass(frozen=True)
 class Decrypted:
     data: bytes
     signature: SignatureStatus  # not good when the message was not signed, or not by a key we hold
@@ -665,13 +297,3 @@ def scan_key(data: bytes, binary: str = "gpg") -> ScannedKey:
         if info is None:
             raise KeyProblem("gpg imported the key but cannot list it")
         return ScannedKey(info, scratch.export_public(info.fingerprint, minimal=True).encode("ascii"))
-
-
-async def in_thread(call: Callable[..., T], *args: Any) -> T:
-    """Run a blocking gpg call off the event loop, a few at a time."""
-
-    def limited() -> T:
-        with _GPG_CALLS:
-            return call(*args)
-
-    return await asyncio.to_thread(limited)

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import metrics
 from gateway.compose import Templates
 from gateway.config import Config, InboundSmtpSettings, SmtpSettings
-from gateway.crypto import KeyProblem, Keyring, in_thread
+from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
+from gateway.gpgrun import KeyProblem, in_thread
 from gateway.listener import drain_spool, start_listener
 from gateway.mailbox import Watcher
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport

@@ -21,9 +21,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.authenticate import SignedParts, split_signed
 from gateway.compose import Templates
 from gateway.config import InboundSmtpSettings, SmtpSettings, load_config
-from gateway.crypto import Keyring, in_thread, kill_agent
+from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import create_database
 from gateway.errors import GatewayError
+from gateway.gpgrun import in_thread
 from gateway.listener import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process

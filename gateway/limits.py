@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import shown
 from gateway.config import LimitSettings
-from gateway.crypto import SignatureStatus
 from gateway.db.models import Authority, InboundMessage, OutboxMessage, SeenSignature
+from gateway.signatures import SignatureStatus
 
 ANSWERS = ("disclosure", "refusal", "acknowledgement")  # what counts towards [limits] answers_per_day
 DAY = dt.timedelta(days=1)

@@ -20,8 +20,8 @@ from sqlalchemy.orm import selectinload
 from gateway import audit, limits, shown
 from gateway.authenticate import registered_addresses
 from gateway.compose import Envelope, admin_mail, admin_notice, message_id_of, new_reference, reply_values, seal
-from gateway.crypto import KeyProblem, in_thread
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
+from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.values import GATEWAY_ACTOR, Arrival, Asker, Context, Decision, OutcomeKind, Outgoing

@@ -16,7 +16,6 @@ from sqlalchemy import event, select
 
 from gateway import audit, limits, metrics
 from gateway.authenticate import Authenticated, Refused, authenticate, find_authority, registered_addresses, sender_of
-from gateway.crypto import in_thread
 from gateway.db import dialect
 from gateway.db.models import (
     Authority,
@@ -27,6 +26,7 @@ from gateway.db.models import (
     SeenSignature,
 )
 from gateway.disclose import record_disclosure
+from gateway.gpgrun import in_thread
 from gateway.guard import (
     PARSED_ID_UP_TO,
     automatic_mail,

@@ -7,8 +7,8 @@ import dataclasses
 import json
 
 from gateway.compose import message_id_of, new_reference, reply_envelope, reply_values, seal
-from gateway.crypto import KeyProblem
 from gateway.disclose import read_register, seal_disclosure
+from gateway.gpgrun import KeyProblem
 from gateway.notices import alert
 from gateway.requests import FORMAT_HELP, Request
 from gateway.scope import Scope

@@ -19,10 +19,10 @@ from sqlalchemy.orm import selectinload
 from gateway import audit, metrics
 from gateway.compose import Envelope, admin_notice, message_id_of, new_reference, reply_values, seal
 from gateway.config import ScheduleSettings
-from gateway.crypto import KeyProblem
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
 from gateway.extracts import ExtractFile, defuse
+from gateway.gpgrun import KeyProblem
 from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
 from gateway.compose import admin_notice, new_reference
-from gateway.crypto import KeyProblem
 from gateway.db.engine import Database
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.errors import GatewayError
 from gateway.extracts import HOME_EXTRACT_COLUMNS, EnforcementLike, HomeLike
+from gateway.gpgrun import KeyProblem
 from gateway.notices import encrypted_notice
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed

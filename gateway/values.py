@@ -11,10 +11,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
-from gateway.crypto import Keyring, SignatureStatus
+from gateway.crypto import Keyring
 from gateway.db.engine import Database
 from gateway.db.models import Authority
 from gateway.scope import Scope
+from gateway.signatures import SignatureStatus
 
 if TYPE_CHECKING:  # compose builds Outgoing values: it imports this module
     from gateway.compose import Templates

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
-from gateway.crypto import KeyProblem, Keyring, kill_agent
+from gateway.crypto import Keyring, kill_agent
 from gateway.extracts import build_extract
+from gateway.gpgrun import KeyProblem
 from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys
 from tests.test_extracts import FakeAction, FakeHome
 

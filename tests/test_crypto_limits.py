@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.crypto import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem, Keyring
+from gateway.crypto import Keyring
+from gateway.gpgrun import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem
 from tests.conftest import AuthorityKeys, gateway_keyring, run_gpg
 
 BOMB_PLAINTEXT = 200 * 1024 * 1024  # zeros: compressed by gpg to a few hundred KB
@@ -95,7 +96,8 @@ def test_a_decompression_bomb_is_refused_at_the_limit_and_gpg_reaped(recipient: 
 MEASURE = """
 import json, sys
 from pathlib import Path
-from gateway.crypto import KeyProblem, Keyring
+from gateway.crypto import Keyring
+from gateway.gpgrun import KeyProblem
 
 def peak_kb():  # this process's own high-water mark of resident memory
     status = Path("/proc/self/status").read_text()

@@ -95,25 +95,15 @@ async def record(
     # Hashed as it will be stored: a sender's text (a NUL, a lone surrogate) is made storable before the hash.
     actor, subject = stored(AuditRecord.actor, actor), stored(AuditRecord.subject, subject)
     details_text = stored(AuditRecord.details, canonical_json(details))
-    digest = chain_hash(
-        prev_hash=prev_hash,
-        seq=seq,
-        recorded_at=recorded_at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        details=details_text,
-    )
-    row = AuditRecord(
-        seq=seq,
-        recorded_at=recorded_at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        details=details_text,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "recorded_at": recorded_at,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+    }
+    digest = chain_hash(prev_hash=prev_hash, details=details_text, **fields)
+    row = AuditRecord(**fields, details=details_text, prev_hash=prev_hash, hash=digest)
     session.add(row)
     await session.flush()
     return AuditEntry.from_row(row)
@@ -157,20 +147,11 @@ async def verify(session: AsyncSession) -> Verification:
     prev_hash = GENESIS_HASH
     query = select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=1000)
     async for row in await session.stream_scalars(query):
-        if row.seq != expected_seq:
-            return Verification(
-                expected_seq - 1,
-                expected_seq - 1,
-                prev_hash,
-                f"record {expected_seq} is missing (next present is {row.seq}): records were removed",
-            )
-        if row.prev_hash != prev_hash:
-            return Verification(
-                expected_seq - 1,
-                expected_seq - 1,
-                prev_hash,
-                f"record {row.seq} does not follow record {row.seq - 1}: records were removed or reordered",
-            )
+        broken = f"record {expected_seq} is missing (next present is {row.seq}): records were removed"
+        if row.seq == expected_seq and row.prev_hash != prev_hash:
+            broken = f"record {row.seq} does not follow record {row.seq - 1}: records were removed or reordered"
+        if row.seq != expected_seq or row.prev_hash != prev_hash:
+            return Verification(expected_seq - 1, expected_seq - 1, prev_hash, broken)
         digest = _row_hash(row)
         if digest != row.hash:
             return Verification(

@@ -307,17 +307,23 @@ def _read_header(message: EmailMessage, name: str) -> str:
         return ""
 
 
-def reply_envelope(ctx: Context, message: EmailMessage, recipient: str, reference: str, subject: str) -> Envelope:
-    original = _read_header(message, "Message-ID").strip() or None
-    earlier = tuple(_read_header(message, "References").split())
+def envelope_for(
+    ctx: Context, recipient: str, reference: str, subject: str, *, answering: EmailMessage | None = None
+) -> Envelope:
+    """From the gateway to a registered address: an answer to the message `answering`, in its thread, or else
+    mail the gateway starts of its own accord (RFC 3834 "auto-generated": a notice, a monthly delivery)."""
+    thread: dict[str, Any] = {"auto_submitted": "auto-generated"}
+    if answering is not None:
+        original = _read_header(answering, "Message-ID").strip() or None
+        earlier = tuple(_read_header(answering, "References").split())
+        thread = {"in_reply_to": original, "references": (*earlier, original) if original else earlier}
     return Envelope(
         sender=ctx.config.gateway.address,
         recipient=recipient,
         marking=ctx.config.gateway.marking,
         reference=reference,
         subject=subject,
-        in_reply_to=original,
-        references=(*earlier, original) if original else earlier,
+        **thread,
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit, limits, shown
 from gateway.authenticate import registered_addresses
-from gateway.compose import Envelope, admin_mail, admin_notice, message_id_of, new_reference, reply_values, seal
+from gateway.compose import admin_mail, admin_notice, envelope_for, message_id_of, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -255,16 +255,8 @@ async def encrypted_notice(
     if not authority.addresses:
         return None
     recipient = recipient or authority.addresses[0].address
-    envelope = Envelope(
-        sender=ctx.config.gateway.address,
-        recipient=recipient,
-        marking=ctx.config.gateway.marking,
-        reference=reference,
-        subject=f"{subject} ({reference})",
-        auto_submitted="auto-generated",
-    )
     text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
-    wire = await seal(ctx, envelope, text, authority)
+    wire = await seal(ctx, envelope_for(ctx, recipient, reference, f"{subject} ({reference})"), text, authority)
     return Outgoing(kind, recipient, message_id_of(wire), wire)
 
 

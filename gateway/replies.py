@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from gateway.compose import message_id_of, new_reference, reply_envelope, reply_values, seal
+from gateway.compose import envelope_for, message_id_of, new_reference, reply_values, seal
 from gateway.disclose import read_register, seal_disclosure
 from gateway.gpgrun import KeyProblem
 from gateway.notices import alert
@@ -20,7 +20,9 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
     """An authenticated request that cannot be met: an encrypted answer saying what to fix, and no data."""
     message, authority, sender = asker.message, asker.authority, asker.sender
     reference = new_reference(ctx.clock())
-    envelope = reply_envelope(ctx, message, sender, reference, f"Your request could not be answered ({reference})")
+    envelope = envelope_for(
+        ctx, sender, reference, answering=message, subject=f"Your request could not be answered ({reference})"
+    )
     text = ctx.templates.render(
         "refusal.txt.j2",
         {**reply_values(ctx, authority, sender, reference), "problems": problems, "format_help": FORMAT_HELP},
@@ -66,7 +68,7 @@ async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Req
         ]
     reference = new_reference(ctx.clock())
     subject = f"Monthly subscription {request.kind} ({reference})"
-    envelope = reply_envelope(ctx, asker.message, asker.sender, reference, subject)
+    envelope = envelope_for(ctx, asker.sender, reference, subject, answering=asker.message)
     text = ctx.templates.render(
         "acknowledgement.txt.j2", {**reply_values(ctx, asker.authority, asker.sender, reference), "lines": lines}
     )
@@ -94,9 +96,10 @@ async def disclose(
         "purpose": request.purpose,
         "subscription": subscription_note(change),
     }
+    envelope = envelope_for(ctx, sender, reference, subject, answering=asker.message)
     try:
         sealed = await seal_disclosure(
-            ctx, register, authority=authority, envelope=reply_envelope(ctx, asker.message, sender, reference, subject),
+            ctx, register, authority=authority, envelope=envelope,
             area=scope.description, purpose=request.purpose, template="disclosure.txt.j2", values=values,
         )  # fmt: skip
     except KeyProblem as exc:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
-from gateway.compose import Envelope, admin_notice, message_id_of, new_reference, reply_values, seal
+from gateway.compose import Envelope, admin_notice, envelope_for, message_id_of, new_reference, reply_values, seal
 from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
@@ -114,15 +114,8 @@ async def _already(ctx: Context, due: Due) -> bool:
 
 
 def _envelope(ctx: Context, due: Due, reference: str, subject: str) -> Envelope:
-    recipient = due.subscription.address  # the address that asked, checked still to be the authority's
-    return Envelope(
-        sender=ctx.config.gateway.address,
-        recipient=recipient,
-        marking=ctx.config.gateway.marking,
-        reference=reference,
-        subject=subject,
-        auto_submitted="auto-generated",  # scheduled mail, not an answer (RFC 3834)
-    )
+    # To the address that asked, checked still to be the authority's; scheduled mail, not an answer (RFC 3834).
+    return envelope_for(ctx, due.subscription.address, reference, subject)
 
 
 async def _latest_snapshot(ctx: Context, subscription_id: int) -> dict[str, Any] | None:

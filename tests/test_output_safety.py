@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from gateway.compose import MAX_FILE_NAME, Envelope, Templates, inner_message, outer_message, reply_envelope
+from gateway.compose import MAX_FILE_NAME, Envelope, Templates, envelope_for, inner_message, outer_message
 from gateway.config import DatabaseSettings, InboundSmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
@@ -354,7 +354,7 @@ def test_whatever_a_request_says_its_message_id_is_the_reply_is_clean(
     )  # fmt: skip
     request = parse(raw)
     try:
-        env = reply_envelope(reply_context, request, POLICE_ADDRESS, REFERENCE, "subject")
+        env = envelope_for(reply_context, POLICE_ADDRESS, REFERENCE, "subject", answering=request)
     except IndexError:
         # Python's header parser fails on some Message-IDs ("<"): the pipeline then quarantines the request and
         # builds no reply at all (safe); what is checked here is every reply built.

@@ -7,8 +7,10 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterator
+from email import policy
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import EmailPolicy
 
 from gateway import shown
@@ -217,7 +219,23 @@ def signature_age_problem(signed_at: dt.datetime | None, received: dt.datetime, 
 MAX_LABEL_BYTES = 500  # an index entry must hold it: PostgreSQL's B-tree takes some 2,700 bytes at most
 
 
-def message_id_label(written: str) -> str:
+def message_id_label(raw: bytes, header_limit: int) -> str | None:
+    """A message's Message-ID as it is kept to tell the same message again, read from no more of the header
+    block than the limit; None when it has none, or one that will not parse (decide() records what is wrong).
+    Only that field is parsed (the parser would read Content-Type too), and only when short: the parser is slow
+    on long hostile ones, which are kept as written."""
+    field = first_field(header_block(raw, header_limit), b"message-id")
+    try:
+        if len(field) > PARSED_ID_UP_TO:
+            written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
+            return _label(written)
+        header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
+    except Exception:  # a header that will not even parse is no label
+        return None
+    return _label(str(header)) if header else None
+
+
+def _label(written: str) -> str:
     """A Message-ID as it is kept to tell the same message again: as written, or when long, by its digest,
     so that two long ones never share a truncated prefix, and none is too long for its index."""
     label = written.strip()  # made storable where every text is, on its way into the database (db.models)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import re
-from email import message_from_bytes, policy
+from email import message_from_bytes
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 from typing import Any
 
 import structlog
@@ -28,10 +26,7 @@ from gateway.db.models import (
 from gateway.disclose import record_disclosure
 from gateway.gpgrun import in_thread
 from gateway.guard import (
-    PARSED_ID_UP_TO,
     automatic_mail,
-    first_field,
-    header_block,
     message_id_label,
     read_policy,
     sender_header_problem,
@@ -112,21 +107,8 @@ async def set_aside(ctx: Context, arrival: Arrival, error: str) -> Outcome:
 
 
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
-    # Only the header block, and no more of it than the limit: the body is parsed once, in decide(), after the
-    # checks on size, and its failures are dealt with there.
-    # Only the Message-ID field is parsed (the parser would read Content-Type too), and only when short: the
-    # parser is slow on long hostile ones, which are kept as written.
-    field = first_field(header_block(raw, header_limit), b"message-id")
-    message_id = None
-    try:
-        if len(field) > PARSED_ID_UP_TO:
-            written = re.sub(rb"\r?\n(?=[ \t])", b"", field).partition(b":")[2].decode("utf-8", "replace")
-            return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id_label(written), source, now)
-        header = BytesHeaderParser(policy=policy.default).parsebytes(field).get("Message-ID")
-        message_id = message_id_label(str(header)) if header else None
-    except Exception:  # a header that will not even parse is no label; decide() records what is wrong
-        message_id = None
-    return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id, source, now)
+    """The raw bytes, their digest and their Message-ID as a label; nothing else is parsed before decide()."""
+    return Arrival(raw, hashlib.sha256(raw).hexdigest(), message_id_label(raw, header_limit), source, now)
 
 
 async def previously(ctx: Context, arrival: Arrival) -> Outcome | None:

@@ -332,9 +332,7 @@ async def seal(ctx: Context, envelope: Envelope, text: str, authority: Authority
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
-    known, info = ctx.keyring.remembered(authority.key_fingerprint)
-    if not known:  # no thread and no gpg when it was inspected within the minute
-        info = await in_thread(ctx.keyring.inspect_cached, authority.key_fingerprint)
+    info = await ctx.keyring.inspect_cached(authority.key_fingerprint)
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")

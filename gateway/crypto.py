@@ -28,6 +28,7 @@ from gateway.gpgrun import (
     MAX_STATUS_BYTES,
     GpgLimitExceeded,
     KeyProblem,
+    in_thread,
     run_bounded,
 )
 from gateway.keyinfo import KeyInfo, key_info
@@ -103,21 +104,16 @@ class Keyring:
                 return key_info(entry, listing.uid_map)
         return None
 
-    def inspect_cached(self, fingerprint: str, seconds: float = 60.0) -> KeyInfo | None:
-        """inspect(), remembered for a minute: a gpg process per answer just to read a key is most of a request's
-        cost. Safe to be a minute late: gpg itself refuses to encrypt to a key revoked or expired since."""
-        known, info = self.remembered(fingerprint, seconds)
-        if not known:
-            info = self.inspect(fingerprint)
-            self._inspected[fingerprint] = (time.monotonic(), info)
-        return info
-
-    def remembered(self, fingerprint: str, seconds: float = 60.0) -> tuple[bool, KeyInfo | None]:
-        """(True, what inspect_cached would return) when that needs no gpg; (False, None) when it does."""
+    async def inspect_cached(self, fingerprint: str, seconds: float = 60.0) -> KeyInfo | None:
+        """inspect(), remembered for a minute, from the event loop: a gpg process per answer just to read a key
+        is most of a request's cost, and within the minute not even a thread is needed. Safe to be a minute
+        late: gpg itself refuses to encrypt to a key revoked or expired since."""
         cached = self._inspected.get(fingerprint)
         if cached is not None and time.monotonic() - cached[0] < seconds:
-            return True, cached[1]
-        return False, None
+            return cached[1]
+        info = await in_thread(self.inspect, fingerprint)
+        self._inspected[fingerprint] = (time.monotonic(), info)
+        return info
 
     def has_secret(self, fingerprint: str) -> bool:
         return fingerprint in self.secret_fingerprints()

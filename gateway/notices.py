@@ -26,9 +26,186 @@ from gateway.lookalike import Claim, claims
 from gateway.outbox import enqueue
 from gateway.values import GATEWAY_ACTOR, Arrival, Asker, Context, Decision, OutcomeKind, Outgoing
 
-NOTICE_DAYS = 30
-GATEWAY_HOLDER = "gateway"
 log = structlog.get_logger("gateway.notices")
+
+
+# ---------------------------------------------------------------- the admins, of a message
+
+
+def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
+    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
+    text = ctx.templates.render(
+        "alert.txt.j2",
+        {
+            "title": f"message {decision.outcome}",
+            "date": ctx.clock().isoformat(timespec="seconds"),
+            "outcome": decision.outcome,
+            "reason": decision.reason,
+            "sender": decision.sender,
+            "authority": decision.authority.name if decision.authority else None,
+            "message_id": shown.message_id(arrival.message_id),
+            "sha256": arrival.sha256,
+        },
+    )
+    warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))
+
+
+# ---------------------------------------------------------------- authorities, of what was done in their name
+
+
+async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is from
+    ctx: Context,
+    arrival: Arrival,
+    message: EmailMessage,
+    why: str,
+    sender: str | None,
+    authority: Authority | None = None,
+    *,
+    registered: dict[str, int] | None = None,
+    found: list[Claim] | None = None,
+) -> Decision:
+    """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
+    and each authority whose address was shown or imitated told, encrypted and at most a few times a day.
+    `registered` and `found` are the allowlist's addresses and the claims on them, when already read."""
+    registered = registered if registered is not None else await registered_addresses(ctx.db)
+    found = found if found is not None else claims(message, registered, sender=sender)
+    reason = "; ".join([why, *(claim.describe() for claim in found)])
+    ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
+    authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
+    decision = alert(
+        ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority or next(iter(authorities), None))
+    )
+    told: list[Outgoing] = []
+    for named in authorities:
+        async with ctx.db.transaction(write=False) as session:
+            if not named.addresses or await limits.impostor_notices_spent(
+                session, ctx.config.limits, named.addresses[0].address, ctx.clock()
+            ):
+                continue
+        lines = [
+            "Someone sent the register disclosure gateway a message that used your name, and it was refused:",
+            "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
+            "",
+            f"Received: {arrival.received_at:%d %B %Y %H:%M} UTC",
+            f"Message-ID (as received): {shown.message_id(arrival.message_id)}",
+            f"Why it was refused: {reason[:1500]}",
+            "",
+            "If you sent it, send the request again from your registered address, signed with your registered",
+            "key (or through your mail system's DMARC-aligned path). If you did not, nothing needs doing: you may",
+            "wish to tell your information security team.",
+        ]
+        notice = await authority_notice(ctx, named, "someone tried to use your name", lines, "impostor-notice")
+        if notice is not None:
+            told.append(notice)
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, *told))
+
+
+async def authority_notice(
+    ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
+) -> Outgoing | None:
+    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
+    try:
+        return await encrypted_notice(
+            ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
+            template="authority-notice.txt.j2", values={"title": title, "lines": lines},
+        )  # fmt: skip
+    except KeyProblem:
+        return None  # fail closed: the admins' alert says what happened
+
+
+async def encrypted_notice(
+    ctx: Context,
+    authority: Authority,
+    *,
+    kind: str,
+    reference: str,
+    subject: str,
+    template: str,
+    values: dict[str, Any],
+    recipient: str | None = None,
+) -> Outgoing | None:
+    """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
+    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
+    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
+    if not authority.addresses:
+        return None
+    recipient = recipient or authority.addresses[0].address
+    text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
+    wire = await seal(ctx, envelope_for(ctx, recipient, reference, f"{subject} ({reference})"), text, authority)
+    return Outgoing(kind, recipient, message_id_of(wire), wire)
+
+
+async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
+    """These authorities, in this order, with their addresses; one that is gone is left out."""
+    async with ctx.db.transaction(write=False) as session:
+        query = select(Authority).where(Authority.id.in_(ids)).options(selectinload(Authority.addresses))
+        found = {row.id: row for row in (await session.execute(query)).scalars()}
+    return [found[i] for i in ids if i in found]
+
+
+async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision | None:
+    """Past [limits] answers_per_day to one authority, requests wait in quarantine; it is told once a day."""
+    async with ctx.db.transaction(write=False) as session:
+        spent = await limits.answers_spent(session, ctx.config.limits, asker.authority, ctx.clock())
+    if spent is None:
+        return None
+    decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, asker.sender, asker.authority))
+    limit = ctx.config.limits.answers_per_day
+    key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
+    async with ctx.db.transaction(write=False) as session:
+        query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
+        if (await session.execute(query)).scalar() is not None:
+            return decision
+    lines = [
+        f"The gateway has answered {limit} requests from {asker.authority.name} in the last 24 hours, its daily limit.",
+        "Further requests are kept, not lost: HMCI will release them, or you may send them again tomorrow.",
+        "If you did not send that many requests, please tell HMCI: someone may be using your account.",
+    ]
+    notice = await authority_notice(ctx, asker.authority, "daily limit of answers reached", lines, "limit-notice")
+    if notice is None:
+        return decision
+    return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
+
+
+# ---------------------------------------------------------------- the admins, of alerts held back
+
+
+async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
+    """One summary of the alerts held back over the hourly limit; returns how many it covers."""
+    async with ctx.db.transaction() as session:
+        query = select(InboundMessage).where(InboundMessage.alert_held == "held").with_for_update(skip_locked=True)
+        held = list((await session.execute(query)).scalars())
+        if not held:
+            return 0
+        reasons = Counter(row.reason.split(";")[0][:120] for row in held)
+        lines = [
+            f"{len(held)} messages were quarantined without an alert each: more than",
+            f"{ctx.config.limits.alerts_per_hour} alerts in an hour would flood this mailbox (an attack, perhaps).",
+            f"The first arrived at {min(r.received_at for r in held):%Y-%m-%d %H:%M} UTC.",
+            "",
+            "Most common reasons:",
+            *(f"  {count} x {reason}" for reason, count in reasons.most_common(10)),
+            "",
+            "See them with `gateway quarantine list`.",
+        ]
+        summary = admin_notice(dataclasses.replace(ctx, clock=lambda: now), f"{len(held)} alerts held back", lines)
+        outbox_id = await enqueue(session, now=now, sender=ctx.config.gateway.address, **summary.queued())
+        for row in held:
+            row.alert_held = "summarised"
+        await audit.record(
+            session, actor=GATEWAY_ACTOR, action="alert.summary", subject=f"{len(held)} alerts",
+            details={"inbound_ids": [row.id for row in held], "outbox_id": outbox_id}, now=now,
+        )  # fmt: skip
+    return len(held)
+
+
+# ---------------------------------------------------------------- keys about to expire
+
+NOTICE_DAYS = 30
+
+
+GATEWAY_HOLDER = "gateway"
 
 
 @dataclass(frozen=True)
@@ -176,165 +353,3 @@ async def check_keys(ctx: Context, as_of: dt.datetime, next_delivery: dt.datetim
     for key in await expiring_keys(ctx, as_of, next_delivery, subscribed):
         sent += await notify(ctx, key, as_of)
     return sent
-
-
-async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is from
-    ctx: Context,
-    arrival: Arrival,
-    message: EmailMessage,
-    why: str,
-    sender: str | None,
-    authority: Authority | None = None,
-    *,
-    registered: dict[str, int] | None = None,
-    found: list[Claim] | None = None,
-) -> Decision:
-    """Someone tried to pass for an authority: no answer to them, the message quarantined, the admins alerted,
-    and each authority whose address was shown or imitated told, encrypted and at most a few times a day.
-    `registered` and `found` are the allowlist's addresses and the claims on them, when already read."""
-    registered = registered if registered is not None else await registered_addresses(ctx.db)
-    found = found if found is not None else claims(message, registered, sender=sender)
-    reason = "; ".join([why, *(claim.describe() for claim in found)])
-    ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
-    authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
-    decision = alert(
-        ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority or next(iter(authorities), None))
-    )
-    told: list[Outgoing] = []
-    for named in authorities:
-        async with ctx.db.transaction(write=False) as session:
-            if not named.addresses or await limits.impostor_notices_spent(
-                session, ctx.config.limits, named.addresses[0].address, ctx.clock()
-            ):
-                continue
-        lines = [
-            "Someone sent the register disclosure gateway a message that used your name, and it was refused:",
-            "nothing was disclosed. HMCI has been told and keeps the message for inspection.",
-            "",
-            f"Received: {arrival.received_at:%d %B %Y %H:%M} UTC",
-            f"Message-ID (as received): {shown.message_id(arrival.message_id)}",
-            f"Why it was refused: {reason[:1500]}",
-            "",
-            "If you sent it, send the request again from your registered address, signed with your registered",
-            "key (or through your mail system's DMARC-aligned path). If you did not, nothing needs doing: you may",
-            "wish to tell your information security team.",
-        ]
-        notice = await authority_notice(ctx, named, "someone tried to use your name", lines, "impostor-notice")
-        if notice is not None:
-            told.append(notice)
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, *told))
-
-
-async def authority_notice(
-    ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
-) -> Outgoing | None:
-    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
-    try:
-        return await encrypted_notice(
-            ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
-            template="authority-notice.txt.j2", values={"title": title, "lines": lines},
-        )  # fmt: skip
-    except KeyProblem:
-        return None  # fail closed: the admins' alert says what happened
-
-
-async def encrypted_notice(
-    ctx: Context,
-    authority: Authority,
-    *,
-    kind: str,
-    reference: str,
-    subject: str,
-    template: str,
-    values: dict[str, Any],
-    recipient: str | None = None,
-) -> Outgoing | None:
-    """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
-    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
-    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
-    if not authority.addresses:
-        return None
-    recipient = recipient or authority.addresses[0].address
-    text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
-    wire = await seal(ctx, envelope_for(ctx, recipient, reference, f"{subject} ({reference})"), text, authority)
-    return Outgoing(kind, recipient, message_id_of(wire), wire)
-
-
-async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
-    """These authorities, in this order, with their addresses; one that is gone is left out."""
-    async with ctx.db.transaction(write=False) as session:
-        query = select(Authority).where(Authority.id.in_(ids)).options(selectinload(Authority.addresses))
-        found = {row.id: row for row in (await session.execute(query)).scalars()}
-    return [found[i] for i in ids if i in found]
-
-
-async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision | None:
-    """Past [limits] answers_per_day to one authority, requests wait in quarantine; it is told once a day."""
-    async with ctx.db.transaction(write=False) as session:
-        spent = await limits.answers_spent(session, ctx.config.limits, asker.authority, ctx.clock())
-    if spent is None:
-        return None
-    decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, asker.sender, asker.authority))
-    limit = ctx.config.limits.answers_per_day
-    key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
-    async with ctx.db.transaction(write=False) as session:
-        query = select(Notice.id).where(Notice.kind == "limit-notice", Notice.key == key)
-        if (await session.execute(query)).scalar() is not None:
-            return decision
-    lines = [
-        f"The gateway has answered {limit} requests from {asker.authority.name} in the last 24 hours, its daily limit.",
-        "Further requests are kept, not lost: HMCI will release them, or you may send them again tomorrow.",
-        "If you did not send that many requests, please tell HMCI: someone may be using your account.",
-    ]
-    notice = await authority_notice(ctx, asker.authority, "daily limit of answers reached", lines, "limit-notice")
-    if notice is None:
-        return decision
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, notice), notices=(("limit-notice", key),))
-
-
-async def summarise_held_alerts(ctx: Context, now: dt.datetime) -> int:
-    """One summary of the alerts held back over the hourly limit; returns how many it covers."""
-    async with ctx.db.transaction() as session:
-        query = select(InboundMessage).where(InboundMessage.alert_held == "held").with_for_update(skip_locked=True)
-        held = list((await session.execute(query)).scalars())
-        if not held:
-            return 0
-        reasons = Counter(row.reason.split(";")[0][:120] for row in held)
-        lines = [
-            f"{len(held)} messages were quarantined without an alert each: more than",
-            f"{ctx.config.limits.alerts_per_hour} alerts in an hour would flood this mailbox (an attack, perhaps).",
-            f"The first arrived at {min(r.received_at for r in held):%Y-%m-%d %H:%M} UTC.",
-            "",
-            "Most common reasons:",
-            *(f"  {count} x {reason}" for reason, count in reasons.most_common(10)),
-            "",
-            "See them with `gateway quarantine list`.",
-        ]
-        summary = admin_notice(dataclasses.replace(ctx, clock=lambda: now), f"{len(held)} alerts held back", lines)
-        outbox_id = await enqueue(session, now=now, sender=ctx.config.gateway.address, **summary.queued())
-        for row in held:
-            row.alert_held = "summarised"
-        await audit.record(
-            session, actor=GATEWAY_ACTOR, action="alert.summary", subject=f"{len(held)} alerts",
-            details={"inbound_ids": [row.id for row in held], "outbox_id": outbox_id}, now=now,
-        )  # fmt: skip
-    return len(held)
-
-
-def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
-    """Add a plain alert to the admins to a decision; it names the message, never any register data."""
-    text = ctx.templates.render(
-        "alert.txt.j2",
-        {
-            "title": f"message {decision.outcome}",
-            "date": ctx.clock().isoformat(timespec="seconds"),
-            "outcome": decision.outcome,
-            "reason": decision.reason,
-            "sender": decision.sender,
-            "authority": decision.authority.name if decision.authority else None,
-            "message_id": shown.message_id(arrival.message_id),
-            "sha256": arrival.sha256,
-        },
-    )
-    warning = admin_mail(ctx, f"Register gateway alert: message {decision.outcome}", text)
-    return dataclasses.replace(decision, outgoing=(*decision.outgoing, warning))

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, text
 from gateway import audit
 from gateway.config import DatabaseSettings
 from gateway.db.engine import _alembic_config, create_database, upgrade_schema
-from tests.conftest import AdminKeys, AuthorityKeys, Gateway
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AdminKeys, AuthorityKeys
 from tests.test_approvals import signature_file, two_person
 from tests.test_authorities import add_police
 

@@ -12,7 +12,9 @@ from sqlalchemy import text
 from gateway.config import load_config
 from gateway.crypto import kill_agent
 from gateway.db.engine import create_database
-from tests.conftest import POLICE_ADDRESS, AdminKey, AdminKeys, AuthorityKeys, Gateway, run_gpg
+from tests.support.addresses import POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AdminKey, AdminKeys, AuthorityKeys, run_gpg
 from tests.test_authorities import add_police
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway import audit
 from gateway.config import DatabaseSettings, load_config
 from gateway.db.engine import create_database
-from tests.conftest import Gateway
+from tests.support.gateway_cli import Gateway
 
 
 def seed(gateway: Gateway, count: int) -> None:

@@ -16,7 +16,8 @@ from gateway.authenticate import Authenticated, Refused, authenticate, dmarc_pas
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from gateway.shown import digest
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.keys import AuthorityKeys
 
 BORDER = "mx.hmci.example"
 REQUEST = "Request: disclosure\r\nPurpose: Safeguarding children in our force area\r\n"

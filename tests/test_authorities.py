@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    LA_ADDRESS,
-    OCC_ADDRESS,
-    POLICE_ADDRESS,
-    AuthorityKey,
-    AuthorityKeys,
-    Gateway,
-    Result,
-)
+from tests.support.addresses import LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway, Result
+from tests.support.keys import AuthorityKey, AuthorityKeys
 
 
 def add_police(gateway: Gateway, key: AuthorityKey | bytes, *extra: str) -> Result:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.authenticate import Refused, dmarc_pass
 from gateway.authresults import Unreadable, parse, tokens
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 
 BORDER = "mx.hmci.example"
 DOMAIN = POLICE_ADDRESS.rpartition("@")[2]  # westmercia.police.example

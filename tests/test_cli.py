@@ -18,7 +18,8 @@ import pytest
 from gateway.cli import build_parser, main
 from gateway.crypto import kill_agent
 from gateway.db.engine import head_revision
-from tests.conftest import GATEWAY_ADDRESS, Gateway
+from tests.support.addresses import GATEWAY_ADDRESS
+from tests.support.gateway_cli import Gateway
 
 
 def all_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

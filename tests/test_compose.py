@@ -14,7 +14,8 @@ import pytest
 from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
 from gateway.crypto import KeyProblem, Keyring, kill_agent
 from gateway.extracts import build_extract
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.keys import AuthorityKeys
 from tests.test_extracts import FakeAction, FakeHome
 
 MARKING = "OFFICIAL-SENSITIVE"

@@ -16,8 +16,10 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from gateway.reference import police_force_areas
-from tests.conftest import OCC_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.addresses import OCC_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import signed_message
 from tests.test_mailbox import folder_counts
 from tests.test_outbox import Relay, daemon_settings, serve

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.crypto import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem, Keyring
-from tests.conftest import AuthorityKeys, gateway_keyring, run_gpg
+from tests.support.keys import AuthorityKeys, gateway_keyring, run_gpg
 
 BOMB_PLAINTEXT = 200 * 1024 * 1024  # zeros: compressed by gpg to a few hundred KB
 PROJECT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,10 @@ from gateway.db.engine import create_database
 from gateway.db.models import Subscription
 from gateway.outbox import ROUND
 from gateway.values import Context
-from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.addresses import POLICE_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_outbox import Relay, daemon_settings, plain_relay, queue, serve
 from tests.test_pipeline import live, police_says, process, register_urns, request_from_police
 

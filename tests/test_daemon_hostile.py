@@ -9,9 +9,10 @@ import sys
 import urllib.error
 from email import message_from_bytes, policy
 
-from tests.conftest import AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
-from tests.hostile_corpus import hostile_fields
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.hostile_corpus import hostile_fields
+from tests.support.keys import AuthorityKeys
 from tests.test_daemon import free_port, get, wait_started
 from tests.test_outbox import Relay, daemon_settings, serve
 from tests.test_pipeline import live, request_from_police

@@ -20,7 +20,9 @@ from gateway.authenticate import Authenticated, Refused, authenticate
 from gateway.crypto import Keyring
 from gateway.requests import body_text, parse_request
 from gateway.sample import write_sample
-from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway, gateway_keyring, run_gpg
+from tests.support.addresses import POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys, gateway_keyring, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
 
 HEADERS = FROM_POLICE + "Message-ID: <exchange1@westmercia.police.example>\nMIME-Version: 1.0\n"

@@ -1,5 +1,5 @@
 """A fuzzer for the whole mail path: arbitrary bytes, random MIME trees and mutated real messages (a request
-correctly signed by the pinned police key, the hand-written corpus in tests/hostile/ and a few messages made with
+correctly signed by the pinned police key, the hand-written corpus in tests/hostile/corpus/ and a few messages made with
 the session's keys, see seeds()) go through `gateway.pipeline.process` in-process, against the `live` gateway and
 a real database. It fails on any exception, on a step that broke on its input (the pipeline's "processing failed"
 safety net), on a message that does not end in exactly one recorded outcome, on a message that took over 10
@@ -39,8 +39,9 @@ from gateway.config import load_config
 from gateway.db.engine import Database, create_database
 from gateway.pipeline import process
 from gateway.values import Context
-from tests.conftest import POSTGRES_ENV, AuthorityKeys, Gateway
-from tests.hostile_corpus import (
+from tests.support.databases import POSTGRES_ENV
+from tests.support.gateway_cli import Gateway
+from tests.support.hostile_corpus import (
     ANSWERED,
     FILES,
     OUTCOMES,
@@ -56,6 +57,7 @@ from tests.hostile_corpus import (
     signed_part_and_signature,
     unlimited,
 )
+from tests.support.keys import AuthorityKeys
 from tests.test_pipeline import BORDER, live  # noqa: F401 - `live` is the fixture this test runs against
 
 FUZZ_SECONDS_ENV = "GATEWAY_FUZZ_SECONDS"

@@ -13,8 +13,8 @@ from gateway.config import LimitSettings
 from gateway.guard import too_big
 from gateway.lookalike import address_like, claims
 from gateway.pipeline import arrive
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.hostile_corpus import dots_and_atoms, folded
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.hostile_corpus import dots_and_atoms, folded
 from tests.test_authenticate import parse, plain
 
 LIMITS = LimitSettings()

@@ -1,8 +1,8 @@
-"""Hostile mail through the real pipeline (tests/hostile_corpus.py has the corpus): whatever arrives, no exception
+"""Hostile mail through the real pipeline (support/hostile_corpus.py has the corpus): whatever arrives, no exception
 escapes, the message ends in exactly one recorded outcome, no step of the pipeline breaks on it, and nothing is
 disclosed, or answered at all, unless the message is authentic.
 
-The small messages (the hand-written ones in tests/hostile/ and those made with the session's real keys) run
+The small messages (the hand-written ones in tests/hostile/corpus/ and those made with the session's real keys) run
 in-process, all of them against one `live` gateway per database, each with its own bytes and Message-ID; every
 check looks at that message's own rows, and a test lists every message that broke a rule, not just the first.
 The heavy ones (up to 10.5 MB, or a few hundred kB that open to 256 MiB) run on SQLite only, each in a child
@@ -25,8 +25,8 @@ from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.pipeline import process
 from gateway.values import Outcome, OutcomeKind
-from tests.conftest import AuthorityKeys, Gateway
-from tests.hostile_corpus import (
+from tests.support.gateway_cli import Gateway
+from tests.support.hostile_corpus import (
     FILES,
     Expect,
     Heavy,
@@ -41,6 +41,7 @@ from tests.hostile_corpus import (
     trust_gateway,
     unlimited,
 )
+from tests.support.keys import AuthorityKeys
 from tests.test_pipeline import live  # noqa: F401 - the fixture these tests run against
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ async def run_all(gateway: Gateway, keys: AuthorityKeys, messages: list[tuple[st
 
 def test_the_hand_written_hostile_messages(live: Gateway, keys: AuthorityKeys) -> None:  # noqa: F811
     files = corpus_files()
-    assert sorted(FILES) == [path.name for path in files], "tests/hostile/ and FILES in hostile_corpus.py differ"
+    assert sorted(FILES) == [path.name for path in files], "tests/hostile/corpus/ and FILES in hostile_corpus.py differ"
     failures = asyncio.run(run_all(live, keys, [(path.name, path.read_bytes(), FILES[path.name]) for path in files]))
     assert not failures, f"{len(failures)} of {len(files)} messages:\n" + "\n".join(failures)
 
@@ -94,7 +95,7 @@ def test_the_hostile_messages_made_with_real_keys(live: Gateway, keys: Authority
 
 def run_in_child(gateway: Gateway, messages: list[Path]) -> dict[str, dict[str, object]]:
     """Each message's report from the child (outcome, seconds, memory growth, or an error), by file name."""
-    command = [sys.executable, "-m", "tests.hostile_corpus", str(gateway.config_path), str(KILL_AFTER)]
+    command = [sys.executable, "-m", "tests.support.hostile_corpus", str(gateway.config_path), str(KILL_AFTER)]
     done = subprocess.run(
         [*command, *map(str, messages)], cwd=ROOT, capture_output=True, check=False, timeout=KILL_AFTER * len(messages)
     )

@@ -16,8 +16,10 @@ from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.values import Context
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import BORDER, FROM_POLICE, REQUEST, signed_message
 from tests.test_mailbox import Running, counts_are, eventually, running
 from tests.test_pipeline import live, open_as_recipient, outbox, outbox_content, process, request_from_police

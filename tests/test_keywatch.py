@@ -11,7 +11,9 @@ from pathlib import Path
 from gateway.config import ScheduleSettings
 from gateway.schedule import delivery_instant
 from gateway.subscriptions import add_months
-from tests.conftest import ADMIN_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_pipeline import live, open_as_recipient, outbox, outbox_content, police_says, process, subscriptions
 from tests.test_schedule import MONTHLY, run
 

@@ -12,7 +12,7 @@ from gateway.config import DatabaseSettings, InboundSmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import SpooledMessage
 from gateway.listener import drain_spool, start_listener
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 
 MESSAGE = f"From: {POLICE_ADDRESS}\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: r\r\n\r\nRequest: disclosure\r\n".encode()
 

@@ -20,8 +20,10 @@ from gateway.db.engine import Database, create_database
 from gateway.mailbox import Watcher
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
-from tests.conftest import GATEWAY_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server, start_dovecot
+from tests.support.addresses import GATEWAY_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server, start_dovecot
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import FROM_POLICE, REQUEST
 from tests.test_pipeline import live, outbox, request_from_police
 

@@ -9,8 +9,10 @@ import signal
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from tests.conftest import AuthorityKeys, Gateway, _admin, _postgres_base_url
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.databases import _admin, _postgres_base_url
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_crash import answers, started, until
 from tests.test_mailbox import folder_counts
 from tests.test_outbox import Relay, daemon_settings, serve

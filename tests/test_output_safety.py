@@ -45,8 +45,10 @@ from gateway.sample import write_sample
 from gateway.schedule import Changes, delivery_instant
 from gateway.subscriptions import add_months
 from gateway.values import Context
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server, free_port
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server, free_port
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import FROM_POLICE, REQUEST
 from tests.test_extracts import FakeAction, FakeHome
 from tests.test_outbox import Relay, plain_relay, serve

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_crash import answers, until
 from tests.test_mailbox import folder_counts
 from tests.test_outbox import Relay, daemon_settings, serve

@@ -23,7 +23,9 @@ from gateway.db.models import OutboxMessage
 from gateway.pipeline import process as pipeline_process
 from gateway.sample import write_sample
 from gateway.values import Context
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
 
 BORDER = "mx.hmci.example"

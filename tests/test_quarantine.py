@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway
-from tests.dovecot import ImapServer, dovecot_server
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import FROM_POLICE, REQUEST
 from tests.test_impostors import limited, sent
 from tests.test_mailbox import counts_are, eventually, watching

@@ -18,7 +18,7 @@ from gateway.db.engine import create_database
 from gateway.db.models import Home
 from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, import_register, parse_register
 from gateway.sample import write_sample
-from tests.conftest import Gateway
+from tests.support.gateway_cli import Gateway
 
 HOME = {
     "urn": "SC100001",

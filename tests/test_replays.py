@@ -10,7 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.crypto import kill_agent
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway, run_gpg
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys, run_gpg
 from tests.test_authenticate import REQUEST
 from tests.test_pipeline import outbox, process, subscriptions
 from tests.test_schedule import MONTHLY, police_at, walker

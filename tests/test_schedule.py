@@ -19,7 +19,9 @@ from gateway.crypto import Keyring
 from gateway.sample import write_sample
 from gateway.schedule import delivery_instant, due_period
 from gateway.subscriptions import add_months
-from tests.conftest import GATEWAY_ADDRESS, POLICE_ADDRESS, TIMELESS_KEYS_MADE, AuthorityKeys, Gateway, run_gpg
+from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import TIMELESS_KEYS_MADE, AuthorityKeys, run_gpg
 from tests.test_authenticate import FROM_POLICE, signed_message
 from tests.test_pipeline import (
     BORDER,

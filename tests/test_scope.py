@@ -12,7 +12,7 @@ from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.sample import write_sample
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
-from tests.conftest import Gateway
+from tests.support.gateway_cli import Gateway
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from gateway.authenticate import BARE_CR, Authenticated, Refused, authenticate
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
-from tests.conftest import AuthorityKeys
+from tests.support.keys import AuthorityKeys
 from tests.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
 
 FORGED = REQUEST.replace("our force area", "all of England")

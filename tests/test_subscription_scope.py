@@ -20,7 +20,9 @@ from gateway.config import DatabaseSettings, load_config
 from gateway.db.engine import _alembic_config, create_database, head_revision, upgrade_schema
 from gateway.db.models import Authority, Subscription
 from gateway.values import Context
-from tests.conftest import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS, AdminKeys, AuthorityKeys, Gateway
+from tests.support.addresses import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AdminKeys, AuthorityKeys
 from tests.test_approvals import two_person
 from tests.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
 from tests.test_schedule import run as schedule

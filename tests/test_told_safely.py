@@ -13,7 +13,9 @@ import pytest
 
 from gateway.authenticate import SignedParts, split_signed
 from gateway.shown import address, digest, message_id, token
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS, AuthorityKeys, Gateway, run_gpg
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys, run_gpg
 from tests.test_authenticate import REQUEST
 from tests.test_pipeline import live, open_as_recipient, outbox, outbox_content, process, request_from_police
 

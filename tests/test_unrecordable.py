@@ -27,7 +27,9 @@ from gateway.db.models import (
 )
 from gateway.listener import drain_spool
 from gateway.values import Context
-from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway
+from tests.support.addresses import POLICE_ADDRESS
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
 from tests.test_pipeline import live, outbox, process, request_from_police
 
 __all__ = ["live"]  # the fixture used here, defined elsewhere

@@ -1,4 +1,4 @@
-"""The corpus of hostile mail: the small hand-written messages in tests/hostile/, and the ones made at test time
+"""The corpus of hostile mail: the small hand-written messages in tests/hostile/corpus/, and the ones made at test time
 because they are too big to keep in git or need the session's real keys.
 
 Every case says which recorded outcomes are acceptable and whether it is authentic (signed by the pinned police
@@ -6,8 +6,8 @@ key, or passed by the border's DMARC, which the test gateway trusts). Only an au
 (a disclosure, refusal or acknowledgement); any other may cause only an alert to the admins or a notice to the
 registered address, encrypted to its pinned key. Only the cases that must be quarantined say so.
 
-`python -m tests.hostile_corpus CONFIG SECONDS MESSAGE...` runs messages through `gateway.pipeline.process`, each
-in a process of its own forked from a clean one, with a Context built as `gateway process` builds it (but without
+`python -m tests.support.hostile_corpus CONFIG SECONDS MESSAGE...` runs messages through `gateway.pipeline.process`,
+each in a process of its own forked from a clean one, with a Context built as `gateway process` builds it (but without
 that command's own size check, so that the pipeline's own limits are what is tested), and prints one JSON line per
 message: the outcome, the seconds the pipeline took and how much the peak memory grew meanwhile, or what went
 wrong (an exception, or no outcome within SECONDS). test_hostile.py runs the heavy cases this way.
@@ -43,10 +43,11 @@ from gateway.db.engine import Database, create_database
 from gateway.db.models import Disclosure, InboundMessage, OutboxMessage
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
-from tests.conftest import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS, AuthorityKeys, run_gpg
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
+from tests.support.keys import AuthorityKeys, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
 
-HOSTILE_DIR = Path(__file__).with_name("hostile")
+HOSTILE_DIR = Path(__file__).resolve().parents[1] / "hostile" / "corpus"
 
 ANSWERED, REFUSED, REJECTED, QUARANTINED = "answered", "refused", "rejected", "quarantined"
 OUTCOMES = frozenset({ANSWERED, REFUSED, REJECTED, QUARANTINED})
@@ -68,7 +69,7 @@ class Expect:
     why: str = ""
 
 
-# ---------------------------------------------------------------- the hand-written messages in tests/hostile/
+# ---------------------------------------------------------------- the hand-written messages in tests/hostile/corpus/
 
 _BORDER = Expect(ANY, authentic=True, why="police mail the border passed (DMARC), with a hostile body")
 _MALFORMED_FROM = Expect(MUST_QUARANTINE, why="a malformed or multiple From naming the police address is quarantined")
@@ -982,7 +983,7 @@ def _in_fork(config: Config, message: Path, limit: float) -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.hostile_corpus CONFIG SECONDS MESSAGE...`: one JSON line per message."""
+    """`python -m tests.support.hostile_corpus CONFIG SECONDS MESSAGE...`: one JSON line per message."""
     config = unlimited(load_config(Path(argv[0])))
     for message in map(Path, argv[2:]):
         print(json.dumps({"message": message.name, **_in_fork(config, message, float(argv[1]))}), flush=True)

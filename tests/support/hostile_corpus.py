@@ -10,7 +10,7 @@ registered address, encrypted to its pinned key. Only the cases that must be qua
 each in a process of its own forked from a clean one, with a Context built as `gateway process` builds it (but without
 that command's own size check, so that the pipeline's own limits are what is tested), and prints one JSON line per
 message: the outcome, the seconds the pipeline took and how much the peak memory grew meanwhile, or what went
-wrong (an exception, or no outcome within SECONDS). test_hostile.py runs the heavy cases this way.
+wrong (an exception, or no outcome within SECONDS). tests/hostile/test_corpus.py runs the heavy cases this way.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from gateway.pipeline import process
 from gateway.values import Context, Outcome
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys, run_gpg
-from tests.test_authenticate import FROM_POLICE, REQUEST, signed_message
+from tests.unit.test_authenticate import FROM_POLICE, REQUEST, signed_message
 
 HOSTILE_DIR = Path(__file__).resolve().parents[1] / "hostile" / "corpus"
 
@@ -57,7 +57,7 @@ MUST_QUARANTINE = frozenset({QUARANTINED})
 ANY = OUTCOMES
 
 MAX_MESSAGE = 10 * 1024 * 1024  # the README's limit: larger mail is quarantined without being parsed
-SIGNED_PURPOSE = "Safeguarding children in our force area"  # the purpose in tests.test_authenticate.REQUEST
+SIGNED_PURPOSE = "Safeguarding children in our force area"  # the purpose in tests.unit.test_authenticate.REQUEST
 OWN_AREA = "West Mercia police force area"
 ATTACKER = "evil@attacker.example"
 

@@ -6,7 +6,8 @@ import asyncio
 import json
 
 from tests.edges.test_mailbox import counts_are, eventually, watching
-from tests.hostile.test_impostors import limited, sent
+from tests.hostile.test_impostors import sent
+from tests.hostile.test_limits import limited
 from tests.path.test_pipeline import live, process, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.dovecot import ImapServer, dovecot_server

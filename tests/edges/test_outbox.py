@@ -1,0 +1,234 @@
+"""Outgoing mail: delivered once through a real SMTP relay, retried while it refuses, never sent in the clear."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
+
+from gateway import outbox
+from gateway.config import DatabaseSettings, SmtpSettings
+from gateway.db.engine import Database, create_database
+from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
+from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
+from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
+from tests.support.dovecot import ImapServer
+
+START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Relay:
+    """An SMTP relay on loopback that says `refusal` to the first `refuse` messages, then accepts."""
+
+    refuse: int = 0
+    refusal: str = "451 4.3.0 Try again later"
+    received: list[Envelope] = field(default_factory=list)
+    refused: int = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.refused < self.refuse:
+            self.refused += 1
+            return self.refusal
+        self.received.append(envelope)
+        return "250 2.0.0 Queued"
+
+
+@pytest.fixture
+async def db(migrated_settings: DatabaseSettings) -> AsyncIterator[Database]:
+    database = create_database(migrated_settings)
+    async with database.transaction() as session:  # the police, registered: mail to them may go
+        police = Authority(
+            name="West Mercia Police", name_key="west mercia police", kind="police", area="West Mercia",
+            auth_policy="pgp", status="active", key_fingerprint="0" * 40, key_expires=None, created_at=START,
+            updated_at=START,
+        )  # fmt: skip
+        session.add(police)
+        await session.flush()
+        session.add(AuthorityAddress(address=POLICE_ADDRESS, authority_id=police.id))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def serve(relay: Relay) -> tuple[asyncio.Server, int]:
+    # loop.create_server, not aiosmtpd's threaded Controller, which cannot listen on port 0.
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(relay), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, port
+
+
+def daemon_settings(imap: ImapServer, smtp_port: int, extra: str = "") -> str:
+    """The [imap] and [smtp] sections for `gateway run` against a test Dovecot and a relay on loopback."""
+    return (
+        f'\n[imap]\nhost = "{imap.host}"\nport = {imap.port}\n'
+        f'username = "{imap.username}"\npassword = "{imap.password}"\ntls = "none"\n'
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\n{extra}'
+    )
+
+
+def plain_relay(port: int, tls: Any = "none") -> SmtpSettings:
+    return SmtpSettings(host="127.0.0.1", port=port, username=None, password=None, tls=tls)
+
+
+async def queue(db: Database, kind: str = "disclosure") -> int:
+    async with db.transaction() as session:
+        row = OutboxMessage(
+            kind=kind, inbound_id=None, sender=GATEWAY_ADDRESS, recipient=POLICE_ADDRESS,
+            message_id="<m1@hmci.example>", content=b"From: x\r\nTo: y\r\nSubject: [OFFICIAL-SENSITIVE] R\r\n\r\nb\r\n",
+            status="pending", attempts=0, created_at=START, next_attempt_at=START,
+        )  # fmt: skip
+        session.add(row)
+        await session.flush()
+        return row.id
+
+
+async def row(db: Database, outbox_id: int) -> OutboxMessage:
+    async with db.transaction(write=False) as session:
+        found = await session.get(OutboxMessage, outbox_id)
+        assert found is not None
+        return found
+
+
+async def test_a_relay_refusing_for_a_while_gets_the_message_once(db: Database) -> None:
+    relay = Relay(refuse=3)
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        now, rules = START, RetryPolicy()
+        for _ in range(10):
+            await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=now, retry=rules)
+            if (await row(db, outbox_id)).status == "sent":
+                break
+            now += rules.longest_wait
+    finally:
+        server.close()
+    sent = await row(db, outbox_id)
+    assert (sent.status, sent.attempts) == ("sent", 4)
+    assert len(relay.received) == 1
+    assert relay.received[0].rcpt_tos == [POLICE_ADDRESS]
+
+
+async def test_nothing_is_sent_again_before_its_wait_is_over(db: Database) -> None:
+    relay = Relay(refuse=1)
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        transport = smtp_transport(plain_relay(port))
+        first = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)
+        soon = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START + dt.timedelta(seconds=5))
+    finally:
+        server.close()
+    assert first == {"sent": 0, "retrying": 1, "failed": 0}
+    assert soon == {"sent": 0, "retrying": 0, "failed": 0}
+    assert (await row(db, outbox_id)).last_error == "451 4.3.0 Try again later"
+
+
+async def test_a_permanent_refusal_fails_and_alerts_the_admin(db: Database) -> None:
+    relay = Relay(refuse=1, refusal="550 5.1.1 No such user")
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    assert counts["failed"] == 1
+    assert (await row(db, outbox_id)).status == "failed"
+    async with db.transaction(write=False) as session:
+        alerts = (await session.execute(select(OutboxMessage).where(OutboxMessage.kind == "alert"))).scalars().all()
+        actions = (await session.execute(select(AuditRecord.action))).scalars().all()
+    assert [a.recipient for a in alerts] == [ADMIN_ADDRESS]
+    assert b"550 5.1.1 No such user" in alerts[0].content
+    assert "outbox.failed" in actions
+
+
+async def test_what_waits_in_the_outbox_for_an_authority_suspended_meanwhile_is_withheld(db: Database) -> None:
+    """A suspension, a removal or an address taken away also stops mail already queued for it."""
+    relay = Relay()
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        async with db.transaction() as session:
+            police = (await session.execute(select(Authority))).scalar_one()
+            police.status = "suspended"
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    assert counts["failed"] == 1
+    queued = await row(db, outbox_id)
+    assert (queued.status, queued.last_error) == ("failed", outbox.WITHHELD.error)
+    assert relay.received == []  # nothing reached the suspended authority
+    async with db.transaction(write=False) as session:
+        alerts = (await session.execute(select(OutboxMessage).where(OutboxMessage.kind == "alert"))).scalars().all()
+    assert [a.recipient for a in alerts] == [ADMIN_ADDRESS]  # and the admins hear of it
+
+
+async def test_after_the_retry_period_it_gives_up(db: Database) -> None:
+    outbox_id = await queue(db)
+    port = 1  # nothing listens there: connection refused, a temporary failure
+    late = START + dt.timedelta(days=5, minutes=1)
+    await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    assert (await row(db, outbox_id)).status == "pending"
+    await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=late)
+    assert (await row(db, outbox_id)).status == "failed"
+    retried = await retry_now(db, outbox_id, actor="alice", now=late)
+    assert retried is not None
+    assert (retried.status, retried.next_attempt_at) == ("pending", late)
+
+
+async def test_starttls_required_means_no_plaintext_to_a_relay_without_it(db: Database) -> None:
+    relay = Relay()
+    server, port = await serve(relay)
+    try:
+        outbox_id = await queue(db)
+        await deliver_due(db, smtp_transport(plain_relay(port, tls="starttls")), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    assert relay.received == []
+    failed = await row(db, outbox_id)
+    assert failed.status == "pending"
+    assert failed.last_error is not None
+    assert "STARTTLS" in failed.last_error or "TLS" in failed.last_error
+
+
+@dataclass
+class StalledRelay(Relay):
+    """A relay that takes the message, then never answers: the sender must not outlive its claim on it."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(60)
+        return "250 2.0.0 Queued"
+
+
+async def test_a_send_that_would_outlive_its_claim_is_stopped_and_retried(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease of seconds instead of minutes, so that the test need not wait minutes for the same thing.
+    monkeypatch.setattr(outbox, "LEASE_MARGIN", dt.timedelta(seconds=1))
+    monkeypatch.setattr(outbox, "LEASE_SAFETY", 0.5)
+    server, port = await serve(StalledRelay())
+    try:
+        outbox_id = await queue(db)
+        second = await queue(db)
+        rules = RetryPolicy(lease=dt.timedelta(seconds=3))
+        counts = await asyncio.wait_for(
+            deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START, retry=rules),
+            10,
+        )
+    finally:
+        server.close()
+    stalled = await row(db, outbox_id)
+    assert counts == {"sent": 0, "retrying": 1, "failed": 0}
+    assert stalled.status == "pending"
+    assert "stopped before its claim ran out" in (stalled.last_error or "")
+    # Its lease nearly spent, the sender gave the next message back, due at once, for any sender to take.
+    given_back = await row(db, second)
+    assert given_back.attempts == 0
+    assert given_back.next_attempt_at < START + rules.lease

@@ -1,0 +1,1 @@
+"""What the tests share: fixtures, a private Dovecot, and the hostile-mail corpus."""

@@ -1,0 +1,1 @@
+"""Pure checks of one step at a time: no mail server, no relay, no daemon."""

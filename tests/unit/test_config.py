@@ -1,0 +1,278 @@
+"""The settings file: defaults, secrets, and one clear line naming the key and the file for every mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    DatabaseSettings,
+    LimitSettings,
+    Secret,
+    load_config,
+    resolve_config_path,
+)
+from gateway.errors import ConfigError
+
+MINIMAL = '[gateway]\naddress = "requests@hmci.example"\nadmin_address = "admin@hmci.example"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return str(caught.value)
+
+
+def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.gateway.marking == "OFFICIAL-SENSITIVE"
+    assert config.database.url.value == f"sqlite+aiosqlite:///{tmp_path.resolve()}/gateway.db"
+    assert config.gpg.home == (tmp_path / "gnupg").resolve()
+    assert config.gpg.signing_key is None
+    assert config.imap is None
+    assert config.smtp is None
+
+
+def test_addresses_are_stored_lower_case(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL.replace("requests@", "Requests@").replace("hmci", "HMCI", 1)))
+    assert config.gateway.address == "requests@hmci.example"
+
+
+def test_unknown_key_is_named_with_its_section_and_file(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + "colour = 'blue'\n")
+    assert message == f"{(tmp_path / 'gateway.toml').resolve()}: [gateway] colour: unknown setting"
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    assert refusal(tmp_path, MINIMAL + "[imapp]\nhost = 'x'\n").endswith("[imapp]: unknown section")
+
+
+def test_wrong_type_names_key_and_what_was_expected(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "imap.example"\nport = "993"\nusername = "u"\npassword = "p"\n'
+    assert refusal(tmp_path, text).endswith("[imap] port: expected an integer, got str '993'")
+
+
+def test_the_look_between_idle_pushes_is_on_by_default_and_bounded(tmp_path: Path) -> None:
+    imap = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword = "p"\n'
+    config = load_config(write(tmp_path, imap))
+    assert config.imap is not None
+    assert config.imap.check_ms == 200  # Dovecot's IDLE news come 0.5 s late: look sooner by default
+    off = load_config(write(tmp_path, imap + "check_ms = 0\n"))
+    assert off.imap is not None
+    assert off.imap.check_ms == 0
+    assert refusal(tmp_path, imap + "check_ms = -1\n").endswith("[imap] check_ms: must be between 0 and 60000, got -1")
+
+
+def test_boolean_is_not_accepted_as_a_port(tmp_path: Path) -> None:
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\nport = true\n'
+    assert "[smtp] port: expected an integer, got bool True" in refusal(tmp_path, text)
+
+
+def test_missing_required_value_is_named(tmp_path: Path) -> None:
+    message = refusal(tmp_path, '[gateway]\naddress = "requests@hmci.example"\n')
+    assert message.endswith("[gateway] admin_address: required setting is missing")
+
+
+def test_missing_imap_host_is_named(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nusername = "u"\npassword = "p"\n'
+    assert refusal(tmp_path, text).endswith("[imap] host: required setting is missing")
+
+
+def test_invalid_tls_mode_lists_the_choices(tmp_path: Path) -> None:
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\ntls = "ssl"\n'
+    assert refusal(tmp_path, text).endswith("[smtp] tls: must be one of 'starttls', 'tls', 'none', got 'ssl'")
+
+
+def test_bad_address_is_refused(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL.replace("admin@hmci.example", "not an address"))
+    assert "[gateway] admin_address: 'not an address' is not a valid email address" in message
+
+
+def test_short_fingerprint_is_refused(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + '[gpg]\nsigning_key = "DEADBEEF"\n')
+    assert message.endswith("[gpg] signing_key: must be a full 40-hex-digit key fingerprint (see `gateway init`)")
+
+
+def test_fingerprint_with_spaces_is_normalised(tmp_path: Path) -> None:
+    spaced = "0123 4567 89ab cdef 0123  4567 89AB CDEF 0123 4567"
+    config = load_config(write(tmp_path, MINIMAL + f'[gpg]\nsigning_key = "{spaced}"\n'))
+    assert config.gpg.signing_key == "0123456789ABCDEF0123456789ABCDEF01234567"
+
+
+def test_invalid_toml_says_where(tmp_path: Path) -> None:
+    assert "not valid TOML" in refusal(tmp_path, MINIMAL + "port = \n")
+
+
+def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file not found \(copy config/gateway\.example\.toml"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_password_from_file(tmp_path: Path) -> None:
+    (tmp_path / "imap.secret").write_text("s3cret\n")
+    (tmp_path / "imap.secret").chmod(0o600)
+    text = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword_file = "imap.secret"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.imap is not None
+    assert config.imap.password.value == "s3cret"
+    assert config.imap.port == 993
+
+
+def test_password_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "from-env")
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\nusername = "u"\npassword_env = "TEST_SMTP_PASSWORD"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.smtp is not None
+    assert config.smtp.password == Secret("from-env")
+    assert config.smtp.port == 587
+
+
+def test_unset_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_UNSET_PASSWORD", raising=False)
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword_env = "TEST_UNSET_PASSWORD"\n'
+    assert refusal(tmp_path, text).endswith("[imap] password_env: environment variable TEST_UNSET_PASSWORD is not set")
+
+
+def test_two_forms_of_one_secret_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = "a"\npassword_env = "B"\n'
+    assert refusal(tmp_path, text).endswith("[imap] password: give only one of password, password_env")
+
+
+def test_secrets_never_show_in_a_repr(tmp_path: Path) -> None:
+    text = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = "hunter2"\n'
+    config = load_config(write(tmp_path, text))
+    assert "hunter2" not in repr(config)
+
+
+def test_postgres_url_gets_the_async_driver_and_prints_without_password(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "postgresql://gw:pw@db.example:5432/gateway"\n'
+    settings = load_config(write(tmp_path, text)).database
+    assert settings.url.value == "postgresql+asyncpg://gw:pw@db.example:5432/gateway"
+    assert settings.display_url == "postgresql+asyncpg://gw:***@db.example:5432/gateway"
+    assert not settings.is_sqlite
+
+
+def test_unsupported_database_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "mysql://db.example/gateway"\n'
+    assert "[database] url: unsupported database 'mysql'" in refusal(tmp_path, text)
+
+
+def test_in_memory_sqlite_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[database]\nurl = "sqlite:///:memory:"\n'
+    assert "an in-memory database would lose everything" in refusal(tmp_path, text)
+
+
+def test_display_url_of_sqlite_is_the_url() -> None:
+    assert DatabaseSettings(Secret("sqlite+aiosqlite:////x.db")).display_url == "sqlite+aiosqlite:////x.db"
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    assert resolve_config_path(None) == DEFAULT_CONFIG_PATH
+    monkeypatch.setenv("GATEWAY_CONFIG", "/etc/gateway/from-env.toml")
+    assert resolve_config_path(None) == Path("/etc/gateway/from-env.toml")
+    assert resolve_config_path("/etc/gateway/from-cli.toml") == Path("/etc/gateway/from-cli.toml")
+
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+
+
+def test_shipped_example_works_as_copied() -> None:
+    config = load_config(EXAMPLE)
+    assert config.gateway.address == "register-requests@hmci.example"
+    assert config.imap is None
+
+
+def test_shipped_example_mailbox_sections_work_when_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_IMAP_PASSWORD", "x")
+    monkeypatch.setenv("GATEWAY_SMTP_PASSWORD", "y")
+    settings = ("[imap]", "[smtp]", "[inbound_smtp]", "host = ", "username = ", "password_env = ")
+    lines = [
+        line[2:] if line.startswith("# ") and line[2:].startswith(settings) else line
+        for line in EXAMPLE.read_text().splitlines()
+    ]
+    config = load_config(write(tmp_path, "\n".join(lines)))
+    assert config.imap is not None
+    assert config.imap.password.value == "x"
+    assert config.smtp is not None
+    assert config.smtp.tls == "starttls"
+    assert config.inbound_smtp is not None
+    assert (config.inbound_smtp.host, config.inbound_smtp.port) == ("127.0.0.1", 2525)
+
+
+def test_empty_secrets_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.secret").write_text("\n")
+    (tmp_path / "empty.secret").chmod(0o600)
+    inline = MINIMAL + '[imap]\nhost = "h.example"\nusername = "u"\npassword = ""\n'
+    assert refusal(tmp_path, inline).endswith("[imap] password: the secret is empty")
+    from_file = MINIMAL + '[smtp]\nhost = "h.example"\nusername = "u"\npassword_file = "empty.secret"\n'
+    assert refusal(tmp_path, from_file).endswith("[smtp] password_file: the secret is empty")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+asyncpg://gw:s3cr/etPW@db.example:5432/gateway",
+            "postgresql+asyncpg://gw:***@db.example:5432/gateway",
+        ),
+        ("postgresql+asyncpg://:TopSecret@db.example/gateway", "postgresql+asyncpg://:***@db.example/gateway"),
+        ("postgresql+asyncpg://gw@db.example/gateway?password=QuerySecret", None),
+    ],
+)
+def test_database_passwords_never_show(url: str, shown: str | None) -> None:
+    display = DatabaseSettings(Secret(url)).display_url
+    assert "Secret" not in display
+    assert "s3cr" not in display
+    if shown is not None:
+        assert display == shown
+
+
+def test_malformed_postgres_url_is_a_config_error_that_does_not_echo_it(tmp_path: Path) -> None:
+    message = refusal(tmp_path, MINIMAL + '[database]\nurl = "postgresql://gw:hunter2@db.example:abc/gateway"\n')
+    assert message.endswith("[database] url: not a valid PostgreSQL URL (postgresql+asyncpg://USER@HOST:PORT/DATABASE)")
+    assert "hunter2" not in message
+
+
+def test_a_templates_directory_must_exist(tmp_path: Path) -> None:
+    assert refusal(tmp_path, MINIMAL + 'templates = "nowhere"\n').endswith(
+        f"{tmp_path.resolve()}/nowhere is not a directory"
+    )
+    (tmp_path / "mine").mkdir()
+    assert (
+        load_config(write(tmp_path, MINIMAL + 'templates = "mine"\n')).gateway.templates
+        == (tmp_path / "mine").resolve()
+    )
+
+
+def test_limits_section_as_shipped_and_checked(tmp_path: Path) -> None:
+    start = EXAMPLE.read_text().index("# [limits]")
+    block = "\n".join(line[2:] for line in EXAMPLE.read_text()[start:].splitlines() if line.startswith("# "))
+    config = load_config(write(tmp_path, MINIMAL + block))
+    assert config.limits == LimitSettings()  # the example states the defaults
+    assert refusal(tmp_path, MINIMAL + "[limits]\nanswers_per_day = 0\n").endswith(
+        "[limits] answers_per_day: must be between 1 and 100000, got 0"
+    )
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    text = MINIMAL + '[smtp]\nhost = "h.example"\nusername = "u"\npassword_file = "smtp.secret"\n'
+    message = refusal(tmp_path, text)
+    assert message.endswith(
+        f"[smtp] password_file: {secret} is open to other users (mode 0644): run `chmod 600 {secret}`"
+    )
+    assert "s3cret" not in message

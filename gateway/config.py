@@ -1,4 +1,8 @@
-"""The settings file, read once at start and validated into frozen objects."""
+"""The settings file, read once at start and validated into frozen objects.
+
+Over 400 lines on purpose: every section's values, defaults and checks are here, so that an operator's
+question about any one setting is answered in one file, next to the README's configuration reference.
+"""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from gateway.config import Config, InboundSmtpSettings, SmtpSettings
 from gateway.crypto import KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
-from gateway.listener import drain_spool, start_listener
-from gateway.mailbox import Watcher
+from gateway.inbound.smtp import drain_spool, start_listener
+from gateway.inbound.watcher import Watcher
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.schedule import run_due

@@ -37,7 +37,7 @@ from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
 from gateway.extracts import ENFORCEMENT_EXTRACT_COLUMNS, HOME_EXTRACT_COLUMNS, ExtractFile, build_extract
-from gateway.listener import start_listener
+from gateway.inbound.smtp import start_listener
 from gateway.logs import configure as configure_logs
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import _reply_envelope

@@ -1,7 +1,7 @@
 """What hostile header shapes at the size limits cost before a sender is authenticated: prints each shape's time,
 the worst per-message time and the longest event-loop stall; asserts nothing.
 
-    .venv/bin/python bench/hostile.py [--cap SECONDS]
+    .venv/bin/python -m bench.hostile [--cap SECONDS]
 
 Each shape (an obsolete local part of dots and atoms, a long run without "@", deep comments, a long quoted
 string, many encoded words: in From, Content-Type, Message-ID or Authentication-Results, each filling the
@@ -24,10 +24,6 @@ import sys
 import time
 from collections.abc import Callable
 from email import message_from_bytes
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from gateway.authenticate import dmarc_pass, sender_of
 from gateway.config import LimitSettings
@@ -196,7 +192,10 @@ def main() -> None:
     for name, raw in shapes().items():
         try:
             done = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, check=True, timeout=args.cap
+                [sys.executable, "-m", "bench.hostile", "--one", name],
+                capture_output=True,
+                check=True,
+                timeout=args.cap,
             )
             report = json.loads(done.stdout)
             seconds, stall = float(report["seconds"]), float(report["stall"])

@@ -1,6 +1,6 @@
 """The gateway's speed, end to end, on real components: prints its figures, asserts nothing.
 
-    .venv/bin/python bench/run.py [--requests 500] [--light 30] [--postgres URL]
+    .venv/bin/python -m bench.run [--requests 500] [--light 30] [--postgres URL]
 
 It starts a Dovecot and an SMTP relay on loopback and a gateway (`gateway run`, its own process) with a
 5,000-home sample register and 40 authorities (the 39 police forces and the Children's Commissioner), each
@@ -34,9 +34,6 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from gateway.reference import police_force_areas
 from gateway.sample import write_sample

@@ -24,8 +24,8 @@ from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
 from gateway.gpgrun import KeyProblem, in_thread
-from gateway.listener import drain_spool, start_listener
-from gateway.mailbox import Watcher
+from gateway.inbound.smtp import drain_spool, start_listener
+from gateway.inbound.watcher import Watcher
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.schedule import run_due

@@ -25,7 +25,7 @@ from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import create_database
 from gateway.errors import GatewayError
 from gateway.gpgrun import in_thread
-from gateway.listener import drain_spool, start_listener
+from gateway.inbound.smtp import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.values import Context, Outcome

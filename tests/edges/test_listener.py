@@ -11,7 +11,7 @@ from sqlalchemy import select
 from gateway.config import DatabaseSettings, InboundSmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import SpooledMessage
-from gateway.listener import drain_spool, start_listener
+from gateway.inbound.smtp import drain_spool, start_listener
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 
 MESSAGE = f"From: {POLICE_ADDRESS}\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: r\r\n\r\nRequest: disclosure\r\n".encode()

@@ -17,7 +17,7 @@ from gateway.compose import Templates
 from gateway.config import ImapSettings, Secret, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database
-from gateway.mailbox import Watcher
+from gateway.inbound.watcher import Watcher
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
 from tests.path.test_pipeline import live, outbox, request_from_police

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from gateway.config import InboundSmtpSettings, load_config
 from gateway.db.engine import create_database
-from gateway.listener import start_listener
+from gateway.inbound.smtp import start_listener
 from gateway.logs import configure as configure_logs
 from gateway.sample import write_sample
 from gateway.schedule import delivery_instant

@@ -25,7 +25,7 @@ from gateway.db.models import (
     RecordFailure,
     SpooledMessage,
 )
-from gateway.listener import drain_spool
+from gateway.inbound.smtp import drain_spool
 from gateway.values import Context
 from tests.path.test_pipeline import live, outbox, process, request_from_police
 from tests.support.addresses import POLICE_ADDRESS

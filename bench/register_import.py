@@ -1,6 +1,6 @@
 """Prints how fast the register import is: 5,000 homes through the real `gateway register import` command.
 
-Run: .venv/bin/python scripts/benchmark.py [--homes N] [--postgres URL]
+Run: .venv/bin/python -m bench.register_import [--homes N] [--postgres URL]
 Target (issue 2): a 5,000-home import in under 10 seconds. This prints figures; it asserts nothing,
 because timings on shared machines are not a test.
 """

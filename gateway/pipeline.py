@@ -40,7 +40,7 @@ from gateway.outbox import enqueue
 from gateway.replies import acknowledge, disclose, refuse
 from gateway.requests import body_text, parse_request
 from gateway.scope import ScopeRefusal, resolve_scope
-from gateway.subscriptions import apply_by_mail, find_subscription, review_date
+from gateway.subscriptions import apply_by_mail, monthly_change
 from gateway.values import (
     GATEWAY_ACTOR,
     Arrival,
@@ -50,7 +50,6 @@ from gateway.values import (
     Outcome,
     OutcomeKind,
     Outgoing,
-    SubscriptionChange,
 )
 
 log = structlog.get_logger("gateway.pipeline")
@@ -194,18 +193,9 @@ async def answer(
         return await refuse(ctx, arrival, asker, [scope.reason])
     if request.kind != "disclosure":  # renewal or cancel of a monthly subscription
         return await acknowledge(ctx, arrival, asker, request, scope)
-    change = None
-    if request.frequency == "monthly":
-        current = await find_subscription(ctx.db, authority, scope, "active")
-        change = (
-            SubscriptionChange("already-active", scope, current.review_on, current.id)
-            if current
-            else SubscriptionChange("create", scope, review_date(ctx.clock().date()))
-        )
+    monthly = request.frequency == "monthly"
+    change = await monthly_change(ctx.db, authority, scope, ctx.clock().date()) if monthly else None
     return await disclose(ctx, arrival, asker, request, scope, change=change)
-
-
-# ---------------------------------------------------------------- impostors, replays and floods
 
 
 def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
@@ -218,6 +208,9 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
         verify=ctx.keyring.verify_detached,
         decrypt=ctx.keyring.decrypt,
     )
+
+
+# ---------------------------------------------------------------- recording: the rules asked again under the lock
 
 
 async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decision: Decision) -> Decision:

@@ -117,6 +117,14 @@ async def find_subscription(db: Database, authority: Authority, scope: Scope, st
         ).scalar()
 
 
+async def monthly_change(db: Database, authority: Authority, scope: Scope, today: dt.date) -> SubscriptionChange:
+    """What a monthly request does: start a subscription for the area, or note the one already active."""
+    current = await find_subscription(db, authority, scope, "active")
+    if current is not None:
+        return SubscriptionChange("already-active", scope, current.review_on, current.id)
+    return SubscriptionChange("create", scope, review_date(today))
+
+
 def subscription_note(change: SubscriptionChange | None) -> str | None:
     if change is None:
         return None

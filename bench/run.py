@@ -38,8 +38,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.reference import police_force_areas
-from gateway.sample import write_sample
+from gateway.admin.reference import police_force_areas
+from gateway.dev.sample import write_sample
 from tests.dovecot import ImapServer, start_dovecot
 
 GATEWAY = "register-requests@hmci.example"

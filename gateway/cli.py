@@ -21,23 +21,24 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from gateway import __version__, admins, approvals, audit, daemon, quarantine
-from gateway.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
+from gateway import __version__, audit, daemon, quarantine
+from gateway.admin import admins, approvals
+from gateway.admin.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, Allowlist, AuthorityView, Change
+from gateway.admin.reference import local_authorities, police_force_areas
+from gateway.admin.register import RegisterRefused, import_register, parse_register, summarise
 from gateway.compose import Templates
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import KeyInfo, KeyProblem, Keyring, in_thread
 from gateway.db.engine import Database, create_database, require_current_schema, upgrade_schema
 from gateway.db.models import Authority, OutboxMessage, Subscription
-from gateway.demo import run_demo
+from gateway.dev.demo import run_demo
+from gateway.dev.sample import write_sample
 from gateway.entitlement import Keeper
 from gateway.errors import ConfigError, GatewayError, UsageError
 from gateway.extracts import defuse
 from gateway.logs import configure as configure_logs
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from gateway.pipeline import process
-from gateway.reference import local_authorities, police_force_areas
-from gateway.register import RegisterRefused, import_register, parse_register, summarise
-from gateway.sample import write_sample
 from gateway.schedule import next_events, run_due
 from gateway.subscriptions import change_by_hand, history
 from gateway.values import Context, OutcomeKind

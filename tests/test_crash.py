@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from gateway.reference import police_force_areas
+from gateway.admin.reference import police_force_areas
 from tests.conftest import OCC_ADDRESS, AuthorityKeys, Gateway
 from tests.dovecot import ImapServer, dovecot_server
 from tests.test_authenticate import signed_message

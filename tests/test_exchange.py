@@ -18,8 +18,8 @@ import pytest
 
 from gateway.authenticate import Authenticated, Refused, authenticate
 from gateway.crypto import Keyring
+from gateway.dev.sample import write_sample
 from gateway.requests import body_text, parse_request
-from gateway.sample import write_sample
 from tests.conftest import POLICE_ADDRESS, AuthorityKeys, Gateway, gateway_keyring, run_gpg
 from tests.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
 

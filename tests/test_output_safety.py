@@ -36,12 +36,12 @@ from gateway.config import DatabaseSettings, InboundSmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
+from gateway.dev.sample import write_sample
 from gateway.extracts import ENFORCEMENT_EXTRACT_COLUMNS, HOME_EXTRACT_COLUMNS, ExtractFile, build_extract
 from gateway.listener import start_listener
 from gateway.logs import configure as configure_logs
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import _reply_envelope
-from gateway.sample import write_sample
 from gateway.schedule import Changes, delivery_instant
 from gateway.subscriptions import add_months
 from gateway.values import Context

@@ -14,11 +14,11 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit
 from gateway.addresses import normalise_address
+from gateway.admin.reference import find_local_authority, find_police_force_area
 from gateway.crypto import KeyInfo, Keyring, in_thread, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, AuthorityAddress
 from gateway.errors import GatewayError, UsageError
-from gateway.reference import find_local_authority, find_police_force_area
 
 KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
 NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})

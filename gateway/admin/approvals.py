@@ -1,7 +1,7 @@
 """The two-person rule: an allowlist, key or admin change is made only when two different admin keys signed it.
 
 One compromised admin account could otherwise add an address, or pin its own key, and receive the register; and
-a name typed on the command line proves nothing, so an admin is a registered OpenPGP key (gateway.admins). A
+a name typed on the command line proves nothing, so an admin is a registered OpenPGP key (gateway.admin.admins). A
 change is rehearsed in full when it is proposed (every check, then rolled back) and kept with its arguments and
 a canonical statement of its exact effect, naming the change's id and this gateway's identity. The proposer
 signs that statement, a different admin signs the same statement to approve it, and the gateway checks both
@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway import admins, audit
-from gateway.authorities import Allowlist, AllowlistError, Change, Rehearsed, addresses_of, resolve_area
+from gateway import audit
+from gateway.admin import admins
+from gateway.admin.authorities import Allowlist, AllowlistError, Change, Rehearsed, addresses_of, resolve_area
 from gateway.crypto import KeyInfo, in_thread, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import PendingChange

@@ -101,3 +101,12 @@ async def history(db: Database, subscription_id: int) -> tuple[Subscription, str
             ).scalars()
         )
     return row, authority.name if authority else "?", events
+
+
+async def listing(db: Database, *, active_only: bool = False) -> list[tuple[Subscription, str]]:
+    """The subscriptions (or only the active ones) with their authority's name, by status and then id."""
+    query = select(Subscription, Authority.name).join(Authority).order_by(Subscription.status, Subscription.id)
+    if active_only:
+        query = query.where(Subscription.status == "active")
+    async with db.transaction(write=False) as session:
+        return [(sub, str(name)) for sub, name in (await session.execute(query)).all()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
@@ -42,12 +42,8 @@ def _clean_name(name: str) -> str:
     return cleaned
 
 
-class Rehearsed(Exception):  # not an error: how a rehearsal hands back what would change
-    """A rehearsed change went through every check; `change` is what it would do."""
-
-    def __init__(self, change: Change) -> None:
-        super().__init__("rehearsed")
-        self.change = change
+class _RollBack(Exception):  # not an error: how a rehearsal's transaction is undone once every check passed
+    """Raised inside a rehearsal's transaction, after the change, so that the database keeps none of it."""
 
 
 class AllowlistError(GatewayError):
@@ -156,6 +152,14 @@ def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> li
     return []
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """What one change did to the gateway's keyring, which no database transaction can roll back."""
+
+    imported: list[str] = field(default_factory=list)  # taken out again unless the change is kept
+    unpinned: list[str] = field(default_factory=list)  # taken out once the change is kept, if nothing pins them
+
+
 class Standing(Protocol):
     """What becomes of an authority's monthly subscriptions when its registration changes (gateway.entitlement):
     asked inside the change's transaction, so a subscription never outlives what allowed it."""
@@ -203,9 +207,27 @@ class Allowlist:
     def gateway_key(self) -> str | None:
         return self._gateway_key
 
-    def _end(self, change: Change) -> None:
-        if self._rehearse:
-            raise Rehearsed(change)  # rolls the transaction back, and takes out any key it imported
+    @property
+    def rehearsing(self) -> bool:
+        return self._rehearse
+
+    @asynccontextmanager
+    async def _change(self) -> AsyncIterator[tuple[AsyncSession, _Keys]]:
+        """One change's transaction. Kept, it drops the keys the change stopped pinning; failed, or only
+        rehearsed, it is rolled back and takes out again every key the change imported."""
+        keys = _Keys()
+        kept = False
+        try:
+            async with self._db.transaction() as session:
+                yield session, keys
+                if self._rehearse:
+                    raise _RollBack  # noqa: TRY301 - raised inside the transaction: that is what rolls it back
+            kept = True
+        except _RollBack:
+            pass
+        finally:
+            for fingerprint in keys.unpinned if kept else keys.imported:
+                await self._release_key(fingerprint)
 
     async def _find(self, session: AsyncSession, name: str) -> Authority:
         row = (
@@ -269,7 +291,7 @@ class Allowlist:
         return merged, _key_checks(merged, addresses, dt.datetime.now(dt.UTC))
 
     async def _release_key(self, fingerprint: str) -> None:
-        """After a change commits, drop a key no authority pins any more: nothing can pick it by mistake."""
+        """Drop a key no authority pins (any more, or after all): nothing can pick it by mistake."""
         async with self._db.transaction() as session:
             still_pinned = (
                 await session.execute(select(func.count()).where(Authority.key_fingerprint == fingerprint))
@@ -277,16 +299,6 @@ class Allowlist:
             # Inside the write transaction, so no other change can pin this key between the count and the delete.
             if not still_pinned and fingerprint != self._gateway_key:
                 await in_thread(self._keyring.delete_public, fingerprint)
-
-    @asynccontextmanager
-    async def _releasing_on_failure(self, imported: list[str]) -> AsyncIterator[None]:
-        """If the change around a key import fails, take the key out again unless something else pins it."""
-        try:
-            yield
-        except BaseException:
-            for fingerprint in imported:
-                await self._release_key(fingerprint)
-            raise
 
     async def add(
         self,
@@ -306,15 +318,14 @@ class Allowlist:
         addresses = addresses_of(emails)
         if not addresses:
             raise UsageError("give at least one --email")
-        pinned: list[str] = []
-        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
+        async with self._change() as (session, keys):
             existing = (
                 await session.execute(select(Authority.name).where(Authority.name_key == name_key(name)))
             ).scalar()
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
-            info, warnings = await self._pin(session, key_data, addresses, None, pinned)
+            info, warnings = await self._pin(session, key_data, addresses, None, keys.imported)
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -333,7 +344,6 @@ class Allowlist:
             await session.flush()
             view = AuthorityView.of(row)
             await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
-            self._end(Change(view, tuple(warnings)))
         return Change(view, tuple(warnings))
 
     async def list(self) -> list[AuthorityView]:
@@ -363,7 +373,7 @@ class Allowlist:
             raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
         if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
             raise UsageError("nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email")
-        async with self._db.transaction() as session:
+        async with self._change() as (session, _):
             row = await self._find(session, name)
             before = AuthorityView.of(row)
             if new_name is not None:
@@ -390,7 +400,6 @@ class Allowlist:
                 details={"changed": changed},
             )
             ended = await self._review(session, row, actor=actor)
-            self._end(Change(after, ended))
         return Change(after, ended)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
@@ -427,7 +436,7 @@ class Allowlist:
         row.addresses.extend(AuthorityAddress(address=a) for a in add if a not in current)
 
     async def set_status(self, name: str, status: str, *, actor: str) -> Change:
-        async with self._db.transaction() as session:
+        async with self._change() as (session, _):
             row = await self._find(session, name)
             if row.status == status:
                 raise AllowlistError(f"authority {row.name!r} is already {status}")
@@ -437,11 +446,11 @@ class Allowlist:
             verb = "suspend" if status == "suspended" else "resume"
             await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
             ended = await self._review(session, row, actor=actor)
-            self._end(Change(AuthorityView.of(row), ended))
-            return Change(AuthorityView.of(row), ended)
+            view = AuthorityView.of(row)
+        return Change(view, ended)
 
     async def remove(self, name: str, *, actor: str) -> Change:
-        async with self._db.transaction() as session:
+        async with self._change() as (session, keys):
             row = await self._find(session, name)
             gone = AuthorityView.of(row)
             # Told while its key and addresses are still on record; the rows then go with the authority.
@@ -452,15 +461,15 @@ class Allowlist:
             await audit.record(
                 session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
             )
-        await self._release_key(gone.key_fingerprint)
+            keys.unpinned.append(gone.key_fingerprint)
         return Change(gone, ended)
 
     async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
-        pinned: list[str] = []
-        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
+        async with self._change() as (session, keys):
             row = await self._find(session, name)
             old = row.key_fingerprint
-            info, warnings = await self._pin(session, key_data, [a.address for a in row.addresses], row, pinned)
+            addresses = [a.address for a in row.addresses]
+            info, warnings = await self._pin(session, key_data, addresses, row, keys.imported)
             row.key_fingerprint = info.fingerprint
             row.key_expires = info.expires
             row.updated_at = dt.datetime.now(dt.UTC)
@@ -477,7 +486,6 @@ class Allowlist:
                 },
             )
             view = AuthorityView.of(row)
-            self._end(Change(view, tuple(warnings)))
-        if old != info.fingerprint:
-            await self._release_key(old)
+            if old != info.fingerprint:
+                keys.unpinned.append(old)
         return Change(view, tuple(warnings))

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
+from gateway.admin.fields import Field, FieldUsageError
 from gateway.crypto import (
     GPG_TIMEOUT_SECONDS,
     UNKNOWN_SIGNER,
@@ -24,10 +25,11 @@ from gateway.crypto import (
 )
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, Installation
-from gateway.errors import GatewayError, UsageError
+from gateway.errors import GatewayError
 
 SETUP_ADMINS = 2  # registered by the host's administrator; every later one only through the two-person rule
 MAX_NAME = 200
+NAME = Field("name")  # the admin's name, as a refusal names it
 MAX_SIGNATURE_BYTES = 64 * 1024  # a detached signature is a few hundred bytes; more is not one
 
 
@@ -62,7 +64,7 @@ class AdminView:
 def clean_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not cleaned or len(cleaned) > MAX_NAME or not cleaned.isprintable():
-        raise UsageError(f"--name must be 1 to {MAX_NAME} printable characters")
+        raise FieldUsageError(NAME, f" must be 1 to {MAX_NAME} printable characters")
     return cleaned
 
 

@@ -24,10 +24,10 @@ from sqlalchemy import select
 from gateway import audit
 from gateway.admin import admins
 from gateway.admin.authorities import Allowlist, AllowlistError, Change, addresses_of, resolve_area
+from gateway.admin.fields import FieldError
 from gateway.crypto import KeyInfo, in_thread, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import PendingChange
-from gateway.errors import GatewayError
 
 STATEMENT_TITLE = "HMCI register disclosure gateway: change statement, version 1"
 ADMIN_KINDS = frozenset({"admin-add", "admin-remove"})  # always under the rule: admins exist only for it
@@ -35,7 +35,7 @@ VERBS = {"add": "added", "update": "updated", "set-key": "new key pinned for", "
          "admin-add": "registered admin", "admin-remove": "removed admin"}  # fmt: skip
 
 
-class ApprovalError(GatewayError):
+class ApprovalError(FieldError):
     """A proposal, signature, approval or rejection that cannot be done as asked."""
 
 
@@ -135,7 +135,7 @@ def statement(proposal: Proposal, change_id: int, *, gateway: str, database: str
     try:
         effect = _effect(proposal, key)
     except AllowlistError as exc:
-        raise ApprovalError(str(exc)) from None
+        raise ApprovalError(*exc.parts) from None
     head = [STATEMENT_TITLE + "\n", _line("gateway", gateway), _line("database", database)]
     return "".join([*head, _line("change", change_id), _line("kind", proposal.kind), *effect])
 

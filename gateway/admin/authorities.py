@@ -14,11 +14,11 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit
 from gateway.addresses import normalise_address
+from gateway.admin.fields import Field, FieldError, FieldUsageError
 from gateway.admin.reference import find_local_authority, find_police_force_area
 from gateway.crypto import KeyInfo, Keyring, in_thread, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, AuthorityAddress
-from gateway.errors import GatewayError, UsageError
 
 KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
 NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
@@ -26,6 +26,10 @@ AUTH_POLICIES: tuple[str, ...] = ("pgp", "dmarc", "pgp-or-dmarc")
 DEFAULT_AUTH_POLICY = "pgp-or-dmarc"
 KEY_EXPIRY_WARNING = dt.timedelta(days=30)
 MAX_NAME = 200
+# The fields a change is given, as its refusals name them.
+NAME, NEW_NAME, KIND, AREA = Field("name"), Field("new_name"), Field("kind"), Field("area")
+AUTH_POLICY, EMAILS = Field("auth_policy"), Field("emails")
+ADD_EMAILS, REMOVE_EMAILS = Field("add_emails"), Field("remove_emails")
 
 
 def name_key(name: str) -> str:
@@ -33,12 +37,12 @@ def name_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
-def _clean_name(name: str) -> str:
+def _clean_name(name: str, named: Field) -> str:
     cleaned = " ".join(name.split())
     if not cleaned:
-        raise UsageError("--name must not be empty")
+        raise FieldUsageError(named, " must not be empty")
     if len(cleaned) > MAX_NAME or not cleaned.isprintable():
-        raise UsageError(f"--name must be at most {MAX_NAME} printable characters")
+        raise FieldUsageError(named, f" must be at most {MAX_NAME} printable characters")
     return cleaned
 
 
@@ -46,7 +50,7 @@ class _RollBack(Exception):  # not an error: how a rehearsal's transaction is un
     """Raised inside a rehearsal's transaction, after the change, so that the database keeps none of it."""
 
 
-class AllowlistError(GatewayError):
+class AllowlistError(FieldError):
     """An allowlist change that cannot be made as asked."""
 
 
@@ -107,11 +111,11 @@ def resolve_area(kind: str, area: str | None) -> str | None:
         raise AllowlistError(f"unknown kind {kind!r} (choose one of {', '.join(KINDS)})")
     if kind in NATIONAL_KINDS:
         if area is not None:
-            raise AllowlistError(f"a {kind} authority is national and takes no --area")
+            raise AllowlistError(f"a {kind} authority is national and takes no ", AREA)
         return None
     if area is None:
         what = "police force area" if kind == "police" else "local authority"
-        raise AllowlistError(f"a {kind} authority needs --area: its {what}")
+        raise AllowlistError(f"a {kind} authority needs ", AREA, f": its {what}")
     if kind == "police":
         found = find_police_force_area(area)
         if found is None:
@@ -121,6 +125,13 @@ def resolve_area(kind: str, area: str | None) -> str | None:
     if la is None:
         raise AllowlistError(f"unknown local authority {area!r} (see `gateway areas`)")
     return la.name
+
+
+def _check_policy(auth_policy: str) -> None:
+    if auth_policy not in AUTH_POLICIES:
+        raise AllowlistError(
+            "unknown ", AUTH_POLICY, f" policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})"
+        )
 
 
 def addresses_of(emails: Iterable[str]) -> list[str]:
@@ -311,13 +322,12 @@ class Allowlist:
         auth_policy: str = DEFAULT_AUTH_POLICY,
         actor: str,
     ) -> Change:
-        name = _clean_name(name)
-        if auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        name = _clean_name(name, NAME)
+        _check_policy(auth_policy)
         canonical_area = resolve_area(kind, area)
         addresses = addresses_of(emails)
         if not addresses:
-            raise UsageError("give at least one --email")
+            raise FieldUsageError("give at least one ", EMAILS)
         async with self._change() as (session, keys):
             existing = (
                 await session.execute(select(Authority.name).where(Authority.name_key == name_key(name)))
@@ -369,10 +379,13 @@ class Allowlist:
         remove_emails: Sequence[str] = (),
         actor: str,
     ) -> Change:
-        if auth_policy is not None and auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        if auth_policy is not None:
+            _check_policy(auth_policy)
         if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
-            raise UsageError("nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email")
+            raise FieldUsageError(
+                "nothing to update: give ", NEW_NAME, ", ", KIND, ", ", AREA, ", ", AUTH_POLICY, ", ", ADD_EMAILS,
+                " or ", REMOVE_EMAILS,
+            )  # fmt: skip
         async with self._change() as (session, _):
             row = await self._find(session, name)
             before = AuthorityView.of(row)
@@ -403,7 +416,7 @@ class Allowlist:
         return Change(after, ended)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
-        new_name = _clean_name(new_name)
+        new_name = _clean_name(new_name, NEW_NAME)
         clash = (
             await session.execute(
                 select(Authority.name).where(Authority.name_key == name_key(new_name), Authority.id != row.id)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError
 
 from gateway import __version__
+from gateway.admin.fields import Field, FieldError
 from gateway.admin.register import RegisterRefused
 from gateway.audit import default_actor
 from gateway.cli import admin, audit, authority, change, init, outbox, quarantine, register, run, schedule, subscription
@@ -19,6 +20,18 @@ from gateway.errors import GatewayError, UsageError
 from gateway.logs import configure as configure_logs
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE
+# The option that gives each field a refusal may name (gateway.admin.fields): said as the admin typed it.
+FLAGS = {
+    "name": "--name",
+    "new_name": "--name",
+    "kind": "--kind",
+    "area": "--area",
+    "auth_policy": "--auth",
+    "emails": "--email",
+    "add_emails": "--add-email",
+    "remove_emails": "--remove-email",
+    "directory": "--dir",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +71,21 @@ def _actor(value: str) -> str:
     return value.strip()
 
 
+def _said(exc: GatewayError) -> str:
+    return exc.say(_flag) if isinstance(exc, FieldError) else str(exc)
+
+
+def _flag(field: Field) -> str:
+    return FLAGS.get(field.name, field.name)
+
+
 def _explain(exc: BaseException) -> int:
     """One line on stderr for anything that stops a command; the exit code that goes with it."""
     if isinstance(exc, RegisterRefused):
         for problem in exc.problems:
             print(problem, file=sys.stderr)
     if isinstance(exc, GatewayError):
-        print(f"gateway: error: {exc}", file=sys.stderr)
+        print(f"gateway: error: {_said(exc)}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, DBAPIError):
         # A constraint the checks before it did not foresee, or a change made at the same moment elsewhere.

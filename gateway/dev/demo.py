@@ -18,6 +18,7 @@ from pathlib import Path
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.admin.fields import Field, FieldError
 from gateway.authenticate import SignedParts, split_signed
 from gateway.compose import Templates
 from gateway.config import InboundSmtpSettings, SmtpSettings, load_config
@@ -34,6 +35,7 @@ GATEWAY_ADDRESS = "register-requests@hmci.example"
 ADMIN_ADDRESS = "gateway-admin@hmci.example"
 BORDER = "mx.hmci.example"
 DEMO_HOMES = 500
+DIRECTORY = Field("directory")  # where the demo's files go, as a refusal names it
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def _prepare(directory: Path) -> None:
     if directory.exists():
         # Only ever wipe a directory this command made, never one a user pointed at by mistake.
         if not (directory / MARKER).exists():
-            raise GatewayError(f"{directory} exists and was not made by `gateway demo`: choose another --dir")
+            raise FieldError(f"{directory} exists and was not made by `gateway demo`: choose another ", DIRECTORY)
         _kill_agents(directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)

@@ -1,4 +1,8 @@
-"""The register of children's homes: CSV in, validated rows, one all-or-nothing import."""
+"""The register of children's homes: CSV in, validated rows, one all-or-nothing import.
+
+Kept as one module of about 530 lines: the columns, each cell's check and the import that stores them are one
+contract with HMCI's export, read and changed together.
+"""
 
 from __future__ import annotations
 

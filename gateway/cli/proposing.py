@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.admin import admins, approvals
-from gateway.admin.authorities import Allowlist, AuthorityView, Change
+from gateway.admin.allowlist import Allowlist
+from gateway.admin.authorities import AuthorityView, Change
 from gateway.cli.opening import config_of, database, keyring, read_file
 from gateway.cli.output import date, emit_json, printable, warn
 from gateway.compose import Templates

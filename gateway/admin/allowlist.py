@@ -1,0 +1,388 @@
+"""Changing the allowlist: which public authorities may ask, from which secure addresses, with which pinned key.
+
+Each change runs in one transaction with its audit record and its effect on subscriptions; a rehearsed change
+makes every check and is then rolled back, with any key it imported taken out again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from gateway import audit
+from gateway.admin.authorities import (
+    ADD_EMAILS,
+    AREA,
+    AUTH_POLICY,
+    DEFAULT_AUTH_POLICY,
+    EMAILS,
+    KIND,
+    NAME,
+    NEW_NAME,
+    REMOVE_EMAILS,
+    AllowlistError,
+    AuthorityView,
+    Change,
+    addresses_of,
+    check_policy,
+    clean_name,
+    key_checks,
+    name_key,
+    resolve_area,
+)
+from gateway.admin.fields import FieldUsageError
+from gateway.crypto import KeyInfo, Keyring, in_thread, scan_key
+from gateway.db.engine import Database
+from gateway.db.models import Admin, Authority, AuthorityAddress
+
+
+class _RollBack(Exception):  # not an error: how a rehearsal's transaction is undone once every check passed
+    """Raised inside a rehearsal's transaction, after the change, so that the database keeps none of it."""
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """What one change did to the gateway's keyring, which no database transaction can roll back."""
+
+    imported: list[str] = field(default_factory=list)  # taken out again unless the change is kept
+    unpinned: list[str] = field(default_factory=list)  # taken out once the change is kept, if nothing pins them
+
+
+class Standing(Protocol):
+    """What becomes of an authority's monthly subscriptions when its registration changes (gateway.entitlement):
+    asked inside the change's transaction, so a subscription never outlives what allowed it."""
+
+    async def review(
+        self, session: AsyncSession, authority: Authority, *, actor: str, ending: str | None = None
+    ) -> tuple[str, ...]: ...
+
+
+class Allowlist:
+    """Every change runs in one transaction together with its audit record and its effect on subscriptions."""
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        *,
+        reserved: Iterable[str] = (),
+        gateway_key: str | None,
+        standing: Standing,
+        rehearse: bool = False,
+    ):
+        self._db = db
+        self._standing = standing
+        # Every check made and every row written, then all of it undone: a change proposed for approval.
+        self._rehearse = rehearse
+        self._keyring = keyring
+        # Nothing at the gateway's own domains can belong to an authority (sub-addresses of its mailbox
+        # included): that way lies a mail loop, or HMCI disclosing to itself.
+        self._reserved_domains = frozenset(address.rpartition("@")[2] for address in reserved)
+        self._gateway_key = gateway_key
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    async def _review(
+        self, session: AsyncSession, row: Authority, *, actor: str, ending: str | None = None
+    ) -> tuple[str, ...]:
+        lines = await self._standing.review(session, row, actor=actor, ending=ending)
+        # A rehearsal's notices and endings are rolled back with it: its preview says what approval would do.
+        return tuple(f"if approved: {line}" for line in lines) if self._rehearse else lines
+
+    @property
+    def gateway_key(self) -> str | None:
+        return self._gateway_key
+
+    @property
+    def rehearsing(self) -> bool:
+        return self._rehearse
+
+    @asynccontextmanager
+    async def _change(self) -> AsyncIterator[tuple[AsyncSession, _Keys]]:
+        """One change's transaction. Kept, it drops the keys the change stopped pinning; failed, or only
+        rehearsed, it is rolled back and takes out again every key the change imported."""
+        keys = _Keys()
+        kept = False
+        try:
+            async with self._db.transaction() as session:
+                yield session, keys
+                if self._rehearse:
+                    raise _RollBack  # noqa: TRY301 - raised inside the transaction: that is what rolls it back
+            kept = True
+        except _RollBack:
+            pass
+        finally:
+            for fingerprint in keys.unpinned if kept else keys.imported:
+                await self._release_key(fingerprint)
+
+    async def _find(self, session: AsyncSession, name: str) -> Authority:
+        row = (
+            await session.execute(
+                select(Authority).where(Authority.name_key == name_key(name)).options(selectinload(Authority.addresses))
+            )
+        ).scalar()
+        if row is None:
+            raise AllowlistError(f"no authority named {name!r} (see `gateway authority list`)")
+        return row
+
+    async def _claim(self, session: AsyncSession, addresses: Sequence[str], owner: Authority | None) -> None:
+        for address in addresses:
+            domain = address.rpartition("@")[2]
+            if domain in self._reserved_domains:
+                raise AllowlistError(f"{address} is at the gateway's own domain {domain}: it cannot be an authority's")
+        taken = await session.execute(
+            select(AuthorityAddress.address, Authority.name)
+            .join(Authority)
+            .where(AuthorityAddress.address.in_(addresses))
+        )
+        for address, holder in taken.all():
+            if owner is None or holder != owner.name:
+                raise AllowlistError(f"{address} is already registered to authority {holder!r}")
+
+    async def _pin(
+        self,
+        session: AsyncSession,
+        key_data: bytes,
+        addresses: Sequence[str],
+        owner: Authority | None,
+        imported: list[str],
+    ) -> tuple[KeyInfo, list[str]]:
+        """Check, import and re-check a key; `imported` learns of the import at once, for clean-up on failure."""
+        scanned = await in_thread(scan_key, key_data, self._keyring.binary)
+        fingerprint = scanned.info.fingerprint
+        key_checks(scanned.info, addresses, dt.datetime.now(dt.UTC))
+        if fingerprint == self._gateway_key:
+            raise AllowlistError("that is the gateway's own key, not the authority's")
+        if await session.get(Admin, fingerprint) is not None:
+            raise AllowlistError(f"key {fingerprint} is an admin's key: an authority needs a key of its own")
+        # One key, one authority: a key carrying two authorities' addresses would let each read the other's mail.
+        holder = (
+            await session.execute(
+                select(Authority.name).where(
+                    Authority.key_fingerprint == fingerprint, Authority.id != (owner.id if owner else -1)
+                )
+            )
+        ).scalar()
+        if holder is not None:
+            raise AllowlistError(f"key {fingerprint} is already pinned for authority {holder!r}")
+        # Only the minimal re-export of the one inspected key goes in, never the file as handed over.
+        imported.append(await in_thread(self._keyring.import_public, scanned.public))
+        if imported[-1] != fingerprint:
+            raise AllowlistError(f"gpg imported {imported[-1]}, expected {fingerprint}")
+        # Importing merges with any copy the keyring already holds (a revocation imported earlier, say):
+        # what gets pinned is the key as the gateway's own keyring now sees it, checked again.
+        merged = await in_thread(self._keyring.inspect, fingerprint)
+        if merged is None:
+            raise AllowlistError(f"gpg imported {fingerprint} but cannot list it in {self._keyring.home}")
+        return merged, key_checks(merged, addresses, dt.datetime.now(dt.UTC))
+
+    async def _release_key(self, fingerprint: str) -> None:
+        """Drop a key no authority pins (any more, or after all): nothing can pick it by mistake."""
+        async with self._db.transaction() as session:
+            still_pinned = (
+                await session.execute(select(func.count()).where(Authority.key_fingerprint == fingerprint))
+            ).scalar_one()
+            # Inside the write transaction, so no other change can pin this key between the count and the delete.
+            if not still_pinned and fingerprint != self._gateway_key:
+                await in_thread(self._keyring.delete_public, fingerprint)
+
+    async def add(
+        self,
+        *,
+        name: str,
+        kind: str,
+        area: str | None,
+        emails: Sequence[str],
+        key_data: bytes,
+        auth_policy: str = DEFAULT_AUTH_POLICY,
+        actor: str,
+    ) -> Change:
+        name = clean_name(name, NAME)
+        check_policy(auth_policy)
+        canonical_area = resolve_area(kind, area)
+        addresses = addresses_of(emails)
+        if not addresses:
+            raise FieldUsageError("give at least one ", EMAILS)
+        async with self._change() as (session, keys):
+            existing = (
+                await session.execute(select(Authority.name).where(Authority.name_key == name_key(name)))
+            ).scalar()
+            if existing is not None:
+                raise AllowlistError(f"an authority named {existing!r} already exists")
+            await self._claim(session, addresses, None)
+            info, warnings = await self._pin(session, key_data, addresses, None, keys.imported)
+            now = dt.datetime.now(dt.UTC)
+            row = Authority(
+                name=name,
+                name_key=name_key(name),
+                kind=kind,
+                area=canonical_area,
+                auth_policy=auth_policy,
+                status="active",
+                key_fingerprint=info.fingerprint,
+                key_expires=info.expires,
+                created_at=now,
+                updated_at=now,
+                addresses=[AuthorityAddress(address=a) for a in addresses],
+            )
+            session.add(row)
+            await session.flush()
+            view = AuthorityView.of(row)
+            await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
+        return Change(view, tuple(warnings))
+
+    async def list(self) -> list[AuthorityView]:
+        async with self._db.transaction(write=False) as session:
+            rows = await session.execute(
+                select(Authority).options(selectinload(Authority.addresses)).order_by(Authority.name)
+            )
+            return [AuthorityView.of(row) for row in rows.scalars()]
+
+    async def show(self, name: str) -> AuthorityView:
+        async with self._db.transaction(write=False) as session:
+            return AuthorityView.of(await self._find(session, name))
+
+    async def update(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        kind: str | None = None,
+        area: str | None = None,
+        auth_policy: str | None = None,
+        add_emails: Sequence[str] = (),
+        remove_emails: Sequence[str] = (),
+        actor: str,
+    ) -> Change:
+        if auth_policy is not None:
+            check_policy(auth_policy)
+        if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
+            raise FieldUsageError(
+                "nothing to update: give ", NEW_NAME, ", ", KIND, ", ", AREA, ", ", AUTH_POLICY, ", ", ADD_EMAILS,
+                " or ", REMOVE_EMAILS,
+            )  # fmt: skip
+        async with self._change() as (session, _):
+            row = await self._find(session, name)
+            before = AuthorityView.of(row)
+            if new_name is not None:
+                await self._rename(session, row, new_name)
+            if kind is not None or area is not None:
+                # A new kind restates its area (national kinds take none): the old area never carries over.
+                row.kind = kind or row.kind
+                row.area = resolve_area(row.kind, area)
+            if auth_policy is not None:
+                row.auth_policy = auth_policy
+            await self._change_addresses(session, row, addresses_of(add_emails), addresses_of(remove_emails))
+            after = AuthorityView.of(row)
+            changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
+            if not changed:
+                raise AllowlistError(f"nothing changed: {row.name!r} already has those settings")
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            after = AuthorityView.of(row)
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.update",
+                subject=after.name,
+                details={"changed": changed},
+            )
+            ended = await self._review(session, row, actor=actor)
+        return Change(after, ended)
+
+    async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
+        new_name = clean_name(new_name, NEW_NAME)
+        clash = (
+            await session.execute(
+                select(Authority.name).where(Authority.name_key == name_key(new_name), Authority.id != row.id)
+            )
+        ).scalar()
+        if clash is not None:
+            raise AllowlistError(f"an authority named {clash!r} already exists")
+        row.name = new_name
+        row.name_key = name_key(new_name)
+
+    async def _change_addresses(
+        self, session: AsyncSession, row: Authority, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        current = {a.address for a in row.addresses}
+        for address in remove:
+            if address not in current:
+                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+        await self._claim(session, add, row)
+        remaining = (current - set(remove)) | set(add)
+        if not remaining:
+            raise AllowlistError(f"{row.name!r} would be left with no address: add another before removing the last")
+        if add or remove:
+            info = await in_thread(self._keyring.inspect, row.key_fingerprint)
+            if info is None or not info.emails & remaining:
+                raise AllowlistError(
+                    f"the pinned key {row.key_fingerprint} would carry none of the addresses of {row.name!r}: "
+                    "set a key for the new address first (`gateway authority set-key`)"
+                )
+        row.addresses = [a for a in row.addresses if a.address not in remove]
+        row.addresses.extend(AuthorityAddress(address=a) for a in add if a not in current)
+
+    async def set_status(self, name: str, status: str, *, actor: str) -> Change:
+        async with self._change() as (session, _):
+            row = await self._find(session, name)
+            if row.status == status:
+                raise AllowlistError(f"authority {row.name!r} is already {status}")
+            row.status = status
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            verb = "suspend" if status == "suspended" else "resume"
+            await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
+            ended = await self._review(session, row, actor=actor)
+            view = AuthorityView.of(row)
+        return Change(view, ended)
+
+    async def remove(self, name: str, *, actor: str) -> Change:
+        async with self._change() as (session, keys):
+            row = await self._find(session, name)
+            gone = AuthorityView.of(row)
+            # Told while its key and addresses are still on record; the rows then go with the authority.
+            ended = await self._review(session, row, actor=actor, ending="the authority's registration was removed")
+            await session.flush()
+            await session.delete(row)
+            await session.flush()
+            await audit.record(
+                session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
+            )
+            keys.unpinned.append(gone.key_fingerprint)
+        return Change(gone, ended)
+
+    async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
+        async with self._change() as (session, keys):
+            row = await self._find(session, name)
+            old = row.key_fingerprint
+            addresses = [a.address for a in row.addresses]
+            info, warnings = await self._pin(session, key_data, addresses, row, keys.imported)
+            row.key_fingerprint = info.fingerprint
+            row.key_expires = info.expires
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.set-key",
+                subject=row.name,
+                details={
+                    "old_fingerprint": old,
+                    "new_fingerprint": info.fingerprint,
+                    "key_expires": info.expires,
+                },
+            )
+            view = AuthorityView.of(row)
+            if old != info.fingerprint:
+                keys.unpinned.append(old)
+        return Change(view, tuple(warnings))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.sample import write_sample
+from gateway.dev.sample import write_sample
 
 
 def run(config: Path, *argv: str) -> float:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.reference import police_force_areas
-from gateway.sample import write_sample
+from gateway.admin.reference import police_force_areas
+from gateway.dev.sample import write_sample
 from tests.dovecot import ImapServer, start_dovecot
 
 GATEWAY = "register-requests@hmci.example"

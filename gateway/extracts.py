@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.register import HOME_COLUMNS
+from gateway.admin.register import HOME_COLUMNS
 
 # What a disclosure holds about each home: the register's Schedule 5 columns, without the status and the
 # provider type, which the gateway keeps to select and check rows but never discloses.

@@ -342,3 +342,9 @@ async def retry_now(db: Database, outbox_id: int, *, actor: str, now: dt.datetim
             session, actor=actor, action="outbox.retry", subject=f"outbox {row.id}", details={"kind": row.kind}, now=now
         )
         return row
+
+
+async def listing(db: Database) -> list[OutboxMessage]:
+    """Every outgoing message, sent or not, oldest first."""
+    async with db.transaction(write=False) as session:
+        return list((await session.execute(select(OutboxMessage).order_by(OutboxMessage.id))).scalars())

@@ -9,10 +9,10 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import shown
-from gateway.authorities import NATIONAL_KINDS
+from gateway.admin.authorities import NATIONAL_KINDS
+from gateway.admin.reference import find_local_authority, find_police_force_area
 from gateway.db.models import Authority, EnforcementAction, Home, Subscription
 from gateway.extracts import EnforcementLike, HomeLike
-from gateway.reference import find_local_authority, find_police_force_area
 
 ENGLAND_NAMES = frozenset({"england", "all of england", "all england", "national"})
 _PFA_SUFFIXES = (" police force area", " force area", " police area")

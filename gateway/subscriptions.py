@@ -18,7 +18,7 @@ from gateway import audit
 from gateway.compose import admin_notice, new_reference
 from gateway.db.engine import Database
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
-from gateway.errors import GatewayError
+from gateway.errors import Field, FieldError
 from gateway.extracts import HOME_EXTRACT_COLUMNS, EnforcementLike, HomeLike
 from gateway.gpgrun import KeyProblem
 from gateway.notices import encrypted_notice
@@ -50,7 +50,7 @@ def snapshot(homes: Sequence[HomeLike], actions: Sequence[EnforcementLike]) -> d
     return {"homes": rows, "enforcement": sorted(f"{a.urn}|{a.date}|{a.nature}" for a in actions)}
 
 
-class SubscriptionError(GatewayError):
+class SubscriptionError(FieldError):
     """An admin action on a subscription that cannot be done as asked."""
 
 
@@ -69,7 +69,7 @@ async def change_by_hand(
             row.status = "cancelled"
         elif review_on is not None:
             if review_on <= dt.datetime.now(dt.UTC).date():
-                raise SubscriptionError(f"--until {review_on.isoformat()} is not in the future")
+                raise SubscriptionError(Field("review_on"), f" {review_on.isoformat()} is not in the future")
             row.review_on = review_on
         row.updated_at = dt.datetime.now(dt.UTC)
         await audit.record(
@@ -329,3 +329,12 @@ class Keeper:
         if kept and authority.status != "active":
             lines = (*lines, f"{kept} monthly subscription(s) paused while {authority.name!r} is suspended")
         return lines
+
+
+async def listing(db: Database, *, active_only: bool = False) -> list[tuple[Subscription, str]]:
+    """The subscriptions (or only the active ones) with their authority's name, by status and then id."""
+    query = select(Subscription, Authority.name).join(Authority).order_by(Subscription.status, Subscription.id)
+    if active_only:
+        query = query.where(Subscription.status == "active")
+    async with db.transaction(write=False) as session:
+        return [(sub, str(name)) for sub, name in (await session.execute(query)).all()]

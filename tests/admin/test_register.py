@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.admin.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, import_register, parse_register
 from gateway.cli import main
 from gateway.config import DatabaseSettings
 from gateway.db.engine import create_database
 from gateway.db.models import Home
-from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, RegisterRefused, import_register, parse_register
-from gateway.sample import write_sample
+from gateway.dev.sample import write_sample
 from tests.support.gateway_cli import Gateway
 
 HOME = {

@@ -24,9 +24,9 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from gateway.config import InboundSmtpSettings, load_config
 from gateway.db.engine import create_database
+from gateway.dev.sample import write_sample
 from gateway.inbound.smtp import start_listener
 from gateway.logs import configure as configure_logs
-from gateway.sample import write_sample
 from gateway.schedule import delivery_instant
 from gateway.subscriptions import add_months
 from tests.edges.test_outbox import Relay

@@ -27,9 +27,9 @@ from gateway.config import DatabaseSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
+from gateway.dev.sample import write_sample
 from gateway.extracts import ENFORCEMENT_EXTRACT_COLUMNS, HOME_EXTRACT_COLUMNS, ExtractFile, build_extract
 from gateway.outbox import deliver_due, smtp_transport
-from gateway.sample import write_sample
 from gateway.schedule import Changes
 from gateway.values import Context
 from tests.edges.test_outbox import Relay, plain_relay, serve

@@ -20,8 +20,8 @@ from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
+from gateway.dev.sample import write_sample
 from gateway.pipeline import process as pipeline_process
-from gateway.sample import write_sample
 from gateway.values import Context
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.config import ScheduleSettings
 from gateway.crypto import Keyring
-from gateway.sample import write_sample
+from gateway.dev.sample import write_sample
 from gateway.schedule import delivery_instant, due_period
 from gateway.subscriptions import add_months
 from tests.path.test_pipeline import (

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from gateway.reference import police_force_areas
+from gateway.admin.reference import police_force_areas
 from tests.edges.test_mailbox import folder_counts
 from tests.edges.test_outbox import Relay, daemon_settings, serve
 from tests.path.test_pipeline import live, process, request_from_police

@@ -18,8 +18,8 @@ import pytest
 
 from gateway.authenticate import Authenticated, Refused, authenticate
 from gateway.crypto import Keyring
+from gateway.dev.sample import write_sample
 from gateway.requests import body_text, parse_request
-from gateway.sample import write_sample
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys, gateway_keyring, run_gpg

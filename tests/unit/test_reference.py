@@ -1,6 +1,6 @@
 """The shipped reference data of local authorities and police force areas."""
 
-from gateway.reference import (
+from gateway.admin.reference import (
     find_local_authority,
     find_police_force_area,
     local_authorities,

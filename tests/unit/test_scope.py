@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.db.engine import create_database
-from gateway.sample import write_sample
+from gateway.dev.sample import write_sample
 from gateway.scope import Scope, ScopeRefusal, enforcement_in, homes_in, resolve_scope
 from tests.support.gateway_cli import Gateway
 

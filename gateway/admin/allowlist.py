@@ -1,166 +1,66 @@
-"""The allowlist: which public authorities may ask, from which secure addresses, with which pinned key."""
+"""Changing the allowlist: which public authorities may ask, from which secure addresses, with which pinned key.
+
+Each change runs in one transaction with its audit record and its effect on subscriptions; a rehearsed change
+makes every check and is then rolled back, with any key it imported taken out again.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit
-from gateway.addresses import normalise_address
+from gateway.admin.authorities import (
+    ADD_EMAILS,
+    AREA,
+    AUTH_POLICY,
+    DEFAULT_AUTH_POLICY,
+    EMAILS,
+    KIND,
+    NAME,
+    NEW_NAME,
+    REMOVE_EMAILS,
+    AllowlistError,
+    AuthorityView,
+    Change,
+    addresses_of,
+    check_policy,
+    clean_name,
+    key_checks,
+    name_key,
+    resolve_area,
+)
 from gateway.crypto import Keyring, scan_key
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, AuthorityAddress
-from gateway.errors import GatewayError, UsageError
+from gateway.errors import FieldUsageError
 from gateway.gpgrun import in_thread
 from gateway.keyinfo import KeyInfo
-from gateway.reference import find_local_authority, find_police_force_area
-
-KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
-NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
-AUTH_POLICIES: tuple[str, ...] = ("pgp", "dmarc", "pgp-or-dmarc")
-DEFAULT_AUTH_POLICY = "pgp-or-dmarc"
-KEY_EXPIRY_WARNING = dt.timedelta(days=30)
-MAX_NAME = 200
 
 
-def name_key(name: str) -> str:
-    """How names are compared: spacing and case (in any script) do not make two authorities different."""
-    return " ".join(name.split()).casefold()
-
-
-def _clean_name(name: str) -> str:
-    cleaned = " ".join(name.split())
-    if not cleaned:
-        raise UsageError("--name must not be empty")
-    if len(cleaned) > MAX_NAME or not cleaned.isprintable():
-        raise UsageError(f"--name must be at most {MAX_NAME} printable characters")
-    return cleaned
-
-
-class Rehearsed(Exception):  # not an error: how a rehearsal hands back what would change
-    """A rehearsed change went through every check; `change` is what it would do."""
-
-    def __init__(self, change: Change) -> None:
-        super().__init__("rehearsed")
-        self.change = change
-
-
-class AllowlistError(GatewayError):
-    """An allowlist change that cannot be made as asked."""
+class _RollBack(Exception):  # not an error: how a rehearsal's transaction is undone once every check passed
+    """Raised inside a rehearsal's transaction, after the change, so that the database keeps none of it."""
 
 
 @dataclass(frozen=True)
-class AuthorityView:
-    name: str
-    kind: str
-    area: str | None
-    auth_policy: str
-    status: str
-    addresses: tuple[str, ...]
-    key_fingerprint: str
-    key_expires: dt.datetime | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
+class _Keys:
+    """What one change did to the gateway's keyring, which no database transaction can roll back."""
 
-    @classmethod
-    def of(cls, row: Authority) -> AuthorityView:
-        return cls(
-            name=row.name,
-            kind=row.kind,
-            area=row.area,
-            auth_policy=row.auth_policy,
-            status=row.status,
-            addresses=tuple(a.address for a in row.addresses),
-            key_fingerprint=row.key_fingerprint,
-            key_expires=row.key_expires,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "area": self.area,
-            "auth_policy": self.auth_policy,
-            "status": self.status,
-            "addresses": list(self.addresses),
-            "key_fingerprint": self.key_fingerprint,
-            "key_expires": self.key_expires.isoformat() if self.key_expires else None,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
-
-@dataclass(frozen=True)
-class Change:
-    """What an allowlist command did, and anything the admin should be warned about."""
-
-    authority: AuthorityView | None
-    warnings: tuple[str, ...] = ()
-
-
-def resolve_area(kind: str, area: str | None) -> str | None:
-    """The canonical area for this kind of authority, or a one-line reason it cannot be."""
-    if kind not in KINDS:
-        raise AllowlistError(f"unknown kind {kind!r} (choose one of {', '.join(KINDS)})")
-    if kind in NATIONAL_KINDS:
-        if area is not None:
-            raise AllowlistError(f"a {kind} authority is national and takes no --area")
-        return None
-    if area is None:
-        what = "police force area" if kind == "police" else "local authority"
-        raise AllowlistError(f"a {kind} authority needs --area: its {what}")
-    if kind == "police":
-        found = find_police_force_area(area)
-        if found is None:
-            raise AllowlistError(f"unknown police force area {area!r} (see `gateway areas`)")
-        return found
-    la = find_local_authority(area)
-    if la is None:
-        raise AllowlistError(f"unknown local authority {area!r} (see `gateway areas`)")
-    return la.name
-
-
-def addresses_of(emails: Iterable[str]) -> list[str]:
-    """The addresses as stored: normalised (AllowlistError if one is not an address), each once."""
-    found: list[str] = []
-    for email in emails:
-        try:
-            address = normalise_address(email)
-        except ValueError as exc:
-            raise AllowlistError(str(exc)) from None
-        if address not in found:
-            found.append(address)
-    return found
-
-
-def _key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> list[str]:
-    """Warnings for a key that is acceptable; AllowlistError for one that is not."""
-    problems = info.problems(now)
-    if problems:
-        raise AllowlistError(f"key {info.fingerprint} refused: {'; '.join(problems)}")
-    if not info.emails & set(addresses):
-        carried = ", ".join(sorted(info.emails)) or "no email address"
-        raise AllowlistError(
-            f"key {info.fingerprint} refused: none of its user IDs is one of the authority's addresses "
-            f"({', '.join(addresses)}); it carries {carried}"
-        )
-    if info.expires is not None and info.expires - now < KEY_EXPIRY_WARNING:
-        return [f"key {info.fingerprint} expires on {info.expires.date().isoformat()}: ask for a renewed key"]
-    return []
+    imported: list[str] = field(default_factory=list)  # taken out again unless the change is kept
+    unpinned: list[str] = field(default_factory=list)  # taken out once the change is kept, if nothing pins them
 
 
 class Standing(Protocol):
-    """What becomes of an authority's monthly subscriptions when its registration changes (gateway.entitlement):
-    asked inside the change's transaction, so a subscription never outlives what allowed it."""
+    """What becomes of an authority's monthly subscriptions when its registration changes
+    (gateway.subscriptions.Keeper): asked inside the change's transaction, so a subscription never outlives what
+    allowed it."""
 
     async def review(
         self, session: AsyncSession, authority: Authority, *, actor: str, ending: str | None = None
@@ -205,9 +105,27 @@ class Allowlist:
     def gateway_key(self) -> str | None:
         return self._gateway_key
 
-    def _end(self, change: Change) -> None:
-        if self._rehearse:
-            raise Rehearsed(change)  # rolls the transaction back, and takes out any key it imported
+    @property
+    def rehearsing(self) -> bool:
+        return self._rehearse
+
+    @asynccontextmanager
+    async def _change(self) -> AsyncIterator[tuple[AsyncSession, _Keys]]:
+        """One change's transaction. Kept, it drops the keys the change stopped pinning; failed, or only
+        rehearsed, it is rolled back and takes out again every key the change imported."""
+        keys = _Keys()
+        kept = False
+        try:
+            async with self._db.transaction() as session:
+                yield session, keys
+                if self._rehearse:
+                    raise _RollBack  # noqa: TRY301 - raised inside the transaction: that is what rolls it back
+            kept = True
+        except _RollBack:
+            pass
+        finally:
+            for fingerprint in keys.unpinned if kept else keys.imported:
+                await self._release_key(fingerprint)
 
     async def _find(self, session: AsyncSession, name: str) -> Authority:
         row = (
@@ -244,7 +162,7 @@ class Allowlist:
         """Check, import and re-check a key; `imported` learns of the import at once, for clean-up on failure."""
         scanned = await in_thread(scan_key, key_data, self._keyring.binary)
         fingerprint = scanned.info.fingerprint
-        _key_checks(scanned.info, addresses, dt.datetime.now(dt.UTC))
+        key_checks(scanned.info, addresses, dt.datetime.now(dt.UTC))
         if fingerprint == self._gateway_key:
             raise AllowlistError("that is the gateway's own key, not the authority's")
         if await session.get(Admin, fingerprint) is not None:
@@ -268,10 +186,10 @@ class Allowlist:
         merged = await in_thread(self._keyring.inspect, fingerprint)
         if merged is None:
             raise AllowlistError(f"gpg imported {fingerprint} but cannot list it in {self._keyring.home}")
-        return merged, _key_checks(merged, addresses, dt.datetime.now(dt.UTC))
+        return merged, key_checks(merged, addresses, dt.datetime.now(dt.UTC))
 
     async def _release_key(self, fingerprint: str) -> None:
-        """After a change commits, drop a key no authority pins any more: nothing can pick it by mistake."""
+        """Drop a key no authority pins (any more, or after all): nothing can pick it by mistake."""
         async with self._db.transaction() as session:
             still_pinned = (
                 await session.execute(select(func.count()).where(Authority.key_fingerprint == fingerprint))
@@ -279,16 +197,6 @@ class Allowlist:
             # Inside the write transaction, so no other change can pin this key between the count and the delete.
             if not still_pinned and fingerprint != self._gateway_key:
                 await in_thread(self._keyring.delete_public, fingerprint)
-
-    @asynccontextmanager
-    async def _releasing_on_failure(self, imported: list[str]) -> AsyncIterator[None]:
-        """If the change around a key import fails, take the key out again unless something else pins it."""
-        try:
-            yield
-        except BaseException:
-            for fingerprint in imported:
-                await self._release_key(fingerprint)
-            raise
 
     async def add(
         self,
@@ -301,22 +209,20 @@ class Allowlist:
         auth_policy: str = DEFAULT_AUTH_POLICY,
         actor: str,
     ) -> Change:
-        name = _clean_name(name)
-        if auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        name = clean_name(name, NAME)
+        check_policy(auth_policy)
         canonical_area = resolve_area(kind, area)
         addresses = addresses_of(emails)
         if not addresses:
-            raise UsageError("give at least one --email")
-        pinned: list[str] = []
-        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
+            raise FieldUsageError("give at least one ", EMAILS)
+        async with self._change() as (session, keys):
             existing = (
                 await session.execute(select(Authority.name).where(Authority.name_key == name_key(name)))
             ).scalar()
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
-            info, warnings = await self._pin(session, key_data, addresses, None, pinned)
+            info, warnings = await self._pin(session, key_data, addresses, None, keys.imported)
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -335,7 +241,6 @@ class Allowlist:
             await session.flush()
             view = AuthorityView.of(row)
             await audit.record(session, actor=actor, action="authority.add", subject=name, details=view.as_dict())
-            self._end(Change(view, tuple(warnings)))
         return Change(view, tuple(warnings))
 
     async def list(self) -> list[AuthorityView]:
@@ -361,11 +266,14 @@ class Allowlist:
         remove_emails: Sequence[str] = (),
         actor: str,
     ) -> Change:
-        if auth_policy is not None and auth_policy not in AUTH_POLICIES:
-            raise AllowlistError(f"unknown --auth policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})")
+        if auth_policy is not None:
+            check_policy(auth_policy)
         if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
-            raise UsageError("nothing to update: give --name, --kind, --area, --auth, --add-email or --remove-email")
-        async with self._db.transaction() as session:
+            raise FieldUsageError(
+                "nothing to update: give ", NEW_NAME, ", ", KIND, ", ", AREA, ", ", AUTH_POLICY, ", ", ADD_EMAILS,
+                " or ", REMOVE_EMAILS,
+            )  # fmt: skip
+        async with self._change() as (session, _):
             row = await self._find(session, name)
             before = AuthorityView.of(row)
             if new_name is not None:
@@ -392,11 +300,10 @@ class Allowlist:
                 details={"changed": changed},
             )
             ended = await self._review(session, row, actor=actor)
-            self._end(Change(after, ended))
         return Change(after, ended)
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
-        new_name = _clean_name(new_name)
+        new_name = clean_name(new_name, NEW_NAME)
         clash = (
             await session.execute(
                 select(Authority.name).where(Authority.name_key == name_key(new_name), Authority.id != row.id)
@@ -429,7 +336,7 @@ class Allowlist:
         row.addresses.extend(AuthorityAddress(address=a) for a in add if a not in current)
 
     async def set_status(self, name: str, status: str, *, actor: str) -> Change:
-        async with self._db.transaction() as session:
+        async with self._change() as (session, _):
             row = await self._find(session, name)
             if row.status == status:
                 raise AllowlistError(f"authority {row.name!r} is already {status}")
@@ -439,11 +346,11 @@ class Allowlist:
             verb = "suspend" if status == "suspended" else "resume"
             await audit.record(session, actor=actor, action=f"authority.{verb}", subject=row.name, details={})
             ended = await self._review(session, row, actor=actor)
-            self._end(Change(AuthorityView.of(row), ended))
-            return Change(AuthorityView.of(row), ended)
+            view = AuthorityView.of(row)
+        return Change(view, ended)
 
     async def remove(self, name: str, *, actor: str) -> Change:
-        async with self._db.transaction() as session:
+        async with self._change() as (session, keys):
             row = await self._find(session, name)
             gone = AuthorityView.of(row)
             # Told while its key and addresses are still on record; the rows then go with the authority.
@@ -454,15 +361,15 @@ class Allowlist:
             await audit.record(
                 session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
             )
-        await self._release_key(gone.key_fingerprint)
+            keys.unpinned.append(gone.key_fingerprint)
         return Change(gone, ended)
 
     async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
-        pinned: list[str] = []
-        async with self._releasing_on_failure(pinned), self._db.transaction() as session:
+        async with self._change() as (session, keys):
             row = await self._find(session, name)
             old = row.key_fingerprint
-            info, warnings = await self._pin(session, key_data, [a.address for a in row.addresses], row, pinned)
+            addresses = [a.address for a in row.addresses]
+            info, warnings = await self._pin(session, key_data, addresses, row, keys.imported)
             row.key_fingerprint = info.fingerprint
             row.key_expires = info.expires
             row.updated_at = dt.datetime.now(dt.UTC)
@@ -479,7 +386,6 @@ class Allowlist:
                 },
             )
             view = AuthorityView.of(row)
-            self._end(Change(view, tuple(warnings)))
-        if old != info.fingerprint:
-            await self._release_key(old)
+            if old != info.fingerprint:
+                keys.unpinned.append(old)
         return Change(view, tuple(warnings))

@@ -16,13 +16,14 @@ from gateway import audit
 from gateway.crypto import ScannedKey, scan_key, scratch_keyring
 from gateway.db.engine import Database
 from gateway.db.models import Admin, Authority, Installation
-from gateway.errors import GatewayError, UsageError
+from gateway.errors import Field, FieldUsageError, GatewayError
 from gateway.gpgrun import GPG_TIMEOUT_SECONDS, in_thread
 from gateway.keyinfo import KeyInfo
 from gateway.signatures import UNKNOWN_SIGNER
 
 SETUP_ADMINS = 2  # registered by the host's administrator; every later one only through the two-person rule
 MAX_NAME = 200
+NAME = Field("name")  # the admin's name, as a refusal names it
 MAX_SIGNATURE_BYTES = 64 * 1024  # a detached signature is a few hundred bytes; more is not one
 
 
@@ -57,7 +58,7 @@ class AdminView:
 def clean_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not cleaned or len(cleaned) > MAX_NAME or not cleaned.isprintable():
-        raise UsageError(f"--name must be 1 to {MAX_NAME} printable characters")
+        raise FieldUsageError(NAME, f" must be 1 to {MAX_NAME} printable characters")
     return cleaned
 
 

@@ -11,9 +11,9 @@ from functools import cache
 from itertools import accumulate, product, repeat
 from pathlib import Path
 
+from gateway.admin.reference import local_authorities
+from gateway.admin.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, HOME_STATUSES
 from gateway.errors import GatewayError
-from gateway.reference import local_authorities
-from gateway.register import ENFORCEMENT_COLUMNS, HOME_COLUMNS, HOME_STATUSES
 
 # "SC" plus six digits allows exactly this many distinct URNs.
 MAX_HOMES = 1_000_000

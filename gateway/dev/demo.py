@@ -23,7 +23,7 @@ from gateway.compose import Templates
 from gateway.config import InboundSmtpSettings, SmtpSettings, load_config
 from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import create_database
-from gateway.errors import GatewayError
+from gateway.errors import Field, FieldError, GatewayError
 from gateway.gpgrun import in_thread
 from gateway.inbound.smtp import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
@@ -35,6 +35,7 @@ GATEWAY_ADDRESS = "register-requests@hmci.example"
 ADMIN_ADDRESS = "gateway-admin@hmci.example"
 BORDER = "mx.hmci.example"
 DEMO_HOMES = 500
+DIRECTORY = Field("directory")  # where the demo's files go, as a refusal names it
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _prepare(directory: Path) -> None:
     if directory.exists():
         # Only ever wipe a directory this command made, never one a user pointed at by mistake.
         if not (directory / MARKER).exists():
-            raise GatewayError(f"{directory} exists and was not made by `gateway demo`: choose another --dir")
+            raise FieldError(f"{directory} exists and was not made by `gateway demo`: choose another ", DIRECTORY)
         _kill_agents(directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)

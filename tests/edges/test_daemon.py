@@ -22,12 +22,13 @@ from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Subscription
+from gateway.dev.dovecot import ImapServer
 from gateway.outbox import ROUND
 from gateway.values import Context
 from tests.edges.test_outbox import Relay, daemon_settings, plain_relay, queue, serve
 from tests.path.test_pipeline import live, police_says, process, register_urns, request_from_police
 from tests.support.addresses import POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 

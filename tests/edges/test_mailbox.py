@@ -17,12 +17,13 @@ from gateway.compose import Templates
 from gateway.config import ImapSettings, Secret, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database
+from gateway.dev.dovecot import ImapServer, start_dovecot
 from gateway.inbound.watcher import Watcher
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
 from tests.path.test_pipeline import live, outbox, request_from_police
 from tests.support.addresses import GATEWAY_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server, start_dovecot
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.unit.test_authenticate import FROM_POLICE, REQUEST

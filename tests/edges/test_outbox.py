@@ -16,9 +16,9 @@ from gateway import outbox
 from gateway.config import DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
+from gateway.dev.dovecot import ImapServer
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer
 
 START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 

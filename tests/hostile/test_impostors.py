@@ -14,11 +14,12 @@ from gateway.compose import Templates
 from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
+from gateway.dev.dovecot import ImapServer
 from gateway.values import Context
 from tests.edges.test_mailbox import Running, counts_are, eventually, running
 from tests.path.test_pipeline import live, open_as_recipient, outbox, outbox_content, process, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.unit.test_authenticate import BORDER, FROM_POLICE, REQUEST, signed_message

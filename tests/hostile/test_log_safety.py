@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from gateway.config import InboundSmtpSettings, load_config
 from gateway.db.engine import create_database
+from gateway.dev.dovecot import ImapServer, free_port
 from gateway.dev.sample import write_sample
 from gateway.inbound.smtp import start_listener
 from gateway.logs import configure as configure_logs
@@ -41,7 +42,7 @@ from tests.hostile.test_output_safety import (
 )
 from tests.path.test_pipeline import outbox, outbox_content, police_says, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server, free_port
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.unit.test_authenticate import FROM_POLICE, REQUEST

@@ -16,11 +16,12 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from gateway.admin.reference import police_force_areas
+from gateway.dev.dovecot import ImapServer
 from tests.edges.test_mailbox import folder_counts
 from tests.edges.test_outbox import Relay, daemon_settings, serve
 from tests.path.test_pipeline import live, process, request_from_police
 from tests.support.addresses import OCC_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.unit.test_authenticate import signed_message

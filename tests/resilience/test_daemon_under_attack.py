@@ -9,10 +9,11 @@ import sys
 import urllib.error
 from email import message_from_bytes, policy
 
+from gateway.dev.dovecot import ImapServer
 from tests.edges.test_daemon import free_port, get, wait_started
 from tests.edges.test_outbox import Relay, daemon_settings, serve
 from tests.path.test_pipeline import live, request_from_police
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.dovecot import dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.hostile_corpus import hostile_fields
 from tests.support.keys import AuthorityKeys

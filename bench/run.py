@@ -36,8 +36,8 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.admin.reference import police_force_areas
+from gateway.dev.dovecot import ImapServer, start_dovecot
 from gateway.dev.sample import write_sample
-from tests.dovecot import ImapServer, start_dovecot
 
 GATEWAY = "register-requests@hmci.example"
 ADMIN = "gateway-admin@hmci.example"

@@ -14,7 +14,7 @@ bootstrap() {
     command -v gpg >/dev/null || packages+=(gnupg)
     command -v gpgconf >/dev/null || packages+=(gpgconf)
     [ -d .venv ] || python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
-    # The IMAP tests start their own Dovecot on loopback (tests/support/dovecot.py); any system instance the package
+    # The IMAP tests start their own Dovecot on loopback (gateway/dev/dovecot.py); any system instance the package
     # starts is left alone. Debian puts dovecot in /usr/sbin, which a non-root PATH often lacks.
     [ "$extras" != dev ] || command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || packages+=(dovecot-imapd)
     if [ "${#packages[@]}" -gt 0 ]; then

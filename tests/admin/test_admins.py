@@ -11,8 +11,7 @@ from sqlalchemy import Connection, text
 from gateway import audit
 from gateway.config import DatabaseSettings
 from gateway.db.engine import _alembic_config, create_database, upgrade_schema
-from tests.admin.test_approvals import signature_file, two_person
-from tests.admin.test_authorities import add_police
+from tests.support.admins import add_police, signature_file, two_person
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AdminKeys, AuthorityKeys
 

@@ -12,19 +12,10 @@ from sqlalchemy import text
 from gateway.config import load_config
 from gateway.crypto import kill_agent
 from gateway.db.engine import create_database
-from tests.admin.test_authorities import add_police
 from tests.support.addresses import POLICE_ADDRESS
+from tests.support.admins import add_police, signature_file, two_person
 from tests.support.gateway_cli import Gateway
-from tests.support.keys import AdminKey, AdminKeys, AuthorityKeys, run_gpg
-
-
-def two_person(gateway: Gateway, admin_keys: AdminKeys) -> Gateway:
-    """The rule on, and the two set-up admins registered by the host's administrator."""
-    gateway.second_admin = True
-    gateway.write_config()
-    for name, key in (("Alice", admin_keys.alice), ("Bob", admin_keys.bob)):
-        gateway.ok("admin", "add", "--key", str(key.write(gateway.directory)), "--name", name)
-    return gateway
+from tests.support.keys import AdminKeys, AuthorityKeys, run_gpg
 
 
 def authorities(gateway: Gateway) -> list[dict[str, object]]:
@@ -37,12 +28,6 @@ def keyring_fingerprints(gateway: Gateway) -> str:
         ["gpg", "--homedir", str(gateway.gnupg_home), "--batch", "--with-colons", "--list-keys"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-
-
-def signature_file(gateway: Gateway, admin: AdminKey, statement: str, name: str = "sig.asc") -> str:
-    path = gateway.directory / name
-    path.write_bytes(admin.detached(statement.encode()))
-    return str(path)
 
 
 def changes(gateway: Gateway) -> list[dict[str, object]]:

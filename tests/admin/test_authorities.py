@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.addresses import LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS
+from tests.support.admins import add_police
 from tests.support.gateway_cli import Gateway, Result
-from tests.support.keys import AuthorityKey, AuthorityKeys
-
-
-def add_police(gateway: Gateway, key: AuthorityKey | bytes, *extra: str) -> Result:
-    data = key.public if isinstance(key, AuthorityKey) else key
-    path = gateway.directory / "police.asc"
-    path.write_bytes(data)
-    return gateway.run(
-        "authority", "add", "--name", "West Mercia Police", "--kind", "police", "--area", "west mercia",
-        "--email", POLICE_ADDRESS, "--key", str(path), *extra,
-    )  # fmt: skip
+from tests.support.keys import AuthorityKeys
 
 
 def add_la(gateway: Gateway, key: Path, name: str = "Shropshire Council") -> Result:

@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.edges.test_mailbox import counts_are, eventually, watching
-from tests.hostile.test_impostors import sent
-from tests.hostile.test_limits import limited
-from tests.path.test_pipeline import live, process, request_from_police
+from gateway.dev.dovecot import ImapServer
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.live import limited, process, sent
+from tests.support.mailbox import counts_are, eventually, watching
+from tests.support.requests import FROM_POLICE, REQUEST, request_from_police
 
 
 def held(gateway: Gateway, *flags: str) -> list[dict[str, object]]:

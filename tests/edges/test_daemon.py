@@ -6,10 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import signal
-import socket
 import sys
-import urllib.error
-import urllib.request
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -22,16 +19,16 @@ from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Subscription
+from gateway.dev.dovecot import ImapServer, free_port
 from gateway.outbox import ROUND
 from gateway.values import Context
-from tests.edges.test_outbox import Relay, daemon_settings, plain_relay, queue, serve
-from tests.path.test_pipeline import live, police_says, process, register_urns, request_from_police
 from tests.support.addresses import POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.daemon import daemon_settings, get, wait_started
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.live import process, register_urns
+from tests.support.relay import Relay, plain_relay, queue, serve
+from tests.support.requests import police_says, request_from_police
 
 
 async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
@@ -69,18 +66,6 @@ async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
     assert any(e.get("event") == "stopped" for e in events)
     text = stderr.decode()
     assert not any(urn in text for urn in register_urns(tmp_path, "West Mercia"))
-
-
-async def wait_started(daemon: asyncio.subprocess.Process) -> bytes:
-    """Read the daemon's log until it says it started; returns what it read."""
-    assert daemon.stderr is not None
-    seen = b""
-    while b'"event": "started"' not in seen and daemon.returncode is None:
-        line = await asyncio.wait_for(daemon.stderr.readline(), 60)
-        if not line:
-            break
-        seen += line
-    return seen
 
 
 async def test_a_delivery_missed_while_stopped_is_sent_once_at_start(
@@ -122,20 +107,6 @@ async def test_a_delivery_missed_while_stopped_is_sent_once_at_start(
         message_from_bytes(bytes(e.original_content or b""), policy=policy.default)["Subject"] for e in relay.received
     ]
     assert len(subjects) == 2, subjects
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL the test made
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 async def test_health_and_metrics_for_operators(live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys) -> None:

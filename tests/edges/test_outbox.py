@@ -5,39 +5,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import outbox
-from gateway.config import DatabaseSettings, SmtpSettings
+from gateway.config import DatabaseSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
-from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer
-
-START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
-
-
-@dataclass
-class Relay:
-    """An SMTP relay on loopback that says `refusal` to the first `refuse` messages, then accepts."""
-
-    refuse: int = 0
-    refusal: str = "451 4.3.0 Try again later"
-    received: list[Envelope] = field(default_factory=list)
-    refused: int = 0
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.refused < self.refuse:
-            self.refused += 1
-            return self.refusal
-        self.received.append(envelope)
-        return "250 2.0.0 Queued"
+from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
+from tests.support.relay import START, Relay, plain_relay, queue, serve
 
 
 @pytest.fixture
@@ -56,38 +36,6 @@ async def db(migrated_settings: DatabaseSettings) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
-
-
-async def serve(relay: Relay) -> tuple[asyncio.Server, int]:
-    # loop.create_server, not aiosmtpd's threaded Controller, which cannot listen on port 0.
-    server = await asyncio.get_running_loop().create_server(lambda: SMTP(relay), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, port
-
-
-def daemon_settings(imap: ImapServer, smtp_port: int, extra: str = "") -> str:
-    """The [imap] and [smtp] sections for `gateway run` against a test Dovecot and a relay on loopback."""
-    return (
-        f'\n[imap]\nhost = "{imap.host}"\nport = {imap.port}\n'
-        f'username = "{imap.username}"\npassword = "{imap.password}"\ntls = "none"\n'
-        f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\n{extra}'
-    )
-
-
-def plain_relay(port: int, tls: Any = "none") -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=port, username=None, password=None, tls=tls)
-
-
-async def queue(db: Database, kind: str = "disclosure") -> int:
-    async with db.transaction() as session:
-        row = OutboxMessage(
-            kind=kind, inbound_id=None, sender=GATEWAY_ADDRESS, recipient=POLICE_ADDRESS,
-            message_id="<m1@hmci.example>", content=b"From: x\r\nTo: y\r\nSubject: [OFFICIAL-SENSITIVE] R\r\n\r\nb\r\n",
-            status="pending", attempts=0, created_at=START, next_attempt_at=START,
-        )  # fmt: skip
-        session.add(row)
-        await session.flush()
-        return row.id
 
 
 async def row(db: Database, outbox_id: int) -> OutboxMessage:

@@ -25,7 +25,6 @@ from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.pipeline import process
 from gateway.values import Outcome, OutcomeKind
-from tests.path.test_pipeline import live  # noqa: F401 - the fixture these tests run against
 from tests.support.gateway_cli import Gateway
 from tests.support.hostile_corpus import (
     FILES,
@@ -75,14 +74,14 @@ async def run_all(gateway: Gateway, keys: AuthorityKeys, messages: list[tuple[st
     return failures
 
 
-def test_the_hand_written_hostile_messages(live: Gateway, keys: AuthorityKeys) -> None:  # noqa: F811
+def test_the_hand_written_hostile_messages(live: Gateway, keys: AuthorityKeys) -> None:
     files = corpus_files()
     assert sorted(FILES) == [path.name for path in files], "tests/hostile/corpus/ and FILES in hostile_corpus.py differ"
     failures = asyncio.run(run_all(live, keys, [(path.name, path.read_bytes(), FILES[path.name]) for path in files]))
     assert not failures, f"{len(failures)} of {len(files)} messages:\n" + "\n".join(failures)
 
 
-def test_the_hostile_messages_made_with_real_keys(live: Gateway, keys: AuthorityKeys) -> None:  # noqa: F811
+def test_the_hostile_messages_made_with_real_keys(live: Gateway, keys: AuthorityKeys) -> None:
     trust_gateway(keys, live.ok("key", "export").encode())
     cases = generated_cases()
     made = [(case.name, case.make(keys, str(live.signing_key)), case.expect) for case in cases]
@@ -129,7 +128,7 @@ class TestHeavy:
         """SQLite only: what these test is the parser, gpg and the limits before them, not the database."""
         return f"sqlite:///{tmp_path / 'gateway.db'}"
 
-    def test_the_heavy_hostile_messages_on_sqlite(self, live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:  # noqa: F811
+    def test_the_heavy_hostile_messages_on_sqlite(self, live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> None:
         trust_gateway(keys, live.ok("key", "export").encode())  # so that the bomb can be encrypted to it
         cases = heavy_cases()
         built: dict[str, bytes] = {}

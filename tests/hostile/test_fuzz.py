@@ -39,7 +39,6 @@ from gateway.config import load_config
 from gateway.db.engine import Database, create_database
 from gateway.pipeline import process
 from gateway.values import Context
-from tests.path.test_pipeline import BORDER, live  # noqa: F401 - `live` is the fixture this test runs against
 from tests.support.databases import POSTGRES_ENV
 from tests.support.gateway_cli import Gateway
 from tests.support.hostile_corpus import (
@@ -59,6 +58,7 @@ from tests.support.hostile_corpus import (
     unlimited,
 )
 from tests.support.keys import AuthorityKeys
+from tests.support.requests import BORDER
 
 FUZZ_SECONDS_ENV = "GATEWAY_FUZZ_SECONDS"
 DEFAULT_SECONDS = 20.0
@@ -313,7 +313,7 @@ class Fuzzer:
 
 
 @pytest.fixture
-def fuzzer(live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Iterator[Fuzzer]:  # noqa: F811 - the imported fixture
+def fuzzer(live: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Iterator[Fuzzer]:
     loop = asyncio.new_event_loop()
     failures = tmp_path / "failing-inputs"
     failures.mkdir()

@@ -15,7 +15,8 @@ from gateway.lookalike import address_like, claims
 from gateway.pipeline import arrive
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.hostile_corpus import dots_and_atoms, folded
-from tests.unit.test_authenticate import parse, plain
+from tests.support.requests import plain
+from tests.support.wire import parse
 
 LIMITS = LimitSettings()
 AT = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import Counter
-from email import message_from_bytes, policy
 
 import pytest
 
@@ -14,36 +12,17 @@ from gateway.compose import Templates
 from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
+from gateway.dev.dovecot import ImapServer
 from gateway.values import Context
-from tests.edges.test_mailbox import Running, counts_are, eventually, running
-from tests.path.test_pipeline import live, open_as_recipient, outbox, outbox_content, process, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import BORDER, FROM_POLICE, REQUEST, signed_message
-
-__all__ = ["dovecot_server", "live", "running"]  # fixtures used here, defined elsewhere
+from tests.support.live import alert_text, open_as_recipient, outbox, outbox_content, process, sent
+from tests.support.mailbox import Running, counts_are, eventually
+from tests.support.requests import BORDER, FROM_POLICE, request_from_police, signed_message, unsigned
 
 DOMAIN = POLICE_ADDRESS.rpartition("@")[2]  # westmercia.police.example
 LOCAL = POLICE_ADDRESS.rpartition("@")[0]
-
-
-def unsigned(headers: str, body: str = REQUEST) -> bytes:
-    return (headers.replace("\n", "\r\n") + "\r\n" + body).encode()
-
-
-def sent(gateway: Gateway) -> Counter[tuple[str, str]]:
-    return Counter((str(row["kind"]), str(row["recipient"])) for row in outbox(gateway))
-
-
-def alert_text(gateway: Gateway) -> str:
-    rows = [row for row in outbox(gateway) if row["kind"] == "alert"]
-    assert rows, "the admins were not alerted"
-    mail = message_from_bytes(outbox_content(gateway, rows[-1]["id"]), policy=policy.default)
-    body = mail.get_body(preferencelist=("plain",))  # type: ignore[attr-defined, unused-ignore]
-    assert body is not None
-    return str(body.get_content())
 
 
 def told_police(gateway: Gateway, keys: AuthorityKeys) -> str:

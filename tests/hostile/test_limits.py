@@ -12,19 +12,11 @@ from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.values import Context
-from tests.hostile.test_impostors import alert_text, sent, unsigned
-from tests.path.test_pipeline import live, process, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE
-
-__all__ = ["live"]  # the fixture used here, defined elsewhere
-
-
-def limited(gateway: Gateway, **limits: int) -> Gateway:
-    gateway.write_config("\n[limits]\n" + "".join(f"{key} = {value}\n" for key, value in limits.items()))
-    return gateway
+from tests.support.live import alert_text, limited, process, sent
+from tests.support.requests import FROM_POLICE, request_from_police, unsigned
 
 
 def test_answers_to_one_authority_are_limited_with_one_notice(live: Gateway, keys: AuthorityKeys) -> None:

@@ -24,30 +24,23 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from gateway.config import InboundSmtpSettings, load_config
 from gateway.db.engine import create_database
+from gateway.dev.dovecot import ImapServer, free_port
 from gateway.dev.sample import write_sample
 from gateway.inbound.smtp import start_listener
 from gateway.logs import configure as configure_logs
 from gateway.schedule import delivery_instant
 from gateway.subscriptions import add_months
-from tests.edges.test_outbox import Relay
-from tests.hostile.test_output_safety import (
-    BORDER,
-    database_url,
-    decrypt,
-    dmarc_request,
-    evaluated,
-    hostile_live,
-    read_csv,
-)
-from tests.path.test_pipeline import outbox, outbox_content, police_says, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server, free_port
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST
+from tests.support.live import outbox, outbox_content
+from tests.support.relay import Relay
+from tests.support.requests import BORDER, FROM_POLICE, REQUEST, dmarc_request, police_says, request_from_police
+from tests.support.sqlite_only import database_url
+from tests.support.wire import decrypt, evaluated, read_csv
 
-# Fixtures used here, defined elsewhere; database_url is the SQLite-only one, as in test_output_safety.
-__all__ = ["database_url", "dovecot_server", "hostile_live"]
+# Imported, the SQLite-only database_url overrides the registered one here, as in test_output_safety.
+__all__ = ["database_url"]
 
 
 def test_process_json_prints_only_json_even_when_the_pipeline_logs(hostile_live: Gateway, tmp_path: Path) -> None:

@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
-import io
 import json
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -22,99 +19,53 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from gateway.compose import MAX_FILE_NAME, Envelope, Templates, envelope_for, inner_message, outer_message
+from gateway.compose import Envelope, Templates, envelope_for, inner_message, outer_message
 from gateway.config import DatabaseSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
-from gateway.dev.sample import write_sample
 from gateway.extracts import ENFORCEMENT_EXTRACT_COLUMNS, HOME_EXTRACT_COLUMNS, ExtractFile, build_extract
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.schedule import Changes
 from gateway.values import Context
-from tests.edges.test_outbox import Relay, plain_relay, serve
-from tests.path.test_pipeline import open_as_recipient, outbox, outbox_content
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST
-from tests.unit.test_extracts import FakeAction, FakeHome
+from tests.support.live import FORMULAS, outbox, outbox_content
+from tests.support.register import FakeAction, FakeHome
+from tests.support.relay import Relay, plain_relay, serve
+from tests.support.requests import FROM_POLICE, REQUEST, dmarc_request
+from tests.support.sqlite_only import database_url
+from tests.support.wire import (
+    check_inner,
+    decrypt,
+    evaluated,
+    field_names,
+    fields,
+    parse,
+    read_csv,
+    well_formed,
+    wire_problems,
+)
+
+# Imported, the SQLite-only database_url overrides the registered one here: what the gateway writes does not
+# depend on the database (the other tests cover both).
+__all__ = ["database_url"]
 
 MARKING = "OFFICIAL-SENSITIVE"
 REFERENCE = "HMCI-20261125-0A1B2C3D"
-BORDER = "mx.hmci.example"
-DOMAIN = POLICE_ADDRESS.rpartition("@")[2]
-LINE_LIMIT = 998  # RFC 5322 2.1.1, without the CRLF
 EVIL = "Bcc: evil@attacker.example"
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: what the gateway writes does not depend on the database (the other tests cover both)."""
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
-
-
 # ---------------------------------------------------------------- reading the wire
-
-
-def wire_problems(wire: bytes) -> list[str]:
-    """What is wrong with a message as bytes: every line CRLF-ended, at most 998 octets, 7-bit, no NUL."""
-    problems = []
-    if b"\x00" in wire:
-        problems.append("a NUL byte")
-    if not wire.isascii():
-        problems.append("8-bit bytes (non-ASCII must be encoded)")
-    if re.search(rb"\r(?!\n)|(?<!\r)\n", wire):
-        problems.append("a bare CR or LF")
-    longest = max(len(line) for line in wire.split(b"\r\n"))
-    if longest > LINE_LIMIT:
-        problems.append(f"a line of {longest} octets")
-    return problems
-
-
-def fields(wire: bytes) -> list[tuple[str, bytes]]:
-    """The top-level header fields as they are on the wire (not as a parser, which could hide things, reads them):
-    each name, and its value with the folding left in."""
-    block = wire.split(b"\r\n\r\n", 1)[0]
-    found: list[tuple[str, bytes]] = []
-    for line in block.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):  # a folded continuation of the field before
-            assert found, f"a header block starting with a continuation: {line[:100]!r}"
-            found[-1] = (found[-1][0], found[-1][1] + b"\r\n" + line)
-            continue
-        name, colon, value = line.partition(b":")
-        assert colon, f"not a header field: {line[:100]!r}"
-        assert re.fullmatch(rb"[!-9;-~]+", name), f"not a field name: {name[:100]!r}"
-        found.append((name.decode(), value))
-    return found
-
-
-def field_names(wire: bytes) -> list[str]:
-    return [name for name, _ in fields(wire)]
 
 
 OUTER_FIELDS = {
     "From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted", "SIO-Label",
     "MIME-Version", "Content-Type",
 }  # fmt: skip
-INNER_FIELDS = {"From", "To", "Subject", "MIME-Version", "Content-Type", "Content-Transfer-Encoding"}
-PART_FIELDS = {"Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "MIME-Version"}
 # A msg-id as RFC 5322 3.6.4 has it (no obsolete forms), and never anything a client could decode (RFC 2047).
 MSG_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>")
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
-
-
-def parse(wire: bytes) -> EmailMessage:
-    message = message_from_bytes(wire, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def well_formed(message: EmailMessage) -> EmailMessage:
-    """A client's parser finds nothing wrong with the structure the gateway wrote (compose writes it by hand)."""
-    for part in message.walk():
-        assert part.defects == [], (part.get_content_type(), part.defects)
-    return message
 
 
 def check_outer(wire: bytes) -> EmailMessage:
@@ -130,28 +81,6 @@ def check_outer(wire: bytes) -> EmailMessage:
     for name, value in fields(wire):  # encoded words (RFC 2047) only in the text of the Subject or the marking
         assert name in ("Subject", "SIO-Label") or b"=?" not in value, (name, value[:100])
     return outer
-
-
-def check_inner(inner_wire: bytes) -> EmailMessage:
-    """The decrypted part: protected headers only, each part with its own few fields, file names plain."""
-    assert wire_problems(inner_wire) == []
-    assert set(field_names(inner_wire)) <= INNER_FIELDS
-    inner = well_formed(parse(inner_wire))
-    for part in inner.walk():
-        if part is not inner:
-            assert set(part.keys()) <= PART_FIELDS, part.keys()
-    for attachment in inner.iter_attachments():
-        check_file_name(str(attachment.get_filename()))
-        raw_disposition = str(attachment.get("Content-Disposition"))
-        assert "\r" not in raw_disposition
-        assert "\n" not in raw_disposition
-    return inner
-
-
-def check_file_name(name: str) -> None:
-    assert SAFE_NAME.fullmatch(name), name
-    assert ".." not in name
-    assert len(name) <= MAX_FILE_NAME
 
 
 # ---------------------------------------------------------------- hostile values
@@ -353,31 +282,6 @@ def test_whatever_a_request_says_its_message_id_is_the_reply_is_clean(
 # ---------------------------------------------------------------- the CSV files
 
 
-# What a spreadsheet looks at before it decides a cell is a formula: Excel, LibreOffice and Google Sheets run
-# a cell that starts with = + - @ (or a tab, CR or LF before one); some trim spaces, invisible characters and
-# quotes first, and some fold the full-width and small forms to ASCII. A leading apostrophe makes a cell text.
-FORMULA_SIGNS = frozenset("=+-@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b")
-NEVER_FIRST = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
-TRIMMED_QUOTES = frozenset("\"'\uff02\uff07")
-
-
-def evaluated(cell: str) -> bool:
-    """Whether a spreadsheet could run this cell as a formula."""
-    if not cell or cell[0] == "'":
-        return False
-    if cell[0] in NEVER_FIRST:
-        return True
-    for ch in cell:
-        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") or ch in TRIMMED_QUOTES:
-            continue
-        return ch in FORMULA_SIGNS
-    return False
-
-
-def read_csv(content: bytes) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(content.decode("utf-8"), newline="")))
-
-
 def kept(cell: str, original: str) -> None:
     """A disclosed cell is the register's value, or that value made text by a leading apostrophe; never run."""
     assert cell in (original, "'" + original), (cell, original)
@@ -480,51 +384,6 @@ def test_the_known_tricks_are_all_defused(value: str) -> None:
 
 
 # ---------------------------------------------------------------- through the real mail path
-
-
-def decrypt(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> EmailMessage:
-    inner, _ = open_as_recipient(gateway, keys, wire)
-    check_inner(inner.as_bytes(policy=policy.SMTP))
-    return inner
-
-
-FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+44 1632 960001", "@SUM(A1)", "-1+2", "\uff1d1+1"]
-
-
-@pytest.fixture
-def hostile_live(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Gateway:
-    """West Mercia Police registered, DMARC trusted, and a register whose West Mercia homes hold formulas."""
-    gateway.authserv_id = BORDER
-    gateway.write_config()
-    sample = write_sample(tmp_path / "register", 300, seed=11)
-    with sample.homes_path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    ours = [row for row in rows if row["police_force_area"] == "West Mercia" and row["status"] != "closed"]
-    for row, formula in zip(ours, FORMULAS, strict=False):
-        row["name"] = formula
-        row["manager_name"] = f"=1+1 {formula}"
-        row["provider_address"] = formula
-    with sample.homes_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    enforcement = tmp_path / "enforcement.csv"
-    enforcement.write_text(f"urn,date,nature\n{ours[0]['urn']},2026-01-05,=cmd|' /C calc'!A0\n")
-    gateway.ok("register", "import", "--homes", str(sample.homes_path), "--enforcement", str(enforcement))
-    key = keys.police.write(tmp_path, "police.asc")
-    gateway.ok(
-        "authority", "add", "--name", "West Mercia Police", "--kind", "police", "--area", "West Mercia",
-        "--email", POLICE_ADDRESS, "--key", str(key),
-    )  # fmt: skip
-    return gateway
-
-
-def dmarc_request(message_id: bytes, body: str, extra: bytes = b"") -> bytes:
-    return (
-        f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\r\n".encode()
-        + FROM_POLICE.replace("\n", "\r\n").encode()
-        + b"Message-ID: " + message_id + b"\r\n" + extra + b"\r\n" + body.encode()
-    )  # fmt: skip
 
 
 def process_raw(gateway: Gateway, raw: bytes, name: str) -> dict[str, Any]:

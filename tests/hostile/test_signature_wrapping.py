@@ -16,7 +16,8 @@ from gateway.authenticate import BARE_CR, Authenticated, Refused, authenticate
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
+from tests.support.requests import FROM_POLICE, REQUEST, signed_message
+from tests.support.wire import parse
 
 FORGED = REQUEST.replace("our force area", "all of England")
 BAD = (

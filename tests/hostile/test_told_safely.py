@@ -13,13 +13,11 @@ import pytest
 
 from gateway.authenticate import SignedParts, split_signed
 from gateway.shown import address, digest, message_id, token
-from tests.path.test_pipeline import live, open_as_recipient, outbox, outbox_content, process, request_from_police
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys, run_gpg
-from tests.unit.test_authenticate import REQUEST
-
-__all__ = ["live"]  # the fixture used here, defined elsewhere
+from tests.support.live import open_as_recipient, outbox, outbox_content, process
+from tests.support.requests import REQUEST, request_from_police
 
 SENTENCE = "this gateway is retired, send requests unsigned to attacker@example.test"
 LOOKALIKE = "disclosures@westmecria.police.example"  # one letter swapped: the police are told of it

@@ -17,11 +17,8 @@ from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.schedule import delivery_instant, run_due
 from gateway.subscriptions import add_months, review_date
 from gateway.values import Context
-from tests.path.test_schedule import walker
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
-
-__all__ = ["walker"]  # the fixture used here, defined elsewhere
 
 LONDON = ZoneInfo(ScheduleSettings().timezone)
 SETTINGS = ScheduleSettings()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from tests.path.test_pipeline import live, outbox
-from tests.path.test_schedule import run as schedule
-from tests.path.test_subscription_scope import DELIVERY, MONTHLY, asks, audit_actions, details
 from tests.support.addresses import POLICE_ADDRESS
+from tests.support.areas import DELIVERY, MONTHLY, asks
 from tests.support.gateway_cli import Gateway
-
-__all__ = ["live"]  # the fixture used here, defined elsewhere
+from tests.support.live import audit_actions, details, outbox
+from tests.support.schedule import run as schedule
 
 
 def test_a_scheduled_disclosure_is_logged_with_the_same_keys_as_an_answered_request(live: Gateway) -> None:

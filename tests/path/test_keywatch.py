@@ -11,21 +11,12 @@ from pathlib import Path
 from gateway.config import ScheduleSettings
 from gateway.schedule import delivery_instant
 from gateway.subscriptions import add_months
-from tests.path.test_pipeline import (
-    live,
-    open_as_recipient,
-    outbox,
-    outbox_content,
-    police_says,
-    process,
-    subscriptions,
-)
-from tests.path.test_schedule import MONTHLY, run
 from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["live"]  # the fixture used here, defined elsewhere
+from tests.support.live import open_as_recipient, outbox, outbox_content, process, subscriptions
+from tests.support.requests import police_says
+from tests.support.schedule import MONTHLY, run
 
 SETTINGS = ScheduleSettings()
 

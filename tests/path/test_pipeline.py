@@ -4,107 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import datetime as dt
 import io
 import json
 import subprocess
 from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from gateway.compose import Templates
 from gateway.config import load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
-from gateway.db.models import OutboxMessage
-from gateway.dev.sample import write_sample
 from gateway.pipeline import process as pipeline_process
 from gateway.values import Context
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST, signed_message
+from tests.support.live import open_as_recipient, outbox, outbox_content, process, register_urns, subscriptions
+from tests.support.requests import BORDER, FROM_POLICE, REQUEST, police_says, request_from_police
 
-BORDER = "mx.hmci.example"
 DOMAIN = POLICE_ADDRESS.rpartition("@")[2]
-
-
-@pytest.fixture
-def live(gateway: Gateway, keys: AuthorityKeys, tmp_path: Path) -> Gateway:
-    """A gateway with a register and West Mercia Police registered, trusting our border's DMARC results."""
-    gateway.authserv_id = BORDER
-    gateway.write_config()
-    sample = write_sample(tmp_path / "register", 800, seed=5)
-    gateway.ok("register", "import", "--homes", str(sample.homes_path), "--enforcement", str(sample.enforcement_path))
-    key = keys.police.write(tmp_path, "police.asc")
-    gateway.ok(
-        "authority", "add", "--name", "West Mercia Police", "--kind", "police", "--area", "West Mercia",
-        "--email", POLICE_ADDRESS, "--key", str(key),
-    )  # fmt: skip
-    return gateway
-
-
-def process(
-    gateway: Gateway, raw: bytes, name: str = "message.eml", as_of: dt.datetime | None = None
-) -> dict[str, object]:
-    path = gateway.directory / name
-    path.write_bytes(raw)
-    when = ["--as-of", as_of.isoformat()] if as_of else []
-    outcome: dict[str, object] = json.loads(gateway.ok("process", str(path), "--json", *when))
-    return outcome
-
-
-def outbox(gateway: Gateway) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = json.loads(gateway.ok("outbox", "list", "--json"))
-    return rows
-
-
-def outbox_content(gateway: Gateway, outbox_id: object) -> bytes:
-    async def read() -> bytes:
-        db = create_database(load_config(gateway.config_path).database)
-        try:
-            async with db.transaction(write=False) as session:
-                row = (await session.execute(select(OutboxMessage).where(OutboxMessage.id == outbox_id))).scalar_one()
-                return row.content
-        finally:
-            await db.close()
-
-    return asyncio.run(read())
-
-
-def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tuple[EmailMessage, str]:
-    """Decrypt with the authority's own key and gpg, as their mail client would; returns (inner, gpg status)."""
-    outer = message_from_bytes(wire, policy=policy.default)
-    assert isinstance(outer, EmailMessage)
-    assert outer.get_content_type() == "multipart/encrypted"
-    payload = list(outer.iter_parts())[1].get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    exported = gateway.directory / "gateway-public.asc"
-    exported.write_text(gateway.ok("key", "export"))
-    subprocess.run(
-        ["gpg", "--homedir", str(keys.home), "--batch", "--import", str(exported)], check=True, capture_output=True
-    )
-    result = subprocess.run(
-        ["gpg", "--homedir", str(keys.home), "--batch", "--status-fd", "2", "--decrypt"],
-        input=payload, capture_output=True, check=True,
-    )  # fmt: skip
-    inner = message_from_bytes(result.stdout, policy=policy.default)
-    assert isinstance(inner, EmailMessage)
-    return inner, result.stderr.decode()
-
-
-def register_urns(tmp_path: Path, force: str) -> set[str]:
-    with (tmp_path / "register" / "homes.csv").open(newline="") as handle:
-        return {r["urn"] for r in csv.DictReader(handle) if r["police_force_area"] == force and r["status"] != "closed"}
-
-
-def request_from_police(
-    keys: AuthorityKeys, body: str = REQUEST, message_id: str = "<r1@westmercia.police.example>"
-) -> bytes:
-    return signed_message(keys, keys.police.fingerprint, body=body, headers=FROM_POLICE + f"Message-ID: {message_id}\n")
 
 
 def test_a_signed_request_is_answered_with_exactly_its_areas_homes(
@@ -274,16 +194,6 @@ def test_an_encrypted_but_unsigned_request_is_quarantined(live: Gateway, keys: A
     outcome = process(live, encrypted_request(live, keys, None))
     assert outcome["kind"] == "quarantined"
     assert "not PGP/MIME signed" in str(outcome["reason"])
-
-
-def subscriptions(gateway: Gateway) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = json.loads(gateway.ok("subscription", "list", "--json"))
-    return rows
-
-
-def police_says(keys: AuthorityKeys, body: str, message_id: str, at: dt.datetime | None = None) -> bytes:
-    headers = FROM_POLICE + f"Message-ID: <{message_id}@westmercia.police.example>\n"
-    return signed_message(keys, keys.police.fingerprint, body=body, headers=headers, at=at)
 
 
 def test_a_monthly_request_is_answered_and_starts_one_subscription(live: Gateway, keys: AuthorityKeys) -> None:

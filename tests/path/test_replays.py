@@ -10,14 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.crypto import kill_agent
-from tests.path.test_pipeline import outbox, process, subscriptions
-from tests.path.test_schedule import MONTHLY, police_at, walker
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys, run_gpg
-from tests.unit.test_authenticate import REQUEST
-
-__all__ = ["walker"]  # the fixture used here, defined elsewhere
+from tests.support.live import outbox, process, subscriptions
+from tests.support.requests import REQUEST
+from tests.support.schedule import MONTHLY, police_at
 
 AT = dt.datetime(2027, 2, 10, 9, 0, tzinfo=dt.UTC)
 CANCEL = "Request: cancel\r\nPurpose: no longer needed\r\n"

@@ -20,31 +20,16 @@ from gateway.config import DatabaseSettings, load_config
 from gateway.db.engine import _alembic_config, create_database, head_revision, upgrade_schema
 from gateway.db.models import Authority, Subscription
 from gateway.values import Context
-from tests.admin.test_approvals import two_person
-from tests.path.test_pipeline import BORDER, live, open_as_recipient, outbox, outbox_content, process, subscriptions
-from tests.path.test_schedule import run as schedule
 from tests.support.addresses import ADMIN_ADDRESS, LA_ADDRESS, OCC_ADDRESS, POLICE_ADDRESS
+from tests.support.admins import two_person
+from tests.support.areas import DELIVERY, MONTHLY, asks
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AdminKeys, AuthorityKeys
+from tests.support.live import audit_actions, details, open_as_recipient, outbox, outbox_content, subscriptions
+from tests.support.schedule import run as schedule
 
-__all__ = ["live"]  # the fixture used here, defined elsewhere
-
-# Fixed instants: the border's DMARC pass authenticates, so no signature's age depends on today's date.
-ASKED = dt.datetime(2027, 1, 12, 9, 0, tzinfo=dt.UTC)
-DELIVERY = dt.datetime(2027, 2, 1, 6, 1, tzinfo=dt.UTC)  # 06:00 London in February is 06:00 UTC
+# Fixed, as ASKED and DELIVERY in tests/support/areas.py: no signature's age depends on today's date.
 NEXT_DELIVERY = dt.datetime(2027, 3, 1, 6, 1, tzinfo=dt.UTC)
-MONTHLY = "Request: disclosure\r\nFrequency: monthly\r\nPurpose: Safeguarding children\r\n"
-
-
-def asks(gateway: Gateway, address: str, body: str, name: str, at: dt.datetime = ASKED) -> dict[str, object]:
-    """A request from `address`, authenticated by the border's DMARC pass, processed at `at`."""
-    domain = address.rpartition("@")[2]
-    raw = (
-        f"Authentication-Results: {BORDER}; dmarc=pass header.from={domain}\r\n"
-        f"From: <{address}>\r\nTo: register-requests@hmci.example\r\nSubject: request\r\n"
-        f"Message-ID: <{name}@{domain}>\r\n\r\n{body}"
-    ).encode()
-    return process(gateway, raw, f"{name}.eml", at)
 
 
 def body_of(gateway: Gateway, keys: AuthorityKeys, outbox_id: object) -> str:
@@ -62,17 +47,6 @@ def delivered_areas(gateway: Gateway, keys: AuthorityKeys, outbox_id: object) ->
     header = rows[0]
     pfa, la = header.index("police_force_area"), header.index("local_authority")
     return {(row[pfa], row[la]) for row in rows[1:]}
-
-
-def audit_actions(gateway: Gateway, prefix: str) -> list[dict[str, object]]:
-    records: list[dict[str, object]] = json.loads(gateway.ok("audit", "list", "--json"))
-    return [r for r in records if str(r["action"]).startswith(prefix)]
-
-
-def details(record: dict[str, object]) -> dict[str, object]:
-    found = record["details"]
-    assert isinstance(found, dict)
-    return found
 
 
 def admin_alerts(gateway: Gateway) -> list[str]:

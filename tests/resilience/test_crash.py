@@ -11,64 +11,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-from email import message_from_bytes, policy
+from collections import Counter
 from pathlib import Path
 
 from gateway.admin.reference import police_force_areas
-from tests.edges.test_mailbox import folder_counts
-from tests.edges.test_outbox import Relay, daemon_settings, serve
-from tests.path.test_pipeline import live, process, request_from_police
+from gateway.dev.dovecot import ImapServer
 from tests.support.addresses import OCC_ADDRESS
-from tests.support.dovecot import ImapServer, dovecot_server
+from tests.support.daemon import daemon_settings, started, until
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_authenticate import signed_message
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.live import process
+from tests.support.mailbox import folder_counts
+from tests.support.relay import Relay, answers, serve
+from tests.support.requests import request_from_police, signed_message
 
 BURST = 200
 KILLS = 6
-
-
-def answers(relay: Relay) -> dict[str, set[str]]:
-    """For each request (In-Reply-To), the distinct replies (Message-IDs) the relay accepted."""
-    found: dict[str, set[str]] = defaultdict(set)
-    for envelope in relay.received:
-        mail = message_from_bytes(bytes(envelope.original_content or b""), policy=policy.default)
-        found[str(mail.get("In-Reply-To", ""))].add(str(mail.get("Message-ID", "")))
-    return found
-
-
-async def until(check: object, timeout: float, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"not there in {timeout:.0f} s: {what or 'the condition'}")
-        await asyncio.sleep(0.2)
-
-
-async def started(gateway: Gateway) -> asyncio.subprocess.Process:
-    """A daemon, once it says it has started (so a kill lands while it works, not while Python imports).
-
-    Its log goes to daemon.log in the gateway's directory, for a person to read when a test fails.
-    """
-    log = gateway.directory / "daemon.log"
-    offset = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as sink:
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "--config", str(gateway.config_path), "run",
-            stdout=asyncio.subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
-
-    def said_started() -> bool:
-        with log.open("rb") as text:
-            text.seek(offset)
-            return any(b'"event": "started"' in line for line in text)
-
-    await until(said_started, 30)
-    return daemon
 
 
 async def test_sigkill_at_random_moments_loses_nothing_and_answers_once(

@@ -9,15 +9,13 @@ import sys
 import urllib.error
 from email import message_from_bytes, policy
 
-from tests.edges.test_daemon import free_port, get, wait_started
-from tests.edges.test_outbox import Relay, daemon_settings, serve
-from tests.path.test_pipeline import live, request_from_police
-from tests.support.dovecot import ImapServer, dovecot_server
+from gateway.dev.dovecot import ImapServer, free_port
+from tests.support.daemon import daemon_settings, get, wait_started
 from tests.support.gateway_cli import Gateway
 from tests.support.hostile_corpus import hostile_fields
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.relay import Relay, serve
+from tests.support.requests import request_from_police
 
 GENUINE = "<genuine@westmercia.police.example>"
 POLLS = 600  # /healthz is asked at most this many times while the daemon works through the mailbox

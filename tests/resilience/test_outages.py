@@ -9,16 +9,14 @@ import signal
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from tests.edges.test_mailbox import folder_counts
-from tests.edges.test_outbox import Relay, daemon_settings, serve
-from tests.path.test_pipeline import live, request_from_police
-from tests.resilience.test_crash import answers, started, until
+from gateway.dev.dovecot import ImapServer
+from tests.support.daemon import daemon_settings, started, until
 from tests.support.databases import _admin, _postgres_base_url
-from tests.support.dovecot import ImapServer, dovecot_server
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.mailbox import folder_counts
+from tests.support.relay import Relay, answers, serve
+from tests.support.requests import request_from_police
 
 
 def configure(gateway: Gateway, imap: ImapServer, smtp_port: int) -> None:

@@ -10,15 +10,13 @@ import sys
 
 import pytest
 
-from tests.edges.test_mailbox import folder_counts
-from tests.edges.test_outbox import Relay, daemon_settings, serve
-from tests.path.test_pipeline import live, request_from_police
-from tests.resilience.test_crash import answers, until
-from tests.support.dovecot import ImapServer, dovecot_server
+from gateway.dev.dovecot import ImapServer
+from tests.support.daemon import daemon_settings, until
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["dovecot_server", "live"]  # fixtures used here, defined elsewhere
+from tests.support.mailbox import folder_counts
+from tests.support.relay import Relay, answers, serve
+from tests.support.requests import request_from_police
 
 BURST = 40
 

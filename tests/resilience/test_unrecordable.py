@@ -27,12 +27,11 @@ from gateway.db.models import (
 )
 from gateway.inbound.smtp import drain_spool
 from gateway.values import Context
-from tests.path.test_pipeline import live, outbox, process, request_from_police
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-
-__all__ = ["live"]  # the fixture used here, defined elsewhere
+from tests.support.live import outbox, process
+from tests.support.requests import request_from_police
 
 
 def sql(gateway: Gateway, *statements: str) -> None:

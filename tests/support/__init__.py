@@ -1,1 +1,1 @@
-"""What the tests share: fixtures, a private Dovecot, and the hostile-mail corpus."""
+"""What the tests share: fixtures, the mail they send and how they read what comes back, and the hostile-mail corpus."""

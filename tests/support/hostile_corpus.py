@@ -45,7 +45,7 @@ from gateway.pipeline import process
 from gateway.values import Context, Outcome
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys, run_gpg
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST, signed_message
+from tests.support.requests import FROM_POLICE, REQUEST, signed_message
 
 HOSTILE_DIR = Path(__file__).resolve().parents[1] / "hostile" / "corpus"
 

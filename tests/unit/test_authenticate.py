@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
-import subprocess
 from collections.abc import Iterator
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,23 +14,8 @@ from gateway.requests import body_text, parse_request
 from gateway.shown import digest
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys
-
-BORDER = "mx.hmci.example"
-REQUEST = "Request: disclosure\r\nPurpose: Safeguarding children in our force area\r\n"
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = message_from_bytes(raw, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def plain(headers: str, body: str = REQUEST) -> bytes:
-    return (headers.replace("\n", "\r\n") + "\r\n" + body).encode()
-
-
-FROM_POLICE = f"From: West Mercia Police <{POLICE_ADDRESS}>\nTo: {GATEWAY_ADDRESS}\nSubject: request\n"
-
+from tests.support.requests import BORDER, FROM_POLICE, plain, signed_message
+from tests.support.wire import parse
 
 # ---------------------------------------------------------------- From
 
@@ -125,43 +106,6 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
         yield ring
     finally:
         kill_agent(home)
-
-
-_NONCES = itertools.count()
-
-
-def signed_message(
-    keys: AuthorityKeys,
-    signer: str,
-    *,
-    body: str = REQUEST,
-    alter: bool = False,
-    headers: str = FROM_POLICE,
-    at: dt.datetime | None = None,
-) -> bytes:
-    """A multipart/signed message as a mail client makes it: the first part signed exactly as sent (at `at`)."""
-    first = f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}'
-    faked = ["--faked-system-time", f"{at.astimezone(dt.UTC):%Y%m%dT%H%M%S}"] if at else []
-    # Each message signed anew, as a client does: two of the same text in one second would otherwise carry the
-    # very same (deterministic Ed25519) signature, which the gateway rightly takes for a replay.
-    nonce = ["--sig-notation", f"nonce@tests.example={next(_NONCES)}"]
-    signature = subprocess.run(
-        ["gpg", "--homedir", str(keys.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *faked,
-         *nonce, "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", signer],
-        input=first.encode(), capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
-    if alter:
-        first = first.replace("our force area", "all of England")
-    boundary = "----=_signed_7f3a"
-    head = headers.replace("\n", "\r\n") + (
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: multipart/signed; micalg=pgp-sha256; "
-        f'protocol="application/pgp-signature"; boundary="{boundary}"\r\n'
-    )
-    return (
-        f"{head}\r\nThis is an OpenPGP/MIME signed message.\r\n--{boundary}\r\n{first}\r\n--{boundary}\r\n"
-        f'Content-Type: application/pgp-signature; name="signature.asc"\r\n\r\n{signature}\r\n--{boundary}--\r\n'
-    ).encode()
 
 
 def check(

@@ -17,7 +17,7 @@ from gateway.extracts import build_extract
 from gateway.gpgrun import KeyProblem
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys
-from tests.unit.test_extracts import FakeAction, FakeHome
+from tests.support.register import FakeAction, FakeHome
 
 MARKING = "OFFICIAL-SENSITIVE"
 

@@ -23,7 +23,8 @@ from gateway.requests import body_text, parse_request
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys, gateway_keyring, run_gpg
-from tests.unit.test_authenticate import FROM_POLICE, REQUEST, parse, signed_message
+from tests.support.requests import FROM_POLICE, REQUEST, signed_message
+from tests.support.wire import parse
 
 HEADERS = FROM_POLICE + "Message-ID: <exchange1@westmercia.police.example>\nMIME-Version: 1.0\n"
 INNER = f'Content-Type: text/plain; charset="utf-8"\r\n\r\n{REQUEST}'.encode()

@@ -185,7 +185,13 @@ def _multipart(head: str, boundary: str, parts: Sequence[bytes]) -> bytes:
     return b"".join((head.encode("ascii"), delimiter, delimiter.join(parts), f"\r\n--{boundary}--\r\n".encode()))
 
 
-def inner_message(envelope: Envelope, text: str, attachments: Sequence[ExtractFile] = ()) -> bytes:
+def inner_message(
+    envelope: Envelope,
+    text: str,
+    attachments: Sequence[ExtractFile] = (),
+    *,
+    outer: Sequence[tuple[str, str]] = (),
+) -> bytes:
     """The part that gets encrypted: the real headers (RFC 9788 protected headers), the text, the files.
 
     Written directly, not through the email package's object model: its shape is fixed, and building it
@@ -193,11 +199,17 @@ def inner_message(envelope: Envelope, text: str, attachments: Sequence[ExtractFi
     header to encode or fold, quoted-printable) is still done by it. CRLF everywhere: what gets encrypted must
     be what a client will read back.
     """
+    # RFC 9788: with the outer header fields given (a reply being sealed), the real ones are repeated inside,
+    # each outer one is recorded as HP-Outer, and the real Subject heads the text for clients that show only
+    # the outer one (its Legacy Display Element, marked hp-legacy-display so that others leave it out).
+    protected = _protected_fields(envelope, outer)
+    legacy = f"Subject: {header_text(envelope.subject)}\n\n" if outer else ""
     # Quoted-printable keeps the signed text 7-bit and byte-exact through any relay.
-    lines = text.encode("utf-8").splitlines()
+    lines = (legacy + text).encode("utf-8").splitlines()
     body = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _LINE, eol="\r\n").encode("ascii")
-    parts = [b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
-             + body]  # fmt: skip
+    display = '; hp-legacy-display="1"' if outer else ""
+    parts = [f'Content-Type: text/plain; charset="utf-8"{display}\r\n'.encode("ascii")
+             + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + body]  # fmt: skip
     for attachment in attachments:
         name = attachment_name(attachment.name)  # nothing in it to quote or escape
         disposition = _header("Content-Disposition", f'attachment; filename="{name}"')
@@ -208,35 +220,66 @@ def inner_message(envelope: Envelope, text: str, attachments: Sequence[ExtractFi
             + _base64(attachment.content)
         )
     boundary = _boundary(*parts)
+    scheme = ' hp="cipher";' if outer else ""  # protected-headers="v1" too: Thunderbird reads only that
     head = "".join((
-        _header("From", envelope.sender), _header("To", envelope.recipient),
-        _header("Subject", header_text(envelope.subject)), "MIME-Version: 1.0\r\n",
-        f'Content-Type: multipart/mixed; protected-headers="v1";\r\n boundary="{boundary}"\r\n',
+        *(_header(name, value) for name, value in protected), "MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/mixed; protected-headers="v1";{scheme}\r\n boundary="{boundary}"\r\n',
     ))  # fmt: skip
     return _multipart(head, boundary, parts)
 
 
-def outer_message(
-    envelope: Envelope, encrypted: bytes, *, now: dt.datetime | None = None, domain: str | None = None
-) -> bytes:
-    """The PGP/MIME envelope (RFC 3156): nothing but the marking and the reference is readable on the wire."""
+def _protected_fields(envelope: Envelope, outer: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The header fields of the encrypted part: the real ones (the outer ones with the real Subject), then one
+    HP-Outer field for each field the outer message shows (RFC 9788 2.2), so a reader knows what was hidden."""
+    real = [("From", envelope.sender), ("To", envelope.recipient), ("Subject", header_text(envelope.subject))]
+    if not outer:
+        return real
+    shown = {name for name, _ in real}
+    real += [(name, value) for name, value in outer if name in _USER_FACING and name not in shown]
+    return [*real, *(("HP-Outer", f"{name}: {value}") for name, value in outer)]
+
+
+# What a reader's client shows of a message (RFC 9788 1.1.2): the rest of the outer fields (Auto-Submitted,
+# SIO-Label) describe the wire copy and are only recorded as HP-Outer.
+_USER_FACING = frozenset({"From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References"})
+
+
+def outer_fields(
+    envelope: Envelope, *, now: dt.datetime | None = None, domain: str | None = None
+) -> list[tuple[str, str]]:
+    """The outer message's header fields (but those that describe its MIME structure), in order: nothing but
+    the marking and the reference is readable on the wire."""
     marking = header_text(envelope.marking).replace('"', "").replace("\\", "")  # inside a quoted-string
-    headers = [
-        _header("From", envelope.sender),
-        _header("To", envelope.recipient),
-        _header("Subject", header_text(f"[{marking}] {envelope.reference}")),
-        _header("Date", format_datetime((now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))),
-        _header("Message-ID", make_msgid(domain=domain or envelope.sender.rpartition("@")[2])),
+    fields = [
+        ("From", envelope.sender),
+        ("To", envelope.recipient),
+        ("Subject", header_text(f"[{marking}] {envelope.reference}")),
+        ("Date", format_datetime((now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))),
+        ("Message-ID", make_msgid(domain=domain or envelope.sender.rpartition("@")[2])),
     ]
     # Copied from the request: only what is a well-formed msg-id, so that nothing else reaches the headers.
     replying_to = message_ids([envelope.in_reply_to or ""], keep=1)
     if replying_to:
-        headers.append(_header("In-Reply-To", replying_to[0]))
+        fields.append(("In-Reply-To", replying_to[0]))
     earlier = message_ids(envelope.references)
     if earlier:
-        headers.append(_header("References", " ".join(earlier)))
-    headers.append(_header("Auto-Submitted", header_text(envelope.auto_submitted)))
-    headers.append(_header("SIO-Label", f'marking="{marking}"'))  # RFC 7444 display marking
+        fields.append(("References", " ".join(earlier)))
+    fields.append(("Auto-Submitted", header_text(envelope.auto_submitted)))
+    fields.append(("SIO-Label", f'marking="{marking}"'))  # RFC 7444 display marking
+    return fields
+
+
+def outer_message(
+    envelope: Envelope,
+    encrypted: bytes,
+    *,
+    now: dt.datetime | None = None,
+    domain: str | None = None,
+    fields: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The PGP/MIME envelope (RFC 3156) with the outer header fields (`fields`, as the encrypted part recorded
+    them, else made here): nothing but the marking and the reference is readable on the wire."""
+    headers = [_header(name, value) for name, value in (fields or outer_fields(envelope, now=now, domain=domain))]
     control = (
         b"Content-Type: application/pgp-encrypted\r\nContent-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n"
         b"Content-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n"
@@ -336,10 +379,11 @@ async def seal(ctx: Context, envelope: Envelope, text: str, authority: Authority
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
         raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
-    inner = inner_message(envelope, text, files)
+    fields = outer_fields(envelope, now=ctx.clock())
+    inner = inner_message(envelope, text, files, outer=fields)
     with metrics.timed_gpg("sign_and_encrypt"):
         encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
-    return outer_message(envelope, encrypted, now=ctx.clock())
+    return outer_message(envelope, encrypted, fields=fields)
 
 
 def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:

@@ -15,7 +15,11 @@ from tests.support.keys import AuthorityKeys
 from tests.support.live import open_as_recipient
 
 LINE_LIMIT = 998  # RFC 5322 2.1.1, without the CRLF
-INNER_FIELDS = {"From", "To", "Subject", "MIME-Version", "Content-Type", "Content-Transfer-Encoding"}
+# The protected header fields (RFC 9788): the real ones a reader sees, and HP-Outer records of the outer ones.
+INNER_FIELDS = {
+    "From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "HP-Outer",
+    "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+}  # fmt: skip
 PART_FIELDS = {"Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "MIME-Version"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 

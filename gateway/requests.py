@@ -103,10 +103,44 @@ def body_text(message: EmailMessage | Message) -> str:
             continue
         content_type = part.get_content_type()
         if content_type == "text/plain":
-            return _normalise(_decoded(part))
+            text = _normalise(_decoded(part))
+            if str(part.get_param("format", "")).lower() != "flowed":
+                return text
+            return unflowed(text, delsp=str(part.get_param("delsp", "")).lower() == "yes")
         if content_type == "text/html" and html is None:
             html = html_to_text(_decoded(part))
     return _normalise(html or "")
+
+
+def unflowed(text: str, *, delsp: bool = False) -> str:
+    """format=flowed text (RFC 3676) as its writer typed it, and as the clients that wrote it show it.
+
+    Thunderbird and Apple Mail break every line longer than about 72 characters after a space, which they keep at
+    the end of the line (a soft break): read as written, a long Purpose would end at its first break, and a
+    second line that happened to hold a colon would be taken for a field. So each run of lines joined by soft
+    breaks, at one quote depth, is one line again, with the space-stuffing undone (4.4) and, with DelSp=yes,
+    the soft break's own space removed (4.2); the signature separator "-- " is never a soft break (4.3).
+    """
+    lines: list[str] = []
+    joined: list[str] = []  # the pieces of the line being joined (a list: a long paragraph is not quadratic)
+    joined_depth = 0
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        content = content.removeprefix(" ")  # space-stuffing, or the space after the quote marks
+        if joined and depth != joined_depth:  # lines of different quote depths are never joined (4.5)
+            lines.append("".join(joined))
+            joined = []
+        if not joined:
+            joined, joined_depth = [">" * depth + " " if depth else ""], depth
+        soft = content.endswith(" ") and content != "-- "
+        joined.append(content[:-1] if soft and delsp else content)
+        if not soft:
+            lines.append("".join(joined))
+            joined = []
+    if joined:
+        lines.append("".join(joined))
+    return "\n".join(lines)
 
 
 def _normalise(text: str) -> str:

@@ -17,12 +17,19 @@ bootstrap() {
     # The IMAP tests start their own Dovecot on loopback (gateway/dev/dovecot.py); any system instance the package
     # starts is left alone. Debian puts dovecot in /usr/sbin, which a non-root PATH often lacks.
     [ "$extras" != dev ] || command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || packages+=(dovecot-imapd)
+    # The client-matrix tests read the gateway's replies with OpenPGP implementations nobody here wrote: Sequoia
+    # (sq) and RNP (rnp, Thunderbird's engine); tests/support/clients.py.
+    [ "$extras" != dev ] || command -v sq >/dev/null || packages+=(sq)
+    [ "$extras" != dev ] || command -v rnp >/dev/null || packages+=(rnp)
     if [ "${#packages[@]}" -gt 0 ]; then
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         echo "scripts: installing ${packages[*]} with apt-get" >&2
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+        if ! $sudo apt-get update -qq ||
+            ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null; then
+            echo "scripts: apt-get could not install ${packages[*]} (its words above); install them by hand" >&2
+            return 1
+        fi
     fi
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv

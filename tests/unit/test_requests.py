@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from gateway.requests import Request, body_text, parse_request
+from gateway.requests import Request, body_text, parse_request, unflowed
 
 PLAIN = "Request: disclosure\nFrequency: monthly\nArea: West Mercia\nPurpose: Safeguarding children in our area.\n"
 
@@ -139,3 +139,38 @@ def test_the_plain_part_wins_and_attachments_are_not_the_body() -> None:
     message.add_alternative("<p>Request: disclosure</p><p>Purpose: from the html part</p>", subtype="html")
     message.add_attachment("Request: cancel\nPurpose: from an attachment\n", filename="notes.txt")
     assert parsed(body_text(message)).purpose == "from the plain part"
+
+
+# As Thunderbird sends it: broken after a space at 72 columns, the space kept at the end of the line (RFC 3676).
+FLOWED = (
+    "Request: disclosure\n"
+    "Purpose: Safeguarding children in our force area for child protection \n"
+    "enquiries: strategy meetings and visits to homes\n"
+    "\n"
+    "-- \n"
+    "Duty inspector\n"
+)
+LONG_PURPOSE = (
+    "Safeguarding children in our force area for child protection enquiries: strategy meetings and visits to homes"
+)
+
+
+@pytest.mark.parametrize("cte", ["quoted-printable", "7bit"])
+def test_a_format_flowed_purpose_is_read_whole_as_its_writer_typed_it(cte: str) -> None:
+    """Read line by line, the Purpose would end at the first soft break, and a later line holding a colon would
+    be taken for an unknown field: the request refused for the way the client wraps text."""
+    payload = (FLOWED.replace(" \n", "=20\n") if cte == "quoted-printable" else FLOWED).encode()
+    message = raw_message('text/plain; charset="utf-8"; format=flowed', cte, payload)
+    assert parsed(body_text(message)).purpose == LONG_PURPOSE
+    fixed = raw_message('text/plain; charset="utf-8"', cte, payload)  # without format=flowed a line end is one
+    assert complaints(body_text(fixed)) == (
+        'unknown field "enquiries" (the fields are Request, Frequency, Area, Purpose)',
+    )
+
+
+def test_unflowing_follows_rfc_3676() -> None:
+    assert unflowed("a \nb\nc") == "a b\nc"
+    assert unflowed("a \nb", delsp=True) == "ab"  # DelSp=yes: the soft break's space was added by the client
+    assert unflowed(" From here\n >x") == "From here\n>x"  # space-stuffing undone
+    assert unflowed("> quoted \n> more\n>> deeper \nplain") == "> quoted more\n>> deeper \nplain"  # depth by depth
+    assert unflowed("Regards \n-- \nname") == "Regards -- \nname"  # "-- " ends a paragraph, it never flows on

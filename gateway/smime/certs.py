@@ -86,7 +86,7 @@ class CertInfo:
             needed = ("digitalSignature", "keyAgreement")
         else:
             kind = f"EC {self.curve}" if self.key_type == "EC" else self.key_type
-            return [f"it uses a {kind} key (RSA of at least {MIN_RSA_BITS} bits, or EC P-256 or P-384, is needed)"]
+            return [f"its key is {kind} (RSA of at least {MIN_RSA_BITS} bits, or EC P-256 or P-384, is needed)"]
         if self.key_usage is None:
             return [f"it has no keyUsage extension (it must allow {' and '.join(needed)})"]
         missing = [usage for usage in needed if usage not in self.key_usage]

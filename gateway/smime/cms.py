@@ -176,7 +176,14 @@ def verify(
     if finished.returncode != 0 or "Verification successful" not in finished.status:
         return _not_good(f"the signature is not good, or not by the pinned certificate ({_said(finished)})")
     content = layer.content if isinstance(layer, Detached) else finished.output
-    return _identified(signed_data, content, pinned.fingerprint)
+    # Re-encoded as DER by openssl first: clients may send indefinite-length BER (a streamed opaque signature),
+    # which pyasn1 does not read inside an explicitly tagged OCTET STRING.
+    reencode = ["-cmsout", "-inform", "DER", "-outform", "DER"]
+    der = _openssl(reencode, signed_data, max_output=2 * len(signed_data) + CHUNK, what="the signature",
+                   timeout=timeout, binary=openssl)  # fmt: skip
+    if der.returncode != 0:
+        return _not_good("openssl verified the signature, but cannot re-encode it")
+    return _identified(der.output, content, pinned.fingerprint)
 
 
 def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> SmimeSignature:

@@ -189,8 +189,18 @@ def test_no_reply_without_a_usable_certificate(smime_certs: SmimeCerts) -> None:
 
 @pytest.mark.parametrize(
     ("options", "kind"),
-    [((), "multipart/signed"), (("-nodetach",), "application/pkcs7-mime"), (("-lf",), "multipart/signed")],
-    ids=["detached multipart/signed", "opaque signed-data", "detached, stored with LF line ends"],
+    [
+        ((), "multipart/signed"),
+        (("-nodetach",), "application/pkcs7-mime"),
+        (("-lf",), "multipart/signed"),
+        (("-nodetach", "-stream"), "application/pkcs7-mime"),
+    ],
+    ids=[
+        "detached multipart/signed",
+        "opaque signed-data",
+        "detached, stored with LF line ends",
+        "opaque, indefinite-length BER",
+    ],
 )
 def test_a_request_signed_as_outlook_signs_verifies_against_the_pinned_certificate(
     smime_certs: SmimeCerts, options: tuple[str, ...], kind: str

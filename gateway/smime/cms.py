@@ -18,7 +18,7 @@ from gateway.bounded import CHUNK, Finished, LimitExceeded, ToolUnavailable, run
 from gateway.gpgrun import DECRYPT_MAX_BYTES
 from gateway.signedpart import wire
 from gateway.smime.certs import CertificateProblem, read_certificate
-from gateway.smime.mime import Detached, Enveloped, NotSmime, enveloped_entity, signed_entity, smime_layer
+from gateway.smime.mime import Detached, Enveloped, NotSmime, Opaque, enveloped_entity, signed_entity, smime_layer
 
 
 class SmimeLimitExceeded(CertificateProblem, LimitExceeded):
@@ -152,38 +152,43 @@ def verify(
     (-noverify: pinning is what the gateway trusts). Never raises for the message's sake: a signature that is
     not good says why in `problem`."""
     layer = smime_layer(signed_message)
-    if isinstance(layer, NotSmime):
-        return _not_good(layer.reason)
-    if isinstance(layer, Enveloped):
-        return _not_good("the message is S/MIME encrypted: it must be decrypted before its signature is checked")
+    if not isinstance(layer, Detached | Opaque):
+        encrypted = "the message is S/MIME encrypted: it must be decrypted before its signature is checked"
+        return _not_good(layer.reason if isinstance(layer, NotSmime) else encrypted)
     try:
         pinned = read_certificate(pinned_cert_pem)
     except CertificateProblem as exc:
         raise CertificateProblem(f"the pinned certificate: {exc}") from None
     signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
+    try:
+        finished = _verified(layer, pinned.pem, max_bytes=max_bytes, timeout=timeout, binary=openssl)
+        if finished.returncode != 0 or "Verification successful" not in finished.status:
+            return _not_good(f"the signature is not good, or not by the pinned certificate ({_said(finished)})")
+        # Re-encoded as DER by openssl before it is read: clients may send indefinite-length BER (a streamed
+        # opaque signature), which pyasn1 does not read inside an explicitly tagged OCTET STRING.
+        der = _openssl(["-cmsout", "-inform", "DER", "-outform", "DER"], signed_data,
+                       max_output=2 * len(signed_data) + CHUNK, what="the signature", timeout=timeout,
+                       binary=openssl)  # fmt: skip
+    except SmimeLimitExceeded as exc:
+        return _not_good(f"the signature could not be checked: {exc}")
+    if der.returncode != 0:
+        return _not_good("openssl verified the signature, but cannot re-encode it")
+    content = layer.content if isinstance(layer, Detached) else finished.output
+    return _identified(der.output, content, pinned.fingerprint)
+
+
+def _verified(layer: Detached | Opaque, pinned_pem: bytes, *, max_bytes: int, timeout: float, binary: str) -> Finished:
+    """openssl cms -verify against the pinned certificate alone; its output is the signed content."""
     with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
-        (Path(tmp) / "pinned.pem").write_bytes(pinned.pem)
+        (Path(tmp) / "pinned.pem").write_bytes(pinned_pem)
         command = ["-verify", "-binary", "-inform", "DER", "-noverify", "-nointern", "-certfile", f"{tmp}/pinned.pem"]
         if isinstance(layer, Detached):
             (Path(tmp) / "content").write_bytes(layer.content)
             command += ["-content", f"{tmp}/content"]
             max_bytes = len(layer.content)  # openssl writes the content it was given back out
-        try:
-            finished = _openssl(command, signed_data, max_output=max_bytes, what="the signed content",
-                                timeout=timeout, binary=openssl)  # fmt: skip
-        except SmimeLimitExceeded as exc:
-            return _not_good(f"the signature could not be checked: {exc}")
-    if finished.returncode != 0 or "Verification successful" not in finished.status:
-        return _not_good(f"the signature is not good, or not by the pinned certificate ({_said(finished)})")
-    content = layer.content if isinstance(layer, Detached) else finished.output
-    # Re-encoded as DER by openssl first: clients may send indefinite-length BER (a streamed opaque signature),
-    # which pyasn1 does not read inside an explicitly tagged OCTET STRING.
-    reencode = ["-cmsout", "-inform", "DER", "-outform", "DER"]
-    der = _openssl(reencode, signed_data, max_output=2 * len(signed_data) + CHUNK, what="the signature",
-                   timeout=timeout, binary=openssl)  # fmt: skip
-    if der.returncode != 0:
-        return _not_good("openssl verified the signature, but cannot re-encode it")
-    return _identified(der.output, content, pinned.fingerprint)
+        signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
+        return _openssl(command, signed_data, max_output=max_bytes, what="the signed content", timeout=timeout,
+                        binary=binary)  # fmt: skip
 
 
 def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> SmimeSignature:

@@ -25,6 +25,7 @@ from gateway.db.models import Authority, AuthorityAddress
 from gateway.gpgrun import GpgLimitExceeded, KeyProblem
 from gateway.guard import read_policy
 from gateway.signatures import SignatureStatus, hashed_subpackets
+from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]
@@ -126,15 +127,6 @@ class SignedParts:
     content: Message  # signed_bytes, parsed: where the request's text is read from
 
 
-_BARE_CR = re.compile(rb"\r(?!\n)")
-BARE_CR = "the signed message holds a carriage return that ends no line: it cannot be verified unambiguously"
-
-
-def _wire(raw: bytes) -> bytes:
-    # Python's parser ends a line at CRLF, LF or a lone CR; made CRLF here, both see the very same lines.
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
-
-
 def _signed_structure(message: Message) -> tuple[str, bytes] | Refused:
     """The boundary and the signature of an RFC 3156 signed message, or what is wrong."""
     if message.get_content_type() != "multipart/signed":
@@ -154,38 +146,15 @@ def _signed_structure(message: Message) -> tuple[str, bytes] | Refused:
     return boundary, signature
 
 
-def _first_part_bytes(raw: bytes, boundary: str) -> bytes | None:
-    """The bytes between the body's first two delimiter lines.
-
-    A delimiter line is exactly --boundary (--boundary-- for the last), then optional spaces or tabs (RFC 2046
-    5.1.1, and what Python's parser matches): a line that merely starts with it is text, not a delimiter.
-    """
-    wire = _wire(raw)
-    head_end = wire.find(b"\r\n\r\n")
-    if head_end < 0:
-        return None
-    escaped = re.escape(boundary.encode("ascii", "replace"))
-    delimiter = re.compile(rb"^--" + escaped + rb"(--)?[ \t]*\r?$", re.MULTILINE)
-    first = delimiter.search(wire, head_end + 2)
-    if first is None or first[1]:
-        return None
-    start = first.end() + 1  # past the line end
-    end = delimiter.search(wire, start)
-    # The CRLF before a delimiter belongs to the delimiter, not to the part (RFC 2046 5.1.1).
-    return wire[start : max(start, end.start() - 2)] if end else None
-
-
 def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
     """The signed bytes of a multipart/signed message, cut from the raw message, never re-serialised."""
     structure = _signed_structure(message)
     if isinstance(structure, Refused):
         return structure
-    if _BARE_CR.search(raw):
-        # A CR that ends no line is a line end to some readers and text to others: whatever is verified could
-        # then differ from what is read. RFC 5322 allows none; a signed request with one is refused.
+    if has_bare_cr(raw):
         return Refused(BARE_CR)
     boundary, signature = structure
-    signed = _first_part_bytes(raw, boundary)
+    signed = first_part_bytes(raw, boundary)
     if signed is None:
         return Refused("the signed message's boundaries could not be found")
     # The request is read from the very bytes that are verified, never from the parser's idea of the first

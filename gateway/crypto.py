@@ -20,12 +20,11 @@ from pathlib import Path
 
 import gnupg
 
+from gateway.bounded import CHUNK, MAX_STATUS_BYTES
 from gateway.config import exposed
 from gateway.gpgrun import (
-    CHUNK,
     DECRYPT_MAX_BYTES,
     GPG_TIMEOUT_SECONDS,
-    MAX_STATUS_BYTES,
     GpgLimitExceeded,
     KeyProblem,
     in_thread,

@@ -13,6 +13,7 @@ bootstrap() {
     local packages=()
     command -v gpg >/dev/null || packages+=(gnupg)
     command -v gpgconf >/dev/null || packages+=(gpgconf)
+    command -v openssl >/dev/null || packages+=(openssl)  # S/MIME: CMS through openssl cms (gateway/smime/)
     [ -d .venv ] || python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
     # The IMAP tests start their own Dovecot on loopback (gateway/dev/dovecot.py); any system instance the package
     # starts is left alone. Debian puts dovecot in /usr/sbin, which a non-root PATH often lacks.

@@ -8,6 +8,7 @@ pytest.register_assert_rewrite("tests.support")
 pytest_plugins = [
     "tests.support.databases",
     "tests.support.keys",
+    "tests.support.smime",
     "tests.support.gateway_cli",
     "tests.support.fuzz_report",
     "tests.support.dovecot",

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import BARE_CR, Authenticated, Refused, authenticate
+from gateway.authenticate import Authenticated, Refused, authenticate
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
+from gateway.signedpart import BARE_CR
 from tests.support.keys import AuthorityKeys
 from tests.support.requests import FROM_POLICE, REQUEST, signed_message
 from tests.support.wire import parse

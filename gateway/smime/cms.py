@@ -1,0 +1,270 @@
+"""openssl cms at the edge, bounded like gpg: sign then encrypt a reply, verify a request against the pinned
+certificate alone, decrypt what was encrypted to the gateway."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyasn1.codec.ber import decoder
+from pyasn1.codec.der import encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1_modules import rfc5652
+
+from gateway.bounded import CHUNK, Finished, LimitExceeded, ToolUnavailable, run_bounded
+from gateway.gpgrun import DECRYPT_MAX_BYTES
+from gateway.signedpart import wire
+from gateway.smime.certs import CertificateProblem, read_certificate
+from gateway.smime.mime import Detached, Enveloped, NotSmime, Opaque, enveloped_entity, signed_entity, smime_layer
+
+
+class SmimeLimitExceeded(CertificateProblem, LimitExceeded):
+    """openssl was stopped: a message made it produce more than allowed, or take longer."""
+
+
+class OpensslUnavailable(ToolUnavailable):
+    """openssl itself cannot be run: this machine's fault, never the sender's."""
+
+
+OPENSSL_TIMEOUT_SECONDS = 30.0
+
+
+MAX_SIGNATURE_BYTES = 1024 * 1024  # a CMS signature with its certificates: a few KB; more is somebody's doing
+
+
+# AES-256-CBC: Outlook (classic, new and on the web), Apple Mail, iOS Mail and Thunderbird all open it, while
+# AES-GCM (AuthEnvelopedData, RFC 5083) is not yet opened by every Outlook: a reply nobody can open is no reply.
+# The signature inside is what protects the content's integrity.
+CONTENT_CIPHER = "-aes-256-cbc"
+
+
+# The digests a request's signature may use (RFC 8551 2.1): SHA-1 and MD5 are refused, though openssl takes them.
+_DIGESTS = {
+    "2.16.840.1.101.3.4.2.1": "SHA-256",
+    "2.16.840.1.101.3.4.2.2": "SHA-384",
+    "2.16.840.1.101.3.4.2.3": "SHA-512",
+}
+
+
+@dataclass(frozen=True)
+class SmimeSignature:
+    """What openssl said of one S/MIME signature checked against a pinned certificate, and what makes it the
+    signature it is."""
+
+    good: bool
+    signed_at: dt.datetime | None  # the signingTime attribute; None when the signer gave none
+    content: bytes  # what was signed: the first part as received (CRLF), or the opaque content; b"" if not good
+    problem: str | None
+    signer_fingerprint: str | None = None  # the pinned certificate's SHA-256 fingerprint, when good
+    signature_digest: str | None = None  # SHA-256 of the signature value
+    # SHA-256 over the signer, its signed attributes (re-encoded as DER) and the SHA-256 of the content.
+    signed_digest: str | None = None
+
+    def replay_keys(self) -> tuple[str, ...]:
+        """What makes this signature the one it is, each enough to know it again (as SignatureStatus's). The
+        signature value alone is not: an ECDSA signature's s can be replaced by n - s, which verifies the same;
+        but what the signer signed (the content, and its signed attributes with the signing time) cannot be."""
+        keys = [f"smime-id:{self.signature_digest}"] if self.signature_digest else []
+        return (*keys, f"smime-signed:{self.signed_digest}") if self.signed_digest else tuple(keys)
+
+
+def _not_good(problem: str) -> SmimeSignature:
+    return SmimeSignature(False, None, b"", problem)
+
+
+def _openssl(args: list[str], data: bytes, *, max_output: int, what: str, timeout: float, binary: str) -> Finished:
+    return run_bounded(
+        [binary, "cms", *args], data, max_output=max_output, timeout=timeout, what=what, tool="openssl",
+        limit_error=SmimeLimitExceeded, unavailable_error=OpensslUnavailable,
+    )  # fmt: skip
+
+
+def _said(finished: Finished) -> str:
+    """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons)."""
+    lines = [line.strip() for line in finished.status.splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit status {finished.returncode}")[-200:]
+
+
+def _pem(certificate: bytes, what: str) -> bytes:
+    """The certificate as PEM, refused unless it is exactly one (openssl would take the first of several)."""
+    try:
+        return read_certificate(certificate).pem
+    except CertificateProblem as exc:
+        raise CertificateProblem(f"{what}: {exc}") from None
+
+
+# ---------------------------------------------------------------- replies: sign, then encrypt
+
+
+def sign_and_encrypt(
+    inner_mime: bytes,
+    recipient_cert_pem: bytes,
+    signer_cert_pem: bytes,
+    signer_key_path: Path,
+    *,
+    openssl: str = "openssl",
+    timeout: float = OPENSSL_TIMEOUT_SECONDS,
+) -> bytes:
+    """The RFC 8551 entity that carries `inner_mime` signed (detached, SHA-256) by the gateway, then encrypted
+    (AES-256-CBC) to the recipient alone: an application/pkcs7-mime; smime-type=enveloped-data entity, CRLF,
+    with no envelope headers (the caller adds From, To, Subject and the rest).
+
+    RSA and EC (ECDH) recipients alike. CertificateProblem if anything fails: nothing is ever returned unsealed.
+    """
+    content = wire(inner_mime)  # what a signer signs: the canonical form, every line ending in CRLF
+    recipient = _pem(recipient_cert_pem, "the recipient's certificate")
+    signer = _pem(signer_cert_pem, "the gateway's certificate")
+    with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
+        (Path(tmp) / "signer.pem").write_bytes(signer)
+        (Path(tmp) / "recipient.pem").write_bytes(recipient)
+        # -binary: the content is already canonical and is signed byte for byte; no -nodetach: detached.
+        signing = ["-sign", "-binary", "-md", "sha256", "-signer", f"{tmp}/signer.pem", "-inkey", str(signer_key_path),
+                   "-passin", "pass:", "-outform", "DER"]  # fmt: skip
+        signed = _openssl(signing, content, max_output=MAX_SIGNATURE_BYTES, what="the signature", timeout=timeout,
+                          binary=openssl)  # fmt: skip
+        if signed.returncode != 0 or not signed.output:
+            raise CertificateProblem(f"openssl could not sign with the gateway's certificate: {_said(signed)}")
+        entity = signed_entity(content, signed.output)
+        encrypting = ["-encrypt", "-binary", CONTENT_CIPHER, "-outform", "DER", f"{tmp}/recipient.pem"]
+        sealed = _openssl(encrypting, entity, max_output=2 * len(entity) + 16 * CHUNK, what="the encrypted reply",
+                          timeout=timeout, binary=openssl)  # fmt: skip
+        if sealed.returncode != 0 or not sealed.output:
+            raise CertificateProblem(f"openssl could not encrypt to the recipient's certificate: {_said(sealed)}")
+    return enveloped_entity(sealed.output)
+
+
+# ---------------------------------------------------------------- requests: verify against the pinned certificate
+
+
+def verify(
+    signed_message: bytes,
+    pinned_cert_pem: bytes,
+    *,
+    openssl: str = "openssl",
+    timeout: float = OPENSSL_TIMEOUT_SECONDS,
+    max_bytes: int = DECRYPT_MAX_BYTES,
+) -> SmimeSignature:
+    """Check an S/MIME signed message (multipart/signed, or opaque signed-data) against the pinned certificate,
+    and that certificate alone: one carried in the message proves nothing (-nointern), and no CA is asked
+    (-noverify: pinning is what the gateway trusts). Never raises for the message's sake: a signature that is
+    not good says why in `problem`."""
+    layer = smime_layer(signed_message)
+    if not isinstance(layer, Detached | Opaque):
+        encrypted = "the message is S/MIME encrypted: it must be decrypted before its signature is checked"
+        return _not_good(layer.reason if isinstance(layer, NotSmime) else encrypted)
+    try:
+        pinned = read_certificate(pinned_cert_pem)
+    except CertificateProblem as exc:
+        raise CertificateProblem(f"the pinned certificate: {exc}") from None
+    signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
+    try:
+        finished = _verified(layer, pinned.pem, max_bytes=max_bytes, timeout=timeout, binary=openssl)
+        if finished.returncode != 0 or "Verification successful" not in finished.status:
+            return _not_good(f"the signature is not good, or not by the pinned certificate ({_said(finished)})")
+        # Re-encoded as DER by openssl before it is read: clients may send indefinite-length BER (a streamed
+        # opaque signature), which pyasn1 does not read inside an explicitly tagged OCTET STRING.
+        der = _openssl(["-cmsout", "-inform", "DER", "-outform", "DER"], signed_data,
+                       max_output=2 * len(signed_data) + CHUNK, what="the signature", timeout=timeout,
+                       binary=openssl)  # fmt: skip
+    except SmimeLimitExceeded as exc:
+        return _not_good(f"the signature could not be checked: {exc}")
+    if der.returncode != 0:
+        return _not_good("openssl verified the signature, but cannot re-encode it")
+    content = layer.content if isinstance(layer, Detached) else finished.output
+    return _identified(der.output, content, pinned.fingerprint)
+
+
+def _verified(layer: Detached | Opaque, pinned_pem: bytes, *, max_bytes: int, timeout: float, binary: str) -> Finished:
+    """openssl cms -verify against the pinned certificate alone; its output is the signed content."""
+    with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
+        (Path(tmp) / "pinned.pem").write_bytes(pinned_pem)
+        command = ["-verify", "-binary", "-inform", "DER", "-noverify", "-nointern", "-certfile", f"{tmp}/pinned.pem"]
+        if isinstance(layer, Detached):
+            (Path(tmp) / "content").write_bytes(layer.content)
+            command += ["-content", f"{tmp}/content"]
+            max_bytes = len(layer.content)  # openssl writes the content it was given back out
+        signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
+        return _openssl(command, signed_data, max_output=max_bytes, what="the signed content", timeout=timeout,
+                        binary=binary)  # fmt: skip
+
+
+def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> SmimeSignature:
+    """A good signature with its time and its identity, read from the one SignerInfo openssl verified."""
+    try:
+        info, _ = decoder.decode(signed_data, asn1Spec=rfc5652.ContentInfo())
+        signed, _ = decoder.decode(info["content"], asn1Spec=rfc5652.SignedData())
+    except PyAsn1Error:
+        return _not_good("openssl verified the signature, but the gateway cannot read it")
+    signers = list(signed["signerInfos"])
+    if len(signers) != 1:
+        return _not_good(f"expected one signature, the message carries {len(signers)}")
+    signer = signers[0]
+    digest = _DIGESTS.get(str(signer["digestAlgorithm"]["algorithm"]))
+    if digest is None:
+        return _not_good("the signature uses a digest other than SHA-256, SHA-384 or SHA-512")
+    attributes = signer["signedAttrs"]
+    signed_at = _signing_time(attributes) if attributes.isValue else None
+    if isinstance(signed_at, str):
+        return _not_good(signed_at)
+    value = bytes(signer["signature"])
+    covered = encoder.encode(attributes) if attributes.isValue else b""
+    made = fingerprint.encode() + hashlib.sha256(covered).digest() + hashlib.sha256(content).digest()
+    return SmimeSignature(
+        True, signed_at, content, None, signer_fingerprint=fingerprint,
+        signature_digest=hashlib.sha256(value).hexdigest(), signed_digest=hashlib.sha256(made).hexdigest(),
+    )  # fmt: skip
+
+
+def _signing_time(attributes: rfc5652.SignedAttributes) -> dt.datetime | str | None:
+    """The signingTime attribute's moment; None without one; a problem (str) when there are several."""
+    values = [
+        value for attr in attributes if attr["attrType"] == rfc5652.id_signingTime for value in attr["attrValues"]
+    ]
+    if not values:
+        return None
+    if len(values) != 1:
+        return "the signature gives more than one signing time"
+    try:
+        time, _ = decoder.decode(values[0], asn1Spec=rfc5652.SigningTime())
+        moment = time.getComponent().asDateTime
+    except (PyAsn1Error, ValueError):
+        return "the signature's signing time cannot be read"
+    return moment.astimezone(dt.UTC) if isinstance(moment, dt.datetime) else "the signing time cannot be read"
+
+
+# ---------------------------------------------------------------- requests: decrypt what was encrypted to the gateway
+
+
+def decrypt(
+    enveloped_message: bytes,
+    cert_pem: bytes,
+    key_path: Path,
+    *,
+    openssl: str = "openssl",
+    timeout: float = OPENSSL_TIMEOUT_SECONDS,
+    max_bytes: int = DECRYPT_MAX_BYTES,
+) -> bytes:
+    """The MIME entity inside an S/MIME encrypted message (application/pkcs7-mime; smime-type=enveloped-data),
+    decrypted with the gateway's certificate and key; usually a signed entity, for verify() next.
+
+    Bounded: once the plaintext passes `max_bytes`, or openssl has run `timeout` seconds, openssl is killed and
+    SmimeLimitExceeded (a CertificateProblem) raised; nothing is returned truncated. CertificateProblem when the
+    message is not S/MIME encrypted, or not to this certificate.
+    """
+    layer = smime_layer(enveloped_message)
+    if not isinstance(layer, Enveloped):
+        why = layer.reason if isinstance(layer, NotSmime) else "it is signed, not encrypted"
+        raise CertificateProblem(f"the message is not S/MIME encrypted: {why}")
+    own = _pem(cert_pem, "the gateway's certificate")
+    with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
+        (Path(tmp) / "cert.pem").write_bytes(own)
+        command = ["-decrypt", "-binary", "-inform", "DER", "-recip", f"{tmp}/cert.pem", "-inkey", str(key_path),
+                   "-passin", "pass:"]  # fmt: skip
+        finished = _openssl(command, layer.enveloped, max_output=max_bytes, what="the decrypted message",
+                            timeout=timeout, binary=openssl)  # fmt: skip
+    if finished.returncode != 0 or not finished.output:
+        raise CertificateProblem("the message could not be decrypted with the gateway's certificate")
+    return finished.output

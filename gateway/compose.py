@@ -204,11 +204,12 @@ def inner_message(
     # the outer one (its Legacy Display Element, marked hp-legacy-display so that others leave it out).
     protected = _protected_fields(envelope, outer)
     legacy = f"Subject: {header_text(envelope.subject)}\n\n" if outer else ""
-    # Quoted-printable keeps the signed text 7-bit and byte-exact through any relay.
-    lines = (legacy + text).encode("utf-8").splitlines()
+    # Flowed (RFC 3676): a reading pane narrower than the note rejoins and re-wraps its lines rather than
+    # breaking each in two. Quoted-printable keeps the signed text 7-bit and byte-exact through any relay.
+    lines = flowed(legacy + text).encode("utf-8").splitlines()
     body = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _LINE, eol="\r\n").encode("ascii")
     display = '; hp-legacy-display="1"' if outer else ""
-    parts = [f'Content-Type: text/plain; charset="utf-8"{display}\r\n'.encode("ascii")
+    parts = [f'Content-Type: text/plain; charset="utf-8"; format=flowed{display}\r\n'.encode("ascii")
              + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + body]  # fmt: skip
     for attachment in attachments:
         name = attachment_name(attachment.name)  # nothing in it to quote or escape
@@ -226,6 +227,32 @@ def inner_message(
         f'Content-Type: multipart/mixed; protected-headers="v1";{scheme}\r\n boundary="{boundary}"\r\n',
     ))  # fmt: skip
     return _multipart(head, boundary, parts)
+
+
+FLOWED_WIDTH = 72  # RFC 3676 4.2: lines of 78 at most, 66 to 72 recommended
+
+
+def flowed(text: str, width: int = FLOWED_WIDTH) -> str:
+    """Text as format=flowed (RFC 3676, DelSp=no): each line longer than `width` is cut after a space, which
+    stays at the end of the line to say it flows on; a line that itself ended in spaces loses them, so that it
+    stays a line of its own; lines that start with a space, ">" or "From " are space-stuffed (4.4)."""
+    out: list[str] = []
+    for written in text.splitlines():
+        rest = _stuffed(written.rstrip(" "))
+        while len(rest) > width:
+            cut = rest.rfind(" ", 1, width)  # the space stays at the end of the line: never a stuffed one
+            if cut <= 0:
+                cut = rest.find(" ", width)  # a word longer than the line: cut after it
+                if cut < 0:
+                    break
+            out.append(rest[: cut + 1])
+            rest = _stuffed(rest[cut + 1 :])
+        out.append(rest)
+    return "\n".join(out) + "\n"
+
+
+def _stuffed(line: str) -> str:
+    return " " + line if line.startswith((" ", ">", "From ")) else line
 
 
 def _protected_fields(envelope: Envelope, outer: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from tests.support.clients import (
 )
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import outbox, outbox_content, process, subscriptions
+from tests.support.live import as_shown, outbox, outbox_content, process, subscriptions
 from tests.support.requests import FROM_POLICE, REQUEST, police_says, request_from_police, unsigned
 from tests.support.schedule import MONTHLY, police_at, run
 from tests.support.sqlite_only import database_url  # noqa: F401  # the clients read the same mail from either database
@@ -57,7 +57,7 @@ def read(client: Client, gateway: Gateway, row: dict[str, object], recipient: st
     assert str(inner["Subject"]).endswith(f"({reference})"), inner["Subject"]
     assert (inner["From"], inner["To"]) == (GATEWAY_ADDRESS, row["recipient"])
     assert inner.get_body(preferencelist=("plain",)) is not None
-    return inner
+    return as_shown(inner)  # its text as the client shows it: format=flowed lines joined again
 
 
 def marked_files(inner: EmailMessage) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.signatures import hashed_subpackets
 from tests.support.keys import run_gpg
+from tests.support.live import as_shown
 
 REQUIRE_CLIENTS_ENV = "GATEWAY_TEST_REQUIRE_CLIENTS"
 CLIENTS = ("sq", "rnp")
@@ -100,7 +101,7 @@ class _Keys:
 def _parsed(data: bytes, said: str) -> Opened:
     inner = message_from_bytes(data, policy=policy.default)
     assert isinstance(inner, EmailMessage)
-    return Opened(inner, data, said)
+    return Opened(as_shown(inner), data, said)  # the text as the client shows it: flowed lines joined
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
 from gateway.dev.sample import write_sample
+from gateway.requests import unflowed
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
@@ -123,7 +124,7 @@ def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tup
     )  # fmt: skip
     inner = message_from_bytes(result.stdout, policy=policy.default)
     assert isinstance(inner, EmailMessage)
-    return inner, result.stderr.decode()
+    return as_shown(inner), result.stderr.decode()
 
 
 def register_urns(tmp_path: Path, force: str) -> set[str]:
@@ -158,3 +159,16 @@ def details(record: dict[str, object]) -> dict[str, object]:
     found = record["details"]
     assert isinstance(found, dict)
     return found
+
+
+def as_shown(message: EmailMessage) -> EmailMessage:
+    """The message as a mail client shows it: each format=flowed text part (RFC 3676) with its soft line breaks
+    joined again. Its other Content-Type parameters (hp-legacy-display) are kept."""
+    for part in message.walk():
+        if part.get_content_type() != "text/plain" or part.get_param("format") != "flowed":
+            continue
+        params = {key: value for key, value in (part.get_params() or [])[1:] if key not in ("charset", "format")}
+        part.set_content(unflowed(part.get_content().replace("\r\n", "\n")), charset="utf-8")
+        for key, value in params.items():
+            part.set_param(key, str(value))
+    return message

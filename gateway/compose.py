@@ -397,8 +397,11 @@ def envelope_for(
     )
 
 
-async def seal(ctx: Context, envelope: Envelope, text: str, authority: Authority, files: Any = ()) -> bytes:
-    """The reply as it goes on the wire; KeyProblem if it cannot be encrypted to the authority: no plaintext ever."""
+async def seal(
+    ctx: Context, kind: str, envelope: Envelope, text: str, authority: Authority, *, files: Any = ()
+) -> Outgoing:
+    """The mail as it goes on the wire, to be queued as `kind`; KeyProblem if it cannot be encrypted to the
+    authority: no plaintext ever."""
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
@@ -410,7 +413,8 @@ async def seal(ctx: Context, envelope: Envelope, text: str, authority: Authority
     inner = inner_message(envelope, text, files, outer=fields)
     with metrics.timed_gpg("sign_and_encrypt"):
         encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
-    return outer_message(envelope, encrypted, fields=fields)
+    wire = outer_message(envelope, encrypted, fields=fields)
+    return Outgoing(kind, envelope.recipient, message_id_of(wire), wire)
 
 
 def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import audit
-from gateway.compose import Envelope, message_id_of, seal
+from gateway.compose import Envelope, seal
 from gateway.db.models import Authority, Disclosure
 from gateway.extracts import EnforcementLike, Extract, ExtractFile, HomeLike, build_extract
 from gateway.scope import Scope, disclosable
@@ -75,7 +75,7 @@ async def seal_disclosure(
             "enforcement_count": extract.enforcement_count,
         },
     )
-    wire = await seal(ctx, envelope, text, authority, (*extract.files, *also))
+    outgoing = await seal(ctx, "disclosure", envelope, text, authority, files=(*extract.files, *also))
     facts = DisclosureFacts(
         reference=envelope.reference,
         authority_name=authority.name,
@@ -88,7 +88,7 @@ async def seal_disclosure(
         extract_sha256=extract.sha256,
         marking=ctx.config.gateway.marking,
     )
-    return Sealed(Outgoing("disclosure", envelope.recipient, message_id_of(wire), wire), facts)
+    return Sealed(outgoing, facts)
 
 
 async def record_disclosure(

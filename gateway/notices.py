@@ -19,7 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit, limits, shown
 from gateway.authenticate import registered_addresses
-from gateway.compose import admin_mail, admin_notice, envelope_for, message_id_of, new_reference, reply_values, seal
+from gateway.compose import admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -30,6 +30,13 @@ log = structlog.get_logger("gateway.notices")
 
 
 # ---------------------------------------------------------------- the admins, of a message
+
+
+def quarantine(
+    ctx: Context, arrival: Arrival, reason: str, sender: str | None = None, authority: Authority | None = None
+) -> Decision:
+    """Kept for a person to look at, with nothing sent but the admins' alert saying why."""
+    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority))
 
 
 def alert(ctx: Context, arrival: Arrival, decision: Decision) -> Decision:
@@ -73,9 +80,7 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
     reason = "; ".join([why, *(claim.describe() for claim in found)])
     ids = [*([authority.id] if authority else []), *(registered[claim.registered] for claim in found)]
     authorities = await _authorities_by_id(ctx, list(dict.fromkeys(ids)))
-    decision = alert(
-        ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, sender, authority or next(iter(authorities), None))
-    )
+    decision = quarantine(ctx, arrival, reason, sender, authority or next(iter(authorities), None))
     told: list[Outgoing] = []
     for named in authorities:
         async with ctx.db.transaction(write=False) as session:
@@ -132,8 +137,7 @@ async def encrypted_notice(
         return None
     recipient = recipient or authority.addresses[0].address
     text = ctx.templates.render(template, {**reply_values(ctx, authority, recipient, reference), **values})
-    wire = await seal(ctx, envelope_for(ctx, recipient, reference, f"{subject} ({reference})"), text, authority)
-    return Outgoing(kind, recipient, message_id_of(wire), wire)
+    return await seal(ctx, kind, envelope_for(ctx, recipient, reference, f"{subject} ({reference})"), text, authority)
 
 
 async def _authorities_by_id(ctx: Context, ids: list[int]) -> list[Authority]:
@@ -150,7 +154,7 @@ async def answer_limit(ctx: Context, arrival: Arrival, asker: Asker) -> Decision
         spent = await limits.answers_spent(session, ctx.config.limits, asker.authority, ctx.clock())
     if spent is None:
         return None
-    decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, asker.sender, asker.authority))
+    decision = quarantine(ctx, arrival, spent, asker.sender, asker.authority)
     limit = ctx.config.limits.answers_per_day
     key = f"{asker.authority.id}/{ctx.clock():%Y-%m-%d}"
     async with ctx.db.transaction(write=False) as session:

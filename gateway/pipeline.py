@@ -35,7 +35,7 @@ from gateway.guard import (
     unreadable_headers,
 )
 from gateway.lookalike import claims
-from gateway.notices import alert, answer_limit, impostor
+from gateway.notices import answer_limit, impostor, quarantine
 from gateway.outbox import enqueue
 from gateway.replies import acknowledge, disclose, refuse
 from gateway.requests import body_text, parse_request
@@ -66,7 +66,7 @@ async def process(ctx: Context, raw: bytes, source: str) -> Outcome:
     except Exception as exc:
         reason = f"processing failed ({type(exc).__name__}); kept for a person to look at"
         log.error("message could not be decided", error=type(exc).__name__, sha256=arrival.sha256[:12])  # noqa: TRY400 - no traceback: its text could quote the message or register data
-        decision = alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason))
+        decision = quarantine(ctx, arrival, reason)
     # A failure to record is not an outcome: it propagates, and the message is tried again later; unless it
     # fails the same way, not an outage, again and again (RECORD_TRIES): then it is set aside for a person.
     try:
@@ -102,7 +102,7 @@ async def set_aside(ctx: Context, arrival: Arrival, error: str) -> Outcome:
         "nothing was sent; kept for a person to look at"
     )
     bare = dataclasses.replace(arrival, message_id=None)  # a value the sender chose may be what cannot be stored
-    return await record(ctx, bare, alert(ctx, bare, Decision(OutcomeKind.QUARANTINED, reason)))
+    return await record(ctx, bare, quarantine(ctx, bare, reason))
 
 
 def arrive(raw: bytes, source: str, now: dt.datetime, header_limit: int = 256 * 1024) -> Arrival:
@@ -128,13 +128,13 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     """Who sent it, may they ask, what did they ask, may they have it; then the answer, built but not yet sent."""
     unparsable = too_big(arrival.raw, ctx.config.limits)  # before the parser spends a second on it
     if unparsable is not None:
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, unparsable))
+        return quarantine(ctx, arrival, unparsable)
     message = message_from_bytes(arrival.raw, policy=read_policy())
     if not isinstance(message, EmailMessage):
         return Decision(OutcomeKind.QUARANTINED, "the message could not be parsed")
     unreadable = unreadable_headers(message)  # the parser itself fails on some (From: x <a@)
     if unreadable is not None:
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, unreadable))
+        return quarantine(ctx, arrival, unreadable)
     automatic = automatic_mail(message)  # RFC 3834: never answer a machine
     if automatic is not None:
         return Decision(OutcomeKind.REJECTED, f"automatic mail is never answered ({automatic})")
@@ -168,7 +168,7 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         async with ctx.db.transaction(write=False) as session:  # the same signature, acted on before
             replayed = await limits.signature_replay(session, signature, releasing)
         if replayed is not None:
-            return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, replayed, sender, authority))
+            return quarantine(ctx, arrival, replayed, sender, authority)
     decision = await answer(ctx, arrival, Asker(message, authority, sender), authentic, releasing=releasing)
     return dataclasses.replace(decision, signature=signature)  # recorded with it: no second use
 
@@ -221,7 +221,7 @@ async def _unless_replayed(ctx: Context, session: Any, arrival: Arrival, decisio
         replay = await limits.message_id_replay(session, arrival.message_id)
     if replay is None:
         return decision
-    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, replay, decision.sender, decision.authority))
+    return quarantine(ctx, arrival, replay, decision.sender, decision.authority)
 
 
 async def _notices_within_limit(ctx: Context, session: Any, decision: Decision) -> Decision:
@@ -246,7 +246,7 @@ async def _unless_over_limit(ctx: Context, session: Any, arrival: Arrival, decis
     spent = await limits.answers_spent(session, ctx.config.limits, authority, ctx.clock())
     if spent is None:
         return decision
-    return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, spent, decision.sender, authority))
+    return quarantine(ctx, arrival, spent, decision.sender, authority)
 
 
 async def record(ctx: Context, arrival: Arrival, decision: Decision) -> Outcome:

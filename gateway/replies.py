@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from gateway.compose import envelope_for, message_id_of, new_reference, reply_values, seal
+from gateway.compose import envelope_for, new_reference, reply_values, seal
 from gateway.disclose import read_register, seal_disclosure
 from gateway.gpgrun import KeyProblem
-from gateway.notices import alert
+from gateway.notices import quarantine
 from gateway.requests import FORMAT_HELP, Request
 from gateway.scope import Scope
 from gateway.subscriptions import find_subscription, review_date, subscription_note
-from gateway.values import Arrival, Asker, Context, Decision, OutcomeKind, Outgoing, SubscriptionChange
+from gateway.values import Arrival, Asker, Context, Decision, OutcomeKind, SubscriptionChange
 
 
 async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[str]) -> Decision:
@@ -29,14 +29,9 @@ async def refuse(ctx: Context, arrival: Arrival, asker: Asker, problems: list[st
     )
     reason = "; ".join(problems)
     try:
-        wire = await seal(ctx, envelope, text, authority)
+        reply = await seal(ctx, "refusal", envelope, text, authority)
     except KeyProblem as exc:
-        return alert(
-            ctx,
-            arrival,
-            Decision(OutcomeKind.QUARANTINED, f"{reason}; no answer could be sent: {exc}", sender, authority),
-        )
-    reply = Outgoing("refusal", sender, message_id_of(wire), wire)
+        return quarantine(ctx, arrival, f"{reason}; no answer could be sent: {exc}", sender, authority)
     return Decision(OutcomeKind.REFUSED, reason, sender, authority, reference, (reply,))
 
 
@@ -73,11 +68,10 @@ async def acknowledge(ctx: Context, arrival: Arrival, asker: Asker, request: Req
         "acknowledgement.txt.j2", {**reply_values(ctx, asker.authority, asker.sender, reference), "lines": lines}
     )
     try:
-        wire = await seal(ctx, envelope, text, asker.authority)
+        reply = await seal(ctx, "acknowledgement", envelope, text, asker.authority)
     except KeyProblem as exc:
         reason = f"{request.kind} of subscription {current.id} not applied: no answer could be sent: {exc}"
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, reason, asker.sender, asker.authority))
-    reply = Outgoing("acknowledgement", asker.sender, message_id_of(wire), wire)
+        return quarantine(ctx, arrival, reason, asker.sender, asker.authority)
     reason = f"subscription {current.id} for {scope.description}: {request.kind}"
     return Decision(OutcomeKind.ANSWERED, reason, asker.sender, asker.authority, reference, (reply,), None, change)
 
@@ -103,7 +97,7 @@ async def disclose(
             area=scope.description, purpose=request.purpose, template="disclosure.txt.j2", values=values,
         )  # fmt: skip
     except KeyProblem as exc:
-        return alert(ctx, arrival, Decision(OutcomeKind.QUARANTINED, f"no data sent: {exc}", sender, authority))
+        return quarantine(ctx, arrival, f"no data sent: {exc}", sender, authority)
     if change is not None and change.action == "create":
         change = dataclasses.replace(change, snapshot=json.dumps(register.snapshot()))
     reason = f"{sealed.facts.home_count} homes of {scope.description} disclosed"

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
-from gateway.compose import Envelope, admin_notice, envelope_for, message_id_of, new_reference, reply_values, seal
+from gateway.compose import Envelope, admin_notice, envelope_for, new_reference, reply_values, seal
 from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
@@ -27,7 +27,7 @@ from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed
 from gateway.subscriptions import Ending, end, lapse
-from gateway.values import GATEWAY_ACTOR, Context, DisclosureFacts
+from gateway.values import GATEWAY_ACTOR, Context, DisclosureFacts, Outgoing
 
 # ---------------------------------------------------------------- when
 
@@ -133,13 +133,10 @@ async def _latest_snapshot(ctx: Context, subscription_id: int) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class Prepared:
-    kind: str  # the outbox kind
-    wire: bytes
+    outgoing: Outgoing
     reference: str
     snapshot: dict[str, Any] | None = None
     disclosure: DisclosureFacts | None = None
-    lapse: bool = False
-    recipient: str | None = None  # the subscription's address unless said
 
 
 async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
@@ -147,6 +144,8 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
     reference = new_reference(as_of)
     common = reply_values(ctx, authority, sub.address, reference)
     when = f"{sub.review_on:%d %B %Y}"
+    if due.kind == "delivery":
+        return await _prepare_delivery(ctx, due, reference, common)
     if due.kind == "reminder":
         lines = [
             f"Your monthly subscription for {sub.area} comes up for review on {when}.",
@@ -158,22 +157,16 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
             "",
             f"Without that confirmation, deliveries stop on {when}, as the joint protocol requires.",
         ]
-        text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription review due ({reference})"
-        return Prepared(
-            "reminder", await seal(ctx, _envelope(ctx, due, reference, subject), text, authority), reference
-        )
-    if due.kind == "lapse":
+    else:  # the lapse
         lines = [
             f"Your monthly subscription for {sub.area} was not confirmed by {when} and has lapsed.",
             "No further deliveries will be made. To receive monthly updates again, send a new request with",
             "Request: disclosure and Frequency: monthly.",
         ]
-        text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
         subject = f"Monthly subscription lapsed ({reference})"
-        wire = await seal(ctx, _envelope(ctx, due, reference, subject), text, authority)
-        return Prepared("lapse", wire, reference, lapse=True)
-    return await _prepare_delivery(ctx, due, reference, common)
+    text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
+    return Prepared(await seal(ctx, due.kind, _envelope(ctx, due, reference, subject), text, authority), reference)
 
 
 async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict[str, Any]) -> Prepared:
@@ -197,7 +190,7 @@ async def _prepare_delivery(ctx: Context, due: Due, reference: str, common: dict
         ctx, register, authority=authority, envelope=_envelope(ctx, due, reference, subject), area=sub.area,
         purpose=sub.purpose, template="delivery.txt.j2", values=values, also=(changes_file,),
     )  # fmt: skip
-    return Prepared("disclosure", sealed.outgoing.content, reference, current, sealed.facts)
+    return Prepared(sealed.outgoing, reference, current, sealed.facts)
 
 
 class _NoLongerAllowed(Exception):  # not an error: how _record undoes a delivery an admin's change overtook
@@ -231,10 +224,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
         async with ctx.db.transaction() as session:
             await _still_due(session, due)
             outbox_id = await enqueue(
-                session, kind=prepared.kind, sender=ctx.config.gateway.address,
-                recipient=prepared.recipient or due.subscription.address,
-                message_id=message_id_of(prepared.wire),
-                content=prepared.wire, now=as_of,
+                session, sender=ctx.config.gateway.address, now=as_of, **prepared.outgoing.queued(),
             )  # fmt: skip
             session.add(
                 SubscriptionEvent(
@@ -244,7 +234,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
                 )
             )  # fmt: skip
             await session.flush()  # the unique key fails here if another run got there first
-            if prepared.lapse:
+            if prepared.outgoing.kind == "lapse":
                 await lapse(session, due.subscription.id, as_of)
             details = {"subscription": due.subscription.id, "key": due.key, "outbox_id": outbox_id}
             await audit.record(
@@ -277,7 +267,7 @@ async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) ->
         f"(gateway authority set-key '{due.authority.name}' <file.asc>) the next schedule run sends it.",
     ]
     warning = admin_notice(ctx, title, lines)
-    prepared = Prepared("alert", warning.content, new_reference(as_of), recipient=warning.recipient)
+    prepared = Prepared(warning, new_reference(as_of))
     await _record(ctx, withheld, prepared, as_of)
 
 

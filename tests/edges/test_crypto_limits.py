@@ -19,6 +19,7 @@ import pytest
 from gateway.crypto import Keyring
 from gateway.gpgrun import DECRYPT_MAX_BYTES, GpgLimitExceeded, KeyProblem
 from tests.support.keys import AuthorityKeys, gateway_keyring, run_gpg
+from tests.support.processes import children
 
 BOMB_PLAINTEXT = 200 * 1024 * 1024  # zeros: compressed by gpg to a few hundred KB
 PROJECT = Path(__file__).resolve().parents[2]
@@ -63,18 +64,8 @@ def encrypted(keys: AuthorityKeys, recipient: Recipient, plaintext: bytes, *, si
 
 
 def gpg_children() -> list[str]:
-    """gpg processes, running or zombie, whose parent is this test process (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        state, parent = text[text.rindex(")") + 2 :].split()[:2]
-        if int(parent) == os.getpid() and name.startswith("gpg"):
-            found.append(f"{stat.parent.name} {name} {state}")
-    return found
+    """gpg processes, running or zombie, whose parent is this test process."""
+    return children(lambda name: name.startswith("gpg"))
 
 
 # ---------------------------------------------------------------- decryption

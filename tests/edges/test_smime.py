@@ -28,6 +28,7 @@ from gateway.smime import (
     verify,
 )
 from tests.support.addresses import GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
+from tests.support.processes import children
 from tests.support.smime import Identity, SmimeCerts, openssl
 
 # What compose.inner_message makes: a multipart/mixed with a cover note and a marked CSV file, CRLF throughout.
@@ -337,18 +338,8 @@ def test_decryption_is_bounded_and_the_bound_is_exact(smime_certs: SmimeCerts) -
 
 
 def openssl_children() -> list[str]:
-    """openssl processes, running or zombie, whose parent is this test process (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        state, parent = text[text.rindex(")") + 2 :].split()[:2]
-        if int(parent) == os.getpid() and name == "openssl":
-            found.append(f"{stat.parent.name} {name} {state}")
-    return found
+    """openssl processes, running or zombie, whose parent is this test process."""
+    return children(lambda name: name == "openssl")
 
 
 # ---------------------------------------------------------------- certificates from a signed message

@@ -106,8 +106,8 @@ def outbox_content(gateway: Gateway, outbox_id: object) -> bytes:
     return asyncio.run(read())
 
 
-def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tuple[EmailMessage, str]:
-    """Decrypt with the authority's own key and gpg, as their mail client would; returns (inner, gpg status)."""
+def decrypted(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tuple[bytes, str]:
+    """Decrypt with the authority's own key and gpg; returns (the inner part's bytes as sent, gpg status)."""
     outer = message_from_bytes(wire, policy=policy.default)
     assert isinstance(outer, EmailMessage)
     assert outer.get_content_type() == "multipart/encrypted"
@@ -122,9 +122,16 @@ def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tup
         ["gpg", "--homedir", str(keys.home), "--batch", "--status-fd", "2", "--decrypt"],
         input=payload, capture_output=True, check=True,
     )  # fmt: skip
-    inner = message_from_bytes(result.stdout, policy=policy.default)
+    return result.stdout, result.stderr.decode()
+
+
+def open_as_recipient(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> tuple[EmailMessage, str]:
+    """Decrypt with the authority's own key and gpg, as their mail client would; returns (inner, gpg status),
+    the inner part's text as the client shows it (flowed lines joined)."""
+    data, status = decrypted(gateway, keys, wire)
+    inner = message_from_bytes(data, policy=policy.default)
     assert isinstance(inner, EmailMessage)
-    return as_shown(inner), result.stderr.decode()
+    return as_shown(inner), status
 
 
 def register_urns(tmp_path: Path, force: str) -> set[str]:

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from gateway.compose import MAX_FILE_NAME
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import open_as_recipient
+from tests.support.live import as_shown, decrypted
 
 LINE_LIMIT = 998  # RFC 5322 2.1.1, without the CRLF
 # The protected header fields (RFC 9788): the real ones a reader sees, and HP-Outer records of the outer ones.
@@ -96,9 +96,9 @@ def check_file_name(name: str) -> None:
 
 
 def decrypt(gateway: Gateway, keys: AuthorityKeys, wire: bytes) -> EmailMessage:
-    inner, _ = open_as_recipient(gateway, keys, wire)
-    check_inner(inner.as_bytes(policy=policy.SMTP))
-    return inner
+    """The inner part checked as the gateway sent it, then returned as the recipient's client shows it."""
+    data, _ = decrypted(gateway, keys, wire)
+    return as_shown(check_inner(data))
 
 
 # What a spreadsheet looks at before it decides a cell is a formula: Excel, LibreOffice and Google Sheets run

@@ -235,24 +235,26 @@ FLOWED_WIDTH = 72  # RFC 3676 4.2: lines of 78 at most, 66 to 72 recommended
 def flowed(text: str, width: int = FLOWED_WIDTH) -> str:
     """Text as format=flowed (RFC 3676, DelSp=no): each line longer than `width` is cut after a space, which
     stays at the end of the line to say it flows on; a line that itself ended in spaces loses them, so that it
-    stays a line of its own; lines that start with a space, ">" or "From " are space-stuffed (4.4)."""
+    stays a line of its own (but the signature separator "-- ", 4.3); lines that start with a space, ">" or
+    "From " are space-stuffed (4.4)."""
     out: list[str] = []
     for written in text.splitlines():
-        rest = _stuffed(written.rstrip(" "))
-        while len(rest) > width:
-            cut = rest.rfind(" ", 1, width)  # the space stays at the end of the line: never a stuffed one
-            if cut <= 0:
-                cut = rest.find(" ", width)  # a word longer than the line: cut after it
+        line = written if written == "-- " else written.rstrip(" ")  # the signature separator keeps its space
+        start = 0  # an index, not a shrinking copy of the rest: a long line costs time linear in its length
+        while True:
+            stuff = " " if line.startswith((" ", ">", "From "), start) else ""
+            if len(stuff) + len(line) - start <= width:
+                break
+            # The space stays at the end of the line (a soft break); never the stuffing space itself.
+            cut = line.rfind(" ", start + 1 - len(stuff), start + width - len(stuff))
+            if cut < 0:
+                cut = line.find(" ", start + width - len(stuff))  # a word longer than the line: cut after it
                 if cut < 0:
                     break
-            out.append(rest[: cut + 1])
-            rest = _stuffed(rest[cut + 1 :])
-        out.append(rest)
+            out.append(stuff + line[start : cut + 1])
+            start = cut + 1
+        out.append(stuff + line[start:])
     return "\n".join(out) + "\n"
-
-
-def _stuffed(line: str) -> str:
-    return " " + line if line.startswith((" ", ">", "From ")) else line
 
 
 def _protected_fields(envelope: Envelope, outer: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -261,8 +263,7 @@ def _protected_fields(envelope: Envelope, outer: Sequence[tuple[str, str]]) -> l
     real = [("From", envelope.sender), ("To", envelope.recipient), ("Subject", header_text(envelope.subject))]
     if not outer:
         return real
-    shown = {name for name, _ in real}
-    real += [(name, value) for name, value in outer if name in _USER_FACING and name not in shown]
+    real += [(name, value) for name, value in outer if name in _USER_FACING - {"From", "To", "Subject"}]
     return [*real, *(("HP-Outer", f"{name}: {value}") for name, value in outer)]
 
 

@@ -45,3 +45,9 @@ def test_the_cover_note_part_says_it_is_flowed() -> None:
     assert body.get_param("format") == "flowed"
     text = body.get_content().replace("\r\n", "\n")
     assert unflowed(text).startswith("Subject: Register of children's homes\n\nOFFICIAL-SENSITIVE\nThis extract")
+
+
+def test_the_signature_separator_keeps_its_space() -> None:
+    """ "-- " is the one line whose trailing space is not a soft break (RFC 3676 4.3)."""
+    assert flowed("Regards\n-- \nHMCI\n").splitlines() == ["Regards", "-- ", "HMCI"]
+    assert unflowed(flowed("Regards\n-- \nHMCI\n")) == "Regards\n-- \nHMCI\n"

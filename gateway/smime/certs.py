@@ -105,7 +105,15 @@ def _when(moment: dt.datetime) -> str:
 
 
 def cert_info(certificate: x509.Certificate) -> CertInfo:
-    """What the gateway reads from a parsed certificate."""
+    """What the gateway reads from a parsed certificate; CertificateProblem when it cannot be read (a duplicated
+    extension, an unknown key algorithm: cryptography raises these lazily, and not all as ValueError)."""
+    try:
+        return _cert_info(certificate)
+    except Exception as exc:  # any failure to read what an outsider sent is a refusal, named by its kind
+        raise CertificateProblem(f"the certificate cannot be read ({type(exc).__name__})") from None
+
+
+def _cert_info(certificate: x509.Certificate) -> CertInfo:
     key = certificate.public_key()
     curve = None
     if isinstance(key, rsa.RSAPublicKey):
@@ -246,6 +254,9 @@ def make_self_signed(
     (certificate, key) paths in `directory`: smime-cert.pem (0644), smime-key.pem (0600). Outlook warns on every
     message signed by a self-signed certificate: production needs one from a publicly trusted CA (write_csr)."""
     address = normalise_address(address)
+    for existing in (directory / "smime-cert.pem", directory / "smime-key.pem"):
+        if existing.exists():  # checked before anything is written: never a new key beside an old certificate
+            raise CertificateProblem(f"{existing} already exists: the gateway's identity is never overwritten")
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(hours=1)  # a little slack for clocks behind ours
     key_path = make_key(directory / "smime-key.pem")
     key = _load_key(key_path)

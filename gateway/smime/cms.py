@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyasn1.codec.ber import decoder
@@ -56,7 +56,9 @@ class SmimeSignature:
 
     good: bool
     signed_at: dt.datetime | None  # the signingTime attribute; None when the signer gave none
-    content: bytes  # what was signed: the first part as received (CRLF), or the opaque content; b"" if not good
+    # What was signed: the first part as received (CRLF), or the opaque content; b"" if not good. Kept out of
+    # repr: it is the request, and a value's repr can end up in a log line.
+    content: bytes = field(repr=False)
     problem: str | None
     signer_fingerprint: str | None = None  # the pinned certificate's SHA-256 fingerprint, when good
     signature_digest: str | None = None  # SHA-256 of the signature value
@@ -121,8 +123,9 @@ def sign_and_encrypt(
         (Path(tmp) / "signer.pem").write_bytes(signer)
         (Path(tmp) / "recipient.pem").write_bytes(recipient)
         # -binary: the content is already canonical and is signed byte for byte; no -nodetach: detached.
-        signing = ["-sign", "-binary", "-md", "sha256", "-signer", f"{tmp}/signer.pem", "-inkey", str(signer_key_path),
-                   "-passin", "pass:", "-outform", "DER"]  # fmt: skip
+        # -nosmimecap: openssl would otherwise offer 3DES, RC2 and DES to anyone writing back to the gateway.
+        signing = ["-sign", "-binary", "-nosmimecap", "-md", "sha256", "-signer", f"{tmp}/signer.pem",
+                   "-inkey", str(signer_key_path), "-passin", "pass:", "-outform", "DER"]  # fmt: skip
         signed = _openssl(signing, content, max_output=MAX_SIGNATURE_BYTES, what="the signature", timeout=timeout,
                           binary=openssl)  # fmt: skip
         if signed.returncode != 0 or not signed.output:

@@ -330,14 +330,14 @@ def authenticate(
     verify: Verify,
     decrypt: Decrypt | None = None,
 ) -> Authenticated | Refused:
-    """Authenticate an already-identified sender by its authority's policy: pgp, dmarc or pgp-or-dmarc."""
+    """Authenticate an already-identified sender by its authority's policy: signed, dmarc or signed-or-dmarc."""
     reasons: list[str] = []
-    if policy in ("pgp", "pgp-or-dmarc"):
+    if policy in ("signed", "signed-or-dmarc"):
         signed = _pgp(message, raw, pinned_key, verify, decrypt)
         if isinstance(signed, Authenticated):
             return signed
         reasons.append(signed.reason)
-    if policy in ("dmarc", "pgp-or-dmarc"):
+    if policy in ("dmarc", "signed-or-dmarc"):
         sender = sender_of(message)
         domain = sender.rpartition("@")[2] if isinstance(sender, str) else ""
         refused = dmarc_pass(message, authserv_id, domain)

@@ -406,6 +406,8 @@ async def seal(
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
+    if authority.key_fingerprint is None:
+        raise KeyProblem(f"{authority.name!r} has no pinned OpenPGP key")
     info = await ctx.keyring.inspect_cached(authority.key_fingerprint)
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))

@@ -75,6 +75,17 @@ class GpgSettings:
 
 
 @dataclass(frozen=True)
+class SmimeSettings:
+    """The gateway's own S/MIME identity: its certificate and the private key it belongs to."""
+
+    certificate: Path
+    key: Path
+    # A CA bundle a pinned authority certificate must also chain to; None: pinning alone is trusted.
+    trust_store: Path | None
+    binary: str  # the openssl executable
+
+
+@dataclass(frozen=True)
 class ImapSettings:
     host: str
     port: int
@@ -149,6 +160,7 @@ class Config:
     schedule: ScheduleSettings = ScheduleSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings | None = None
+    smime: SmimeSettings | None = None
 
 
 T = TypeVar("T")
@@ -280,7 +292,9 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting")
 
 
-_SECTIONS = ("gateway", "database", "gpg", "imap", "smtp", "inbound_smtp", "schedule", "limits", "metrics")
+_SECTIONS = (
+    "gateway", "database", "gpg", "smime", "imap", "smtp", "inbound_smtp", "schedule", "limits", "metrics",
+)  # fmt: skip
 
 
 def resolve_config_path(cli_path: str | None) -> Path:
@@ -364,6 +378,7 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         schedule=_schedule(sections["schedule"]),
         limits=_limits(sections["limits"]),
         metrics=_metrics(sections["metrics"]),
+        smime=_smime(sections["smime"]),
     )
 
 
@@ -400,6 +415,19 @@ def _fingerprint(section: _Section, key: str) -> str | None:
     if not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
         raise section.fail(key, "must be a full 40-hex-digit key fingerprint (see `gateway init`)")
     return fingerprint
+
+
+def _smime(section: _Section | None) -> SmimeSettings | None:
+    if section is None:
+        return None
+    settings = SmimeSettings(
+        certificate=section.path("certificate", "smime-cert.pem"),
+        key=section.path("key", "smime-key.pem"),
+        trust_store=section.path("trust_store", "") if section.has("trust_store") else None,
+        binary=section.text("binary", "openssl") or "openssl",
+    )
+    section.finish()
+    return settings
 
 
 def _imap(section: _Section | None) -> ImapSettings | None:

@@ -80,7 +80,7 @@ async def seal_disclosure(
         reference=envelope.reference,
         authority_name=authority.name,
         recipient=envelope.recipient,
-        key_fingerprint=authority.key_fingerprint,
+        key_fingerprint=authority.key_fingerprint or "",
         area=area,
         purpose=purpose,
         home_count=extract.home_count,

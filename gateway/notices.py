@@ -237,7 +237,7 @@ async def expiring_keys(
         authorities = list((await session.execute(query)).scalars())
     for authority in authorities:
         horizon = max(soon, next_delivery) if authority.id in subscribed else soon
-        if authority.key_expires is not None and authority.key_expires <= horizon:
+        if authority.key_fingerprint and authority.key_expires is not None and authority.key_expires <= horizon:
             found.append(
                 Expiring(authority.key_fingerprint, authority.key_expires, authority, authority.id in subscribed)
             )

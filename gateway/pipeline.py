@@ -203,7 +203,7 @@ def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Au
         message,
         raw,
         policy=authority.auth_policy,
-        pinned_key=authority.key_fingerprint,
+        pinned_key=authority.key_fingerprint or "",
         authserv_id=ctx.config.gateway.authserv_id,
         verify=ctx.keyring.verify_detached,
         decrypt=ctx.keyring.decrypt,

@@ -16,6 +16,7 @@ from gateway.db.engine import Database
 from gateway.db.models import Authority
 from gateway.scope import Scope
 from gateway.signatures import SignatureStatus
+from gateway.smime.identity import Identity
 
 if TYPE_CHECKING:  # compose builds Outgoing values: it imports this module
     from gateway.compose import Templates
@@ -42,6 +43,7 @@ class Context:
     keyring: Keyring
     templates: Templates
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    smime: Identity | None = None  # the gateway's S/MIME identity ([smime]); None: no S/MIME mail at all
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ class Allowlist:
         actor: str,
     ) -> Change:
         name = clean_name(name, NAME)
-        check_policy(auth_policy)
+        auth_policy = check_policy(auth_policy)
         canonical_area = resolve_area(kind, area)
         addresses = addresses_of(emails)
         if not addresses:
@@ -267,7 +267,7 @@ class Allowlist:
         actor: str,
     ) -> Change:
         if auth_policy is not None:
-            check_policy(auth_policy)
+            auth_policy = check_policy(auth_policy)
         if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
             raise FieldUsageError(
                 "nothing to update: give ", NEW_NAME, ", ", KIND, ", ", AREA, ", ", AUTH_POLICY, ", ", ADD_EMAILS,
@@ -361,7 +361,8 @@ class Allowlist:
             await audit.record(
                 session, actor=actor, action="authority.remove", subject=gone.name, details=gone.as_dict()
             )
-            keys.unpinned.append(gone.key_fingerprint)
+            if gone.key_fingerprint is not None:
+                keys.unpinned.append(gone.key_fingerprint)
         return Change(gone, ended)
 
     async def set_key(self, name: str, key_data: bytes, *, actor: str) -> Change:
@@ -386,6 +387,6 @@ class Allowlist:
                 },
             )
             view = AuthorityView.of(row)
-            if old != info.fingerprint:
+            if old is not None and old != info.fingerprint:
                 keys.unpinned.append(old)
         return Change(view, tuple(warnings))

@@ -16,8 +16,12 @@ from gateway.keyinfo import KeyInfo
 
 KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
 NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
-AUTH_POLICIES: tuple[str, ...] = ("pgp", "dmarc", "pgp-or-dmarc")
-DEFAULT_AUTH_POLICY = "pgp-or-dmarc"
+# "signed": by the credential pinned for the sending address (its authority's OpenPGP key, or the address's
+# S/MIME certificate); "dmarc": the border's DMARC pass; or either.
+AUTH_POLICIES: tuple[str, ...] = ("signed", "dmarc", "signed-or-dmarc")
+DEFAULT_AUTH_POLICY = "signed-or-dmarc"
+# The spellings before S/MIME, still taken on input (migration 0015 renamed the stored ones).
+OLD_POLICIES = {"pgp": "signed", "pgp-or-dmarc": "signed-or-dmarc"}
 KEY_EXPIRY_WARNING = dt.timedelta(days=30)
 MAX_NAME = 200
 # The fields a change is given, as its refusals name them.
@@ -52,7 +56,7 @@ class AuthorityView:
     auth_policy: str
     status: str
     addresses: tuple[str, ...]
-    key_fingerprint: str
+    key_fingerprint: str | None
     key_expires: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -117,11 +121,14 @@ def resolve_area(kind: str, area: str | None) -> str | None:
     return la.name
 
 
-def check_policy(auth_policy: str) -> None:
+def check_policy(auth_policy: str) -> str:
+    """The policy as stored (an old spelling taken for its new one), or AllowlistError."""
+    auth_policy = OLD_POLICIES.get(auth_policy, auth_policy)
     if auth_policy not in AUTH_POLICIES:
         raise AllowlistError(
             "unknown ", AUTH_POLICY, f" policy {auth_policy!r} (choose one of {', '.join(AUTH_POLICIES)})"
         )
+    return auth_policy
 
 
 def addresses_of(emails: Iterable[str]) -> list[str]:

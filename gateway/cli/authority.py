@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gateway.admin import approvals
-from gateway.admin.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS
+from gateway.admin.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, OLD_POLICIES
 from gateway.cli.opening import read_file
 from gateway.cli.output import date, emit_json, print_table
 from gateway.cli.proposing import allowlist, make_or_propose, print_authority, report
@@ -37,7 +37,7 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
                     v.status,
                     v.auth_policy,
                     ", ".join(v.addresses),
-                    v.key_fingerprint[-16:],
+                    v.key_fingerprint[-16:] if v.key_fingerprint else "-",
                     date(v.key_expires),
                 ]
                 for v in views
@@ -111,7 +111,7 @@ def add_commands(c: Commands) -> None:
     )
     add.add_argument(
         "--auth",
-        choices=AUTH_POLICIES,
+        choices=[*AUTH_POLICIES, *OLD_POLICIES],
         default=DEFAULT_AUTH_POLICY,
         help=f"how its requests are authenticated (default {DEFAULT_AUTH_POLICY})",
     )
@@ -131,7 +131,7 @@ def add_commands(c: Commands) -> None:
     update.add_argument("--name", help="new name")
     update.add_argument("--kind", choices=KINDS, help="new kind (give --area with it for police and local authorities)")
     update.add_argument("--area", help="new area")
-    update.add_argument("--auth", choices=AUTH_POLICIES, help="new authentication policy")
+    update.add_argument("--auth", choices=[*AUTH_POLICIES, *OLD_POLICIES], help="new authentication policy")
     update.add_argument("--add-email", action="append", metavar="ADDR", help="add a secure address")
     update.add_argument("--remove-email", action="append", metavar="ADDR", help="remove a secure address")
     for name, handler, text in (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from gateway.config import DatabaseSettings
 from gateway.db.inline_sqlite import connect_reader
@@ -205,11 +205,37 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
     try:
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-        async with db.engine.begin() as connection:
-            before = await connection.run_sync(run)
+        async with db.engine.connect() as connection:
+            if file is None:
+                async with connection.begin():
+                    before = await connection.run_sync(run)
+            else:
+                before = await _sqlite_migration(connection, run)
     except (SQLAlchemyError, OSError, ValueError, TypeError) as exc:
         raise DatabaseError(f"cannot migrate database {db.settings.display_url}: {_describe(exc)}") from None
     return before, head_revision()
+
+
+async def _sqlite_migration(connection: AsyncConnection, run: Callable[[Connection], str | None]) -> str | None:
+    """Migrate SQLite with foreign keys off, as SQLite asks for a table rebuilt (lang_altertable.html, 7):
+    with them on, the rebuild's DROP TABLE deletes every row that refers to the table, by ON DELETE CASCADE.
+    They are checked again before the migration commits, and turned on again whatever happens."""
+
+    def foreign_keys(sync: Connection, state: str) -> None:  # outside any transaction, or SQLite ignores it
+        cursor = sync.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(f"PRAGMA foreign_keys={state}")
+        cursor.close()
+
+    await connection.run_sync(foreign_keys, "OFF")
+    try:
+        async with connection.begin():
+            before = await connection.run_sync(run)
+            broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).first()
+            if broken is not None:
+                raise DatabaseError(f"the migration would leave a row of {broken[0]} referring to nothing")
+    finally:
+        await connection.run_sync(foreign_keys, "ON")
+    return before
 
 
 async def require_current_schema(db: Database) -> None:

@@ -151,7 +151,9 @@ class Authority(Base):
     area: Mapped[str | None] = mapped_column(String(100))
     auth_policy: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20))
-    key_fingerprint: Mapped[str] = mapped_column(String(40))
+    # The pinned OpenPGP key, for the addresses that take OpenPGP; None for an authority that has none (its
+    # addresses then take S/MIME, each with its own certificate, or get nothing).
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64))
     key_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
@@ -167,6 +169,13 @@ class AuthorityAddress(Base):
     # The primary key is what makes "one address belongs to at most one authority" hold under any race.
     address: Mapped[str] = mapped_column(String(254), primary_key=True)
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id", ondelete="CASCADE"), index=True)
+    # How mail to this address is sealed, and how a request from it is authenticated: "openpgp" (the authority's
+    # pinned key) or "smime" (the certificate pinned for this address alone, below).
+    method: Mapped[str] = mapped_column(String(10), default="openpgp", server_default="openpgp")
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)  # SHA-256 of the DER, upper hex
+    cert_pem: Mapped[str | None] = mapped_column(Text)
+    cert_subject: Mapped[str | None] = mapped_column(Text)
+    cert_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     authority: Mapped[Authority] = relationship(back_populates="addresses")
 

@@ -45,7 +45,7 @@ def test_valid_key_is_imported_and_pinned_by_fingerprint(gateway: Gateway, keys:
     assert shown["area"] == "West Mercia"
     assert shown["addresses"] == [POLICE_ADDRESS]
     assert shown["key_fingerprint"] == keys.police.fingerprint
-    assert shown["auth_policy"] == "pgp-or-dmarc"
+    assert shown["auth_policy"] == "signed-or-dmarc"
     assert shown["status"] == "active"
     assert keys.police.fingerprint in keyring_fingerprints(gateway)
     record = json.loads(gateway.ok("audit", "list", "--json"))[-1]
@@ -237,7 +237,7 @@ def test_suspend_resume_update_and_remove(gateway: Gateway, keys: AuthorityKeys)
     assert json.loads(gateway.ok("authority", "resume", "west mercia police", "--json"))["status"] == "active"
 
     updated = json.loads(gateway.ok("authority", "update", "West Mercia Police", "--auth", "pgp", "--json"))
-    assert updated["auth_policy"] == "pgp"
+    assert updated["auth_policy"] == "signed"
     # The pinned key carries only the first address, so losing it would leave the key unusable.
     assert "would carry none of" in refused(
         gateway.run("authority", "update", "West Mercia Police", "--add-email", "new@westmercia.police.example",

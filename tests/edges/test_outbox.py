@@ -26,7 +26,7 @@ async def db(migrated_settings: DatabaseSettings) -> AsyncIterator[Database]:
     async with database.transaction() as session:  # the police, registered: mail to them may go
         police = Authority(
             name="West Mercia Police", name_key="west mercia police", kind="police", area="West Mercia",
-            auth_policy="pgp", status="active", key_fingerprint="0" * 40, key_expires=None, created_at=START,
+            auth_policy="signed", status="active", key_fingerprint="0" * 40, key_expires=None, created_at=START,
             updated_at=START,
         )  # fmt: skip
         session.add(police)

@@ -52,7 +52,7 @@ def genuine(keys: AuthorityKeys) -> tuple[bytes, bytes]:
 
 def check(raw: bytes, keyring: Keyring, keys: AuthorityKeys) -> Authenticated | Refused:
     return authenticate(
-        parse(raw), raw, policy="pgp", pinned_key=keys.police.fingerprint, authserv_id=None,
+        parse(raw), raw, policy="signed", pinned_key=keys.police.fingerprint, authserv_id=None,
         verify=keyring.verify_detached,
     )  # fmt: skip
 

@@ -109,7 +109,7 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
 
 
 def check(
-    raw: bytes, keyring: Keyring, *, pinned: str, auth: str = "pgp", headers: str = ""
+    raw: bytes, keyring: Keyring, *, pinned: str, auth: str = "signed", headers: str = ""
 ) -> Authenticated | Refused:
     raw = headers.replace("\n", "\r\n").encode() + raw
     return authenticate(
@@ -149,12 +149,12 @@ def test_an_altered_signed_part_is_refused(keyring: Keyring, keys: AuthorityKeys
 def test_pgp_policy_does_not_accept_dmarc_and_pgp_or_dmarc_does(keyring: Keyring, keys: AuthorityKeys) -> None:
     border = f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\n"
     unsigned = plain(FROM_POLICE)
-    strict = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="pgp", headers=border)
+    strict = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="signed", headers=border)
     assert strict == Refused("the message is not PGP/MIME signed (multipart/signed)")
-    either = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="pgp-or-dmarc", headers=border)
+    either = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="signed-or-dmarc", headers=border)
     assert isinstance(either, Authenticated)
     assert either.method == "dmarc"
-    neither = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="pgp-or-dmarc")
+    neither = check(unsigned, keyring, pinned=keys.police.fingerprint, auth="signed-or-dmarc")
     assert neither == Refused(
         "the message is not PGP/MIME signed (multipart/signed); no Authentication-Results header from the border"
     )

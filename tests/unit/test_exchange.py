@@ -122,7 +122,7 @@ def check(raw: bytes, ring: GatewayRing, keys: AuthorityKeys) -> Authenticated |
     return authenticate(
         parse(raw),
         raw,
-        policy="pgp",
+        policy="signed",
         pinned_key=keys.police.fingerprint,
         authserv_id=None,
         verify=ring.ring.verify_detached,

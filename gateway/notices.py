@@ -220,6 +220,7 @@ class Expiring:
     expires: dt.datetime
     authority: Authority | None = None
     subscribed: bool = False
+    certificate: bool = False  # an S/MIME certificate (its SHA-256 fingerprint), not an OpenPGP key
 
     @property
     def holder(self) -> str:
@@ -246,6 +247,9 @@ async def expiring_keys(
         info = await in_thread(ctx.keyring.inspect, signer)
         if info is not None and info.signing_expires is not None and info.signing_expires <= max(soon, next_delivery):
             found.append(Expiring(signer, info.signing_expires))
+    own = ctx.smime.certificate if ctx.smime is not None else None
+    if own is not None and own.not_after <= max(soon, next_delivery):
+        found.append(Expiring(own.fingerprint, own.not_after, certificate=True))
     return found
 
 
@@ -265,6 +269,20 @@ def _admin_lines(key: Expiring, as_of: dt.datetime, told: bool) -> tuple[str, li
     when = f"{key.expires:%d %B %Y %H:%M} UTC"
     past = key.expires <= as_of
     verb = "expired on" if past else "expires on"
+    if key.authority is None and key.certificate:
+        return (
+            f"the gateway's S/MIME certificate {verb} {key.expires:%Y-%m-%d}",
+            [
+                f"The gateway's own S/MIME certificate {verb} {when}:",
+                f"  SHA-256 {key.fingerprint}",
+                "",
+                "After that, authorities' mail clients warn of or refuse what the gateway signs with it, and",
+                "the gateway will not start with it (`gateway run` checks [smime] at start).",
+                "Renew it: `gateway init --smime-csr FILE` writes a signing request with the same key for the CA;",
+                "put the certificate it returns at [smime] certificate, run `gateway init` to check it, restart",
+                "the gateway, and send authorities the new certificate (`gateway key export --smime`).",
+            ],
+        )
     if key.authority is None:
         return (
             f"the gateway's signing key {verb} {key.expires:%Y-%m-%d}",

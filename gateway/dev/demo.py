@@ -28,6 +28,7 @@ from gateway.gpgrun import in_thread
 from gateway.inbound.smtp import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process
+from gateway.smime.identity import load_identity
 from gateway.values import Context, Outcome
 
 MARKER = ".gateway-demo"
@@ -253,7 +254,9 @@ async def _mail_path(directory: Path, config_path: Path, fingerprints: dict[str,
     gateway_public = await in_thread(Keyring(config.gpg.home).export_public, config.gpg.signing_key or "")
     await in_thread(keys.import_public, gateway_public.encode())
     try:
-        ctx = Context(config, db, Keyring(config.gpg.home), Templates(config.gateway.templates))
+        ctx = Context(
+            config, db, Keyring(config.gpg.home), Templates(config.gateway.templates), smime=load_identity(config)
+        )
         listener_port = listener.sockets[0].getsockname()[1]
         relay_port = relay_server.sockets[0].getsockname()[1]
         print(f"\n== The mail path: sample requests to the gateway's SMTP listener (127.0.0.1:{listener_port}),")

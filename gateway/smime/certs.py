@@ -258,7 +258,13 @@ def make_self_signed(
 
 
 def make_self_signed_at(
-    address: str, cert_path: Path, key_path: Path, *, now: dt.datetime | None = None, days: int = 730
+    address: str,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    now: dt.datetime | None = None,
+    days: int = 730,
+    common_name: str = GATEWAY_NAME,
 ) -> tuple[Path, Path]:
     """A new RSA 3072 key and a self-signed S/MIME certificate for `address`, for trials and tests, written to
     new files: the certificate 0644, the key 0600; returns (certificate, key). Outlook warns on every message
@@ -273,7 +279,7 @@ def make_self_signed_at(
     make_key(key_path)
     try:
         key = load_key(key_path)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_NAME)])
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = (
             x509.CertificateBuilder()
             .subject_name(name)

@@ -6,26 +6,33 @@ from gateway.smime.cms import (
     CONTENT_CIPHER,
     OpensslUnavailable,
     SmimeLimitExceeded,
-    SmimeSignature,
+    Verified,
+    WeakCipher,
     decrypt,
     sign_and_encrypt,
     verify,
 )
-from gateway.smime.mime import certificates_in_signed_message
+from gateway.smime.mime import Detached, Enveloped, NotSmime, Opaque, certificates_in_signed_message, smime_layer
 
 __all__ = [
     "CONTENT_CIPHER",
     "CertInfo",
     "CertificateProblem",
+    "Detached",
+    "Enveloped",
+    "NotSmime",
+    "Opaque",
     "OpensslUnavailable",
     "SmimeLimitExceeded",
-    "SmimeSignature",
+    "Verified",
+    "WeakCipher",
     "certificates_in_signed_message",
     "decrypt",
     "make_key",
     "make_self_signed",
     "read_certificate",
     "sign_and_encrypt",
+    "smime_layer",
     "verify",
     "write_csr",
 ]

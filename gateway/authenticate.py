@@ -416,7 +416,7 @@ def _smime(
     except CertificateProblem as exc:  # the pinned certificate itself: the database's, not the sender's
         return Refused(f"the certificate pinned for {pinned.address} cannot be used ({exc})")
     if not verified.signature.good:
-        return Refused(f"the S/MIME signature is not good: {verified.signature.problem}")
+        return Refused(f"the S/MIME signature is refused: {verified.signature.problem}")
     content = message_from_bytes(verified.content, policy=read_policy())
     return Authenticated("smime", content, verified.signature)
 

@@ -11,6 +11,7 @@ from email.message import Message
 
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from gateway import shown
 from gateway.guard import read_policy
 from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
 from gateway.smime import der
@@ -154,7 +155,8 @@ def smime_layer(raw: bytes, message: Message | None = None) -> Layer:
         return NotSmime("the application/pkcs7-mime part holds no CMS signed or enveloped data")
     said = str(message.get_param("smime-type", "")).lower()
     if said and said != found:
-        return NotSmime(f"the part says smime-type={said[:20]!r}, but its CMS data is {found}")
+        # The sender's word, shown only as a token (shown.py): a reason can reach a notice the gateway signs.
+        return NotSmime(f"the part says smime-type={shown.token(said)}, but its CMS data is {found}")
     return Opaque(data) if found == "signed-data" else Enveloped(data)
 
 

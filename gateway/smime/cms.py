@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +94,17 @@ def _openssl(args: list[str], data: bytes, *, max_output: int, what: str, timeou
     )  # fmt: skip
 
 
+# openssl 3's error lines: thread:error:code:library:function:reason:file:line:data.
+_OPENSSL_ERROR = re.compile(r"[0-9A-Fa-f]+:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+):")
+
+
 def _said(finished: Finished) -> str:
-    """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons)."""
+    """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons);
+    of an error line, its reason alone ("no signers"), without the thread, code and source file."""
     lines = [line.strip() for line in finished.status.splitlines() if line.strip()]
-    return (lines[-1] if lines else f"exit status {finished.returncode}")[-200:]
+    last = lines[-1] if lines else f"exit status {finished.returncode}"
+    error = _OPENSSL_ERROR.match(last)
+    return f"openssl: {error[1]}" if error else last[-200:]
 
 
 def _pem(certificate: bytes, what: str) -> bytes:
@@ -170,7 +178,7 @@ def verify(
         raise CertificateProblem(f"the pinned certificate: {exc}") from None
     signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
     if content_kind(signed_data) != "signed-data":
-        return _not_good("the S/MIME signature is not CMS signed data")
+        return _not_good("the signature part holds no CMS signed data")
     try:
         finished = _verified(layer, pinned.pem, max_bytes=max_bytes, timeout=timeout, binary=openssl)
         if finished.returncode != 0 or "Verification successful" not in finished.status:

@@ -20,17 +20,18 @@ _MAX_LENGTH_OCTETS = 4  # 4 GiB: more than any message the gateway takes
 _MAX_OID = 64  # an object identifier's content octets; real ones take under 20
 
 
-def _header(data: bytes, at: int) -> tuple[int, int, int | None]:
-    """The element at `at`: its first tag octet, where its contents start, and their length (None: indefinite).
-    A definite length must end within the data: a declared length is never believed."""
-    if at + 2 > len(data):
+def _header(data: bytes, at: int, end: int) -> tuple[int, int, int | None]:
+    """The element at `at`, which must end by `end` (its parent's end, where that is known): its first tag
+    octet, where its contents start, and their length (None: indefinite). A length is never believed past
+    the end of what holds it."""
+    if at + 2 > end:
         raise Malformed("cut short")
     tag, at = data[at], at + 1
     if tag & 0x1F == 0x1F:  # a tag number in the octets that follow (X.690 8.1.2.4)
-        while at < len(data) and data[at] & 0x80:
+        while at < end and data[at] & 0x80:
             at += 1
         at += 1
-    if at >= len(data):
+    if at >= end:
         raise Malformed("cut short")
     first, at = data[at], at + 1
     if first == 0x80:
@@ -39,23 +40,23 @@ def _header(data: bytes, at: int) -> tuple[int, int, int | None]:
         return tag, at, None
     if first & 0x80:
         octets = first & 0x7F
-        if octets > _MAX_LENGTH_OCTETS or at + octets > len(data):
+        if octets > _MAX_LENGTH_OCTETS or at + octets > end:
             raise Malformed("a length of more octets than any message holds")
         length, at = int.from_bytes(data[at : at + octets], "big"), at + octets
     else:
         length = first
-    if at + length > len(data):
+    if at + length > end:
         raise Malformed("a length past the end of the data")
     return tag, at, length
 
 
-def _end(data: bytes, at: int) -> int:
+def _end(data: bytes, at: int, end: int) -> int:
     """Where the element at `at` ends, its contents skipped. An indefinite-length one is walked to its
     end-of-contents, every element inside visited once, by a loop rather than recursion: linear in the data,
     however deep it is nested."""
     open_elements = 0  # indefinite-length elements entered and not yet closed
     while True:
-        tag, start, length = _header(data, at)
+        tag, start, length = _header(data, at, end)
         if length is None:
             open_elements, at = open_elements + 1, start
             continue
@@ -68,20 +69,20 @@ def _end(data: bytes, at: int) -> int:
             return at
 
 
-def _enter(data: bytes, at: int, tag: int) -> int:
-    """Where the contents of the element at `at` start; it must carry `tag`."""
-    found, start, _ = _header(data, at)
+def _enter(data: bytes, at: int, tag: int, end: int) -> tuple[int, int]:
+    """Where the contents of the element at `at` start, and where they must end; it must carry `tag`."""
+    found, start, length = _header(data, at, end)
     if found != tag:
         raise Malformed(f"tag {found:#04x} where {tag:#04x} belongs")
-    return start
+    return start, end if length is None else start + length
 
 
-def _oid(data: bytes, at: int) -> bytes:
-    """The content octets of the object identifier at `at`."""
-    tag, start, length = _header(data, at)
+def _oid(data: bytes, at: int, end: int) -> tuple[bytes, int]:
+    """The content octets of the object identifier at `at`, and where it ends."""
+    tag, start, length = _header(data, at, end)
     if tag != OID or length is None or not 0 < length <= _MAX_OID:
         raise Malformed("no object identifier where one belongs")
-    return data[start : start + length]
+    return data[start : start + length], start + length
 
 
 def oid(dotted: str) -> bytes:
@@ -103,7 +104,8 @@ def content_type(data: bytes) -> bytes | None:
     """The contentType of a CMS ContentInfo (RFC 5652 3), as content octets; None when the data does not start
     as one. Only the two outer headers are read, whatever follows them."""
     try:
-        return _oid(data, _enter(data, 0, SEQUENCE))
+        at, end = _enter(data, 0, SEQUENCE, len(data))
+        return _oid(data, at, end)[0]
     except Malformed:
         return None
 
@@ -113,20 +115,21 @@ def content_cipher(data: bytes) -> bytes:
     AuthEnvelopedData (RFC 5083 2.1), as content octets; Malformed when it is not there.
 
     Both begin alike: a version, originatorInfo ([0], optional), the recipientInfos, then the
-    EncryptedContentInfo whose second field names the cipher. The recipientInfos are skipped, not decoded."""
-    at = _enter(data, 0, SEQUENCE)  # ContentInfo
-    at = _end(data, at)  # its contentType, which the caller has read
-    at = _enter(data, at, CONTEXT_0)  # [0] EXPLICIT content
-    at = _enter(data, at, SEQUENCE)  # EnvelopedData or AuthEnvelopedData
-    if _header(data, at)[0] != INTEGER:
+    EncryptedContentInfo whose second field names the cipher. The recipientInfos are skipped, not decoded;
+    every element read lies within the elements that hold it, as openssl, which decrypts next, reads them."""
+    at, end = _enter(data, 0, SEQUENCE, len(data))  # ContentInfo
+    at = _oid(data, at, end)[1]  # its contentType, which the caller has read
+    at, end = _enter(data, at, CONTEXT_0, end)  # [0] EXPLICIT content
+    at, end = _enter(data, at, SEQUENCE, end)  # EnvelopedData or AuthEnvelopedData
+    if _header(data, at, end)[0] != INTEGER:
         raise Malformed("no version where it belongs")
-    at = _end(data, at)
-    if _header(data, at)[0] == CONTEXT_0:  # originatorInfo ([0] IMPLICIT)
-        at = _end(data, at)
-    if _header(data, at)[0] != SET:
+    at = _end(data, at, end)
+    if _header(data, at, end)[0] == CONTEXT_0:  # originatorInfo ([0] IMPLICIT)
+        at = _end(data, at, end)
+    if _header(data, at, end)[0] != SET:
         raise Malformed("no recipientInfos where they belong")
-    at = _end(data, at)
-    at = _enter(data, at, SEQUENCE)  # EncryptedContentInfo
-    at = _end(data, at)  # its contentType
-    at = _enter(data, at, SEQUENCE)  # contentEncryptionAlgorithm
-    return _oid(data, at)
+    at = _end(data, at, end)
+    at, end = _enter(data, at, SEQUENCE, end)  # EncryptedContentInfo
+    at = _oid(data, at, end)[1]  # its contentType
+    at, end = _enter(data, at, SEQUENCE, end)  # contentEncryptionAlgorithm
+    return _oid(data, at, end)[0]

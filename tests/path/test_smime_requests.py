@@ -1,6 +1,7 @@
 """S/MIME requests end to end: an address pinned to a certificate (`authority set-cert`) is authenticated by an
-S/MIME signature of that certificate through `gateway process`, recorded as such, and the signature's time and
-identity get the same age and replay rules as a PGP/MIME one.
+S/MIME signature of that certificate through `gateway process`, signed or signed then encrypted to the gateway's
+own certificate ([smime]), recorded as such, and the signature's time and identity get the same age and replay
+rules as a PGP/MIME one.
 
 The police here have no OpenPGP key: their address takes S/MIME alone. Until replies are sealed in S/MIME an
 answer to it fails closed; these tests judge the recorded authentication, not the reply.
@@ -16,16 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.compose import Templates
 from gateway.config import load_config
-from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import SeenSignature
 from gateway.dev.sample import write_sample
-from gateway.pipeline import process as pipeline_process
-from gateway.smime import read_certificate
-from gateway.smime.identity import Identity as GatewayIdentity
-from gateway.values import Context, Outcome
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
@@ -41,9 +36,9 @@ NO_DMARC = "; no Authentication-Results header from the border"
 @pytest.fixture
 def smime_live(gateway: Gateway, smime_certs: SmimeCerts, tmp_path: Path) -> Gateway:
     """A register, and West Mercia Police registered without an OpenPGP key, the police certificate pinned for
-    its address; our border trusted."""
+    its address; our border trusted; the gateway's own S/MIME identity in [smime], to decrypt with."""
     gateway.authserv_id = BORDER
-    gateway.write_config()
+    gateway.write_config(f'\n[smime]\ncertificate = "{smime_certs.gateway.cert}"\nkey = "{smime_certs.gateway.key}"\n')
     sample = write_sample(tmp_path / "register", 800, seed=5)
     gateway.ok("register", "import", "--homes", str(sample.homes_path), "--enforcement", str(sample.enforcement_path))
     gateway.ok(
@@ -138,29 +133,22 @@ def test_after_the_certificate_is_removed_nothing_authenticates_the_address(
     assert outcome["reason"] == f"authentication failed: no certificate is pinned for {POLICE_ADDRESS}{NO_DMARC}"
 
 
-# ---------------------------------------------------------------- encrypted to the gateway, through the pipeline
+# ---------------------------------------------------------------- encrypted to the gateway's certificate
 
 
-def through_pipeline(gateway: Gateway, certs: SmimeCerts, raw: bytes, at: dt.datetime) -> tuple[Outcome, list[str]]:
-    """The message through pipeline.process with the gateway's S/MIME identity in the Context (as the daemon
-    and `gateway process` will build it from [smime]); the outcome, and the replay keys recorded for it."""
+def seen_signatures(gateway: Gateway, inbound_id: object) -> list[str]:
+    """The replay keys recorded for one inbound message."""
 
-    async def run() -> tuple[Outcome, list[str]]:
-        config = load_config(gateway.config_path)
-        db = create_database(config.database)
-        identity = GatewayIdentity(read_certificate(certs.gateway.pem), certs.gateway.key, "openssl", None)
-        keyring, templates = Keyring(config.gpg.home, config.gpg.binary), Templates(config.gateway.templates)
-        ctx = Context(config, db, keyring, templates, clock=lambda: at, smime=identity)
+    async def read() -> list[str]:
+        db = create_database(load_config(gateway.config_path).database)
         try:
-            outcome = await pipeline_process(ctx, raw, "file")
             async with db.transaction(write=False) as session:
-                query = select(SeenSignature.signature_id).where(SeenSignature.inbound_id == outcome.inbound_id)
-                seen = sorted((await session.execute(query)).scalars())
+                query = select(SeenSignature.signature_id).where(SeenSignature.inbound_id == inbound_id)
+                return sorted((await session.execute(query)).scalars())
         finally:
             await db.close()
-        return outcome, seen
 
-    return asyncio.run(run())
+    return asyncio.run(read())
 
 
 def test_a_request_signed_then_encrypted_to_the_gateway_is_authenticated_and_its_signature_kept(
@@ -168,24 +156,24 @@ def test_a_request_signed_then_encrypted_to_the_gateway_is_authenticated_and_its
 ) -> None:
     signed = smime_signed(smime_certs.police, AT, sender=None)
     raw = as_sent(smime_encrypted(signed, smime_certs.gateway), "sealed", AT)
-    outcome, seen = through_pipeline(smime_live, smime_certs, raw, AT)
-    assert not outcome.reason.startswith("authentication failed"), outcome
-    assert recorded(smime_live, outcome.inbound_id)["authenticated"] == "smime"
-    assert [key.split(":")[0] for key in seen] == ["id", "signed"]
+    outcome = process(smime_live, raw, as_of=AT)
+    assert not str(outcome["reason"]).startswith("authentication failed"), outcome
+    assert recorded(smime_live, outcome["inbound_id"])["authenticated"] == "smime"
+    assert [key.split(":")[0] for key in seen_signatures(smime_live, outcome["inbound_id"])] == ["id", "signed"]
     # The same signed entity encrypted again (other bytes, another Message-ID): still the same signature.
     again = as_sent(smime_encrypted(signed, smime_certs.gateway, "-aes128"), "sealed-again", AT)
-    replayed, _ = through_pipeline(smime_live, smime_certs, again, AT + dt.timedelta(minutes=5))
-    assert replayed.kind == "quarantined"
-    assert replayed.reason.startswith(f"its signature was already used by message {outcome.inbound_id}: a replay")
+    replayed = process(smime_live, again, "again.eml", as_of=AT + dt.timedelta(minutes=5))
+    assert replayed["kind"] == "quarantined"
+    assert str(replayed["reason"]).startswith(f"its signature was already used by message {outcome['inbound_id']}")
 
 
 def test_a_request_encrypted_with_3des_is_refused_with_the_reason(smime_live: Gateway, smime_certs: SmimeCerts) -> None:
     signed = smime_signed(smime_certs.police, AT, sender=None)
     raw = as_sent(smime_encrypted(signed, smime_certs.gateway, "-des3"), "3des", AT)
-    outcome, seen = through_pipeline(smime_live, smime_certs, raw, AT)
-    assert outcome.kind == "quarantined"
-    assert outcome.reason == (
+    outcome = process(smime_live, raw, as_of=AT)
+    assert outcome["kind"] == "quarantined"
+    assert outcome["reason"] == (
         "authentication failed: the message is encrypted with 3DES (DES-EDE3-CBC), which the gateway does not "
         f"accept: encrypt with AES (128, 192 or 256 bits, CBC or GCM){NO_DMARC}"
     )
-    assert seen == []
+    assert seen_signatures(smime_live, outcome["inbound_id"]) == []

@@ -67,6 +67,7 @@ _WEAK_CIPHERS = {
     der.oid("1.2.840.113549.3.2"): "RC2",
     der.oid("1.3.14.3.2.7"): "DES",
 }
+_USE_AES = "encrypt with AES (128, 192 or 256 bits, CBC or GCM)"
 
 
 class WeakCipher(CertificateProblem):
@@ -280,9 +281,13 @@ def decrypt(
     CertificateProblem) raised; nothing is returned truncated. CertificateProblem when the message is not
     encrypted to this certificate.
     """
-    cipher_problem = _weak_cipher(layer.enveloped)
-    if cipher_problem is not None:
-        raise WeakCipher(cipher_problem)
+    try:
+        cipher = der.content_cipher(layer.enveloped)
+    except der.Malformed as exc:
+        raise CertificateProblem(f"the encrypted message's CMS data cannot be read ({exc})") from None
+    refused = _refused_cipher(cipher, content_kind(layer.enveloped))
+    if refused is not None:
+        raise WeakCipher(refused)
     own = _pem(cert_pem, "the gateway's certificate")
     with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
         (Path(tmp) / "cert.pem").write_bytes(own)
@@ -295,18 +300,14 @@ def decrypt(
     return finished.output
 
 
-def _weak_cipher(enveloped: bytes) -> str | None:
-    """Why the content encryption of this EnvelopedData or AuthEnvelopedData is refused, or None."""
-    try:
-        cipher = der.content_cipher(enveloped)
-    except der.Malformed as exc:
-        return f"the encrypted message's CMS data cannot be read ({exc})"
-    kind = content_kind(enveloped)
+def _refused_cipher(cipher: bytes, kind: str | None) -> str | None:
+    """Why this content encryption (an OID's content octets) of an EnvelopedData or AuthEnvelopedData (`kind`)
+    is refused, or None."""
     accepted = _CIPHERS.get(cipher)
     if accepted is not None and accepted[1] == kind:
         return None
-    named = (accepted[0] if accepted else None) or _WEAK_CIPHERS.get(cipher) or f"the cipher {der.dotted(cipher)}"
-    return (
-        f"the message is encrypted with {named}{' in ' + str(kind) if accepted else ''}, which the gateway does not "
-        "accept: encrypt with AES (128, 192 or 256 bits, CBC or GCM)"
-    )
+    if accepted is not None:  # AES, but GCM without AuthEnvelopedData's tag, or CBC where GCM belongs
+        named = f"{accepted[0]} in {kind}"
+    else:
+        named = _WEAK_CIPHERS.get(cipher) or f"the cipher {der.dotted(cipher)}"
+    return f"the message is encrypted with {named}, which the gateway does not accept: {_USE_AES}"

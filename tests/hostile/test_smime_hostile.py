@@ -23,7 +23,7 @@ from gateway.db.engine import create_database
 from gateway.pipeline import process
 from gateway.requests import body_text, parse_request
 from gateway.signatures import SignatureStatus
-from gateway.smime import der, read_certificate
+from gateway.smime import CertificateProblem, Enveloped, WeakCipher, decrypt, der, read_certificate
 from gateway.smime.identity import Identity as GatewayIdentity
 from gateway.smime.mime import content_kind
 from tests.support.addresses import POLICE_ADDRESS
@@ -41,6 +41,7 @@ SIGNED_DATA = b"\x06\x09" + der.oid("1.2.840.113549.1.7.2")
 ENVELOPED_DATA = b"\x06\x09" + der.oid("1.2.840.113549.1.7.3")
 DATA = b"\x06\x09" + der.oid("1.2.840.113549.1.7.1")
 AES_256_CBC = b"\x06\x09" + der.oid("2.16.840.1.101.3.4.1.42")
+AES_256_GCM = b"\x06\x09" + der.oid("2.16.840.1.101.3.4.1.46")
 UNKNOWN_CIPHER = b"\x06\x02" + der.oid("1.2.3")
 
 
@@ -149,6 +150,24 @@ def test_reading_the_cipher_costs_time_linear_in_the_message() -> None:
 def test_malformed_cms_is_malformed_never_an_exception_of_another_kind(data: bytes, problem: str) -> None:
     with pytest.raises(der.Malformed, match=problem):
         der.content_cipher(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "refusal"),
+    [
+        (enveloped(b"\x31\x00", AES_256_GCM), (WeakCipher, "encrypted with AES-256-GCM in enveloped-data, which")),
+        (enveloped(b"\x31\x00", UNKNOWN_CIPHER), (WeakCipher, "encrypted with the cipher 1.2.3, which")),
+        (enveloped(b"\x31\x84\x7f\xff\xff\xff"), (CertificateProblem, "CMS data cannot be read \\(a length past")),
+    ],
+    ids=["gcm-without-its-tag", "unknown", "unreadable"],
+)
+def test_the_cipher_is_judged_before_openssl_runs(
+    smime_certs: SmimeCerts, data: bytes, refusal: tuple[type[Exception], str]
+) -> None:
+    """Named from the structure: with no openssl to run at all, the refusal is the same."""
+    kind, reason = refusal
+    with pytest.raises(kind, match=reason):
+        decrypt(Enveloped(data), smime_certs.gateway.pem, smime_certs.gateway.key, openssl="/nonexistent/openssl")
 
 
 @given(st.binary(max_size=300) | st.builds(lambda n, junk: b"\x30\x80" * n + junk, st.integers(0, 50), st.binary()))

@@ -1,9 +1,11 @@
-"""Who really sent this? One From mailbox on the allowlist, then a PGP/MIME signature by the pinned key or the
-border's DMARC pass."""
+"""Who really sent this? One From mailbox on the allowlist, then a signature by the credential pinned for that
+address (a PGP/MIME signature by its authority's key, or an S/MIME one by its certificate) or the border's DMARC
+pass."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
@@ -19,13 +21,18 @@ from gateway import shown
 from gateway.addresses import normalise_address
 from gateway.authresults import AuthResults, Unreadable, raw_values
 from gateway.authresults import parse as parse_results
+from gateway.config import LimitSettings
 from gateway.crypto import Decrypted
 from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress
 from gateway.gpgrun import GpgLimitExceeded, KeyProblem
-from gateway.guard import read_policy
+from gateway.guard import read_policy, too_big
 from gateway.signatures import SignatureStatus, hashed_subpackets
 from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
+from gateway.smime import cms
+from gateway.smime.certs import CertificateProblem
+from gateway.smime.identity import Identity
+from gateway.smime.mime import MIME_TYPES, SIGNATURE_TYPES, Detached, Enveloped, NotSmime, Opaque, smime_layer
 
 Verify = Callable[[bytes, bytes], SignatureStatus]
 Decrypt = Callable[[bytes], Decrypted]
@@ -60,6 +67,54 @@ def sender_of(message: EmailMessage) -> str | Refused:
         return normalise_address(addr_spec)
     except ValueError:  # its words quote the address as written: shown here only as an address, or a digest
         return Refused(f"the From address {shown.address(addr_spec)} is not a plain ASCII local-part@domain")
+
+
+# ---------------------------------------------------------------- the one credential pinned for the address
+
+
+@dataclass(frozen=True)
+class PinnedKey:
+    """An "openpgp" address: its authority's pinned OpenPGP key, by primary fingerprint."""
+
+    address: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class PinnedCertificate:
+    """An "smime" address: the certificate pinned for that address alone."""
+
+    address: str
+    pem: bytes
+
+
+# What a request from the address must be signed by; Refused when nothing usable is pinned for it, so that no
+# signature can authenticate it (the border's DMARC still may, if the authority's policy allows).
+Credential = PinnedKey | PinnedCertificate | Refused
+
+
+def credential_of(authority: Authority, address: str, now: dt.datetime) -> Credential:
+    """The credential pinned for this registered address of the authority, as it stands at `now`: the method
+    the address was registered with decides which, and the other never counts for it."""
+    row = next((row for row in authority.addresses if row.address == address), None)
+    if row is None:
+        return Refused(f"{address} is not a registered address of this authority")
+    if row.method == "smime":
+        return _pinned_certificate(row, now)
+    if row.method != "openpgp":
+        return Refused(f"{address} is registered with an unknown method ({shown.token(row.method)})")
+    if authority.key_fingerprint is None:
+        return Refused(f"no OpenPGP key is pinned for {address}")
+    return PinnedKey(address, authority.key_fingerprint)
+
+
+def _pinned_certificate(row: AuthorityAddress, now: dt.datetime) -> PinnedCertificate | Refused:
+    """An expired certificate authenticates nothing, as gpg refuses a signature by an expired key."""
+    if not row.cert_pem:
+        return Refused(f"no certificate is pinned for {row.address}")
+    if row.cert_expires is not None and row.cert_expires <= now:
+        return Refused(f"the certificate pinned for {row.address} expired on {row.cert_expires:%Y-%m-%d %H:%M} UTC")
+    return PinnedCertificate(row.address, row.cert_pem.encode("ascii", "replace"))
 
 
 # ---------------------------------------------------------------- DMARC, as the border MTA reported it
@@ -168,7 +223,7 @@ def split_signed(message: Message, raw: bytes) -> SignedParts | Refused:
 
 @dataclass(frozen=True)
 class Authenticated:
-    method: str  # "pgp" or "dmarc"
+    method: str  # "pgp", "smime" or "dmarc"
     content: Message  # the part holding the request: the signed part, or the message itself
     signature: SignatureStatus | None = None
 
@@ -307,6 +362,11 @@ def _pgp(
     message: Message, raw: bytes, pinned_key: str, verify: Verify, decrypt: Decrypt | None
 ) -> Authenticated | Refused:
     payload: bytes | Refused | None
+    if _is_smime(message):
+        return Refused(
+            "the message is S/MIME, but the address is registered for OpenPGP: only its authority's pinned "
+            "OpenPGP key authenticates it"
+        )
     if _exchange_rewritten(message):
         payload = _exchange_payload(message)
         if isinstance(payload, Refused):
@@ -320,20 +380,103 @@ def _pgp(
     return _opened(payload, pinned_key, verify, decrypt)
 
 
+# ---------------------------------------------------------------- S/MIME (RFC 8551)
+
+
+def _is_smime(message: Message) -> bool:
+    if message.get_content_type() == "multipart/signed":
+        return str(message.get_param("protocol", "")).lower() in SIGNATURE_TYPES
+    return message.get_content_type() in MIME_TYPES
+
+
+def _is_openpgp(message: Message) -> bool:
+    protocol = str(message.get_param("protocol", "")).lower()
+    return protocol in ("application/pgp-signature", "application/pgp-encrypted") or _exchange_rewritten(message)
+
+
+def _smime(
+    message: Message, raw: bytes, pinned: PinnedCertificate, gateway: Identity | None, limits: LimitSettings
+) -> Authenticated | Refused:
+    """An S/MIME signature by the certificate pinned for the address, detached or opaque, or inside what was
+    encrypted to the gateway's certificate (as Outlook signs, then encrypts). The request is read from exactly
+    the bytes the signature covers; nothing outside them counts."""
+    layer = smime_layer(raw, message)
+    if isinstance(layer, NotSmime):
+        if _is_openpgp(message):
+            return Refused(
+                f"the message is OpenPGP, but {pinned.address} is registered for S/MIME: only the certificate "
+                "pinned for it authenticates it"
+            )
+        return Refused(layer.reason)
+    signed = _smime_opened(layer, pinned, gateway, limits) if isinstance(layer, Enveloped) else layer
+    if isinstance(signed, Refused):
+        return signed
+    try:
+        verified = cms.verify(signed, pinned.pem, openssl=gateway.openssl if gateway else "openssl")
+    except CertificateProblem as exc:  # the pinned certificate itself: the database's, not the sender's
+        return Refused(f"the certificate pinned for {pinned.address} cannot be used ({exc})")
+    if not verified.signature.good:
+        return Refused(f"the S/MIME signature is refused: {verified.signature.problem}")
+    content = message_from_bytes(verified.content, policy=read_policy())
+    return Authenticated("smime", content, verified.signature)
+
+
+def _smime_opened(
+    layer: Enveloped, pinned: PinnedCertificate, gateway: Identity | None, limits: LimitSettings
+) -> Detached | Opaque | Refused:
+    """The signed entity inside what was encrypted to the gateway. Decryption proves nothing (anyone may
+    encrypt to the gateway's certificate): what it opens must be signed, and that signature is checked next."""
+    if gateway is None:
+        return Refused("the message is S/MIME encrypted, but the gateway has no S/MIME certificate ([smime])")
+    try:
+        opened = cms.decrypt(layer, gateway.certificate.pem, gateway.key_path, openssl=gateway.openssl)
+    except CertificateProblem as exc:  # not to the gateway, too big, too slow, or a cipher refused
+        return Refused(str(exc))
+    # The outer message's own limits, before the parser reads what it opened: its size, parts and lines.
+    unparsable = too_big(opened, limits)
+    if unparsable is not None:
+        return Refused(f"the encrypted message, decrypted: {unparsable}")
+    inner = smime_layer(opened)
+    if isinstance(inner, Enveloped):
+        return Refused("the message is S/MIME encrypted twice: the gateway reads one layer, signed, then encrypted")
+    if isinstance(inner, NotSmime):
+        return Refused(
+            f"the message is S/MIME encrypted but not signed inside ({inner.reason}): a request must be signed "
+            f"with the certificate pinned for {pinned.address}, then encrypted"
+        )
+    return inner
+
+
+# ---------------------------------------------------------------- the policy: the pinned credential, or the border
+
+
 def authenticate(
     message: EmailMessage,
     raw: bytes,
     *,
     policy: str,
-    pinned_key: str,
+    pinned: Credential,
     authserv_id: str | None,
     verify: Verify,
     decrypt: Decrypt | None = None,
+    smime: Identity | None = None,
+    limits: LimitSettings | None = None,
 ) -> Authenticated | Refused:
-    """Authenticate an already-identified sender by its authority's policy: signed, dmarc or signed-or-dmarc."""
+    """Authenticate an already-identified sender by its authority's policy: signed, dmarc or signed-or-dmarc.
+
+    "signed" means by the credential `pinned` for the sending address and no other: a PGP/MIME signature by
+    its authority's key (`verify` and `decrypt` are gpg's), or an S/MIME one by its certificate (`smime` is
+    the gateway's own identity, to decrypt with; `limits` bound what decryption opens).
+    """
     reasons: list[str] = []
     if policy in ("signed", "signed-or-dmarc"):
-        signed = _pgp(message, raw, pinned_key, verify, decrypt)
+        signed: Authenticated | Refused
+        if isinstance(pinned, PinnedCertificate):
+            signed = _smime(message, raw, pinned, smime, limits or LimitSettings())
+        elif isinstance(pinned, PinnedKey):
+            signed = _pgp(message, raw, pinned.fingerprint, verify, decrypt)
+        else:  # nothing usable is pinned for the address: no signature can authenticate it
+            signed = pinned
         if isinstance(signed, Authenticated):
             return signed
         reasons.append(signed.reason)

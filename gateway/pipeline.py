@@ -13,10 +13,18 @@ import structlog
 from sqlalchemy import event, select
 
 from gateway import audit, limits, metrics
-from gateway.authenticate import Authenticated, Refused, authenticate, find_authority, registered_addresses, sender_of
+from gateway.authenticate import (
+    Authenticated,
+    Credential,
+    Refused,
+    authenticate,
+    credential_of,
+    find_authority,
+    registered_addresses,
+    sender_of,
+)
 from gateway.db import dialect
 from gateway.db.models import (
-    Authority,
     InboundMessage,
     Notice,
     QuarantinedMessage,
@@ -156,8 +164,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     suspect = sender_header_problem(message, sender) or replay
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
-    with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check
-        authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority)
+    pinned = credential_of(authority, sender, arrival.received_at)  # the sending address's own, and no other
+    with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check: off the event loop
+        authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority.auth_policy, pinned)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks
         return await impostor(ctx, arrival, message, f"authentication failed: {authentic.reason}", sender, authority)
     signature = authentic.signature
@@ -170,7 +179,8 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         if replayed is not None:
             return quarantine(ctx, arrival, replayed, sender, authority)
     decision = await answer(ctx, arrival, Asker(message, authority, sender), authentic, releasing=releasing)
-    return dataclasses.replace(decision, signature=signature)  # recorded with it: no second use
+    # Recorded with it: the signature, never to be used again, and how the sender was authenticated.
+    return dataclasses.replace(decision, signature=signature, authenticated=authentic.method)
 
 
 async def answer(
@@ -198,15 +208,17 @@ async def answer(
     return await disclose(ctx, arrival, asker, request, scope, change=change)
 
 
-def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, authority: Authority) -> Any:
+def _authenticate(ctx: Context, message: EmailMessage, raw: bytes, policy: str, pinned: Credential) -> Any:
     return authenticate(
         message,
         raw,
-        policy=authority.auth_policy,
-        pinned_key=authority.key_fingerprint or "",
+        policy=policy,
+        pinned=pinned,
         authserv_id=ctx.config.gateway.authserv_id,
         verify=ctx.keyring.verify_detached,
         decrypt=ctx.keyring.decrypt,
+        smime=ctx.smime,
+        limits=ctx.config.limits,
     )
 
 
@@ -330,6 +342,7 @@ async def _commit_decision(
             "authority": decision.authority.name if decision.authority else None,
             "reason": decision.reason,
             "reference": decision.reference,
+            "authenticated": decision.authenticated,
             "outgoing": dict(queued),
         },
         now=now,

@@ -1,5 +1,5 @@
-"""What gpg said of a detached signature, read from its status lines, and what makes a signature the one it
-is, so that the same signature arriving again is known for a replay."""
+"""What gpg said of a detached signature, read from its status lines, and what makes a signature (OpenPGP or
+S/MIME) the one it is, so that the same signature arriving again is known for a replay."""
 
 from __future__ import annotations
 
@@ -11,24 +11,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SignatureStatus:
-    """What gpg said of one detached signature, read from its status lines (python-gnupg's flags can mislead)."""
+    """What gpg said of one detached signature, read from its status lines (python-gnupg's flags can mislead);
+    or what openssl said of an S/MIME one, checked against the pinned certificate (smime/cms.py)."""
 
     good: bool
-    primary_fingerprint: str | None  # the key that made it: the primary key's fingerprint, never a subkey's
+    # The key that made it: the primary key's fingerprint, never a subkey's; for S/MIME, the pinned
+    # certificate's (SHA-256 of its DER, upper hex).
+    primary_fingerprint: str | None
     signed_at: dt.datetime | None
     problem: str | None
     signed: bool = True  # False when there was no signature at all (an encrypted message need not carry one)
-    # gpg's SIG_ID: a digest of the signature itself, the same whatever armour or MIME carries it, so the same
-    # signature arriving again is known for a replay (next year's identical request has another).
+    # gpg's SIG_ID, or for S/MIME the SHA-256 (hex) of the signature value: a digest of the signature itself,
+    # the same whatever armour or MIME carries it, so the same signature arriving again is known for a replay
+    # (next year's identical request has another).
     signature_id: str | None = None
     # What the signer signed besides the data: a digest of the signature packet's hashed subpackets (its time,
-    # notations, ...) with the SHA-256 of the bytes it covers. Set by whoever verified them (authenticate.py).
+    # notations, ...), or of a CMS SignerInfo's signed attributes, with the SHA-256 of the bytes it covers. Set
+    # by whoever verified them (authenticate.py for OpenPGP, smime/cms.py for S/MIME).
     signed_sha256: str | None = None
 
     def replay_keys(self) -> tuple[str, ...]:
-        """What makes this signature the one it is, each enough to know it again. SIG_ID alone is not: an
-        ECDSA signature's s can be replaced by n - s, which verifies the same and has another SIG_ID; but what
-        the signer signed (the data, and the signature's own hashed subpackets) cannot be altered."""
+        """What makes this signature the one it is, each enough to know it again (each at most 71 characters:
+        seen_signatures holds 100). SIG_ID alone is not: an ECDSA signature's s can be replaced by n - s, which
+        verifies the same and has another SIG_ID; but what the signer signed (the data, and the signature's own
+        hashed subpackets or signed attributes) cannot be altered."""
         keys = [f"id:{self.signature_id}"] if self.signature_id else []
         if self.primary_fingerprint and self.signed_sha256:
             made = f"{self.primary_fingerprint}/{self.signed_sha256}"

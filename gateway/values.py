@@ -95,6 +95,7 @@ class Decision:
     subscription: SubscriptionChange | None = None
     notices: tuple[tuple[str, str], ...] = ()  # (kind, key) of notices sent at most once, recorded with it
     signature: SignatureStatus | None = None  # the signature that authenticated the request, never to be used again
+    authenticated: str | None = None  # how the sender was: "pgp", "smime" or "dmarc" (Authenticated.method)
 
 
 @dataclass(frozen=True)

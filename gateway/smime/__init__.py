@@ -15,20 +15,26 @@ from gateway.smime.cms import (
     CONTENT_CIPHER,
     OpensslUnavailable,
     SmimeLimitExceeded,
-    SmimeSignature,
+    Verified,
+    WeakCipher,
     decrypt,
     sign_and_encrypt,
     verify,
 )
-from gateway.smime.mime import certificates_in_signed_message
+from gateway.smime.mime import Detached, Enveloped, NotSmime, Opaque, certificates_in_signed_message, smime_layer
 
 __all__ = [
     "CONTENT_CIPHER",
     "CertInfo",
     "CertificateProblem",
+    "Detached",
+    "Enveloped",
+    "NotSmime",
+    "Opaque",
     "OpensslUnavailable",
     "SmimeLimitExceeded",
-    "SmimeSignature",
+    "Verified",
+    "WeakCipher",
     "certificates_in_signed_message",
     "decrypt",
     "load_key",
@@ -37,6 +43,7 @@ __all__ = [
     "make_self_signed_at",
     "read_certificate",
     "sign_and_encrypt",
+    "smime_layer",
     "verify",
     "write_csr",
 ]

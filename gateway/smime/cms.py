@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ from pyasn1_modules import rfc5652
 
 from gateway.bounded import CHUNK, Finished, LimitExceeded, ToolUnavailable, run_bounded
 from gateway.gpgrun import DECRYPT_MAX_BYTES
+from gateway.signatures import SignatureStatus
 from gateway.signedpart import wire
+from gateway.smime import der
 from gateway.smime.certs import CertificateProblem, read_certificate
-from gateway.smime.mime import Detached, Enveloped, NotSmime, Opaque, enveloped_entity, signed_entity, smime_layer
+from gateway.smime.mime import Detached, Enveloped, Opaque, content_kind, enveloped_entity, signed_entity
 
 
 class SmimeLimitExceeded(CertificateProblem, LimitExceeded):
@@ -49,32 +52,40 @@ _DIGESTS = {
 }
 
 
+# The content encryption a request may use: AES in CBC (EnvelopedData) or GCM (AuthEnvelopedData, RFC 5084).
+_CIPHERS = {
+    der.oid("2.16.840.1.101.3.4.1.2"): ("AES-128-CBC", "enveloped-data"),
+    der.oid("2.16.840.1.101.3.4.1.22"): ("AES-192-CBC", "enveloped-data"),
+    der.oid("2.16.840.1.101.3.4.1.42"): ("AES-256-CBC", "enveloped-data"),
+    der.oid("2.16.840.1.101.3.4.1.6"): ("AES-128-GCM", "authenveloped-data"),
+    der.oid("2.16.840.1.101.3.4.1.26"): ("AES-192-GCM", "authenveloped-data"),
+    der.oid("2.16.840.1.101.3.4.1.46"): ("AES-256-GCM", "authenveloped-data"),
+}
+# Those older clients offer, which openssl still decrypts: named in the refusal, so the sender knows what to change.
+_WEAK_CIPHERS = {
+    der.oid("1.2.840.113549.3.7"): "3DES (DES-EDE3-CBC)",
+    der.oid("1.2.840.113549.3.2"): "RC2",
+    der.oid("1.3.14.3.2.7"): "DES",
+}
+_USE_AES = "encrypt with AES (128, 192 or 256 bits, CBC or GCM)"
+
+
+class WeakCipher(CertificateProblem):
+    """A message encrypted with a cipher the gateway does not accept: refused before anything is decrypted."""
+
+
 @dataclass(frozen=True)
-class SmimeSignature:
-    """What openssl said of one S/MIME signature checked against a pinned certificate, and what makes it the
-    signature it is."""
+class Verified:
+    """A signature checked against the pinned certificate, and the content it covers."""
 
-    good: bool
-    signed_at: dt.datetime | None  # the signingTime attribute; None when the signer gave none
-    # What was signed: the first part as received (CRLF), or the opaque content; b"" if not good. Kept out of
-    # repr: it is the request, and a value's repr can end up in a log line.
+    signature: SignatureStatus
+    # What was signed, exactly: the first part as received (CRLF), or the opaque content; b"" if not good. Kept
+    # out of repr: it is the request, and a value's repr can end up in a log line.
     content: bytes = field(repr=False)
-    problem: str | None
-    signer_fingerprint: str | None = None  # the pinned certificate's SHA-256 fingerprint, when good
-    signature_digest: str | None = None  # SHA-256 of the signature value
-    # SHA-256 over the signer, its signed attributes (re-encoded as DER) and the SHA-256 of the content.
-    signed_digest: str | None = None
-
-    def replay_keys(self) -> tuple[str, ...]:
-        """What makes this signature the one it is, each enough to know it again (as SignatureStatus's). The
-        signature value alone is not: an ECDSA signature's s can be replaced by n - s, which verifies the same;
-        but what the signer signed (the content, and its signed attributes with the signing time) cannot be."""
-        keys = [f"smime-id:{self.signature_digest}"] if self.signature_digest else []
-        return (*keys, f"smime-signed:{self.signed_digest}") if self.signed_digest else tuple(keys)
 
 
-def _not_good(problem: str) -> SmimeSignature:
-    return SmimeSignature(False, None, b"", problem)
+def _not_good(problem: str) -> Verified:
+    return Verified(SignatureStatus(False, None, None, problem), b"")
 
 
 def _openssl(args: list[str], data: bytes, *, max_output: int, what: str, timeout: float, binary: str) -> Finished:
@@ -84,10 +95,17 @@ def _openssl(args: list[str], data: bytes, *, max_output: int, what: str, timeou
     )  # fmt: skip
 
 
+# openssl 3's error lines: thread:error:code:library:function:reason:file:line:data.
+_OPENSSL_ERROR = re.compile(r"[0-9A-Fa-f]+:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+):")
+
+
 def _said(finished: Finished) -> str:
-    """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons)."""
+    """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons);
+    of an error line, its reason alone ("no signers"), without the thread, code and source file."""
     lines = [line.strip() for line in finished.status.splitlines() if line.strip()]
-    return (lines[-1] if lines else f"exit status {finished.returncode}")[-200:]
+    last = lines[-1] if lines else f"exit status {finished.returncode}"
+    error = _OPENSSL_ERROR.match(last)
+    return f"openssl: {error[1]}" if error else last[-200:]
 
 
 def _pem(certificate: bytes, what: str) -> bytes:
@@ -143,41 +161,40 @@ def sign_and_encrypt(
 
 
 def verify(
-    signed_message: bytes,
+    layer: Detached | Opaque,
     pinned_cert_pem: bytes,
     *,
     openssl: str = "openssl",
     timeout: float = OPENSSL_TIMEOUT_SECONDS,
     max_bytes: int = DECRYPT_MAX_BYTES,
-) -> SmimeSignature:
-    """Check an S/MIME signed message (multipart/signed, or opaque signed-data) against the pinned certificate,
-    and that certificate alone: one carried in the message proves nothing (-nointern), and no CA is asked
-    (-noverify: pinning is what the gateway trusts). Never raises for the message's sake: a signature that is
-    not good says why in `problem`."""
-    layer = smime_layer(signed_message)
-    if not isinstance(layer, Detached | Opaque):
-        encrypted = "the message is S/MIME encrypted: it must be decrypted before its signature is checked"
-        return _not_good(layer.reason if isinstance(layer, NotSmime) else encrypted)
+) -> Verified:
+    """Check an S/MIME signature (multipart/signed, or opaque signed-data, as mime.smime_layer read it) against
+    the pinned certificate, and that certificate alone: one carried in the message proves nothing (-nointern),
+    and no CA is asked (-noverify: pinning is what the gateway trusts). Never raises for the message's sake: a
+    signature that is not good says why in its `problem`. CertificateProblem when the pinned certificate itself
+    cannot be read."""
     try:
         pinned = read_certificate(pinned_cert_pem)
     except CertificateProblem as exc:
         raise CertificateProblem(f"the pinned certificate: {exc}") from None
     signed_data = layer.signature if isinstance(layer, Detached) else layer.signed_data
+    if content_kind(signed_data) != "signed-data":
+        return _not_good("the signature part holds no CMS signed data")
     try:
         finished = _verified(layer, pinned.pem, max_bytes=max_bytes, timeout=timeout, binary=openssl)
         if finished.returncode != 0 or "Verification successful" not in finished.status:
             return _not_good(f"the signature is not good, or not by the pinned certificate ({_said(finished)})")
         # Re-encoded as DER by openssl before it is read: clients may send indefinite-length BER (a streamed
         # opaque signature), which pyasn1 does not read inside an explicitly tagged OCTET STRING.
-        der = _openssl(["-cmsout", "-inform", "DER", "-outform", "DER"], signed_data,
-                       max_output=2 * len(signed_data) + CHUNK, what="the signature", timeout=timeout,
-                       binary=openssl)  # fmt: skip
+        reencoded = _openssl(["-cmsout", "-inform", "DER", "-outform", "DER"], signed_data,
+                             max_output=2 * len(signed_data) + CHUNK, what="the signature", timeout=timeout,
+                             binary=openssl)  # fmt: skip
     except SmimeLimitExceeded as exc:
         return _not_good(f"the signature could not be checked: {exc}")
-    if der.returncode != 0:
+    if reencoded.returncode != 0:
         return _not_good("openssl verified the signature, but cannot re-encode it")
     content = layer.content if isinstance(layer, Detached) else finished.output
-    return _identified(der.output, content, pinned.fingerprint)
+    return _identified(reencoded.output, content, pinned.fingerprint)
 
 
 def _verified(layer: Detached | Opaque, pinned_pem: bytes, *, max_bytes: int, timeout: float, binary: str) -> Finished:
@@ -194,8 +211,14 @@ def _verified(layer: Detached | Opaque, pinned_pem: bytes, *, max_bytes: int, ti
                         binary=binary)  # fmt: skip
 
 
-def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> SmimeSignature:
-    """A good signature with its time and its identity, read from the one SignerInfo openssl verified."""
+def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> Verified:
+    """A good signature with its time and its identity, read from the one SignerInfo openssl verified.
+
+    Two digests tell it again (SignatureStatus.replay_keys): one of the signature value, and one of what the
+    signer signed, its signed attributes (the signing time among them) and the content. Only the second
+    survives re-encoding: an ECDSA signature's s can be replaced by n - s, which verifies the same; but the
+    signed attributes and the content cannot be altered without the signer's key.
+    """
     try:
         info, _ = decoder.decode(signed_data, asn1Spec=rfc5652.ContentInfo())
         signed, _ = decoder.decode(info["content"], asn1Spec=rfc5652.SignedData())
@@ -212,13 +235,11 @@ def _identified(signed_data: bytes, content: bytes, fingerprint: str) -> SmimeSi
     signed_at = _signing_time(attributes) if attributes.isValue else None
     if isinstance(signed_at, str):
         return _not_good(signed_at)
-    value = bytes(signer["signature"])
     covered = encoder.encode(attributes) if attributes.isValue else b""
-    made = fingerprint.encode() + hashlib.sha256(covered).digest() + hashlib.sha256(content).digest()
-    return SmimeSignature(
-        True, signed_at, content, None, signer_fingerprint=fingerprint,
-        signature_digest=hashlib.sha256(value).hexdigest(), signed_digest=hashlib.sha256(made).hexdigest(),
-    )  # fmt: skip
+    made = hashlib.sha256(hashlib.sha256(covered).digest() + hashlib.sha256(content).digest()).hexdigest()
+    value = hashlib.sha256(bytes(signer["signature"])).hexdigest()
+    status = SignatureStatus(True, fingerprint, signed_at, None, signature_id=value, signed_sha256=made)
+    return Verified(status, content)
 
 
 def _signing_time(attributes: rfc5652.SignedAttributes) -> dt.datetime | str | None:
@@ -242,7 +263,7 @@ def _signing_time(attributes: rfc5652.SignedAttributes) -> dt.datetime | str | N
 
 
 def decrypt(
-    enveloped_message: bytes,
+    layer: Enveloped,
     cert_pem: bytes,
     key_path: Path,
     *,
@@ -250,17 +271,23 @@ def decrypt(
     timeout: float = OPENSSL_TIMEOUT_SECONDS,
     max_bytes: int = DECRYPT_MAX_BYTES,
 ) -> bytes:
-    """The MIME entity inside an S/MIME encrypted message (application/pkcs7-mime; smime-type=enveloped-data),
-    decrypted with the gateway's certificate and key; usually a signed entity, for verify() next.
+    """The MIME entity inside an S/MIME encrypted message (application/pkcs7-mime; smime-type=enveloped-data,
+    as mime.smime_layer read it), decrypted with the gateway's certificate and key; usually a signed entity,
+    for verify() next.
 
-    Bounded: once the plaintext passes `max_bytes`, or openssl has run `timeout` seconds, openssl is killed and
-    SmimeLimitExceeded (a CertificateProblem) raised; nothing is returned truncated. CertificateProblem when the
-    message is not S/MIME encrypted, or not to this certificate.
+    WeakCipher (a CertificateProblem) when its content encryption is not AES (CBC, or GCM in AuthEnvelopedData),
+    read from the CMS structure before openssl decrypts anything. Bounded: once the plaintext passes
+    `max_bytes`, or openssl has run `timeout` seconds, openssl is killed and SmimeLimitExceeded (a
+    CertificateProblem) raised; nothing is returned truncated. CertificateProblem when the message is not
+    encrypted to this certificate.
     """
-    layer = smime_layer(enveloped_message)
-    if not isinstance(layer, Enveloped):
-        why = layer.reason if isinstance(layer, NotSmime) else "it is signed, not encrypted"
-        raise CertificateProblem(f"the message is not S/MIME encrypted: {why}")
+    try:
+        cipher = der.content_cipher(layer.enveloped)
+    except der.Malformed as exc:
+        raise CertificateProblem(f"the encrypted message's CMS data cannot be read ({exc})") from None
+    refused = _refused_cipher(cipher, content_kind(layer.enveloped))
+    if refused is not None:
+        raise WeakCipher(refused)
     own = _pem(cert_pem, "the gateway's certificate")
     with tempfile.TemporaryDirectory(prefix="gateway-smime-") as tmp:
         (Path(tmp) / "cert.pem").write_bytes(own)
@@ -271,3 +298,16 @@ def decrypt(
     if finished.returncode != 0 or not finished.output:
         raise CertificateProblem("the message could not be decrypted with the gateway's certificate")
     return finished.output
+
+
+def _refused_cipher(cipher: bytes, kind: str | None) -> str | None:
+    """Why this content encryption (an OID's content octets) of an EnvelopedData or AuthEnvelopedData (`kind`)
+    is refused, or None."""
+    accepted = _CIPHERS.get(cipher)
+    if accepted is not None and accepted[1] == kind:
+        return None
+    if accepted is not None:  # AES, but GCM without AuthEnvelopedData's tag, or CBC where GCM belongs
+        named = f"{accepted[0]} in {kind}"
+    else:
+        named = _WEAK_CIPHERS.get(cipher) or f"the cipher {der.dotted(cipher)}"
+    return f"the message is encrypted with {named}, which the gateway does not accept: {_USE_AES}"

@@ -17,14 +17,21 @@ from pathlib import Path
 
 import pytest
 
+from gateway.gpgrun import DECRYPT_MAX_BYTES
 from gateway.smime import (
     CertificateProblem,
+    Detached,
+    Enveloped,
+    NotSmime,
+    Opaque,
     OpensslUnavailable,
     SmimeLimitExceeded,
+    Verified,
     certificates_in_signed_message,
     decrypt,
     read_certificate,
     sign_and_encrypt,
+    smime_layer,
     verify,
 )
 from tests.support.addresses import GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
@@ -69,6 +76,20 @@ def outlook_signed(signer: Identity, *options: str, tool: str = "cms") -> bytes:
     return openssl(tool, "-sign", "-signer", str(signer.cert), "-inkey", str(signer.key), "-md", "sha256", *eol,
                    *envelope(POLICE_ADDRESS, GATEWAY_ADDRESS), *(o for o in options if o != "-lf"),
                    data=REQUEST)  # fmt: skip
+
+
+def checked(mail: bytes, pinned: bytes) -> Verified:
+    """verify() on the signature the message carries, read as the gateway reads it (smime_layer)."""
+    layer = smime_layer(mail)
+    assert isinstance(layer, Detached | Opaque), layer
+    return verify(layer, pinned)
+
+
+def opened(mail: bytes, gateway: Identity, max_bytes: int = DECRYPT_MAX_BYTES) -> bytes:
+    """decrypt() on what the message carries, read as the gateway reads it (smime_layer)."""
+    layer = smime_layer(mail)
+    assert isinstance(layer, Enveloped), layer
+    return decrypt(layer, gateway.pem, gateway.key, max_bytes=max_bytes)
 
 
 def opened_as_a_recipient(sealed: bytes, recipient: Identity, tmp_path: Path) -> bytes:
@@ -208,13 +229,14 @@ def test_a_request_signed_as_outlook_signs_verifies_against_the_pinned_certifica
 ) -> None:
     mail = outlook_signed(smime_certs.police, *options)
     assert parsed(mail).get_content_type() == kind
-    status = verify(mail, smime_certs.police.pem)
+    verified = checked(mail, smime_certs.police.pem)
+    status = verified.signature
     assert status.good, status.problem
-    assert status.content == REQUEST  # the signed bytes, exactly: the request is read from these
-    assert status.signer_fingerprint == read_certificate(smime_certs.police.pem).fingerprint
+    assert verified.content == REQUEST  # the signed bytes, exactly: the request is read from these
+    assert status.primary_fingerprint == read_certificate(smime_certs.police.pem).fingerprint
     assert status.signed_at is not None
     assert abs(status.signed_at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=10)  # openssl signs now
-    assert verify(mail, smime_certs.police.pem).replay_keys() == status.replay_keys()
+    assert checked(mail, smime_certs.police.pem).signature.replay_keys() == status.replay_keys()
     assert len(status.replay_keys()) == 2
 
 
@@ -223,9 +245,9 @@ def test_the_older_x_pkcs7_spellings_are_accepted(smime_certs: SmimeCerts, optio
     mail = outlook_signed(smime_certs.police, *options, tool="smime")  # openssl smime writes application/x-pkcs7-*
     assert b"application/x-pkcs7-" in mail
     assert b"application/pkcs7-" not in mail
-    status = verify(mail, smime_certs.police.pem)
-    assert status.good, status.problem
-    assert status.content == REQUEST
+    verified = checked(mail, smime_certs.police.pem)
+    assert verified.signature.good, verified.signature.problem
+    assert verified.content == REQUEST
 
 
 @pytest.mark.parametrize("options", [(), ("-nodetach",)], ids=["detached", "opaque"])
@@ -237,12 +259,12 @@ def test_a_signature_by_another_certificate_is_refused_though_it_carries_its_own
     mail = outlook_signed(smime_certs.impostor, *options)
     carried = [info.fingerprint for info in certificates_in_signed_message(mail)]
     assert carried == [read_certificate(smime_certs.impostor.pem).fingerprint]
-    status = verify(mail, smime_certs.police.pem)
-    assert not status.good
-    assert str(status.problem).startswith("the signature is not good, or not by the pinned certificate")
-    assert status.content == b""
-    assert status.replay_keys() == ()
-    assert verify(mail, smime_certs.impostor.pem).good  # the same message, had that certificate been pinned
+    verified = checked(mail, smime_certs.police.pem)
+    assert not verified.signature.good
+    assert str(verified.signature.problem).startswith("the signature is not good, or not by the pinned certificate")
+    assert verified.content == b""
+    assert verified.signature.replay_keys() == ()
+    assert checked(mail, smime_certs.impostor.pem).signature.good  # the same message, had that one been pinned
 
 
 def test_without_nointern_openssl_would_have_taken_the_impostors_own_certificate(
@@ -268,36 +290,34 @@ def test_without_nointern_openssl_would_have_taken_the_impostors_own_certificate
 def test_a_tampered_body_is_refused(smime_certs: SmimeCerts) -> None:
     detached = outlook_signed(smime_certs.police)
     assert b"our force area" in detached
-    assert not verify(detached.replace(b"our force area", b"all of England"), smime_certs.police.pem).good
+    assert not checked(detached.replace(b"our force area", b"all of England"), smime_certs.police.pem).signature.good
 
     opaque = outlook_signed(smime_certs.police, "-nodetach")
     head, _, body = opaque.partition(b"\r\n\r\n")
     der = base64.b64decode(body)
-    altered = der.replace(b"our force area", b"all of Englan")  # the same length: still well-formed DER
+    altered = der.replace(b"our force area", b"all of England")  # the same length: still well-formed DER
     assert altered != der
     forged = head + b"\r\n\r\n" + base64.encodebytes(altered).replace(b"\n", b"\r\n")
-    assert not verify(forged, smime_certs.police.pem).good
+    assert not checked(forged, smime_certs.police.pem).signature.good
 
 
 def test_a_sha1_signature_is_refused(smime_certs: SmimeCerts) -> None:
     mail = openssl("cms", "-sign", "-signer", str(smime_certs.police.cert), "-inkey", str(smime_certs.police.key),
                    "-md", "sha1", "-crlfeol", data=REQUEST)  # fmt: skip
-    status = verify(mail, smime_certs.police.pem)
+    status = checked(mail, smime_certs.police.pem).signature
     assert not status.good
     assert status.problem == "the signature uses a digest other than SHA-256, SHA-384 or SHA-512"
 
 
 def test_what_is_not_an_smime_signature_is_refused_with_its_reason(smime_certs: SmimeCerts) -> None:
     plain = f"From: {POLICE_ADDRESS}\r\nContent-Type: text/plain\r\n\r\nRequest: disclosure\r\n".encode()
-    assert verify(plain, smime_certs.police.pem).problem == (
+    assert smime_layer(plain) == NotSmime(
         "the message is not S/MIME (application/pkcs7-mime or application/x-pkcs7-mime, or multipart/signed)"
     )
     pgp = b'Content-Type: multipart/signed; protocol="application/pgp-signature"; boundary="b"\r\n\r\n--b--\r\n'
-    assert (
-        verify(pgp, smime_certs.police.pem).problem == "the multipart/signed message does not carry an S/MIME signature"
-    )
+    assert smime_layer(pgp) == NotSmime("the multipart/signed message does not carry an S/MIME signature")
     bare_cr = outlook_signed(smime_certs.police).replace(b"Area: Shropshire", b"Area: Shrop\rshire")
-    assert verify(bare_cr, smime_certs.police.pem).problem == (
+    assert smime_layer(bare_cr) == NotSmime(
         "the signed message holds a carriage return that ends no line: it cannot be verified unambiguously"
     )
 
@@ -312,28 +332,27 @@ def test_a_signed_request_encrypted_to_the_gateway_decrypts_and_verifies(smime_c
                      "-md", "sha256", "-crlfeol", data=REQUEST)  # fmt: skip
     mail = openssl(tool, "-encrypt", "-aes256", "-crlfeol", *envelope(POLICE_ADDRESS, GATEWAY_ADDRESS),
                    str(smime_certs.gateway.cert), data=signed)  # fmt: skip
-    opened = decrypt(mail, smime_certs.gateway.pem, smime_certs.gateway.key)
-    assert opened == signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # encrypted in canonical form
-    status = verify(opened, smime_certs.police.pem)
-    assert status.good, status.problem
-    assert status.content == REQUEST
+    inner = opened(mail, smime_certs.gateway)
+    assert inner == signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # encrypted in canonical form
+    verified = checked(inner, smime_certs.police.pem)
+    assert verified.signature.good, verified.signature.problem
+    assert verified.content == REQUEST
 
 
 def test_a_message_encrypted_to_another_certificate_is_not_decrypted(smime_certs: SmimeCerts) -> None:
     mail = openssl("cms", "-encrypt", "-aes256", str(smime_certs.la.cert), data=REQUEST)
     with pytest.raises(CertificateProblem, match="could not be decrypted with the gateway's certificate"):
-        decrypt(mail, smime_certs.gateway.pem, smime_certs.gateway.key)
-    with pytest.raises(CertificateProblem, match="not S/MIME encrypted: it is signed"):
-        decrypt(outlook_signed(smime_certs.police, "-nodetach"), smime_certs.gateway.pem, smime_certs.gateway.key)
+        opened(mail, smime_certs.gateway)
+    assert isinstance(smime_layer(outlook_signed(smime_certs.police, "-nodetach")), Opaque)  # signed, not encrypted
 
 
 def test_decryption_is_bounded_and_the_bound_is_exact(smime_certs: SmimeCerts) -> None:
     plaintext = os.urandom(300_000)  # larger than any pipe buffer
     mail = openssl("cms", "-encrypt", "-aes256", "-binary", str(smime_certs.gateway.cert), data=plaintext)
     gateway = smime_certs.gateway
-    assert decrypt(mail, gateway.pem, gateway.key, max_bytes=len(plaintext)) == plaintext
+    assert opened(mail, gateway, max_bytes=len(plaintext)) == plaintext
     with pytest.raises(SmimeLimitExceeded, match=f"^the decrypted message is larger than {len(plaintext) - 1} bytes$"):
-        decrypt(mail, gateway.pem, gateway.key, max_bytes=len(plaintext) - 1)
+        opened(mail, gateway, max_bytes=len(plaintext) - 1)
     assert openssl_children() == []  # killed and reaped
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import Authenticated, Refused, authenticate
+from gateway.authenticate import Authenticated, PinnedKey, Refused, authenticate
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from gateway.signedpart import BARE_CR
+from tests.support.addresses import POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys
 from tests.support.requests import FROM_POLICE, REQUEST, signed_message
 from tests.support.wire import parse
@@ -52,8 +53,8 @@ def genuine(keys: AuthorityKeys) -> tuple[bytes, bytes]:
 
 def check(raw: bytes, keyring: Keyring, keys: AuthorityKeys) -> Authenticated | Refused:
     return authenticate(
-        parse(raw), raw, policy="signed", pinned_key=keys.police.fingerprint, authserv_id=None,
-        verify=keyring.verify_detached,
+        parse(raw), raw, policy="signed", pinned=PinnedKey(POLICE_ADDRESS, keys.police.fingerprint),
+        authserv_id=None, verify=keyring.verify_detached,
     )  # fmt: skip
 
 

@@ -3,9 +3,13 @@ today (so no verdict depends on the day the suite runs), and openssl run as an a
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -13,9 +17,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pyasn1.codec.ber import decoder
+from pyasn1.codec.der import encoder
+from pyasn1.type import univ, useful
+from pyasn1_modules import rfc5652
 
 from gateway.smime import make_self_signed
 from tests.support.addresses import GATEWAY_ADDRESS, LA_ADDRESS, POLICE_ADDRESS
+from tests.support.requests import REQUEST
 
 # Every test certificate is valid from the first to the last of these, unless a test says otherwise; openssl's own
 # chain check (-CAfile) uses today's date, which falls between them for the rest of the century.
@@ -135,3 +144,82 @@ def openssl(*args: str, data: bytes = b"") -> bytes:
     if result.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args[:2])} failed: {result.stderr.decode(errors='replace')}")
     return result.stdout
+
+
+# ---------------------------------------------------------------- requests, as Outlook sends them
+
+# What Outlook puts inside the signature: the request in its own text part, CRLF.
+REQUEST_PART = b'Content-Type: text/plain; charset="us-ascii"\r\nContent-Transfer-Encoding: 7bit\r\n\r\n' + (
+    REQUEST.encode()
+)
+
+
+def smime_signed(
+    signer: Identity,
+    at: dt.datetime,
+    *options: str,
+    content: bytes = REQUEST_PART,
+    tool: str = "cms",
+    sender: str | None = POLICE_ADDRESS,
+    digest: str = "sha256",
+) -> bytes:
+    """`content` signed by `signer` as Outlook signs it (detached multipart/signed unless -nodetach, CRLF), dated
+    `at`; with From, To and Subject (openssl's -from, -to, -subject) unless `sender` is None: then it is the
+    entity Outlook encrypts next. `tool` "smime" writes the older application/x-pkcs7-* types."""
+    envelope = [] if sender is None else ["-from", sender, "-to", GATEWAY_ADDRESS, "-subject", "Register request"]
+    mail = openssl(tool, "-sign", "-signer", str(signer.cert), "-inkey", str(signer.key), "-md", digest,
+                   "-crlfeol", *envelope, *options, data=content)  # fmt: skip
+    return dated(mail, signer, at, digest)
+
+
+def smime_encrypted(
+    entity: bytes, recipient: Identity, *options: str, tool: str = "cms", sender: str = POLICE_ADDRESS
+) -> bytes:
+    """`entity` encrypted to `recipient` (AES-256-CBC unless `options` name another cipher), with From, To and
+    Subject: "sign and encrypt" in Outlook is this around smime_signed(..., sender=None)."""
+    cipher = [] if any(option.startswith(("-aes", "-des", "-rc2")) for option in options) else ["-aes256"]
+    return openssl(tool, "-encrypt", *cipher, *options, "-crlfeol", "-from", sender, "-to", GATEWAY_ADDRESS,
+                   "-subject", "Register request", str(recipient.cert), data=entity)  # fmt: skip
+
+
+def as_sent(mail: bytes, message_id: str, at: dt.datetime) -> bytes:
+    """The mail with the Message-ID and Date its client adds on sending."""
+    return f"Message-ID: <{message_id}@tests.example>\r\nDate: {format_datetime(at)}\r\n".encode() + mail
+
+
+def dated(mail: bytes, signer: Identity, at: dt.datetime, digest: str = "sha256") -> bytes:
+    """The S/MIME signed mail openssl wrote, as if signed at `at`: openssl signs at the moment it runs, and a
+    test's verdict must not depend on the day it runs. The signingTime attribute is set to `at`, and the
+    signature made again over the signed attributes by openssl (`openssl dgst -sign`, as `cms -sign` signs
+    them: PKCS #1 v1.5 for RSA, ECDSA for EC, with the `digest` it was signed with); everything else is as
+    openssl wrote it."""
+    return with_cms(mail, lambda der: _redated(der, signer, at, digest))
+
+
+def with_cms(mail: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """The S/MIME signed mail with its CMS signature (DER) replaced by change(signature); every other byte,
+    the signed part's among them, as it was."""
+    message = message_from_bytes(mail, policy=policy.default)
+    part = list(message.iter_parts())[1] if message.is_multipart() else message
+    written = str(part.get_payload()).strip().encode("ascii")
+    assert mail.count(written) == 1, "the signature's base64 is not found once in the mail"
+    eol = b"\r\n" if b"\r\n" in written else b"\n"
+    text = base64.b64encode(change(base64.b64decode(written)))
+    return mail.replace(written, eol.join(text[i : i + 64] for i in range(0, len(text), 64)))
+
+
+def _redated(der: bytes, signer: Identity, at: dt.datetime, digest: str) -> bytes:
+    info, _ = decoder.decode(der, asn1Spec=rfc5652.ContentInfo())
+    signed, _ = decoder.decode(info["content"], asn1Spec=rfc5652.SignedData())
+    signer_info = signed["signerInfos"][0]
+    attributes = signer_info["signedAttrs"]
+    moment = useful.UTCTime(at.astimezone(dt.UTC).strftime("%y%m%d%H%M%SZ"))
+    times = [attr for attr in attributes if attr["attrType"] == rfc5652.id_signingTime]
+    assert len(times) == 1, "openssl wrote no signing time"
+    times[0]["attrValues"][0] = encoder.encode(rfc5652.SigningTime().setComponentByName("utcTime", moment))
+    # Signed as a SET OF (RFC 5652 5.4), not with the [0] IMPLICIT tag it carries in the SignerInfo.
+    covered = b"\x31" + encoder.encode(attributes)[1:]
+    key = ["-sign", str(signer.key), "-passin", "pass:"]
+    signer_info["signature"] = univ.OctetString(openssl("dgst", f"-{digest}", "-binary", *key, data=covered))
+    info["content"] = encoder.encode(signed)
+    return bytes(encoder.encode(info))

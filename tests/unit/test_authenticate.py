@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import Authenticated, Refused, authenticate, dmarc_pass, sender_of
+from gateway.authenticate import Authenticated, PinnedKey, Refused, authenticate, dmarc_pass, sender_of
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from gateway.shown import digest
@@ -113,7 +113,12 @@ def check(
 ) -> Authenticated | Refused:
     raw = headers.replace("\n", "\r\n").encode() + raw
     return authenticate(
-        parse(raw), raw, policy=auth, pinned_key=pinned, authserv_id=BORDER, verify=keyring.verify_detached
+        parse(raw),
+        raw,
+        policy=auth,
+        pinned=PinnedKey(POLICE_ADDRESS, pinned),
+        authserv_id=BORDER,
+        verify=keyring.verify_detached,
     )
 
 

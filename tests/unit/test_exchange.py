@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import Authenticated, Refused, authenticate
+from gateway.authenticate import Authenticated, PinnedKey, Refused, authenticate
 from gateway.crypto import Keyring
 from gateway.dev.sample import write_sample
 from gateway.requests import body_text, parse_request
@@ -123,7 +123,7 @@ def check(raw: bytes, ring: GatewayRing, keys: AuthorityKeys) -> Authenticated |
         parse(raw),
         raw,
         policy="signed",
-        pinned_key=keys.police.fingerprint,
+        pinned=PinnedKey(POLICE_ADDRESS, keys.police.fingerprint),
         authserv_id=None,
         verify=ring.ring.verify_detached,
         decrypt=ring.ring.decrypt,

@@ -19,7 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway import audit, limits, shown
 from gateway.authenticate import registered_addresses
-from gateway.compose import admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
+from gateway.compose import OPENPGP, admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -109,7 +109,8 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
 async def authority_notice(
     ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
 ) -> Outgoing | None:
-    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
+    """A notice to an authority's first address, encrypted to what is pinned for it and signed; None when that
+    cannot be used."""
     try:
         return await encrypted_notice(
             ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
@@ -131,8 +132,9 @@ async def encrypted_notice(
     recipient: str | None = None,
 ) -> Outgoing | None:
     """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
-    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
-    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
+    notice about a subscription goes to the address that asked), signed and encrypted to what is pinned for that
+    address (PGP/MIME or S/MIME, as it takes); None when it has no address. KeyProblem when what is pinned cannot
+    be used: no plaintext, ever."""
     if not authority.addresses:
         return None
     recipient = recipient or authority.addresses[0].address
@@ -303,11 +305,14 @@ async def _authority_notice(ctx: Context, key: Expiring, reference: str) -> Outg
     if key.authority is None:
         return None
     when = f"{key.expires:%d %B %Y}"
+    # To an address that takes that key, when one does: the notice is then encrypted to the key it is about.
+    takes_key = [row.address for row in key.authority.addresses if row.method == OPENPGP]
     try:
         return await encrypted_notice(
             ctx, key.authority, kind="key-notice", reference=reference,
             subject=f"Your encryption key expires on {when}", template="key-expiry.txt.j2",
             values={"expires": when, "fingerprint": key.fingerprint, "subscribed": key.subscribed},
+            recipient=next(iter(takes_key), None),
         )  # fmt: skip
     except KeyProblem as exc:
         log.warning("key_notice.not_encryptable", authority=key.authority.name, reason=str(exc))

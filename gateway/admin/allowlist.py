@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -26,11 +27,14 @@ from gateway.admin.authorities import (
     KIND,
     NAME,
     NEW_NAME,
+    OPENPGP,
     REMOVE_EMAILS,
+    SMIME,
     AllowlistError,
     AuthorityView,
     Change,
     addresses_of,
+    certificate_checks,
     check_policy,
     clean_name,
     key_checks,
@@ -43,6 +47,7 @@ from gateway.db.models import Admin, Authority, AuthorityAddress
 from gateway.errors import FieldUsageError
 from gateway.gpgrun import in_thread
 from gateway.keyinfo import KeyInfo
+from gateway.smime.certs import CertificateProblem, CertInfo, chain_problem, read_certificate
 
 
 class _RollBack(Exception):  # not an error: how a rehearsal's transaction is undone once every check passed
@@ -79,6 +84,8 @@ class Allowlist:
         gateway_key: str | None,
         standing: Standing,
         rehearse: bool = False,
+        trust_store: Path | None = None,
+        openssl: str = "openssl",
     ):
         self._db = db
         self._standing = standing
@@ -89,6 +96,9 @@ class Allowlist:
         # included): that way lies a mail loop, or HMCI disclosing to itself.
         self._reserved_domains = frozenset(address.rpartition("@")[2] for address in reserved)
         self._gateway_key = gateway_key
+        # [smime] trust_store: a pinned certificate must also chain to it (pinning is what is trusted either way).
+        self._trust_store = trust_store
+        self._openssl = openssl
 
     @property
     def db(self) -> Database:
@@ -205,10 +215,12 @@ class Allowlist:
         kind: str,
         area: str | None,
         emails: Sequence[str],
-        key_data: bytes,
+        key_data: bytes | None,
         auth_policy: str = DEFAULT_AUTH_POLICY,
         actor: str,
     ) -> Change:
+        """A new authority. Without an OpenPGP key its addresses take S/MIME, and get nothing (nor are their
+        requests authenticated by a signature) until a certificate is pinned for each (set_certificate)."""
         name = clean_name(name, NAME)
         auth_policy = check_policy(auth_policy)
         canonical_area = resolve_area(kind, area)
@@ -222,7 +234,17 @@ class Allowlist:
             if existing is not None:
                 raise AllowlistError(f"an authority named {existing!r} already exists")
             await self._claim(session, addresses, None)
-            info, warnings = await self._pin(session, key_data, addresses, None, keys.imported)
+            if key_data is None:
+                info, warnings = (
+                    None,
+                    [
+                        f"{name!r} has no OpenPGP key: nothing is sent to it until a certificate is pinned for each "
+                        "address (`gateway authority set-cert`)"
+                    ],
+                )
+            else:
+                info, warnings = await self._pin(session, key_data, addresses, None, keys.imported)
+            method = OPENPGP if info is not None else SMIME
             now = dt.datetime.now(dt.UTC)
             row = Authority(
                 name=name,
@@ -231,11 +253,11 @@ class Allowlist:
                 area=canonical_area,
                 auth_policy=auth_policy,
                 status="active",
-                key_fingerprint=info.fingerprint,
-                key_expires=info.expires,
+                key_fingerprint=info.fingerprint if info else None,
+                key_expires=info.expires if info else None,
                 created_at=now,
                 updated_at=now,
-                addresses=[AuthorityAddress(address=a) for a in addresses],
+                addresses=[AuthorityAddress(address=a, method=method) for a in addresses],
             )
             session.add(row)
             await session.flush()
@@ -325,7 +347,7 @@ class Allowlist:
         remaining = (current - set(remove)) | set(add)
         if not remaining:
             raise AllowlistError(f"{row.name!r} would be left with no address: add another before removing the last")
-        if add or remove:
+        if (add or remove) and row.key_fingerprint is not None:
             info = await in_thread(self._keyring.inspect, row.key_fingerprint)
             if info is None or not info.emails & remaining:
                 raise AllowlistError(
@@ -333,7 +355,9 @@ class Allowlist:
                     "set a key for the new address first (`gateway authority set-key`)"
                 )
         row.addresses = [a for a in row.addresses if a.address not in remove]
-        row.addresses.extend(AuthorityAddress(address=a) for a in add if a not in current)
+        # A new address takes the authority's OpenPGP key, or (having none) waits for a certificate of its own.
+        method = OPENPGP if row.key_fingerprint is not None else SMIME
+        row.addresses.extend(AuthorityAddress(address=a, method=method) for a in add if a not in current)
 
     async def set_status(self, name: str, status: str, *, actor: str) -> Change:
         async with self._change() as (session, _):
@@ -390,3 +414,97 @@ class Allowlist:
             if old is not None and old != info.fingerprint:
                 keys.unpinned.append(old)
         return Change(view, tuple(warnings))
+
+    # ---------------------------------------------------------------- S/MIME certificates, one per address
+
+    async def _check_certificate(
+        self, session: AsyncSession, info: CertInfo, address: str, owner: Authority
+    ) -> tuple[str, ...]:
+        warnings = tuple(certificate_checks(info, address, dt.datetime.now(dt.UTC)))
+        if self._trust_store is not None:
+            problem = await in_thread(chain_problem, info.pem, self._trust_store, self._openssl)
+            if problem:
+                raise AllowlistError(f"certificate {info.fingerprint} refused for {address}: {problem}")
+        # One certificate, one authority: whoever holds its private key could read every address it is pinned for.
+        holder = (
+            await session.execute(
+                select(Authority.name)
+                .join(AuthorityAddress)
+                .where(AuthorityAddress.cert_fingerprint == info.fingerprint, Authority.id != owner.id)
+            )
+        ).scalar()
+        if holder is not None:
+            raise AllowlistError(f"certificate {info.fingerprint} is already pinned for authority {holder!r}")
+        return warnings
+
+    async def set_certificate(self, name: str, address: str, cert_data: bytes, *, actor: str) -> Change:
+        """Pin an S/MIME certificate for one of the authority's addresses: from now on mail to that address is
+        S/MIME, and a request from it is authenticated by that certificate alone."""
+        address = addresses_of([address])[0]
+        try:
+            info = read_certificate(cert_data)
+        except CertificateProblem as exc:
+            raise AllowlistError(f"certificate refused: {exc}") from None
+        async with self._change() as (session, _):
+            row = await self._find(session, name)
+            entry = next((a for a in row.addresses if a.address == address), None)
+            if entry is None:
+                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            warnings = await self._check_certificate(session, info, address, row)
+            before = {"method": entry.method, "cert_fingerprint": entry.cert_fingerprint}
+            if before == {"method": SMIME, "cert_fingerprint": info.fingerprint}:
+                raise AllowlistError(f"certificate {info.fingerprint} is already pinned for {address}")
+            entry.method = SMIME
+            entry.cert_fingerprint = info.fingerprint
+            entry.cert_pem = info.pem.decode("ascii")
+            entry.cert_subject = info.subject
+            entry.cert_expires = info.not_after
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.set-cert",
+                subject=row.name,
+                details={
+                    "address": address,
+                    "old": before,
+                    "cert_fingerprint": info.fingerprint,
+                    "cert_subject": info.subject,
+                    "cert_issuer": info.issuer,
+                    "cert_addresses": list(info.emails),
+                    "not_before": info.not_before,
+                    "not_after": info.not_after,
+                },
+            )
+            ended = await self._review(session, row, actor=actor)
+            view = AuthorityView.of(row)
+        return Change(view, (*warnings, *ended))
+
+    async def remove_certificate(self, name: str, address: str, *, actor: str) -> Change:
+        """Stop trusting an address's certificate at once (no second admin: it only takes access away). The
+        address keeps S/MIME: nothing is sent to it, and no request from it is authenticated by a signature,
+        until a new certificate is pinned (or the address is removed and added again for OpenPGP)."""
+        address = addresses_of([address])[0]
+        async with self._change() as (session, _):
+            row = await self._find(session, name)
+            entry = next((a for a in row.addresses if a.address == address), None)
+            if entry is None:
+                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            if entry.cert_fingerprint is None:
+                raise AllowlistError(f"no certificate is pinned for {address}")
+            old = entry.cert_fingerprint
+            entry.cert_fingerprint = entry.cert_pem = entry.cert_subject = None
+            entry.cert_expires = None
+            row.updated_at = dt.datetime.now(dt.UTC)
+            await session.flush()
+            await audit.record(
+                session,
+                actor=actor,
+                action="authority.remove-cert",
+                subject=row.name,
+                details={"address": address, "cert_fingerprint": old},
+            )
+            ended = await self._review(session, row, actor=actor)
+            view = AuthorityView.of(row)
+        return Change(view, ended)

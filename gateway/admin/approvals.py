@@ -34,11 +34,13 @@ from gateway.db.models import PendingChange
 from gateway.errors import FieldError
 from gateway.gpgrun import in_thread
 from gateway.keyinfo import KeyInfo
+from gateway.smime.certs import CertificateProblem, CertInfo, read_certificate
 
 STATEMENT_TITLE = "HMCI register disclosure gateway: change statement, version 1"
 ADMIN_KINDS = frozenset({"admin-add", "admin-remove"})  # always under the rule: admins exist only for it
 VERBS = {"add": "added", "update": "updated", "set-key": "new key pinned for", "resume": "resumed",
-         "admin-add": "registered admin", "admin-remove": "removed admin"}  # fmt: skip
+         "set-cert": "new certificate pinned for", "admin-add": "registered admin",
+         "admin-remove": "removed admin"}  # fmt: skip
 
 
 class ApprovalError(FieldError):
@@ -62,6 +64,16 @@ class Proposal:
         except (binascii.Error, ValueError):
             raise ApprovalError("the change's key is not valid base64") from None
 
+    def certificate(self) -> CertInfo:
+        """The certificate a set-cert change pins, read as it will be pinned."""
+        data = self.arguments.get("cert")
+        try:
+            return read_certificate(base64.b64decode(data or "", validate=True))
+        except (binascii.Error, ValueError):
+            raise ApprovalError("the change's certificate is not valid base64") from None
+        except CertificateProblem as exc:
+            raise ApprovalError(f"the change's certificate cannot be read: {exc}") from None
+
     def summary(self, key: KeyInfo | None = None) -> str:
         args = self.arguments
         with_key = f" with key {key.fingerprint}" if key else ""
@@ -71,13 +83,19 @@ class Proposal:
         if self.kind == "update":
             shown = {k: v for k, v in args.items() if v not in (None, [], ())}
             return f"update {self.authority!r}: {json.dumps(shown, sort_keys=True)}"
-        if self.kind == "set-key":
-            return f"pin a new key{(' ' + key.fingerprint) if key else ''} for {self.authority!r}"
+        if self.kind in ("set-key", "set-cert"):
+            return self._pin_summary(key)
         if self.kind == "admin-add":
             return f"register admin {self.authority!r}{with_key}"
         if self.kind == "admin-remove":
             return f"remove admin {args['name']!r} (key {self.authority})"
         return f"resume {self.authority!r}"
+
+    def _pin_summary(self, key: KeyInfo | None) -> str:
+        if self.kind == "set-cert":
+            address = self.arguments["address"]
+            return f"pin certificate {self.certificate().fingerprint} for {address} of {self.authority!r}"
+        return f"pin a new key{(' ' + key.fingerprint) if key else ''} for {self.authority!r}"
 
 
 def key_argument(key_data: bytes) -> str:
@@ -97,6 +115,20 @@ def _key_lines(info: KeyInfo, expires: dt.datetime | None) -> list[str]:
     return lines
 
 
+def _certificate_lines(info: CertInfo) -> list[str]:
+    """What both admins confirm of a certificate: the fingerprint to check with the authority out of band, and
+    what it says of itself."""
+
+    def when(moment: dt.datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    lines = [_line("cert-sha256", info.fingerprint), _line("cert-subject", info.subject)]
+    lines += [_line("cert-address", email) for email in info.emails]
+    lines += [_line("cert-issuer", info.issuer), _line("cert-not-before", when(info.not_before))]
+    key = f"EC {info.curve}" if info.curve else f"{info.key_type} {info.key_bits}"
+    return [*lines, _line("cert-not-after", when(info.not_after)), _line("cert-key", key)]
+
+
 def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
     args = proposal.arguments
     if proposal.kind == "admin-add":
@@ -106,13 +138,12 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
         return [_line("admin-fingerprint", proposal.authority), _line("admin-name", args["name"])]
     lines = [_line("authority", proposal.authority)]
     if proposal.kind == "add":
-        assert key is not None  # noqa: S101 - an add always carries its key
         lines += [
             _line("authority-kind", args["kind"]),
             _line("area", resolve_area(args["kind"], args["area"]) or "national"),
             _line("authentication", args["auth"]),
             *(_line("address", a) for a in addresses_of(args["emails"])),
-            *_key_lines(key, key.expires),
+            *(_key_lines(key, key.expires) if key else [_line("key-fingerprint", "none")]),
         ]
     elif proposal.kind == "update":
         for label, name in (("new-name", "new_name"), ("new-kind", "kind"), ("new-area", "area"),
@@ -124,6 +155,8 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
     elif proposal.kind == "set-key":
         assert key is not None  # noqa: S101 - a set-key always carries its key
         lines += _key_lines(key, key.expires)
+    elif proposal.kind == "set-cert":
+        lines += [_line("address", addresses_of([args["address"]])[0]), *_certificate_lines(proposal.certificate())]
     elif proposal.kind == "resume":
         lines.append(_line("new-status", "active"))
     else:
@@ -179,7 +212,7 @@ async def apply(
             raise ApprovalError("an admin is removed only through the two-person rule")
         await admins.remove(allowlist.db, proposal.authority, actor=actor, now=dt.datetime.now(dt.UTC))
         return Change(None)
-    if proposal.kind == "add" and key is not None:
+    if proposal.kind == "add":
         return await allowlist.add(
             name=proposal.authority, kind=args["kind"], area=args["area"], emails=args["emails"],
             key_data=key, auth_policy=args["auth"], actor=actor,
@@ -189,11 +222,22 @@ async def apply(
             proposal.authority, new_name=args["new_name"], kind=args["kind"], area=args["area"],
             auth_policy=args["auth"], add_emails=args["add_emails"], remove_emails=args["remove_emails"], actor=actor,
         )  # fmt: skip
-    if proposal.kind == "set-key" and key is not None:
-        return await allowlist.set_key(proposal.authority, key, actor=actor)
+    if proposal.kind in ("set-key", "set-cert"):
+        return await _pin(allowlist, proposal, actor)
     if proposal.kind == "resume":
         return await allowlist.set_status(proposal.authority, "active", actor=actor)
     raise ApprovalError(f"unknown change kind {proposal.kind!r}")
+
+
+async def _pin(allowlist: Allowlist, proposal: Proposal, actor: str) -> Change:
+    """A new credential: an authority's OpenPGP key, or one address's S/MIME certificate."""
+    if proposal.kind == "set-cert":
+        cert = proposal.certificate()
+        return await allowlist.set_certificate(proposal.authority, proposal.arguments["address"], cert.pem, actor=actor)
+    key = proposal.key_data()
+    if key is None:
+        raise ApprovalError("a set-key change needs the key")
+    return await allowlist.set_key(proposal.authority, key, actor=actor)
 
 
 async def rehearse(rehearsal: Allowlist, proposal: Proposal, *, binary: str) -> Change:
@@ -244,7 +288,9 @@ async def propose(
         session.add(row)
         await session.flush()
         row.statement = statement(proposal, row.id, gateway=gateway, database=await admins.identity(session), key=key)
-        shown = {k: v for k, v in proposal.arguments.items() if k != "key"}
+        shown = {k: v for k, v in proposal.arguments.items() if k not in ("key", "cert")}
+        if proposal.kind == "set-cert":
+            shown["cert_fingerprint"] = proposal.certificate().fingerprint
         await audit.record(
             session, actor=actor, action="change.propose", subject=f"change {row.id}",
             details={"kind": proposal.kind, "authority": proposal.authority, "arguments": shown,

@@ -10,9 +10,10 @@ from typing import Any
 
 from gateway.addresses import normalise_address
 from gateway.admin.reference import find_local_authority, find_police_force_area
-from gateway.db.models import Authority
+from gateway.db.models import Authority, AuthorityAddress
 from gateway.errors import Field, FieldError, FieldUsageError
 from gateway.keyinfo import KeyInfo
+from gateway.smime.certs import CertInfo
 
 KINDS: tuple[str, ...] = ("police", "local-authority", "childrens-commissioner", "secretary-of-state")
 NATIONAL_KINDS = frozenset({"childrens-commissioner", "secretary-of-state"})
@@ -23,6 +24,8 @@ DEFAULT_AUTH_POLICY = "signed-or-dmarc"
 # The spellings before S/MIME, still taken on input (migration 0015 renamed the stored ones).
 OLD_POLICIES = {"pgp": "signed", "pgp-or-dmarc": "signed-or-dmarc"}
 KEY_EXPIRY_WARNING = dt.timedelta(days=30)
+# How mail to a registered address is sealed and a request from it authenticated.
+OPENPGP, SMIME = "openpgp", "smime"
 MAX_NAME = 200
 # The fields a change is given, as its refusals name them.
 NAME, NEW_NAME, KIND, AREA = Field("name"), Field("new_name"), Field("kind"), Field("area")
@@ -49,6 +52,30 @@ class AllowlistError(FieldError):
 
 
 @dataclass(frozen=True)
+class AddressView:
+    """One registered address: its method, and the certificate pinned for it (S/MIME)."""
+
+    address: str
+    method: str
+    cert_fingerprint: str | None
+    cert_subject: str | None
+    cert_expires: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: AuthorityAddress) -> AddressView:
+        return cls(row.address, row.method, row.cert_fingerprint, row.cert_subject, row.cert_expires)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "method": self.method,
+            "cert_fingerprint": self.cert_fingerprint,
+            "cert_subject": self.cert_subject,
+            "cert_expires": self.cert_expires.isoformat() if self.cert_expires else None,
+        }
+
+
+@dataclass(frozen=True)
 class AuthorityView:
     name: str
     kind: str
@@ -56,6 +83,7 @@ class AuthorityView:
     auth_policy: str
     status: str
     addresses: tuple[str, ...]
+    delivery: tuple[AddressView, ...]  # each address's method and certificate, in the order of `addresses`
     key_fingerprint: str | None
     key_expires: dt.datetime | None
     created_at: dt.datetime
@@ -70,6 +98,7 @@ class AuthorityView:
             auth_policy=row.auth_policy,
             status=row.status,
             addresses=tuple(a.address for a in row.addresses),
+            delivery=tuple(AddressView.of(a) for a in row.addresses),
             key_fingerprint=row.key_fingerprint,
             key_expires=row.key_expires,
             created_at=row.created_at,
@@ -84,6 +113,7 @@ class AuthorityView:
             "auth_policy": self.auth_policy,
             "status": self.status,
             "addresses": list(self.addresses),
+            "delivery": [a.as_dict() for a in self.delivery],
             "key_fingerprint": self.key_fingerprint,
             "key_expires": self.key_expires.isoformat() if self.key_expires else None,
             "created_at": self.created_at.isoformat(),
@@ -157,4 +187,17 @@ def key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> lis
         )
     if info.expires is not None and info.expires - now < KEY_EXPIRY_WARNING:
         return [f"key {info.fingerprint} expires on {info.expires.date().isoformat()}: ask for a renewed key"]
+    return []
+
+
+def certificate_checks(info: CertInfo, address: str, now: dt.datetime) -> list[str]:
+    """Warnings for a certificate that can be pinned for `address`; AllowlistError for one that cannot."""
+    problems = info.problems(address, now)
+    if problems:
+        raise AllowlistError(f"certificate {info.fingerprint} refused for {address}: {'; '.join(problems)}")
+    if info.not_after - now < KEY_EXPIRY_WARNING:
+        return [
+            f"certificate {info.fingerprint} for {address} expires on {info.not_after.date().isoformat()}: "
+            "ask for a renewed certificate"
+        ]
     return []

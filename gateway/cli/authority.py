@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import base64
 
 from gateway.admin import approvals
-from gateway.admin.authorities import AUTH_POLICIES, DEFAULT_AUTH_POLICY, KINDS, OLD_POLICIES
+from gateway.admin.authorities import (
+    AUTH_POLICIES,
+    DEFAULT_AUTH_POLICY,
+    KINDS,
+    OLD_POLICIES,
+    AuthorityView,
+    addresses_of,
+)
 from gateway.cli.opening import read_file
 from gateway.cli.output import date, emit_json, print_table
 from gateway.cli.proposing import allowlist, make_or_propose, print_authority, report
 from gateway.cli.tree import Commands
+from gateway.errors import UsageError
+from gateway.smime import CertificateProblem, certificates_in_signed_message
 
 
 async def cmd_authority_add(args: argparse.Namespace) -> int:
-    key_data = read_file(args.key, "key file")
-    arguments = {"kind": args.kind, "area": args.area, "emails": args.email, "key": approvals.key_argument(key_data),
-                 "auth": args.auth}  # fmt: skip
+    key = approvals.key_argument(read_file(args.key, "key file")) if args.key else None
+    arguments = {"kind": args.kind, "area": args.area, "emails": args.email, "key": key, "auth": args.auth}
     return await make_or_propose(args, approvals.Proposal("add", args.name, arguments), "added")
 
 
@@ -28,7 +37,7 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
         print("no authorities yet: add one with `gateway authority add`")
     else:
         print_table(
-            ["name", "kind", "area", "status", "auth", "addresses", "key", "key expires"],
+            ["name", "kind", "area", "status", "auth", "addresses", "key", "key expires", "certs expire"],
             [
                 [
                     v.name,
@@ -36,14 +45,21 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
                     v.area or "(national)",
                     v.status,
                     v.auth_policy,
-                    ", ".join(v.addresses),
+                    ", ".join(f"{d.address} ({d.method})" for d in v.delivery),
                     v.key_fingerprint[-16:] if v.key_fingerprint else "-",
                     date(v.key_expires),
+                    _earliest(v),
                 ]
                 for v in views
             ],
         )
     return 0
+
+
+def _earliest(view: AuthorityView) -> str:
+    """When the first of an authority's pinned certificates expires ("-" with none)."""
+    expiries = [d.cert_expires for d in view.delivery if d.cert_expires is not None]
+    return date(min(expiries)) if expiries else "-"
 
 
 async def cmd_authority_show(args: argparse.Namespace) -> int:
@@ -85,6 +101,43 @@ async def cmd_authority_set_key(args: argparse.Namespace) -> int:
     )
 
 
+def _certificate_from(args: argparse.Namespace) -> bytes:
+    """The certificate to pin: a file as given (PEM or DER), or the one a signed mail from the address carries."""
+    if args.cert is not None:
+        return read_file(args.cert, "certificate file")
+    raw = read_file(args.from_message, "message file")
+    try:
+        carried = certificates_in_signed_message(raw)
+    except CertificateProblem as exc:
+        raise UsageError(f"--from-message {args.from_message}: {exc}") from None
+    address = addresses_of([args.email])[0]
+    naming = [c for c in carried if address in {e.lower() for e in c.emails}]
+    if len(naming) != 1:
+        found = "; ".join(f"{c.fingerprint} for {', '.join(c.emails) or 'no address'}" for c in carried)
+        raise UsageError(
+            f"--from-message {args.from_message}: {len(naming)} of the certificates it carries name {address} "
+            f"(it carries {found})"
+        )
+    # Carried in a message, a certificate proves nothing: the admins confirm its fingerprint with the authority.
+    print(
+        f"the message carries certificate {naming[0].fingerprint} for {address}; confirm this fingerprint with the "
+        "authority out of band (by phone, on a number you already have) before approving"
+    )
+    return naming[0].pem
+
+
+async def cmd_authority_set_cert(args: argparse.Namespace) -> int:
+    cert = base64.b64encode(_certificate_from(args)).decode("ascii")
+    proposal = approvals.Proposal("set-cert", args.authority, {"address": args.email, "cert": cert})
+    return await make_or_propose(args, proposal, "new certificate pinned for")
+
+
+async def cmd_authority_remove_cert(args: argparse.Namespace) -> int:
+    async with allowlist(args) as authorities:
+        change = await authorities.remove_certificate(args.authority, args.email, actor=args.actor)
+    return report(change, "certificate removed for", args)
+
+
 def add_commands(c: Commands) -> None:
     authority = c.group("authority", "the allowlist of authorities, their secure addresses and pinned keys")
     add = c.command(
@@ -107,7 +160,10 @@ def add_commands(c: Commands) -> None:
         help="a registered secure address (repeat for more)",
     )
     add.add_argument(
-        "--key", required=True, metavar="FILE.asc", help="the authority's OpenPGP public key ('-' = stdin)"
+        "--key",
+        metavar="FILE.asc",
+        help="the authority's OpenPGP public key ('-' = stdin); without one, its addresses take S/MIME and get "
+        "nothing until `authority set-cert` pins a certificate for each",
     )
     add.add_argument(
         "--auth",
@@ -156,3 +212,31 @@ def add_commands(c: Commands) -> None:
     )
     set_key.add_argument("authority", metavar="NAME")
     set_key.add_argument("key_file", metavar="FILE.asc", help="the new public key ('-' = stdin)")
+    set_cert = c.command(
+        authority,
+        "set-cert",
+        cmd_authority_set_cert,
+        "pin an S/MIME certificate for one of an authority's addresses (mail to it is then S/MIME)",
+        acting=True,
+        listing=True,
+        signing=True,
+    )
+    set_cert.add_argument("authority", metavar="NAME")
+    set_cert.add_argument("--email", required=True, metavar="ADDR", help="the registered address it is for")
+    source = set_cert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cert", metavar="FILE", help="the certificate, PEM or DER ('-' = stdin)")
+    source.add_argument(
+        "--from-message",
+        metavar="FILE.eml",
+        help="take it from an S/MIME signed mail the address sent (confirm its fingerprint out of band)",
+    )
+    remove_cert = c.command(
+        authority,
+        "remove-cert",
+        cmd_authority_remove_cert,
+        "stop trusting an address's certificate at once (nothing is sent to it until a new one is pinned)",
+        acting=True,
+        listing=True,
+    )
+    remove_cert.add_argument("authority", metavar="NAME")
+    remove_cert.add_argument("--email", required=True, metavar="ADDR", help="the registered address")

@@ -35,6 +35,8 @@ async def allowlist(args: argparse.Namespace, *, rehearse: bool = False) -> Asyn
             gateway_key=config.gpg.signing_key,
             standing=Keeper(Context(config, db, keys, Templates(config.gateway.templates))),
             rehearse=rehearse,
+            trust_store=config.smime.trust_store if config.smime else None,
+            openssl=config.smime.binary if config.smime else "openssl",
         )
 
 
@@ -46,13 +48,21 @@ def print_authority(view: AuthorityView) -> None:
         ("status", view.status),
         ("authentication", view.auth_policy),
         ("addresses", ", ".join(view.addresses)),
-        ("key", view.key_fingerprint),
-        ("key expires", date(view.key_expires)),
+        ("key", view.key_fingerprint or "none (its addresses take S/MIME)"),
+        ("key expires", date(view.key_expires) if view.key_fingerprint else "-"),
         ("created", view.created_at.isoformat(timespec="seconds")),
         ("updated", view.updated_at.isoformat(timespec="seconds")),
     ]
     for label, value in rows:
         print(f"{label + ':':16}{value}")
+    for entry in view.delivery:
+        print(f"{'address:':16}{entry.address}")
+        print(f"{'  method:':16}{entry.method}")
+        if entry.method == "smime":
+            print(f"{'  certificate:':16}{entry.cert_fingerprint or 'none pinned: nothing is sent to this address'}")
+        if entry.cert_fingerprint:
+            print(f"{'  subject:':16}{printable(entry.cert_subject or '')}")
+            print(f"{'  expires:':16}{date(entry.cert_expires)}")
 
 
 def report(change: Change, verb: str, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.addresses import normalise_address
+from gateway.bounded import LimitExceeded, ToolUnavailable, run_bounded
 from gateway.gpgrun import KeyProblem
 
 
@@ -290,3 +291,24 @@ def write_csr(address: str, key_path: Path, csr_path: Path) -> Path:
         request = request.add_extension(extension, critical)
     _write_new(csr_path, request.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), 0o644)
     return csr_path
+
+
+def chain_problem(
+    pem: bytes, trust_store: Path, openssl: str = "openssl", now: dt.datetime | None = None
+) -> str | None:
+    """Why `pem` does not chain to a CA in `trust_store` for S/MIME use, or None when it does ([smime]
+    trust_store: a site may ask for this on top of pinning). openssl reads the certificate from stdin."""
+    if not trust_store.is_file():
+        return f"the trust store {trust_store} ([smime] trust_store) cannot be read"
+    command = [openssl, "verify", "-CAfile", str(trust_store), "-purpose", "smimeencrypt"]
+    if now is not None:
+        command += ["-attime", str(int(now.timestamp()))]
+    try:
+        finished = run_bounded(command, pem, max_output=64 * 1024, timeout=30.0, what="the chain check", tool="openssl")
+    except (ToolUnavailable, LimitExceeded) as exc:
+        return f"the chain could not be checked: {exc}"
+    if finished.returncode == 0:
+        return None
+    said = [line.strip() for line in (finished.status + finished.output.decode(errors="replace")).splitlines()]
+    reason = next((line for line in said if line.startswith("error ")), said[-1] if said else "")
+    return f"it does not chain to the trust store {trust_store.name}: {reason[:200]}"

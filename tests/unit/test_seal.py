@@ -34,7 +34,7 @@ OPENPGP_ADDRESS = "duty@westmercia.police.example"
 @pytest.fixture
 def ctx(tmp_path: Path, keys: AuthorityKeys, smime_certs: SmimeCerts) -> Iterator[Context]:
     """The gateway's settings, its OpenPGP keyring (the police key pinned) and its S/MIME identity, at NOW."""
-    with gateway_keyring(tmp_path / "gnupg", keys, "HMCI register gateway", keys.police) as (ring, signer):
+    with gateway_keyring(tmp_path / "gnupg", keys, "HMCI register gateway", keys.police_timeless) as (ring, signer):
         path = tmp_path / "gateway.toml"
         path.write_text(
             f'[gateway]\naddress = "{GATEWAY_ADDRESS}"\nadmin_address = "{ADMIN_ADDRESS}"\n'
@@ -54,7 +54,7 @@ def police(keys: AuthorityKeys, certs: SmimeCerts) -> Authority:
     pinned = read_certificate(certs.police.pem)
     return Authority(
         name="West Mercia Police",
-        key_fingerprint=keys.police.fingerprint,
+        key_fingerprint=keys.police_timeless.fingerprint,
         addresses=[
             AuthorityAddress(address=OPENPGP_ADDRESS, method="openpgp"),
             AuthorityAddress(
@@ -93,7 +93,7 @@ async def test_each_address_gets_mail_in_its_own_method(
 
     pgp, _, pgp_credential = await sealed(ctx, authority, OPENPGP_ADDRESS)
     assert pgp.get_content_type() == "multipart/encrypted"
-    assert pgp_credential == Credential("openpgp", keys.police.fingerprint)
+    assert pgp_credential == Credential("openpgp", keys.police_timeless.fingerprint)
     assert credential_of(authority, OPENPGP_ADDRESS) == pgp_credential
 
     smime, wire, smime_credential = await sealed(ctx, authority, POLICE_ADDRESS)

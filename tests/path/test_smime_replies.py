@@ -43,6 +43,7 @@ from tests.support.smime_live import (
     COUNCIL,
     POLICE,
     asks,
+    change_database,
     impostor,
     opened_by_openssl,
     outer,
@@ -103,20 +104,6 @@ def alerts(gateway: Gateway) -> list[str]:
             assert body is not None
             found.append(" ".join(str(body.get_content()).split()))
     return found
-
-
-def change_database(gateway: Gateway, statement: Any) -> None:
-    """An UPDATE committed as another admin's command would commit it."""
-
-    async def run() -> None:
-        db = create_database(load_config(gateway.config_path).database)
-        try:
-            async with db.transaction() as session:
-                await session.execute(statement)
-        finally:
-            await db.close()
-
-    asyncio.run(run())
 
 
 def disclosures(gateway: Gateway) -> list[tuple[str, str, str]]:

@@ -14,10 +14,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Executable
 
 from gateway import pipeline, schedule
 from gateway.cli.opening import context
 from gateway.config import load_config
+from gateway.db.engine import create_database
 from gateway.smime.identity import load_identity
 from gateway.values import Context
 from tests.support.addresses import LA_ADDRESS, POLICE_ADDRESS
@@ -78,6 +80,20 @@ def run_schedule(gateway: Gateway, as_of: dt.datetime) -> dict[str, int]:
             return await schedule.run_due(_with_identity(opened, as_of), as_of)
 
     return asyncio.run(run())
+
+
+def change_database(gateway: Gateway, statement: Executable) -> None:
+    """A statement (an UPDATE) committed as another admin's command would commit it, from elsewhere."""
+
+    async def run() -> None:
+        db = create_database(load_config(gateway.config_path).database)
+        try:
+            async with db.transaction() as session:
+                await session.execute(statement)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
 
 
 def asks(gateway: Gateway, address: str, body: str, name: str, at: dt.datetime) -> dict[str, object]:

@@ -29,6 +29,7 @@ from gateway.inbound.watcher import Watcher
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.schedule import run_due
+from gateway.smime.identity import load_identity
 from gateway.values import Context, Outcome
 
 log = structlog.get_logger("gateway.daemon")
@@ -226,9 +227,10 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     keyring = Keyring.private(config.gpg.home, config.gpg.binary)
     await _check_key(config, keyring)
+    identity = load_identity(config)  # the S/MIME identity, if [smime] names one: checked now, like the key
     db = create_database(config.database)
     await require_current_schema(db)
-    services = Services(Context(config, db, keyring, Templates(config.gateway.templates)), stop)
+    services = Services(Context(config, db, keyring, Templates(config.gateway.templates), smime=identity), stop)
     watcher = Watcher(config.imap, services.handle, db, stop=stop)
     log.info(
         "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"

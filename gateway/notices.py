@@ -222,6 +222,8 @@ class Expiring:
     expires: dt.datetime
     authority: Authority | None = None
     subscribed: bool = False
+    certificate: bool = False  # an S/MIME certificate (its SHA-256 fingerprint), not an OpenPGP key
+    address: str | None = None  # the registered address an authority's certificate is pinned for
 
     @property
     def holder(self) -> str:
@@ -243,11 +245,21 @@ async def expiring_keys(
             found.append(
                 Expiring(authority.key_fingerprint, authority.key_expires, authority, authority.id in subscribed)
             )
+        found += [
+            Expiring(
+                entry.cert_fingerprint, entry.cert_expires, authority, authority.id in subscribed, True, entry.address
+            )
+            for entry in authority.addresses
+            if entry.cert_fingerprint and entry.cert_expires is not None and entry.cert_expires <= horizon
+        ]
     signer = ctx.config.gpg.signing_key
     if signer:
         info = await in_thread(ctx.keyring.inspect, signer)
         if info is not None and info.signing_expires is not None and info.signing_expires <= max(soon, next_delivery):
             found.append(Expiring(signer, info.signing_expires))
+    own = ctx.smime.certificate if ctx.smime is not None else None
+    if own is not None and own.not_after <= max(soon, next_delivery):
+        found.append(Expiring(own.fingerprint, own.not_after, certificate=True))
     return found
 
 
@@ -267,6 +279,20 @@ def _admin_lines(key: Expiring, as_of: dt.datetime, told: bool) -> tuple[str, li
     when = f"{key.expires:%d %B %Y %H:%M} UTC"
     past = key.expires <= as_of
     verb = "expired on" if past else "expires on"
+    if key.authority is None and key.certificate:
+        return (
+            f"the gateway's S/MIME certificate {verb} {key.expires:%Y-%m-%d}",
+            [
+                f"The gateway's own S/MIME certificate {verb} {when}:",
+                f"  SHA-256 {key.fingerprint}",
+                "",
+                "After that, authorities' mail clients warn of or refuse what the gateway signs with it, and",
+                "the gateway will not start with it (`gateway run` checks [smime] at start).",
+                "Renew it: `gateway init --smime-csr FILE` writes a signing request with the same key for the CA;",
+                "put the certificate it returns at [smime] certificate, run `gateway init` to check it, restart",
+                "the gateway, and send authorities the new certificate (`gateway key export --smime`).",
+            ],
+        )
     if key.authority is None:
         return (
             f"the gateway's signing key {verb} {key.expires:%Y-%m-%d}",
@@ -281,6 +307,8 @@ def _admin_lines(key: Expiring, as_of: dt.datetime, told: bool) -> tuple[str, li
             ],
         )
     name = key.authority.name
+    if key.certificate:
+        return _certificate_lines(key, name, verb, when, told)
     told_line = (
         "The authority has been told, encrypted to that key."
         if told
@@ -300,19 +328,43 @@ def _admin_lines(key: Expiring, as_of: dt.datetime, told: bool) -> tuple[str, li
     )
 
 
+def _certificate_lines(key: Expiring, name: str, verb: str, when: str, told: bool) -> tuple[str, list[str]]:
+    told_line = (
+        f"The authority has been told at {key.address}, encrypted to that certificate."
+        if told
+        else "The authority could NOT be told: its certificate is no longer usable. Contact it another way."
+    )
+    return (
+        f"the certificate of {name} for {key.address} {verb} {key.expires:%Y-%m-%d}",
+        [
+            f"The S/MIME certificate pinned for {key.address} ({name}) {verb} {when}:",
+            f"  SHA-256 {key.fingerprint}",
+            "",
+            "After that no register data can be sent to that address"
+            + (": its monthly deliveries will not be made." if key.subscribed else "."),
+            told_line,
+            f"When it sends a renewed certificate: gateway authority set-cert '{name}' --email {key.address} "
+            "--cert <file> (or --from-message <signed mail>), and confirm its fingerprint with the authority.",
+        ],
+    )
+
+
 async def _authority_notice(ctx: Context, key: Expiring, reference: str) -> Outgoing | None:
     """The authority's notice, encrypted to the key that is about to expire; None when that key no longer works."""
     if key.authority is None:
         return None
     when = f"{key.expires:%d %B %Y}"
-    # To an address that takes that key, when one does: the notice is then encrypted to the key it is about.
+    # A certificate's notice goes to the address it is pinned for; a key's to an address that takes the key, when
+    # one does (else the first): each is then encrypted to what it is about.
     takes_key = [row.address for row in key.authority.addresses if row.method == OPENPGP]
+    recipient = key.address if key.certificate else next(iter(takes_key), None)
     try:
         return await encrypted_notice(
             ctx, key.authority, kind="key-notice", reference=reference,
-            subject=f"Your encryption key expires on {when}", template="key-expiry.txt.j2",
-            values={"expires": when, "fingerprint": key.fingerprint, "subscribed": key.subscribed},
-            recipient=next(iter(takes_key), None),
+            subject=f"Your {'certificate' if key.certificate else 'encryption key'} expires on {when}",
+            template="key-expiry.txt.j2", recipient=recipient,
+            values={"expires": when, "fingerprint": key.fingerprint, "subscribed": key.subscribed,
+                    "certificate": key.certificate},
         )  # fmt: skip
     except KeyProblem as exc:
         log.warning("key_notice.not_encryptable", authority=key.authority.name, reason=str(exc))

@@ -47,7 +47,7 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
                     v.auth_policy,
                     ", ".join(f"{d.address} ({d.method})" for d in v.delivery),
                     v.key_fingerprint[-16:] if v.key_fingerprint else "-",
-                    date(v.key_expires),
+                    date(v.key_expires) if v.key_fingerprint else "-",
                     _earliest(v),
                 ]
                 for v in views

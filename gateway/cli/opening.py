@@ -15,6 +15,7 @@ from gateway.config import Config, load_config, resolve_config_path
 from gateway.crypto import Keyring
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import GatewayError, UsageError
+from gateway.smime.identity import load_identity
 from gateway.values import Context
 
 
@@ -42,8 +43,9 @@ def keyring(config: Config) -> Keyring:
 async def context(config: Config) -> AsyncIterator[Context]:
     """What the mail path, the schedule and quarantine work with."""
     opened = keyring(config)
+    identity = load_identity(config)
     async with database(config) as db:
-        yield Context(config, db, opened, Templates(config.gateway.templates))
+        yield Context(config, db, opened, Templates(config.gateway.templates), smime=identity)
 
 
 def read_file(path: str, what: str) -> bytes:

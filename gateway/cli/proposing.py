@@ -19,6 +19,7 @@ from gateway.cli.output import date, emit_json, printable, warn
 from gateway.compose import Templates
 from gateway.config import Config
 from gateway.errors import UsageError
+from gateway.smime.identity import load_identity
 from gateway.subscriptions import Keeper
 from gateway.values import Context
 
@@ -27,13 +28,14 @@ from gateway.values import Context
 async def allowlist(args: argparse.Namespace, *, rehearse: bool = False) -> AsyncIterator[Allowlist]:
     config = config_of(args)
     keys = keyring(config)
+    identity = load_identity(config)  # the notices a change sends may go by S/MIME
     async with database(config) as db:
         yield Allowlist(
             db,
             keys,
             reserved={config.gateway.address, config.gateway.admin_address},
             gateway_key=config.gpg.signing_key,
-            standing=Keeper(Context(config, db, keys, Templates(config.gateway.templates))),
+            standing=Keeper(Context(config, db, keys, Templates(config.gateway.templates), smime=identity)),
             rehearse=rehearse,
             trust_store=config.smime.trust_store if config.smime else None,
             openssl=config.smime.binary if config.smime else "openssl",

@@ -326,13 +326,13 @@ class SubscriptionEvent(Base):
 
 
 class KeyNotice(Base):
-    """A warning that a key is about to expire, sent once per key, expiry date and whose key it is."""
+    """A warning that a key or certificate is about to expire, sent once per key, expiry date and whose it is."""
 
     __tablename__ = "key_notices"
     __table_args__ = (UniqueConstraint("fingerprint", "expires_at", "holder"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(40))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # an OpenPGP key's (40), or a certificate's SHA-256
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     holder: Mapped[str] = mapped_column(String(40))  # "gateway", or "authority:ID"
     noticed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

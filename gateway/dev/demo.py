@@ -19,6 +19,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.authenticate import SignedParts, split_signed
+from gateway.bounded import run_bounded
 from gateway.compose import Templates
 from gateway.config import InboundSmtpSettings, SmtpSettings, load_config
 from gateway.crypto import Keyring, kill_agent
@@ -28,6 +29,8 @@ from gateway.gpgrun import in_thread
 from gateway.inbound.smtp import drain_spool, start_listener
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process
+from gateway.smime.certs import make_self_signed_at
+from gateway.smime.identity import load_identity
 from gateway.values import Context, Outcome
 
 MARKER = ".gateway-demo"
@@ -44,7 +47,8 @@ class DemoAuthority:
     kind: str
     area: str | None
     address: str
-    key_file: str
+    key_file: str  # its OpenPGP public key; for an S/MIME authority, its certificate
+    smime: bool = False  # no OpenPGP key: its address takes S/MIME, as Outlook sends and reads it
 
 
 POLICE = DemoAuthority(
@@ -56,7 +60,11 @@ COUNCIL = DemoAuthority(
 OCC = DemoAuthority(
     "Office of the Children's Commissioner", "childrens-commissioner", None, "register@occ.example", "occ.asc"
 )
-AUTHORITIES = (POLICE, COUNCIL, OCC)
+STAFFS = DemoAuthority(
+    "Staffordshire Police", "police", "Staffordshire", "public.protection@staffordshire.police.example",
+    "staffordshire-cert.pem", smime=True,
+)  # fmt: skip
+AUTHORITIES = (POLICE, COUNCIL, OCC, STAFFS)
 
 CONFIG = f"""\
 # Written by `gateway demo`: a throwaway gateway. config/gateway.example.toml explains every setting.
@@ -67,6 +75,10 @@ authserv_id = "{BORDER}"
 
 [database]
 url = "sqlite:///gateway.db"
+
+[smime]
+certificate = "smime-cert.pem"
+key = "smime-key.pem"
 
 [gpg]
 home = "gnupg"
@@ -114,6 +126,12 @@ def _authority_keys(directory: Path) -> dict[str, str]:
     keyring = Keyring(home)
     fingerprints = {}
     for authority in AUTHORITIES:
+        if authority.smime:  # its certificate, as a CA would issue it (self-signed here), and its private key
+            make_self_signed_at(
+                authority.address, directory / authority.key_file, home / "staffordshire-key.pem",
+                common_name=authority.name,
+            )  # fmt: skip
+            continue
         fingerprint = keyring.generate(authority.name, authority.address, "1y")
         (directory / authority.key_file).write_text(keyring.export_public(fingerprint))
         fingerprints[authority.address] = fingerprint
@@ -150,6 +168,29 @@ def _signed(keys: Keyring, fingerprint: str, sender: str, body: str) -> bytes:
     )  # fmt: skip
 
 
+def _openssl(*args: str, data: bytes) -> bytes:
+    """openssl as an authority's mail client runs it; GatewayError with its last words when it fails."""
+    done = run_bounded(["openssl", *args], data, max_output=64 * 1024 * 1024, timeout=60, what="output", tool="openssl")
+    if done.returncode != 0:
+        raise GatewayError(f"openssl {args[0]} {args[1]} failed: {done.status.strip().splitlines()[-1:]}")
+    return done.output
+
+
+def _smime_signed(directory: Path, authority: DemoAuthority, body: str) -> bytes:
+    """Signed as Outlook signs (RFC 8551 multipart/signed, SHA-256, the signer's certificate carried), by
+    OpenSSL with the authority's own certificate and key."""
+    content = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}".encode()
+    cert, key = directory / authority.key_file, directory / "authority-keys" / "staffordshire-key.pem"
+    signed = _openssl(
+        "cms", "-sign", "-binary", "-md", "sha256", "-signer", str(cert), "-inkey", str(key), data=content
+    )
+    head = (
+        f"From: {authority.address}\r\nTo: {GATEWAY_ADDRESS}\r\nSubject: Request\r\n"
+        f"Message-ID: {make_msgid(domain=authority.address.rpartition('@')[2])}\r\n"
+    )
+    return head.encode() + signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 @dataclass(frozen=True)
 class Sample:
     title: str
@@ -157,7 +198,7 @@ class Sample:
     raw: bytes
 
 
-def _samples(keys: Keyring, fingerprints: dict[str, str]) -> list[Sample]:
+def _samples(directory: Path, keys: Keyring, fingerprints: dict[str, str]) -> list[Sample]:
     purpose = "Purpose: Safeguarding children accommodated in children's homes in our area.\r\n"
     border = f"Authentication-Results: {BORDER}; spf=pass; dkim=pass; dmarc=pass header.from=shropshire.gov.example\r\n"
     return [
@@ -177,6 +218,11 @@ def _samples(keys: Keyring, fingerprints: dict[str, str]) -> list[Sample]:
             "West Mercia Police asks for Kent, outside its area, and forgets the purpose",
             POLICE.address,
             _signed(keys, fingerprints[POLICE.address], POLICE.address, "Request: disclosure\r\nArea: Kent\r\n"),
+        ),
+        Sample(
+            "Staffordshire Police asks from Outlook, signing with its S/MIME certificate",
+            STAFFS.address,
+            _smime_signed(directory, STAFFS, "Request: disclosure\r\n" + purpose),
         ),
         Sample(
             "Someone unregistered asks",
@@ -208,6 +254,9 @@ def _show_received(envelope: Envelope, keys: Keyring, gateway_key: str) -> None:
     outer = message_from_bytes(raw, policy=policy.default)
     recipient = ", ".join(envelope.rcpt_tos)
     print(f"   {recipient} received: {outer['Subject']}")
+    if outer.get_content_type() == "application/pkcs7-mime":
+        _show_smime(raw, keys.home.parent)
+        return
     if not isinstance(outer, EmailMessage) or outer.get_content_type() != "multipart/encrypted":
         body = outer.get_body(preferencelist=("plain",)) if isinstance(outer, EmailMessage) else None
         text = body.get_content() if body is not None else ""
@@ -239,6 +288,27 @@ def _show_received(envelope: Envelope, keys: Keyring, gateway_key: str) -> None:
                 print(f"     says what to fix: {line[4:]}")
 
 
+def _show_smime(raw: bytes, directory: Path) -> None:
+    """Opened as Outlook would, with OpenSSL: decrypted with the authority's key, the signature verified against
+    the gateway's certificate (which the authority imported from `gateway key export --smime`)."""
+    cert, key = directory / STAFFS.key_file, directory / "authority-keys" / "staffordshire-key.pem"
+    signed = _openssl("cms", "-decrypt", "-recip", str(cert), "-inkey", str(key), data=raw)
+    try:
+        opened = _openssl(
+            "cms", "-verify", "-CAfile", str(directory / "smime-cert.pem"), "-purpose", "smimesign", data=signed
+        )
+        verdict = "good"
+    except GatewayError:
+        opened, verdict = b"", "NOT GOOD"
+    print(f"     opened with OpenSSL: decrypted with its key; signature by the gateway's certificate: {verdict}")
+    inner = message_from_bytes(opened, policy=policy.default)
+    print(f"     protected subject: {inner['Subject']}")
+    assert isinstance(inner, EmailMessage)  # noqa: S101 - what the parser returns with policy.default
+    for attachment in inner.iter_attachments():
+        lines = list(csv.reader(io.StringIO(attachment.get_content())))
+        print(f"     attachment {attachment.get_filename()}: {len(lines) - 2} rows (line 1: {lines[0][0]})")
+
+
 async def _mail_path(directory: Path, config_path: Path, fingerprints: dict[str, str]) -> None:
     relay = Relay()
     loop = asyncio.get_running_loop()
@@ -253,7 +323,9 @@ async def _mail_path(directory: Path, config_path: Path, fingerprints: dict[str,
     gateway_public = await in_thread(Keyring(config.gpg.home).export_public, config.gpg.signing_key or "")
     await in_thread(keys.import_public, gateway_public.encode())
     try:
-        ctx = Context(config, db, Keyring(config.gpg.home), Templates(config.gateway.templates))
+        ctx = Context(
+            config, db, Keyring(config.gpg.home), Templates(config.gateway.templates), smime=load_identity(config)
+        )
         listener_port = listener.sockets[0].getsockname()[1]
         relay_port = relay_server.sockets[0].getsockname()[1]
         print(f"\n== The mail path: sample requests to the gateway's SMTP listener (127.0.0.1:{listener_port}),")
@@ -266,7 +338,7 @@ async def _mail_path(directory: Path, config_path: Path, fingerprints: dict[str,
 
         gateway_key = config.gpg.signing_key or ""
         transport = smtp_transport(SmtpSettings("127.0.0.1", relay_port, None, None, "none"))
-        for number, sample in enumerate(await in_thread(_samples, keys, fingerprints), start=1):
+        for number, sample in enumerate(await in_thread(_samples, directory, keys, fingerprints), start=1):
             print(f"\n{number}. {sample.title}")
             await aiosmtplib.send(
                 sample.raw, sender=sample.sender, recipients=[GATEWAY_ADDRESS], hostname="127.0.0.1", port=listener_port
@@ -303,7 +375,7 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
             raise GatewayError(f"demo step `gateway {line}` failed with exit code {code}")
 
     try:
-        await step("init", "--actor", "demo-admin")
+        await step("init", "--smime", "--actor", "demo-admin")
         keyring = Keyring(directory / "gnupg")
         fingerprint = (await in_thread(keyring.secret_fingerprints))[0]
         config.write_text(CONFIG + f'signing_key = "{fingerprint}"\n')
@@ -320,18 +392,23 @@ async def run_demo(directory: Path, cli: Callable[[Sequence[str]], int]) -> int:
         alice, bob = await asyncio.to_thread(_admin_keys, directory)
         for home_name, name in zip(ADMIN_HOMES, ("Alice", "Bob"), strict=True):
             await step("admin", "add", "--key", str(directory / f"{home_name}.asc"), "--name", name)
+        proposing = ["--gpg-home", str(directory / ADMIN_HOMES[0]), "--local-user", alice]
+        approving = ["--gpg-home", str(directory / ADMIN_HOMES[1]), "--local-user", bob]
         for a in AUTHORITIES:
             area = ["--area", a.area] if a.area else []
+            key = [] if a.smime else ["--key", str(directory / a.key_file)]
             await step(
-                "authority", "add", "--name", a.name, "--kind", a.kind, *area,
-                "--email", a.address, "--key", str(directory / a.key_file),
-                "--gpg-home", str(directory / ADMIN_HOMES[0]), "--local-user", alice,
-            )  # fmt: skip
+                "authority", "add", "--name", a.name, "--kind", a.kind, *area, "--email", a.address, *key, *proposing
+            )
         await step("change", "list")
         for number in range(1, len(AUTHORITIES) + 1):
-            await step(
-                "change", "approve", str(number), "--gpg-home", str(directory / ADMIN_HOMES[1]), "--local-user", bob
-            )
+            await step("change", "approve", str(number), *approving)
+        for number, a in enumerate((a for a in AUTHORITIES if a.smime), start=len(AUTHORITIES) + 1):
+            # Its certificate, pinned for its address: a change of its own, whose statement shows the fingerprint
+            # the admins confirm with the authority out of band.
+            cert = str(directory / a.key_file)
+            await step("authority", "set-cert", a.name, "--email", a.address, "--cert", cert, *proposing)
+            await step("change", "approve", str(number), *approving)
         await step("authority", "list")
         await _mail_path(directory, config, fingerprints)
         await step("outbox", "list")

@@ -210,7 +210,9 @@ def make_key(key_path: Path) -> Path:
     return key_path
 
 
-def _load_key(key_path: Path) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def load_key(key_path: Path) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """The gateway's private key, read as openssl will read it: unencrypted PEM, for nobody is there to type a
+    passphrase; CertificateProblem saying why it cannot be used otherwise."""
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except OSError as exc:
@@ -251,32 +253,50 @@ def _mail_extensions(address: str, rsa_key: bool) -> list[tuple[x509.ExtensionTy
 def make_self_signed(
     address: str, directory: Path, *, now: dt.datetime | None = None, days: int = 730
 ) -> tuple[Path, Path]:
-    """A new RSA 3072 key and a self-signed S/MIME certificate for `address`, for trials and tests; returns
-    (certificate, key) paths in `directory`: smime-cert.pem (0644), smime-key.pem (0600). Outlook warns on every
-    message signed by a self-signed certificate: production needs one from a publicly trusted CA (write_csr)."""
+    """make_self_signed_at with the fixed names in `directory`: smime-cert.pem and smime-key.pem."""
+    return make_self_signed_at(address, directory / "smime-cert.pem", directory / "smime-key.pem", now=now, days=days)
+
+
+def make_self_signed_at(
+    address: str,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    now: dt.datetime | None = None,
+    days: int = 730,
+    common_name: str = GATEWAY_NAME,
+) -> tuple[Path, Path]:
+    """A new RSA 3072 key and a self-signed S/MIME certificate for `address`, for trials and tests, written to
+    new files: the certificate 0644, the key 0600; returns (certificate, key). Outlook warns on every message
+    signed by a self-signed certificate: production needs one from a publicly trusted CA (write_csr)."""
     address = normalise_address(address)
-    for existing in (directory / "smime-cert.pem", directory / "smime-key.pem"):
+    if cert_path.absolute() == key_path.absolute():
+        raise CertificateProblem(f"the certificate and the key cannot both be {cert_path}")
+    for existing in (cert_path, key_path):
         if existing.exists():  # checked before anything is written: never a new key beside an old certificate
             raise CertificateProblem(f"{existing} already exists: the gateway's identity is never overwritten")
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(hours=1)  # a little slack for clocks behind ours
-    key_path = make_key(directory / "smime-key.pem")
-    key = _load_key(key_path)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_NAME)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    for extension, critical in _mail_extensions(address, isinstance(key, rsa.RSAPrivateKey)):
-        builder = builder.add_extension(extension, critical)
-    certificate = builder.sign(key, hashes.SHA256())
-    cert_path = directory / "smime-cert.pem"
-    _write_new(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    make_key(key_path)
+    try:
+        key = load_key(key_path)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        )
+        for extension, critical in _mail_extensions(address, isinstance(key, rsa.RSAPrivateKey)):
+            builder = builder.add_extension(extension, critical)
+        certificate = builder.sign(key, hashes.SHA256())
+        _write_new(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    except BaseException:
+        key_path.unlink()  # a key without its certificate would block the next try, and serves nobody
+        raise
     return cert_path, key_path
 
 
@@ -284,7 +304,7 @@ def write_csr(address: str, key_path: Path, csr_path: Path) -> Path:
     """A certificate signing request for `address` with the key at `key_path` (make_key), asking a CA for what
     CertInfo.problems checks: the address in subjectAltName, the key usages, emailProtection."""
     address = normalise_address(address)
-    key = _load_key(key_path)
+    key = load_key(key_path)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_NAME)])
     request = x509.CertificateSigningRequestBuilder().subject_name(name)
     for extension, critical in _mail_extensions(address, isinstance(key, rsa.RSAPrivateKey)):

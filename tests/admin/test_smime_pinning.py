@@ -205,13 +205,14 @@ def test_a_certificate_is_taken_from_a_signed_mail_the_address_sent(
 def test_with_a_trust_store_a_certificate_must_also_chain_to_it(
     gateway: Gateway, keys: AuthorityKeys, smime_certs: SmimeCerts
 ) -> None:
-    gateway.write_config(f'\n[smime]\ntrust_store = "{smime_certs.la.cert}"\n')
+    identity = f'certificate = "{smime_certs.gateway.cert}"\nkey = "{smime_certs.gateway.key}"\n'
+    gateway.write_config(f'\n[smime]\n{identity}trust_store = "{smime_certs.la.cert}"\n')
     assert add_police(gateway, keys.police).code == 0
     result = gateway.run(
         "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", str(smime_certs.police.cert)
     )
     assert "does not chain to the trust store la.pem" in refused(result)
-    gateway.write_config(f'\n[smime]\ntrust_store = "{smime_certs.police.cert}"\n')  # self-signed: its own anchor
+    gateway.write_config(f'\n[smime]\n{identity}trust_store = "{smime_certs.police.cert}"\n')  # its own anchor
     gateway.ok(
         "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", str(smime_certs.police.cert)
     )

@@ -17,6 +17,7 @@ from tests.support.keys import AuthorityKeys
 from tests.support.live import open_as_recipient, outbox, outbox_content, process, subscriptions
 from tests.support.requests import police_says
 from tests.support.schedule import MONTHLY, run
+from tests.support.smime import certificate
 
 SETTINGS = ScheduleSettings()
 
@@ -107,3 +108,27 @@ def test_a_key_with_months_left_gets_no_notice(live: Gateway, keys: AuthorityKey
     assert process(live, police_says(keys, MONTHLY, "k3"))["kind"] == "answered"
     assert run(live, dt.datetime.now(dt.UTC))["key notice"] == 0
     assert [row["kind"] for row in outbox(live)] == ["disclosure"]
+
+
+def test_an_expiring_pinned_certificate_is_noticed_once_to_the_admins_naming_its_address(
+    live: Gateway, tmp_path: Path
+) -> None:
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=10)  # as the keys: ten days left
+    cert = certificate(tmp_path, "renewing", (POLICE_ADDRESS,), not_after=soon)
+    pinned = live.run(
+        "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", str(cert.cert)
+    )
+    assert pinned.code == 0, pinned.err
+    assert "ask for a renewed certificate" in pinned.err  # warned when pinned, as a key is
+    now = dt.datetime.now(dt.UTC)
+    assert run(live, now)["key notice"] == 1
+    assert run(live, now + dt.timedelta(hours=1))["key notice"] == 0  # already told
+    [alert] = [row for row in outbox(live) if row["kind"] == "alert"]
+    to_admin = text_of(live, alert["id"])
+    assert f"The S/MIME certificate pinned for {POLICE_ADDRESS} (West Mercia Police) expires on" in to_admin
+    assert f"gateway authority set-cert 'West Mercia Police' --email {POLICE_ADDRESS}" in to_admin
+    [record] = [r for r in json.loads(live.ok("audit", "list", "--json")) if r["action"] == "key.expiry-notice"]
+    assert (
+        record["details"]["fingerprint"]
+        == json.loads(live.ok("authority", "show", "West Mercia Police", "--json"))["delivery"][0]["cert_fingerprint"]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from gateway.config import (
     DatabaseSettings,
     LimitSettings,
     Secret,
+    SmimeSettings,
     load_config,
     resolve_config_path,
 )
@@ -276,3 +278,23 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
         f"[smtp] password_file: {secret} is open to other users (mode 0644): run `chmod 600 {secret}`"
     )
     assert "s3cret" not in message
+
+
+def test_smime_section_as_shipped_with_paths_beside_the_settings_file(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    block = text[text.index("# [smime]") :].split("\n\n")[0]
+    settings = [line[2:] for line in block.splitlines() if re.match(r"# (\[smime\]$|[a-z_]+ = )", line)]
+    assert [line.split(" =")[0] for line in settings] == ["[smime]", "certificate", "key", "trust_store", "binary"]
+    config = load_config(write(tmp_path, MINIMAL + "\n".join(settings) + "\n"))
+    here = tmp_path.resolve()
+    assert config.smime == SmimeSettings(
+        certificate=here / "smime-cert.pem",
+        key=here / "smime-key.pem",
+        trust_store=Path("/etc/ssl/certs/ca-certificates.crt"),
+        binary="openssl",
+    )
+    assert load_config(write(tmp_path, MINIMAL + "[smime]\n")).smime == SmimeSettings(
+        here / "smime-cert.pem", here / "smime-key.pem", None, "openssl"
+    )  # the defaults, and no trust store unless one is named
+    assert load_config(write(tmp_path, MINIMAL)).smime is None  # no section: no S/MIME identity at all
+    assert refusal(tmp_path, MINIMAL + '[smime]\ncertificate = ""\n').endswith("[smime] certificate: must not be empty")

@@ -1,12 +1,11 @@
 """The `smime_live` gateway: `live` with an S/MIME identity of its own ([smime]: the session's gateway certificate),
 West Mercia Police's address pinned to an RSA certificate and Shropshire Council's to an EC one (through
-`authority set-cert`), requests and schedule runs taken through the mail path with that identity in the Context;
-and a reply opened as its recipient opens it, with openssl."""
+`authority set-cert`), driven through `gateway process` and `gateway schedule run` at fixed moments; and a reply
+opened as its recipient opens it, with openssl."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import itertools
 from email import message_from_bytes, policy
@@ -16,19 +15,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Executable
 
-from gateway import pipeline, schedule
-from gateway.cli.opening import context
 from gateway.config import load_config
 from gateway.db.engine import create_database
-from gateway.smime.identity import load_identity
-from gateway.values import Context
 from tests.support.addresses import LA_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
+from tests.support.live import process as process_file
 from tests.support.requests import BORDER
+from tests.support.schedule import run as schedule_run
 from tests.support.smime import Identity, SmimeCerts, openssl
 
 COUNCIL = "Shropshire Council"
 POLICE = "West Mercia Police"
+_MESSAGES = itertools.count()
 
 
 def smime_settings(gateway: Gateway, certs: SmimeCerts, extra: str = "") -> None:
@@ -55,31 +53,14 @@ def recipient_of(certs: SmimeCerts, address: str) -> Identity:
     return {POLICE_ADDRESS: certs.police, LA_ADDRESS: certs.la}[address]
 
 
-def _with_identity(opened: Context, now: dt.datetime) -> Context:
-    # `gateway process` and `gateway schedule run` give their Context the identity once the wiring on its way to
-    # main lands; until then it is added here, read and checked by the gateway's own load_identity.
-    return dataclasses.replace(opened, clock=lambda: now, smime=load_identity(opened.config, now))
-
-
 def process(gateway: Gateway, raw: bytes, at: dt.datetime) -> dict[str, object]:
-    """As `gateway process --as-of AT --json`, with the gateway's S/MIME identity: the outcome's fields."""
-
-    async def run() -> dict[str, object]:
-        async with context(load_config(gateway.config_path)) as opened:
-            outcome = await pipeline.process(_with_identity(opened, at), raw, source="file")
-        return dict(outcome.__dict__)
-
-    return asyncio.run(run())
+    """`gateway process --as-of AT --json`: the gateway reads its identity from [smime] as it always does."""
+    return process_file(gateway, raw, f"message-{next(_MESSAGES)}.eml", at)
 
 
 def run_schedule(gateway: Gateway, as_of: dt.datetime) -> dict[str, int]:
-    """As `gateway schedule run --as-of AS_OF`, with the gateway's S/MIME identity: what was done, by kind."""
-
-    async def run() -> dict[str, int]:
-        async with context(load_config(gateway.config_path)) as opened:
-            return await schedule.run_due(_with_identity(opened, as_of), as_of)
-
-    return asyncio.run(run())
+    """`gateway schedule run --as-of AS_OF`: what was done, by kind."""
+    return schedule_run(gateway, as_of)
 
 
 def change_database(gateway: Gateway, statement: Executable) -> None:

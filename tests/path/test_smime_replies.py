@@ -404,6 +404,23 @@ def test_no_subscription_end_notice_goes_without_a_usable_certificate_and_identi
     assert [r["status"] for r in subscriptions(smime_live)] == ["ended"]
 
 
+def test_no_key_expiry_notice_goes_without_a_usable_certificate_and_identity(
+    smime_live: Gateway, broken: Broken
+) -> None:
+    """The police's OpenPGP key about to expire, and no address of theirs that takes it: the notice would go in
+    S/MIME, cannot, and the admins are told the authority could not be told."""
+    broken.make_it("")
+    before = to(smime_live, POLICE_ADDRESS)
+    expires = broken.after + dt.timedelta(days=10)
+    change_database(smime_live, update(Authority).where(Authority.name == POLICE).values(key_expires=expires))
+    assert run_schedule(smime_live, broken.after)["key notice"] >= 1
+    nothing_more_to_the_police(smime_live, before)
+    [alert] = [text for text in alerts(smime_live) if f"The pinned key of {POLICE} expires on" in text]
+    assert "The authority could NOT be told" in alert
+    [record] = [r for r in audit_actions(smime_live, "key.expiry-notice") if details(r)["expires"] == str(expires)]
+    assert (details(record)["authority"], details(record)["authority_told"]) == (POLICE, False)
+
+
 # ---------------------------------------------------------------- a key's expiry notice, to an address that takes it
 
 

@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from gateway import metrics, smime
 from gateway.addresses import normalise_address
+from gateway.admin.authorities import OPENPGP, SMIME  # the delivery methods of a registered address
 from gateway.db.models import Authority, AuthorityAddress
 from gateway.extracts import ExtractFile
 from gateway.gpgrun import KeyProblem, in_thread
@@ -400,8 +401,6 @@ def envelope_for(
         **thread,
     )
 
-
-OPENPGP, SMIME = "openpgp", "smime"  # the delivery methods of a registered address
 
 # The inner message and the outer header fields in, the mail as it goes on the wire out.
 Sealer = Callable[[bytes, Sequence[tuple[str, str]]], Awaitable[bytes]]

@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, limits, shown
+from gateway.admin.authorities import OPENPGP
 from gateway.authenticate import registered_addresses
-from gateway.compose import OPENPGP, admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
+from gateway.compose import admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
+from gateway.admin.authorities import SMIME
 from gateway.compose import (
-    SMIME,
     Envelope,
     admin_notice,
     credential_of,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email import policy, quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
@@ -22,13 +23,16 @@ from typing import Any
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from gateway import metrics
+from gateway import metrics, smime
 from gateway.addresses import normalise_address
-from gateway.db.models import Authority
+from gateway.admin.authorities import OPENPGP, SMIME  # the delivery methods of a registered address
+from gateway.db.models import Authority, AuthorityAddress
 from gateway.extracts import ExtractFile
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.guard import header_block
-from gateway.values import Context, Outgoing
+from gateway.smime import CertificateProblem, CertInfo, read_certificate
+from gateway.smime.identity import Identity
+from gateway.values import Context, Credential, Outgoing
 
 # The shipped templates (templates/ in a checkout, installed as gateway.templates); a configured directory
 # may override single templates.
@@ -398,26 +402,118 @@ def envelope_for(
     )
 
 
+# The inner message and the outer header fields in, the mail as it goes on the wire out.
+Sealer = Callable[[bytes, Sequence[tuple[str, str]]], Awaitable[bytes]]
+
+
 async def seal(
     ctx: Context, kind: str, envelope: Envelope, text: str, authority: Authority, *, files: Any = ()
 ) -> Outgoing:
-    """The mail as it goes on the wire, to be queued as `kind`; KeyProblem if it cannot be encrypted to the
-    authority: no plaintext ever."""
+    """The mail as it goes on the wire, to be queued as `kind`: signed by the gateway and encrypted to what is
+    pinned for its recipient (one of the authority's addresses, loaded with it), in that address's method:
+    PGP/MIME to the authority's key, or S/MIME to the address's certificate. KeyProblem when that cannot be
+    done: no plaintext ever."""
+    credential, sealer = await _sealer(ctx, authority, envelope)  # every check made before anything is built
+    fields = outer_fields(envelope, now=ctx.clock())
+    wire = await sealer(inner_message(envelope, text, files, outer=fields), fields)  # one inner message for both
+    return Outgoing(kind, envelope.recipient, message_id_of(wire), wire, credential)
+
+
+def credential_of(authority: Authority, recipient: str) -> Credential | None:
+    """What is pinned for mail to `recipient`, one of the authority's addresses, as the authority is now: its
+    OpenPGP key, or the address's certificate. None when the address is not the authority's, or nothing usable
+    by its method is pinned. What a delivery was sealed to is compared with this when it is recorded."""
+    address = _address(authority, recipient)
+    if address is None:
+        return None
+    if address.method == SMIME:
+        return Credential(SMIME, address.cert_fingerprint) if address.cert_fingerprint else None
+    if address.method == OPENPGP:
+        return Credential(OPENPGP, authority.key_fingerprint) if authority.key_fingerprint else None
+    return None
+
+
+def _address(authority: Authority, recipient: str) -> AuthorityAddress | None:
+    return next((row for row in authority.addresses if row.address == recipient), None)
+
+
+async def _sealer(ctx: Context, authority: Authority, envelope: Envelope) -> tuple[Credential, Sealer]:
+    """The credential pinned for the envelope's recipient, checked usable at ctx.clock(), and what seals mail to
+    it; KeyProblem saying why there is none."""
+    recipient = envelope.recipient
+    address = _address(authority, recipient)
+    if address is None:
+        raise KeyProblem(f"{recipient} is not a registered address of {authority.name!r}")
+    credential = credential_of(authority, recipient)
+    if address.method not in (OPENPGP, SMIME):
+        raise KeyProblem(f"{recipient} of {authority.name!r} has an unknown delivery method {address.method!r}")
+    if credential is None:
+        what = "OpenPGP key" if address.method == OPENPGP else "S/MIME certificate"
+        raise KeyProblem(f"{recipient} of {authority.name!r} takes {address.method}, but no {what} is pinned for it")
+
+    if address.method == SMIME:
+        certificate, identity = _usable_certificate(ctx, address, credential.fingerprint)
+        sign_and_encrypt = functools.partial(smime.sign_and_encrypt, openssl=identity.openssl)
+
+        async def smime_sealed(inner: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
+            with metrics.timed_openssl("sign_and_encrypt"):  # off the event loop, a few at a time, as gpg
+                entity = await in_thread(
+                    sign_and_encrypt, inner, certificate.pem, identity.certificate.pem, identity.key_path
+                )
+            return smime_outer_message(entity, fields)
+
+        return credential, smime_sealed
+
+    signer = await _usable_key(ctx, authority, credential.fingerprint)
+
+    async def openpgp_sealed(inner: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
+        with metrics.timed_gpg("sign_and_encrypt"):
+            encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, credential.fingerprint, signer)
+        return outer_message(envelope, encrypted, fields=fields)
+
+    return credential, openpgp_sealed
+
+
+async def _usable_key(ctx: Context, authority: Authority, fingerprint: str) -> str:
+    """The gateway's OpenPGP signing key, once the authority's pinned key is known usable now."""
     signer = ctx.config.gpg.signing_key
     if signer is None:
         raise KeyProblem("the gateway has no signing key configured ([gpg] signing_key)")
-    if authority.key_fingerprint is None:
-        raise KeyProblem(f"{authority.name!r} has no pinned OpenPGP key")
-    info = await ctx.keyring.inspect_cached(authority.key_fingerprint)
+    info = await ctx.keyring.inspect_cached(fingerprint)
     if info is None or info.problems(ctx.clock()):
         why = "is not in the keyring" if info is None else "; ".join(info.problems(ctx.clock()))
-        raise KeyProblem(f"the pinned key {authority.key_fingerprint} of {authority.name!r} {why}")
-    fields = outer_fields(envelope, now=ctx.clock())
-    inner = inner_message(envelope, text, files, outer=fields)
-    with metrics.timed_gpg("sign_and_encrypt"):
-        encrypted = await in_thread(ctx.keyring.sign_and_encrypt, inner, authority.key_fingerprint, signer)
-    wire = outer_message(envelope, encrypted, fields=fields)
-    return Outgoing(kind, envelope.recipient, message_id_of(wire), wire)
+        raise KeyProblem(f"the pinned key {fingerprint} of {authority.name!r} {why}")
+    return signer
+
+
+def _usable_certificate(ctx: Context, address: AuthorityAddress, fingerprint: str) -> tuple[CertInfo, Identity]:
+    """The certificate pinned for the address, read from its stored copy and checked now as pinning checked it,
+    and the gateway's own S/MIME identity to sign with, itself still valid."""
+    where = f"the certificate {fingerprint} pinned for {address.address}"
+    try:
+        certificate = read_certificate((address.cert_pem or "").encode("ascii", "replace"))
+    except CertificateProblem as exc:
+        raise KeyProblem(f"{where} cannot be read: {exc}") from None
+    if certificate.fingerprint != fingerprint:  # the fingerprint is what the admins approved, not the copy
+        raise KeyProblem(f"{where} does not match its stored copy (fingerprint {certificate.fingerprint})")
+    problems = certificate.problems(address.address, ctx.clock())
+    if problems:
+        raise KeyProblem(f"{where} cannot be used: {'; '.join(problems)}")
+    identity = ctx.smime
+    if identity is None:
+        raise KeyProblem(f"{address.address} takes S/MIME, but the gateway has no S/MIME identity ([smime])")
+    own = identity.certificate.problems(ctx.config.gateway.address, ctx.clock())
+    if own:
+        raise KeyProblem(f"the gateway's S/MIME certificate {identity.certificate.fingerprint}: {'; '.join(own)}")
+    return certificate, identity
+
+
+def smime_outer_message(entity: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
+    """The S/MIME message (RFC 8551 3.3): the outer header fields (outer_fields: nothing but the marking and the
+    reference readable), MIME-Version, then the application/pkcs7-mime; smime-type=enveloped-data entity that
+    gateway.smime wrote from the CMS data (canonical type, base64, named smime.p7m), CRLF throughout."""
+    head = "".join(_header(name, value) for name, value in fields) + "MIME-Version: 1.0\r\n"
+    return head.encode("ascii") + entity
 
 
 def reply_values(ctx: Context, authority: Authority, recipient: str, reference: str) -> dict[str, Any]:

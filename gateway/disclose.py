@@ -1,5 +1,6 @@
 """THE disclosure, for both entry points (an answered request, a monthly delivery): the register as it is now
-for a scope, its marked extract sealed to the authority's pinned key, and the one record DPA 2018 s.62 asks for."""
+for a scope, its marked extract sealed to what is pinned for the address (the authority's OpenPGP key, or the
+address's S/MIME certificate), and the one record DPA 2018 s.62 asks for."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway import audit
 from gateway.compose import Envelope, seal
 from gateway.db.models import Authority, Disclosure
 from gateway.extracts import EnforcementLike, Extract, ExtractFile, HomeLike, build_extract
+from gateway.gpgrun import KeyProblem
 from gateway.scope import Scope, disclosable
 from gateway.subscriptions import snapshot
 from gateway.values import GATEWAY_ACTOR, Context, DisclosureFacts, Outgoing
@@ -61,8 +63,9 @@ async def seal_disclosure(
     values: Mapping[str, Any],
     also: Sequence[ExtractFile] = (),
 ) -> Sealed:
-    """The extract (and any `also` files) with the template's letter, encrypted to the authority's pinned key
-    and signed; KeyProblem when that cannot be done: no data is ever sent in the clear."""
+    """The extract (and any `also` files) with the template's letter, encrypted to what is pinned for the
+    recipient and signed; KeyProblem when that cannot be done: no data is ever sent in the clear. Its facts name
+    the credential it was encrypted to."""
     extract = register.extract
     text = ctx.templates.render(
         template,
@@ -76,11 +79,15 @@ async def seal_disclosure(
         },
     )
     outgoing = await seal(ctx, "disclosure", envelope, text, authority, files=(*extract.files, *also))
+    credential = outgoing.credential
+    if credential is None:  # seal always says what it sealed to; logged as such, never guessed
+        raise KeyProblem("the disclosure was not sealed to a credential")
     facts = DisclosureFacts(
         reference=envelope.reference,
         authority_name=authority.name,
         recipient=envelope.recipient,
-        key_fingerprint=authority.key_fingerprint or "",
+        method=credential.method,
+        key_fingerprint=credential.fingerprint,
         area=area,
         purpose=purpose,
         home_count=extract.home_count,
@@ -113,6 +120,7 @@ async def record_disclosure(
             "disclosed_by": f"{GATEWAY_ACTOR} ({ctx.config.gateway.address})",
             "authority": facts.authority_name,
             "recipient": facts.recipient,
+            "method": facts.method,  # "openpgp" or "smime": whose fingerprint key_fingerprint is
             "key_fingerprint": facts.key_fingerprint,
             "area": facts.area,
             "homes": facts.home_count,

@@ -43,17 +43,32 @@ GPG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
     registry=REGISTRY,
 )
+OPENSSL = Histogram(
+    "gateway_openssl_seconds",
+    "Time of one openssl call (S/MIME)",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    registry=REGISTRY,
+)
 OUTBOX_DEPTH = Gauge("gateway_outbox_depth", "Outgoing messages waiting to be sent", registry=REGISTRY)
 OUTBOX_AGE = Gauge("gateway_outbox_oldest_seconds", "Age of the oldest message waiting to be sent", registry=REGISTRY)
 
 
 @contextlib.contextmanager
-def timed_gpg(operation: str) -> Iterator[None]:
+def _timed(histogram: Histogram, operation: str) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
     finally:
-        GPG.labels(operation).observe(time.perf_counter() - started)
+        histogram.labels(operation).observe(time.perf_counter() - started)
+
+
+def timed_gpg(operation: str) -> contextlib.AbstractContextManager[None]:
+    return _timed(GPG, operation)
+
+
+def timed_openssl(operation: str) -> contextlib.AbstractContextManager[None]:
+    return _timed(OPENSSL, operation)
 
 
 @dataclass

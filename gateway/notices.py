@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, limits, shown
+from gateway.admin.authorities import OPENPGP
 from gateway.authenticate import registered_addresses
 from gateway.compose import admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
@@ -109,7 +110,8 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
 async def authority_notice(
     ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
 ) -> Outgoing | None:
-    """A notice to an authority, encrypted to its pinned key and signed; None when that key cannot be used."""
+    """A notice to an authority's first address, encrypted to what is pinned for it and signed; None when that
+    cannot be used."""
     try:
         return await encrypted_notice(
             ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
@@ -131,8 +133,9 @@ async def encrypted_notice(
     recipient: str | None = None,
 ) -> Outgoing | None:
     """A notice the gateway starts (not an answer) to one of an authority's addresses (its first unless said: a
-    notice about a subscription goes to the address that asked), encrypted to its pinned key and signed; None
-    when it has no address. KeyProblem when the key cannot be used: no plaintext, ever."""
+    notice about a subscription goes to the address that asked), signed and encrypted to what is pinned for that
+    address (PGP/MIME or S/MIME, as it takes); None when it has no address. KeyProblem when what is pinned cannot
+    be used: no plaintext, ever."""
     if not authority.addresses:
         return None
     recipient = recipient or authority.addresses[0].address
@@ -352,11 +355,15 @@ async def _authority_notice(ctx: Context, key: Expiring, reference: str) -> Outg
     if key.authority is None:
         return None
     when = f"{key.expires:%d %B %Y}"
+    # A certificate's notice goes to the address it is pinned for; a key's to an address that takes the key, when
+    # one does (else the first): each is then encrypted to what it is about.
+    takes_key = [row.address for row in key.authority.addresses if row.method == OPENPGP]
+    recipient = key.address if key.certificate else next(iter(takes_key), None)
     try:
         return await encrypted_notice(
             ctx, key.authority, kind="key-notice", reference=reference,
             subject=f"Your {'certificate' if key.certificate else 'encryption key'} expires on {when}",
-            template="key-expiry.txt.j2", recipient=key.address,
+            template="key-expiry.txt.j2", recipient=recipient,
             values={"expires": when, "fingerprint": key.fingerprint, "subscribed": key.subscribed,
                     "certificate": key.certificate},
         )  # fmt: skip

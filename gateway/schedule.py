@@ -17,7 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from gateway import audit, metrics
-from gateway.compose import Envelope, admin_notice, envelope_for, new_reference, reply_values, seal
+from gateway.admin.authorities import SMIME
+from gateway.compose import (
+    Envelope,
+    admin_notice,
+    credential_of,
+    envelope_for,
+    new_reference,
+    reply_values,
+    seal,
+)
 from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
@@ -27,7 +36,7 @@ from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed
 from gateway.subscriptions import Ending, end, lapse
-from gateway.values import GATEWAY_ACTOR, Context, DisclosureFacts, Outgoing
+from gateway.values import GATEWAY_ACTOR, Context, Credential, DisclosureFacts, Outgoing
 
 # ---------------------------------------------------------------- when
 
@@ -203,7 +212,7 @@ async def _as_now(session: AsyncSession, sub: Subscription) -> tuple[Subscriptio
     return await session.get(Subscription, sub.id), (await session.execute(query)).scalar()
 
 
-async def _still_due(session: AsyncSession, due: Due) -> None:
+async def _still_due(session: AsyncSession, due: Due, sealed_to: Credential | None) -> None:
     """Asked again under the write lock, at the moment of recording: an allowlist change committed since the
     run read the subscription (a new area, a removed address, a suspension) stops what it no longer allows."""
     if due.kind not in SUBSCRIPTION_KINDS:
@@ -213,7 +222,8 @@ async def _still_due(session: AsyncSession, due: Due) -> None:
         raise _NoLongerAllowed
     if isinstance(still_allowed(authority, sub), ScopeRefusal):
         raise _NoLongerAllowed
-    if authority.key_fingerprint != due.authority.key_fingerprint:  # sealed to a key since replaced: not sent
+    # Sealed to a key or certificate since replaced (or to a method the address no longer takes): not sent.
+    if sealed_to is None or credential_of(authority, sub.address) != sealed_to:
         raise _NoLongerAllowed
 
 
@@ -222,7 +232,7 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
     or is no longer allowed."""
     try:
         async with ctx.db.transaction() as session:
-            await _still_due(session, due)
+            await _still_due(session, due, prepared.outgoing.credential)
             outbox_id = await enqueue(
                 session, sender=ctx.config.gateway.address, now=as_of, **prepared.outgoing.queued(),
             )  # fmt: skip
@@ -259,12 +269,19 @@ async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) ->
     if await _already(ctx, withheld):
         return
     title = f"{due.kind} to {due.authority.name} not sent"
+    name, address = due.authority.name, due.subscription.address
+    smime = any(row.address == address and row.method == SMIME for row in due.authority.addresses)
+    pin = (
+        ("certificate", f"gateway authority set-cert '{name}' --email {address} --cert <file.pem>")
+        if smime
+        else ("key", f"gateway authority set-key '{name}' <file.asc>")
+    )
     lines = [
         f"The {due.kind} ({due.key}) for subscription {due.subscription.id}, {due.subscription.area},",
         f"was not sent: {problem}.",
         "",
-        "Nothing was sent in its place. Once a usable key is pinned",
-        f"(gateway authority set-key '{due.authority.name}' <file.asc>) the next schedule run sends it.",
+        f"Nothing was sent in its place. Once a usable {pin[0]} is pinned",
+        f"({pin[1]}) the next schedule run sends it.",
     ]
     warning = admin_notice(ctx, title, lines)
     prepared = Prepared(warning, new_reference(as_of))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,15 +55,26 @@ class Arrival:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """What mail to one registered address is sealed to: its method ("openpgp", the authority's pinned key; or
+    "smime", the certificate pinned for that address), and that key's or certificate's fingerprint (the
+    certificate's is the SHA-256 of its DER, upper-case hex)."""
+
+    method: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Outgoing:
     kind: str  # disclosure, refusal or alert
     recipient: str
     message_id: str
     content: bytes
+    credential: Credential | None = None  # what it was encrypted to; None for the admins' mail (signed only)
 
     def queued(self) -> dict[str, Any]:
         """What `outbox.enqueue` needs to know of it."""
-        return dataclasses.asdict(self)
+        return {"kind": self.kind, "recipient": self.recipient, "message_id": self.message_id, "content": self.content}
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,9 @@ class DisclosureFacts:
     reference: str
     authority_name: str
     recipient: str
+    # The credential the disclosure was encrypted to: "openpgp" and the key's fingerprint, or "smime" and the
+    # certificate's SHA-256 fingerprint.
+    method: str
     key_fingerprint: str
     area: str
     purpose: str

@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.support.databases",
     "tests.support.keys",
     "tests.support.smime",
+    "tests.support.smime_live",
     "tests.support.gateway_cli",
     "tests.support.fuzz_report",
     "tests.support.dovecot",

@@ -247,7 +247,9 @@ class Disclosure(Base):
     outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"))
     authority_name: Mapped[str] = mapped_column(String(200))
     recipient: Mapped[str] = mapped_column(String(254))
-    key_fingerprint: Mapped[str] = mapped_column(String(40))
+    # What it was encrypted to: "openpgp" and the key's fingerprint, or "smime" and the certificate's SHA-256.
+    method: Mapped[str] = mapped_column(String(10), server_default="openpgp")
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
     area: Mapped[str] = mapped_column(String(200))
     purpose: Mapped[str] = mapped_column(Text)
     home_count: Mapped[int] = mapped_column(Integer)

@@ -159,10 +159,26 @@ _LINE = 78  # RFC 5322's "SHOULD" for a line, as the email package folds
 def _header(name: str, value: str) -> str:
     """One header line as the email package would write it under OUTER_POLICY: plain when it is short ASCII
     with nothing to encode, else folded (and RFC 2047-encoded) by the package itself."""
-    if value.isascii() and len(name) + len(value) <= _LINE - 2 and "=?" not in value and value.isprintable():
+    plain = value.isascii() and "=?" not in value and value.isprintable()
+    if plain and len(name) + len(value) <= _LINE - 2:
         return f"{name}: {value}\r\n"
+    if plain and value == " ".join(value.split()):
+        return _folded_words(name, value)
     folded: str = OUTER_POLICY.header_factory(name, value).fold(policy=OUTER_POLICY)
     return folded
+
+
+def _folded_words(name: str, value: str) -> str:
+    """Plain words folded at spaces, the first on the field's own line. The email package would move the whole
+    value to a continuation line when it does not fit after the name, and Python's parser then reads it back
+    with a leading space."""
+    lines = [f"{name}:"]
+    for word in value.split(" "):
+        if lines[-1] == f"{name}:" or len(lines[-1]) + 1 + len(word) <= _LINE - 2:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(f" {word}")
+    return "\r\n".join(lines) + "\r\n"
 
 
 def _boundary(*bodies: bytes) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.compose import Envelope, Templates, inner_message, new_reference, outer_message
+from gateway.compose import Envelope, Templates, _header, inner_message, new_reference, outer_message
 from gateway.crypto import Keyring, kill_agent
 from gateway.extracts import build_extract
 from gateway.gpgrun import KeyProblem
@@ -145,3 +145,20 @@ def test_a_configured_directory_overrides_single_templates(tmp_path: Path) -> No
          "message_id": None, "sha256": "s"},
     )  # fmt: skip
     assert alert.startswith("Register disclosure gateway: t")  # not overridden: the shipped one
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Register gateway: someone tried to use your name (HMCI-20261206-005626BF)",
+        "Register of children's homes: Staffordshire police force area and more words besides (HMCI-1)",
+        "x" * 100 + " tail",
+    ],
+)
+def test_a_long_subject_is_folded_at_its_spaces_and_reads_back_exactly(subject: str) -> None:
+    field = _header("Subject", subject)
+    lines = field.split("\r\n")[:-1]
+    assert lines[0].startswith("Subject: ")  # the first word stays on the field's own line
+    assert all(len(line) <= 78 or len(line.split()) <= 2 for line in lines)  # longer only for one long word
+    parsed = message_from_bytes((field + "\r\n").encode(), policy=policy.default)
+    assert str(parsed["Subject"]) == subject  # no leading space, as a value moved whole to a new line would have

@@ -162,8 +162,8 @@ def _header(name: str, value: str) -> str:
     plain = value.isascii() and "=?" not in value and value.isprintable()
     if plain and len(name) + len(value) <= _LINE - 2:
         return f"{name}: {value}\r\n"
-    if plain and value == " ".join(value.split()):
-        return _folded_words(name, value)
+    if plain and value == " ".join(value.split()) and max(map(len, value.split())) <= _LINE - len(name) - 3:
+        return _folded_words(name, value)  # a word too long for a line is left to the package to encode
     folded: str = OUTER_POLICY.header_factory(name, value).fold(policy=OUTER_POLICY)
     return folded
 

@@ -186,8 +186,8 @@ def read_certificate(data: bytes) -> CertInfo:
                 "address's own (not its chain)"
             )
         return cert_info(found[0])
-    try:
-        return cert_info(x509.load_der_x509_certificate(text))
+    try:  # DER as given: its last byte may well be one that strip() takes for white space
+        return cert_info(x509.load_der_x509_certificate(data))
     except ValueError:
         raise CertificateProblem("the file is neither a PEM nor a DER X.509 certificate") from None
 

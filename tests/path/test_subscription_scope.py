@@ -51,7 +51,7 @@ def delivered_areas(gateway: Gateway, keys: AuthorityKeys, outbox_id: object) ->
 
 def admin_alerts(gateway: Gateway) -> list[str]:
     return [
-        outbox_content(gateway, row["id"]).decode()
+        outbox_content(gateway, row["id"]).decode().replace("\r\n ", " ")  # header fields unfolded (RFC 5322)
         for row in outbox(gateway)
         if row["kind"] == "alert" and row["recipient"] == ADMIN_ADDRESS
     ]

@@ -913,8 +913,10 @@ def _outgoing_problems(left: Left, expect: Expect, reason: str) -> list[str]:
             continue
         if recipient != POLICE_ADDRESS:
             found.append(f"a {kind} went to {recipient}, not to the registered address")
-        if b"multipart/encrypted" not in content.split(b"\r\n\r\n", 1)[0]:
-            found.append(f"a {kind} to {recipient} is not PGP/MIME encrypted")
+        head = content.split(b"\r\n\r\n", 1)[0]
+        # Sealed in the recipient address's method: PGP/MIME, or S/MIME enveloped-data for a certificate.
+        if b"multipart/encrypted" not in head and b"application/pkcs7-mime; smime-type=enveloped-data" not in head:
+            found.append(f"a {kind} to {recipient} is not encrypted (PGP/MIME or S/MIME)")
         if not expect.authentic and kind in ANSWER_KINDS:
             found.append(f"a {kind} was sent in answer to a message that is not authentic ({reason[:200]})")
     return found

@@ -144,11 +144,14 @@ async def enqueue(
     content: bytes,
     now: dt.datetime,
     inbound_id: int | None = None,
+    sealed_method: str | None = None,
+    sealed_fingerprint: str | None = None,
 ) -> int:
     """Queue one message inside the caller's transaction, so it exists exactly when what caused it does."""
     row = OutboxMessage(
         kind=kind, inbound_id=inbound_id, sender=sender, recipient=recipient, message_id=message_id,
         content=content, status="pending", attempts=0, created_at=now, next_attempt_at=now,
+        sealed_method=sealed_method, sealed_fingerprint=sealed_fingerprint,
     )  # fmt: skip
     session.add(row)
     await session.flush()
@@ -231,11 +234,8 @@ async def deliver_due(
                 if left < LEASE_MARGIN.total_seconds():  # a slow relay: the rest go back, due now, to any sender
                     await _release(db, [row.id for row in batch[index:]], moment)
                     return counts
-                result = (
-                    await _within(transport, claimed, left - LEASE_SAFETY)
-                    if claimed.recipient == admin_address or await _still_registered(db, claimed.recipient)
-                    else WITHHELD
-                )
+                withheld = None if claimed.recipient == admin_address else await _withheld(db, claimed)
+                result = withheld or await _within(transport, claimed, left - LEASE_SAFETY)
                 sent_at = now + dt.timedelta(seconds=time.monotonic() - started)
                 await _record(
                     db, claimed.id, result, rules=rules, now=sent_at, admin_address=admin_address, counts=counts,
@@ -250,17 +250,28 @@ async def deliver_due(
 
 # Mail queued for an authority goes only while its address is still registered to an active authority:
 # a suspension, a removal or an address taken away also stops what was already waiting in the outbox.
+# And it goes only while what it was sealed to is still what is pinned for that address: a key or certificate
+# replaced since, or a certificate removed at once (its private key lost, say), stops it too.
 WITHHELD = Attempt(False, True, "withheld: the recipient is no longer a registered address of an active authority")
+UNPINNED = Attempt(False, True, "withheld: what it was encrypted to is no longer pinned for the recipient")
 
 
-async def _still_registered(db: Database, recipient: str) -> bool:
+async def _withheld(db: Database, row: OutboxMessage) -> Attempt | None:
+    """Why a message to an authority may not go now, or None when it may."""
     async with db.transaction(write=False) as session:
         query = (
-            select(AuthorityAddress.address)
+            select(AuthorityAddress.method, AuthorityAddress.cert_fingerprint, Authority.key_fingerprint)
             .join(Authority, Authority.id == AuthorityAddress.authority_id)
-            .where(AuthorityAddress.address == recipient, Authority.status == "active")
+            .where(AuthorityAddress.address == row.recipient, Authority.status == "active")
         )
-        return (await session.execute(query.limit(1))).scalar() is not None
+        pinned = (await session.execute(query.limit(1))).first()
+    if pinned is None:
+        return WITHHELD
+    if row.sealed_method is None:  # queued before the outbox recorded it (migration 0018)
+        return None
+    method, certificate, key = pinned
+    current = certificate if method == "smime" else key
+    return None if (method, current) == (row.sealed_method, row.sealed_fingerprint) else UNPINNED
 
 
 async def _within(transport: Transport, row: OutboxMessage, seconds: float) -> Attempt:

@@ -74,7 +74,11 @@ class Outgoing:
 
     def queued(self) -> dict[str, Any]:
         """What `outbox.enqueue` needs to know of it."""
-        return {"kind": self.kind, "recipient": self.recipient, "message_id": self.message_id, "content": self.content}
+        sealed = self.credential
+        return {
+            "kind": self.kind, "recipient": self.recipient, "message_id": self.message_id, "content": self.content,
+            "sealed_method": sealed and sealed.method, "sealed_fingerprint": sealed and sealed.fingerprint,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

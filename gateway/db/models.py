@@ -234,6 +234,10 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What a message to an authority was encrypted to ("openpgp" or "smime", and the fingerprint); None for the
+    # admins' mail. Sent only while that is still what is pinned for the recipient.
+    sealed_method: Mapped[str | None] = mapped_column(String(10))
+    sealed_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class Disclosure(Base):

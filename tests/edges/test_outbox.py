@@ -97,6 +97,34 @@ async def test_a_permanent_refusal_fails_and_alerts_the_admin(db: Database) -> N
     assert "outbox.failed" in actions
 
 
+async def test_what_waits_in_the_outbox_sealed_to_a_credential_no_longer_pinned_is_withheld(db: Database) -> None:
+    """A certificate removed at once (its key lost, say), or a key or certificate replaced, stops what was already
+    sealed to it; what was sealed to what is pinned still goes."""
+    relay = Relay()
+    server, port = await serve(relay)
+    try:
+        to_key = await queue(db, sealed=("openpgp", "0" * 40))
+        stale_key = await queue(db, sealed=("openpgp", "1" * 40))
+        async with db.transaction() as session:
+            address = (await session.execute(select(AuthorityAddress))).scalar_one()
+            address.method, address.cert_fingerprint = "smime", "C" * 64
+        to_cert = await queue(db, sealed=("smime", "C" * 64))
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+        assert (await row(db, to_cert)).status == "sent"
+        async with db.transaction() as session:  # `authority remove-cert`
+            address = (await session.execute(select(AuthorityAddress))).scalar_one()
+            address.cert_fingerprint = None
+        late = await queue(db, sealed=("smime", "C" * 64))
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    for outbox_id in (to_key, stale_key, late):  # the address takes S/MIME now: the key is not what is pinned
+        queued = await row(db, outbox_id)
+        assert (queued.status, queued.last_error) == ("failed", outbox.UNPINNED.error)
+    assert counts["failed"] == 1
+    assert len([e for e in relay.received if POLICE_ADDRESS in e.rcpt_tos]) == 1  # the one sealed to the cert
+
+
 async def test_what_waits_in_the_outbox_for_an_authority_suspended_meanwhile_is_withheld(db: Database) -> None:
     """A suspension, a removal or an address taken away also stops mail already queued for it."""
     relay = Relay()

@@ -22,7 +22,8 @@ from sqlalchemy import select, update
 from gateway import schedule as schedule_module
 from gateway.config import ScheduleSettings, load_config
 from gateway.db.engine import create_database
-from gateway.db.models import Authority, AuthorityAddress, Disclosure
+from gateway.db.models import Authority, AuthorityAddress, Disclosure, OutboxMessage
+from gateway.outbox import UNPINNED, deliver_due, smtp_transport
 from gateway.schedule import delivery_instant
 from gateway.smime import read_certificate
 from gateway.values import Context
@@ -38,6 +39,7 @@ from tests.support.live import (
     outbox_content,
     subscriptions,
 )
+from tests.support.relay import Relay, plain_relay, serve
 from tests.support.smime import SmimeCerts, certificate, openssl
 from tests.support.smime_live import (
     COUNCIL,
@@ -457,3 +459,30 @@ def test_no_mail_goes_to_a_council_whose_certificate_was_removed(smime_live: Gat
     assert "takes smime, but no S/MIME certificate is pinned for it" in str(outcome["reason"])
     assert to(smime_live, LA_ADDRESS) == []
     assert smime_certs.la.cert.exists()
+
+
+def test_a_reply_waiting_in_the_outbox_is_withheld_once_its_certificate_is_removed(
+    smime_live: Gateway, smime_certs: SmimeCerts
+) -> None:
+    assert asks(smime_live, POLICE_ADDRESS, REQUEST, "asked", ASKED)["kind"] == "answered"
+    [queued] = to(smime_live, POLICE_ADDRESS, "disclosure")
+    smime_live.ok("authority", "remove-cert", POLICE, "--email", POLICE_ADDRESS)  # its key lost, say: at once
+
+    async def send() -> tuple[str, str | None, str | None, list[object]]:
+        relay = Relay()
+        server, port = await serve(relay)
+        db = create_database(load_config(smime_live.config_path).database)
+        try:
+            transport = smtp_transport(plain_relay(port))
+            await deliver_due(db, transport, admin_address="gateway-admin@hmci.example", now=ASKED)
+            async with db.transaction(write=False) as session:
+                row = await session.get(OutboxMessage, queued["id"])
+                assert row is not None
+                return row.status, row.sealed_method, row.last_error, [e.rcpt_tos for e in relay.received]
+        finally:
+            server.close()
+            await db.close()
+
+    status, sealed, error, received = asyncio.run(send())
+    assert (status, sealed, error) == ("failed", "smime", UNPINNED.error)
+    assert [POLICE_ADDRESS] not in received  # nothing reached the police; the admins are told

@@ -48,12 +48,14 @@ def plain_relay(port: int, tls: Any = "none") -> SmtpSettings:
     return SmtpSettings(host="127.0.0.1", port=port, username=None, password=None, tls=tls)
 
 
-async def queue(db: Database, kind: str = "disclosure") -> int:
+async def queue(db: Database, kind: str = "disclosure", sealed: tuple[str, str] | None = None) -> int:
+    """A message queued for the police; `sealed`: the (method, fingerprint) it was encrypted to, if recorded."""
     async with db.transaction() as session:
         row = OutboxMessage(
             kind=kind, inbound_id=None, sender=GATEWAY_ADDRESS, recipient=POLICE_ADDRESS,
             message_id="<m1@hmci.example>", content=b"From: x\r\nTo: y\r\nSubject: [OFFICIAL-SENSITIVE] R\r\n\r\nb\r\n",
             status="pending", attempts=0, created_at=START, next_attempt_at=START,
+            sealed_method=sealed[0] if sealed else None, sealed_fingerprint=sealed[1] if sealed else None,
         )  # fmt: skip
         session.add(row)
         await session.flush()

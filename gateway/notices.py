@@ -20,7 +20,7 @@ from sqlalchemy.orm import selectinload
 from gateway import audit, limits, shown
 from gateway.admin.authorities import OPENPGP
 from gateway.authenticate import registered_addresses
-from gateway.compose import admin_mail, admin_notice, envelope_for, new_reference, reply_values, seal
+from gateway.compose import admin_mail, admin_notice, credential_of, envelope_for, new_reference, reply_values, seal
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -97,9 +97,9 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
             f"Message-ID (as received): {shown.message_id(arrival.message_id)}",
             f"Why it was refused: {reason[:1500]}",
             "",
-            "If you sent it, send the request again from your registered address, signed with your registered",
-            "key (or through your mail system's DMARC-aligned path). If you did not, nothing needs doing: you may",
-            "wish to tell your information security team.",
+            "If you sent it, send the request again from your registered address, signed with its registered key",
+            "or certificate (or through your mail system's DMARC-aligned path). If you did not, nothing needs",
+            "doing: you may wish to tell your information security team.",
         ]
         notice = await authority_notice(ctx, named, "someone tried to use your name", lines, "impostor-notice")
         if notice is not None:
@@ -110,12 +110,15 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
 async def authority_notice(
     ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
 ) -> Outgoing | None:
-    """A notice to an authority's first address, encrypted to what is pinned for it and signed; None when that
-    cannot be used."""
+    """A notice to the first of an authority's addresses that has a credential pinned (an S/MIME address waiting
+    for its certificate has none), encrypted to it and signed; None when there is none, or it cannot be used."""
+    recipient = next((a.address for a in authority.addresses if credential_of(authority, a.address)), None)
+    if recipient is None:
+        return None  # fail closed: the admins' alert says what happened
     try:
         return await encrypted_notice(
             ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
-            template="authority-notice.txt.j2", values={"title": title, "lines": lines},
+            template="authority-notice.txt.j2", values={"title": title, "lines": lines}, recipient=recipient,
         )  # fmt: skip
     except KeyProblem:
         return None  # fail closed: the admins' alert says what happened

@@ -30,6 +30,7 @@ from gateway.admin.authorities import (
     OPENPGP,
     REMOVE_EMAILS,
     SMIME,
+    USE_OPENPGP,
     AllowlistError,
     AuthorityView,
     Change,
@@ -286,15 +287,19 @@ class Allowlist:
         auth_policy: str | None = None,
         add_emails: Sequence[str] = (),
         remove_emails: Sequence[str] = (),
+        use_openpgp: Sequence[str] = (),
         actor: str,
     ) -> Change:
         if auth_policy is not None:
             auth_policy = check_policy(auth_policy)
-        if not any((new_name, kind, area, auth_policy, add_emails, remove_emails)):
+        if not any((new_name, kind, area, auth_policy, add_emails, remove_emails, use_openpgp)):
             raise FieldUsageError(
                 "nothing to update: give ", NEW_NAME, ", ", KIND, ", ", AREA, ", ", AUTH_POLICY, ", ", ADD_EMAILS,
-                " or ", REMOVE_EMAILS,
+                ", ", REMOVE_EMAILS, " or ", USE_OPENPGP,
             )  # fmt: skip
+        both = set(addresses_of(add_emails)) & set(addresses_of(remove_emails))
+        if both:
+            raise FieldUsageError(f"{sorted(both)[0]} is in both ", ADD_EMAILS, " and ", REMOVE_EMAILS)
         async with self._change() as (session, _):
             row = await self._find(session, name)
             before = AuthorityView.of(row)
@@ -307,6 +312,7 @@ class Allowlist:
             if auth_policy is not None:
                 row.auth_policy = auth_policy
             await self._change_addresses(session, row, addresses_of(add_emails), addresses_of(remove_emails))
+            self._use_openpgp(row, addresses_of(use_openpgp))
             after = AuthorityView.of(row)
             changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
             if not changed:
@@ -358,6 +364,19 @@ class Allowlist:
         # A new address takes the authority's OpenPGP key, or (having none) waits for a certificate of its own.
         method = OPENPGP if row.key_fingerprint is not None else SMIME
         row.addresses.extend(AuthorityAddress(address=a, method=method) for a in add if a not in current)
+
+    @staticmethod
+    def _use_openpgp(row: Authority, addresses: Sequence[str]) -> None:
+        """These addresses go back to OpenPGP, to the authority's pinned key (which must carry them)."""
+        for address in addresses:
+            entry = next((a for a in row.addresses if a.address == address), None)
+            if entry is None:
+                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            if row.key_fingerprint is None:
+                raise AllowlistError(f"{row.name!r} has no OpenPGP key: pin one first (`gateway authority set-key`)")
+            entry.method = OPENPGP
+            entry.cert_fingerprint = entry.cert_pem = entry.cert_subject = None
+            entry.cert_expires = None
 
     async def set_status(self, name: str, status: str, *, actor: str) -> Change:
         async with self._change() as (session, _):

@@ -152,6 +152,7 @@ def _effect(proposal: Proposal, key: KeyInfo | None) -> list[str]:
                 lines.append(_line(label, args[name]))
         lines += [_line("add-address", a) for a in addresses_of(args.get("add_emails") or [])]
         lines += [_line("remove-address", a) for a in addresses_of(args.get("remove_emails") or [])]
+        lines += [_line("use-openpgp-address", a) for a in addresses_of(args.get("use_openpgp") or [])]
     elif proposal.kind == "set-key":
         assert key is not None  # noqa: S101 - a set-key always carries its key
         lines += _key_lines(key, key.expires)
@@ -220,7 +221,8 @@ async def apply(
     if proposal.kind == "update":
         return await allowlist.update(
             proposal.authority, new_name=args["new_name"], kind=args["kind"], area=args["area"],
-            auth_policy=args["auth"], add_emails=args["add_emails"], remove_emails=args["remove_emails"], actor=actor,
+            auth_policy=args["auth"], add_emails=args["add_emails"], remove_emails=args["remove_emails"],
+            use_openpgp=args.get("use_openpgp") or [], actor=actor,
         )  # fmt: skip
     if proposal.kind in ("set-key", "set-cert"):
         return await _pin(allowlist, proposal, actor)

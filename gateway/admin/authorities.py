@@ -30,7 +30,7 @@ MAX_NAME = 200
 # The fields a change is given, as its refusals name them.
 NAME, NEW_NAME, KIND, AREA = Field("name"), Field("new_name"), Field("kind"), Field("area")
 AUTH_POLICY, EMAILS = Field("auth_policy"), Field("emails")
-ADD_EMAILS, REMOVE_EMAILS = Field("add_emails"), Field("remove_emails")
+ADD_EMAILS, REMOVE_EMAILS, USE_OPENPGP = Field("add_emails"), Field("remove_emails"), Field("use_openpgp")
 
 
 def name_key(name: str) -> str:

@@ -15,7 +15,7 @@ from gateway.admin.authorities import (
     addresses_of,
 )
 from gateway.cli.opening import read_file
-from gateway.cli.output import date, emit_json, print_table
+from gateway.cli.output import date, emit_json, print_table, warn
 from gateway.cli.proposing import allowlist, make_or_propose, print_authority, report
 from gateway.cli.tree import Commands
 from gateway.errors import UsageError
@@ -74,7 +74,8 @@ async def cmd_authority_show(args: argparse.Namespace) -> int:
 
 async def cmd_authority_update(args: argparse.Namespace) -> int:
     arguments = {"new_name": args.name, "kind": args.kind, "area": args.area, "auth": args.auth,
-                 "add_emails": args.add_email or [], "remove_emails": args.remove_email or []}  # fmt: skip
+                 "add_emails": args.add_email or [], "remove_emails": args.remove_email or [],
+                 "use_openpgp": args.use_openpgp or []}  # fmt: skip
     return await make_or_propose(args, approvals.Proposal("update", args.authority, arguments), "updated")
 
 
@@ -119,7 +120,7 @@ def _certificate_from(args: argparse.Namespace) -> bytes:
             f"(it carries {found})"
         )
     # Carried in a message, a certificate proves nothing: the admins confirm its fingerprint with the authority.
-    print(
+    warn(
         f"the message carries certificate {naming[0].fingerprint} for {address}; confirm this fingerprint with the "
         "authority out of band (by phone, on a number you already have) before approving"
     )
@@ -190,6 +191,12 @@ def add_commands(c: Commands) -> None:
     update.add_argument("--auth", choices=[*AUTH_POLICIES, *OLD_POLICIES], help="new authentication policy")
     update.add_argument("--add-email", action="append", metavar="ADDR", help="add a secure address")
     update.add_argument("--remove-email", action="append", metavar="ADDR", help="remove a secure address")
+    update.add_argument(
+        "--use-openpgp",
+        action="append",
+        metavar="ADDR",
+        help="send to this address by OpenPGP again, to the authority's key, forgetting its certificate",
+    )
     for name, handler, text in (
         ("suspend", cmd_authority_suspend, "stop all disclosures to an authority until it is resumed"),
         ("resume", cmd_authority_resume, "allow a suspended authority again"),

@@ -29,6 +29,7 @@ FLAGS = {
     "emails": "--email",
     "add_emails": "--add-email",
     "remove_emails": "--remove-email",
+    "use_openpgp": "--use-openpgp",
     "directory": "--dir",
     "review_on": "--until",
 }

@@ -99,13 +99,18 @@ def _openssl(args: list[str], data: bytes, *, max_output: int, what: str, timeou
 _OPENSSL_ERROR = re.compile(r"[0-9A-Fa-f]+:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+):")
 
 
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ,.:()_/-]{0,119}")
+
+
 def _said(finished: Finished) -> str:
     """openssl's last message, short: why it failed (its messages name no secret, only routines and reasons);
     of an error line, its reason alone ("no signers"), without the thread, code and source file."""
     lines = [line.strip() for line in finished.status.splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit status {finished.returncode}"
     error = _OPENSSL_ERROR.match(last)
-    return f"openssl: {error[1]}" if error else last[-200:]
+    said = error[1] if error else last
+    # It can reach a notice the gateway signs: only openssl's own plain words, never text it quoted from a message.
+    return f"openssl: {said}" if _PLAIN_WORDS.fullmatch(said) else f"openssl refused it (exit {finished.returncode})"
 
 
 def _pem(certificate: bytes, what: str) -> bytes:

@@ -189,11 +189,13 @@ def test_a_certificate_is_taken_from_a_signed_mail_the_address_sent(
     )  # fmt: skip
     mail = gateway.directory / "signed.eml"
     mail.write_bytes(f"From: {POLICE_ADDRESS}\r\nTo: x@hmci.example\r\nSubject: hi\r\n".encode() + signed)
-    pinned = gateway.ok(
+    pinned = gateway.run(
         "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--from-message", str(mail)
     )
+    assert pinned.code == 0, pinned.err
+    told = pinned.err
     fingerprint = fingerprint_of(smime_certs.police.cert)
-    assert f"the message carries certificate {fingerprint} for {POLICE_ADDRESS}; confirm this fingerprint" in pinned
+    assert f"the message carries certificate {fingerprint} for {POLICE_ADDRESS}; confirm this fingerprint" in told
     assert delivery(gateway)[0]["cert_fingerprint"] == fingerprint
     plain = gateway.directory / "plain.eml"
     plain.write_bytes(b"From: x@y.example\r\nSubject: hi\r\n\r\nno signature\r\n")
@@ -216,3 +218,46 @@ def test_with_a_trust_store_a_certificate_must_also_chain_to_it(
     gateway.ok(
         "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", str(smime_certs.police.cert)
     )
+
+
+def test_an_address_goes_back_to_openpgp_only_when_asked_and_only_with_a_key(
+    gateway: Gateway, keys: AuthorityKeys, smime_certs: SmimeCerts
+) -> None:
+    assert add_police(gateway, keys.police).code == 0
+    cert = str(smime_certs.police.cert)
+    gateway.ok("authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", cert)
+    both = gateway.run(
+        "authority", "update", "West Mercia Police", "--add-email", POLICE_ADDRESS, "--remove-email", POLICE_ADDRESS
+    )
+    assert refused(both) == f"gateway: error: {POLICE_ADDRESS} is in both --add-email and --remove-email"
+    assert delivery(gateway)[0]["method"] == "smime"  # and the address is still there
+    gateway.ok("authority", "update", "West Mercia Police", "--use-openpgp", POLICE_ADDRESS)
+    assert delivery(gateway) == [
+        {"address": POLICE_ADDRESS, "method": "openpgp", "cert_fingerprint": None, "cert_subject": None,
+         "cert_expires": None},
+    ]  # fmt: skip
+    keyless = gateway.run(
+        "authority", "add", "--name", "Shropshire Council", "--kind", "local-authority", "--area", "Shropshire",
+        "--email", LA_ADDRESS,
+    )  # fmt: skip
+    assert keyless.code == 0, keyless.err
+    no_key = gateway.run("authority", "update", "Shropshire Council", "--use-openpgp", LA_ADDRESS)
+    assert "has no OpenPGP key: pin one first" in refused(no_key)
+
+
+def test_a_certificate_from_a_message_leaves_json_output_whole(
+    gateway: Gateway, keys: AuthorityKeys, smime_certs: SmimeCerts
+) -> None:
+    assert add_police(gateway, keys.police).code == 0
+    signed = openssl(
+        "cms", "-sign", "-signer", str(smime_certs.police.cert), "-inkey", str(smime_certs.police.key), "-md", "sha256",
+        data=b"Content-Type: text/plain\r\n\r\nhello\r\n",
+    )  # fmt: skip
+    mail = gateway.directory / "signed.eml"
+    mail.write_bytes(f"From: {POLICE_ADDRESS}\r\nSubject: hi\r\n".encode() + signed)
+    result = gateway.run(
+        "authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--from-message", str(mail), "--json"
+    )
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["delivery"][0]["method"] == "smime"
+    assert "confirm this fingerprint" in result.err

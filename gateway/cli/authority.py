@@ -11,6 +11,7 @@ from gateway.admin.authorities import (
     DEFAULT_AUTH_POLICY,
     KINDS,
     OLD_POLICIES,
+    AddressView,
     AuthorityView,
     addresses_of,
 )
@@ -45,7 +46,7 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
                     v.area or "(national)",
                     v.status,
                     v.auth_policy,
-                    ", ".join(f"{d.address} ({d.method})" for d in v.delivery),
+                    ", ".join(map(_delivery, v.delivery)),
                     v.key_fingerprint[-16:] if v.key_fingerprint else "-",
                     date(v.key_expires) if v.key_fingerprint else "-",
                     _earliest(v),
@@ -54,6 +55,12 @@ async def cmd_authority_list(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def _delivery(entry: AddressView) -> str:
+    """An address with its method, and the end of its certificate's fingerprint (as the key column shows keys)."""
+    pinned = f" {entry.cert_fingerprint[-16:]}" if entry.cert_fingerprint else ""
+    return f"{entry.address} ({entry.method}{pinned})"
 
 
 def _earliest(view: AuthorityView) -> str:

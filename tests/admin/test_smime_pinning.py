@@ -70,7 +70,7 @@ def test_a_certificate_is_pinned_for_an_address_and_shown_with_its_fingerprint_s
          "cert_expires": "2099-12-31T00:00:00+00:00"},
     ]  # fmt: skip
     listing = gateway.ok("authority", "list")
-    assert f"{POLICE_ADDRESS} (smime)" in listing
+    assert f"{POLICE_ADDRESS} (smime {expected[-16:]})" in listing
     assert "2099-12-31" in listing
     record = json.loads(gateway.ok("audit", "list", "--json"))[-1]
     assert (record["action"], record["actor"]) == ("authority.set-cert", "carol")

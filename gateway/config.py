@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -85,12 +86,39 @@ class SmimeSettings:
     binary: str  # the openssl executable
 
 
+MICROSOFT365_AUTHORITY = "https://login.microsoftonline.com/{tenant}"
+MICROSOFT365_SCOPE = "https://outlook.office365.com/.default"  # Exchange Online's IMAP and SMTP AUTH both
+PRESETS = ("microsoft365",)
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """An OAuth client's certificate and its private key, PEM."""
+
+    certificate: str
+    key: Secret
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """An OAuth 2.0 client that logs in to the mailbox or the relay instead of a password (client-credentials
+    grant). Exactly one of `secret` and `certificate` is set."""
+
+    authority: str  # https URL; the token endpoint is read from its OpenID Connect discovery document
+    client_id: str
+    scope: str
+    secret: Secret | None = None
+    certificate: ClientCertificate | None = None
+    ca_file: Path | None = None  # a CA bundle the authority's certificate must chain to; None: certifi's
+    section: str = "oauth"  # as errors name it: "imap.oauth" or "smtp.oauth"
+
+
 @dataclass(frozen=True)
 class ImapSettings:
     host: str
     port: int
     username: str
-    password: Secret
+    password: Secret | None  # None when `oauth` logs in instead
     tls: ImapTls
     folder: str
     processed_folder: str = "Processed"
@@ -100,6 +128,7 @@ class ImapSettings:
     poll_seconds: int = 60  # for servers without IDLE
     # While in IDLE, also look this often (0: never). Dovecot tells of new mail 0.5 s after it arrives.
     check_ms: int = 200
+    oauth: OAuthSettings | None = None  # XOAUTH2 with a token from this client, instead of the password
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ class SmtpSettings:
     password: Secret | None
     tls: SmtpTls
     retry_seconds: int = 60  # the first wait after a failed delivery; it doubles, up to an hour
+    oauth: OAuthSettings | None = None  # XOAUTH2 as `username` with a token from this client, instead of a password
 
 
 @dataclass(frozen=True)
@@ -187,11 +217,36 @@ class _Section:
         self._table = table
         self._seen: set[str] = set()
 
+    @property
+    def name(self) -> str:
+        return self._name
+
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self._path}: [{self._name}] {key}: {problem}")
 
     def has(self, key: str) -> bool:
         return key in self._table
+
+    def table(self, key: str) -> _Section | None:
+        """A table inside this one (`[imap.oauth]`), read with the same rules."""
+        self._seen.add(key)
+        if key not in self._table:
+            return None
+        value = self._table[key]
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table ([{self._name}.{key}]), got {type(value).__name__}")
+        return _Section(self._path, f"{self._name}.{key}", cast(dict[str, Any], value))
+
+    def private_file(self, key: str) -> tuple[Path, str]:
+        """A file that holds a secret: readable by this user alone; its path and its text."""
+        file = self.path(key, "")
+        problem = exposed(file)
+        if problem:
+            raise self.fail(key, problem)
+        try:
+            return file, file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fail(key, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def _get(self, key: str, kind: type[T], kind_name: str) -> T | None:
         self._seen.add(key)
@@ -268,14 +323,7 @@ class _Section:
         if given[0] == key:
             value = self._get(key, str, "a string") or ""
         elif given[0] == f"{key}_file":
-            file = self.path(f"{key}_file", "")
-            problem = exposed(file)
-            if problem:
-                raise self.fail(f"{key}_file", problem)
-            try:
-                value = file.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise self.fail(f"{key}_file", f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+            value = self.private_file(f"{key}_file")[1].rstrip("\r\n")
         else:
             variable = self.required_text(f"{key}_env")
             found = os.environ.get(variable)
@@ -430,13 +478,107 @@ def _smime(section: _Section | None) -> SmimeSettings | None:
     return settings
 
 
+def _oauth(section: _Section | None) -> OAuthSettings | None:
+    """`[imap.oauth]` or `[smtp.oauth]`: an OAuth client, given whole or as a preset with its tenant."""
+    if section is None:
+        return None
+    preset = section.text("preset")
+    if preset is not None and preset not in PRESETS:
+        raise section.fail("preset", f"must be one of {', '.join(repr(p) for p in PRESETS)}, got {preset!r}")
+    if preset == "microsoft365":
+        if section.has("authority"):
+            raise section.fail("authority", 'give either preset = "microsoft365" with tenant, or authority')
+        tenant = section.required_text("tenant")
+        # Pasted into a URL: a tenant is a GUID or a domain name, nothing that could change the URL's shape.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", tenant):
+            raise section.fail("tenant", f"expected the tenant's ID (a GUID) or its domain name, got {tenant!r}")
+        authority = MICROSOFT365_AUTHORITY.format(tenant=tenant)
+        scope = section.text("scope", MICROSOFT365_SCOPE) or MICROSOFT365_SCOPE
+    else:
+        if section.has("tenant"):
+            raise section.fail("tenant", 'only with preset = "microsoft365" (otherwise the authority names it)')
+        authority = section.required_text("authority")
+        scope = section.required_text("scope")
+    parts = urlsplit(authority)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment or parts.path in ("", "/"):
+        raise section.fail(
+            "authority", f"expected an https URL naming the tenant (https://HOST/TENANT), got {authority!r}"
+        )
+    secret = section.secret("client_secret")
+    certificate = _client_certificate(section)
+    if (secret is None) == (certificate is None):
+        raise section.fail(
+            "client_secret",
+            "give a client secret (client_secret, client_secret_file or client_secret_env) "
+            "or a certificate and private_key, one of the two",
+        )
+    settings = OAuthSettings(
+        authority=authority.rstrip("/"),
+        client_id=section.required_text("client_id"),
+        scope=scope,
+        secret=secret,
+        certificate=certificate,
+        ca_file=_existing(section, "ca_file"),
+        section=section.name,
+    )
+    section.finish()
+    return settings
+
+
+def _existing(section: _Section, key: str) -> Path | None:
+    if not section.has(key):
+        return None
+    path = section.path(key, "")
+    if not path.is_file():
+        raise section.fail(key, f"{path} is not a file")
+    return path
+
+
+def _client_certificate(section: _Section) -> ClientCertificate | None:
+    """The client's certificate and its private key (PEM, unencrypted, mode 0600), checked to belong together."""
+    # Imported here: only a gateway that logs in with a certificate needs to parse one.
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    if not (section.has("certificate") or section.has("private_key")):
+        return None
+    if not section.has("private_key") or not section.has("certificate"):
+        missing = "private_key" if section.has("certificate") else "certificate"
+        raise section.fail(missing, "certificate and private_key go together")
+    cert_path = section.path("certificate", "")
+    try:
+        cert_pem = cert_path.read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except OSError as exc:
+        raise section.fail("certificate", f"cannot read {cert_path}: {exc.strerror}") from None
+    except ValueError:
+        raise section.fail("certificate", f"{cert_path} is not a PEM certificate") from None
+    key_path, key_pem = section.private_file("private_key")
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise section.fail(
+            "private_key", f"{key_path} is not an unencrypted PEM private key (nobody is there to type a passphrase)"
+        ) from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if key.public_key().public_bytes(encoding, public) != cert.public_key().public_bytes(encoding, public):
+        raise section.fail("private_key", f"{key_path} is not the private key of {cert_path}")
+    return ClientCertificate(certificate=cert_pem.decode("ascii", "replace"), key=Secret(key_pem))
+
+
 def _imap(section: _Section | None) -> ImapSettings | None:
     if section is None:
         return None
     tls = cast(ImapTls, section.choice("tls", ("tls", "none"), "tls"))
     password = section.secret("password")
-    if password is None:
-        raise section.fail("password", "required setting is missing (or give password_file / password_env)")
+    oauth = _oauth(section.table("oauth"))
+    if password is not None and oauth is not None:
+        raise section.fail("password", "give a password or [imap.oauth], not both")
+    if password is None and oauth is None:
+        raise section.fail(
+            "password", "required setting is missing (or give password_file / password_env, or [imap.oauth])"
+        )
     settings = ImapSettings(
         host=section.required_text("host"),
         port=section.integer("port", 993 if tls == "tls" else 143, 1, 65535),
@@ -450,6 +592,7 @@ def _imap(section: _Section | None) -> ImapSettings | None:
         idle_seconds=section.integer("idle_seconds", 240, 10, 1500),
         poll_seconds=section.integer("poll_seconds", 60, 1, 3600),
         check_ms=section.integer("check_ms", 200, 0, 60_000),
+        oauth=oauth,
     )
     section.finish()
     return settings
@@ -462,7 +605,13 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
     default_port = {"starttls": 587, "tls": 465, "none": 25}[tls]
     username = section.text("username")
     password = section.secret("password")
-    if (username is None) != (password is None):
+    oauth = _oauth(section.table("oauth"))
+    if oauth is not None:
+        if password is not None:
+            raise section.fail("password", "give a password or [smtp.oauth], not both")
+        if username is None:
+            raise section.fail("username", "required with [smtp.oauth]: the mailbox the token logs in as")
+    elif (username is None) != (password is None):
         raise section.fail("username" if username is None else "password", "username and password go together")
     settings = SmtpSettings(
         host=section.required_text("host"),
@@ -471,6 +620,7 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         password=password,
         tls=tls,
         retry_seconds=section.integer("retry_seconds", 60, 1, 3600),
+        oauth=oauth,
     )
     section.finish()
     return settings

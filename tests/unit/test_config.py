@@ -125,6 +125,7 @@ def test_password_from_file(tmp_path: Path) -> None:
     text = MINIMAL + '[imap]\nhost = "imap.example"\nusername = "u"\npassword_file = "imap.secret"\n'
     config = load_config(write(tmp_path, text))
     assert config.imap is not None
+    assert config.imap.password is not None
     assert config.imap.password.value == "s3cret"
     assert config.imap.port == 993
 
@@ -206,6 +207,7 @@ def test_shipped_example_mailbox_sections_work_when_uncommented(
     ]
     config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.imap is not None
+    assert config.imap.password is not None
     assert config.imap.password.value == "x"
     assert config.smtp is not None
     assert config.smtp.tls == "starttls"
@@ -298,3 +300,136 @@ def test_smime_section_as_shipped_with_paths_beside_the_settings_file(tmp_path: 
     )  # the defaults, and no trust store unless one is named
     assert load_config(write(tmp_path, MINIMAL)).smime is None  # no section: no S/MIME identity at all
     assert refusal(tmp_path, MINIMAL + '[smime]\ncertificate = ""\n').endswith("[smime] certificate: must not be empty")
+
+
+IMAP_OAUTH = MINIMAL + '[imap]\nhost = "outlook.office365.com"\nusername = "register@hmci.example"\n'
+TENANT = "0a1b2c3d-0000-4000-8000-00000000beef"
+
+
+def test_the_microsoft365_preset_needs_only_the_tenant_and_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_OAUTH_SECRET", "from-env")
+    text = IMAP_OAUTH + (
+        f'[imap.oauth]\npreset = "microsoft365"\ntenant = "{TENANT}"\nclient_id = "app-id"\n'
+        'client_secret_env = "TEST_OAUTH_SECRET"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.imap is not None
+    assert config.imap.password is None
+    oauth = config.imap.oauth
+    assert oauth is not None
+    assert oauth.authority == f"https://login.microsoftonline.com/{TENANT}"
+    assert oauth.scope == "https://outlook.office365.com/.default"  # Exchange Online's IMAP and SMTP AUTH
+    assert oauth.secret == Secret("from-env")
+    assert oauth.certificate is None
+    assert "from-env" not in repr(config)
+
+
+def test_an_oauth_client_secret_follows_the_file_rules(tmp_path: Path) -> None:
+    secret = tmp_path / "client.secret"
+    secret.write_text("file-secret\n")
+    secret.chmod(0o644)
+    text = IMAP_OAUTH + (
+        '[imap.oauth]\nauthority = "https://idp.example/tenant"\nclient_id = "c"\nscope = "imap"\n'
+        'client_secret_file = "client.secret"\n'
+    )
+    assert "[imap.oauth] client_secret_file: " in refusal(tmp_path, text)
+    assert "chmod 600" in refusal(tmp_path, text)
+    secret.chmod(0o600)
+    config = load_config(write(tmp_path, text))
+    assert config.imap is not None
+    assert config.imap.oauth is not None
+    assert config.imap.oauth.secret == Secret("file-secret")
+
+
+@pytest.mark.parametrize(
+    ("oauth", "problem"),
+    [
+        ('client_id = "c"\nclient_secret = "s"\nscope = "x"\n', "[imap.oauth] authority: required setting is missing"),
+        (
+            'authority = "http://idp.example/t"\nclient_id = "c"\nclient_secret = "s"\nscope = "x"\n',
+            "[imap.oauth] authority: expected an https URL naming the tenant",
+        ),
+        (
+            'authority = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\nscope = "x"\n',
+            "[imap.oauth] authority: expected an https URL naming the tenant",
+        ),
+        ('preset = "microsoft365"\nclient_id = "c"\nclient_secret = "s"\n', "[imap.oauth] tenant: required"),
+        (
+            'preset = "microsoft365"\ntenant = "x/../evil"\nclient_id = "c"\nclient_secret = "s"\n',
+            "[imap.oauth] tenant: expected the tenant's ID (a GUID) or its domain name",
+        ),
+        (
+            'preset = "microsoft365"\ntenant = "t"\nauthority = "https://a.example/t"\nclient_id = "c"\n'
+            'client_secret = "s"\n',
+            "[imap.oauth] authority: give either preset",
+        ),
+        ('preset = "google"\ntenant = "t"\n', "[imap.oauth] preset: must be one of 'microsoft365'"),
+        ('preset = "microsoft365"\ntenant = "t"\nclient_id = "c"\n', "[imap.oauth] client_secret: give a client"),
+        (
+            'preset = "microsoft365"\ntenant = "t"\nclient_secret = "s"\n',
+            "[imap.oauth] client_id: required setting is missing",
+        ),
+        (
+            'preset = "microsoft365"\ntenant = "t"\nclient_id = "c"\nclient_secret = "s"\ncolour = 1\n',
+            "[imap.oauth] colour: unknown setting",
+        ),
+        (
+            'preset = "microsoft365"\ntenant = "t"\nclient_id = "c"\nclient_secret = "s"\ncertificate = "c.pem"\n',
+            "[imap.oauth] private_key: certificate and private_key go together",
+        ),
+    ],
+)
+def test_an_incomplete_or_wrong_oauth_client_is_named(tmp_path: Path, oauth: str, problem: str) -> None:
+    assert problem in refusal(tmp_path, IMAP_OAUTH + "[imap.oauth]\n" + oauth)
+
+
+def test_a_password_and_an_oauth_client_are_not_both_given(tmp_path: Path) -> None:
+    oauth = '[imap.oauth]\npreset = "microsoft365"\ntenant = "t"\nclient_id = "c"\nclient_secret = "s"\n'
+    both = IMAP_OAUTH + 'password = "p"\n' + oauth
+    assert refusal(tmp_path, both).endswith("[imap] password: give a password or [imap.oauth], not both")
+    neither = IMAP_OAUTH
+    assert "[imap] password: required setting is missing (or give password_file / password_env, or [imap.oauth])" in (
+        refusal(tmp_path, neither)
+    )
+    smtp = MINIMAL + '[smtp]\nhost = "smtp.office365.com"\n' + oauth.replace("imap.oauth", "smtp.oauth")
+    assert refusal(tmp_path, smtp).endswith(
+        "[smtp] username: required with [smtp.oauth]: the mailbox the token logs in as"
+    )
+    config = load_config(
+        write(tmp_path, smtp.replace("[smtp.oauth]", 'username = "register@hmci.example"\n[smtp.oauth]'))
+    )
+    assert config.smtp is not None
+    assert config.smtp.oauth is not None
+    assert config.smtp.oauth.section == "smtp.oauth"
+    assert config.smtp.port == 587
+
+
+def test_an_oauth_client_certificate_must_match_its_private_key(tmp_path: Path) -> None:
+    from tests.support.oauth import write_client_certificate  # noqa: PLC0415 - the only test that makes one
+
+    cert, key = write_client_certificate(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = write_client_certificate(other)
+    text = IMAP_OAUTH + (
+        '[imap.oauth]\npreset = "microsoft365"\ntenant = "t"\nclient_id = "c"\n'
+        f'certificate = "{cert}"\nprivate_key = "{key}"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.imap is not None
+    assert config.imap.oauth is not None
+    credential = config.imap.oauth.certificate
+    assert credential is not None
+    assert credential.certificate.startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY" not in repr(config)
+    assert refusal(tmp_path, text.replace(str(key), str(other_key))).endswith(
+        f"[imap.oauth] private_key: {other_key} is not the private key of {cert}"
+    )
+    key.chmod(0o640)
+    assert "[imap.oauth] private_key: " in refusal(tmp_path, text)
+    assert "chmod 600" in refusal(tmp_path, text)
+    both = text.replace('client_id = "c"\n', 'client_id = "c"\nclient_secret = "s"\n')
+    key.chmod(0o600)
+    assert "[imap.oauth] client_secret: give a client secret" in refusal(tmp_path, both)

@@ -26,6 +26,7 @@ from gateway.errors import ConfigError
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.inbound.smtp import drain_spool, start_listener
 from gateway.inbound.watcher import Watcher
+from gateway.oauth import Tokens
 from gateway.outbox import ROUND, RetryPolicy, deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.schedule import run_due
@@ -132,9 +133,10 @@ class Leadership:
 class Services:
     """What runs inside the daemon's task group; each loop ends soon after `stop` is set."""
 
-    def __init__(self, ctx: Context, stop: asyncio.Event) -> None:
+    def __init__(self, ctx: Context, stop: asyncio.Event, tokens: Tokens | None = None) -> None:
         self.ctx = ctx
         self.stop = stop
+        self.tokens = tokens or Tokens(ctx.config)
         self.leadership = Leadership(ctx.db)
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()
@@ -150,7 +152,7 @@ class Services:
         return outcome
 
     async def send_outbox(self, smtp: SmtpSettings) -> None:
-        transport, config = smtp_transport(smtp), self.ctx.config
+        transport, config = smtp_transport(smtp, tokens=self.tokens.smtp), self.ctx.config
         while not self.stop.is_set():
             with _survive("outbox"):
                 counts = await deliver_due(
@@ -228,10 +230,13 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     keyring = Keyring.private(config.gpg.home, config.gpg.binary)
     await _check_key(config, keyring)
     identity = load_identity(config)  # the S/MIME identity, if [smime] names one: checked now, like the key
+    tokens = Tokens(config)
+    await tokens.check()  # with [imap.oauth] or [smtp.oauth]: a wrong secret stops the start with one line
     db = create_database(config.database)
     await require_current_schema(db)
-    services = Services(Context(config, db, keyring, Templates(config.gateway.templates), smime=identity), stop)
-    watcher = Watcher(config.imap, services.handle, db, stop=stop)
+    context = Context(config, db, keyring, Templates(config.gateway.templates), smime=identity)
+    services = Services(context, stop, tokens)
+    watcher = Watcher(config.imap, services.handle, db, stop=stop, tokens=tokens.imap)
     log.info(
         "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"
     )
@@ -252,6 +257,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
                         scheduler_alive=lambda: scheduler.running and scheduler.get_job("hourly") is not None,
                         db=db,
                         max_outbox_age=config.metrics.max_outbox_age,
+                        token_problem=tokens.problem,
                     )
                     tasks.create_task(metrics.serve(config.metrics, state, stop))
                 await stop.wait()

@@ -69,7 +69,10 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter at INFO would log SQL parameters and IMAP lines; only their warnings are wanted.
-    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler"):
+    # MSAL at DEBUG would log the token requests and answers.
+    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler", "msal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 warns of each retry of a token request whose failure the gateway then reports in its own words.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     # python-gnupg warns of every non-zero gpg exit, which the gateway reads and reports itself.
     logging.getLogger("gnupg").setLevel(logging.ERROR)

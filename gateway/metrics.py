@@ -79,6 +79,8 @@ class Health:
     scheduler_alive: Callable[[], bool]
     db: Database
     max_outbox_age: float  # seconds; older pending mail means the relay or the sender is stuck
+    # Why an OAuth client ([imap.oauth], [smtp.oauth]) has no access token now, or None.
+    token_problem: Callable[[], str | None] = lambda: None
 
 
 async def _outbox(db: Database) -> tuple[int, float]:
@@ -98,6 +100,10 @@ async def _outbox(db: Database) -> tuple[int, float]:
 
 async def health(state: Health) -> tuple[bool, dict[str, object]]:
     checks: dict[str, object] = {"imap_connected": state.imap_connected(), "scheduler_alive": state.scheduler_alive()}
+    token_problem = state.token_problem()
+    checks["oauth_token"] = token_problem is None
+    if token_problem is not None:
+        checks["oauth_error"] = token_problem  # the provider's error code and words: no secret in them
     try:
         depth, age = await asyncio.wait_for(_outbox(state.db), 5)
         checks.update(database_reachable=True, outbox_depth=depth, outbox_oldest_seconds=round(age, 1))
@@ -107,6 +113,7 @@ async def health(state: Health) -> tuple[bool, dict[str, object]]:
     healthy = bool(
         checks["imap_connected"]
         and checks["scheduler_alive"]
+        and checks["oauth_token"]
         and checks["database_reachable"]
         and age <= state.max_outbox_age
     )

@@ -19,6 +19,7 @@ from gateway.compose import Sign, admin_message
 from gateway.config import SmtpSettings
 from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress, OutboxMessage
+from gateway.oauth import TokenSource, TokenUnavailable
 
 SENDER_ACTOR = "gateway"
 SEND_TIMEOUT = 15  # seconds for each SMTP step
@@ -69,12 +70,15 @@ class SmtpTransport:
     """Delivery to the configured relay, over one connection for as long as the sender has messages: a
     connection (and TLS handshake) per message was most of the outbox's cost. After any failure the connection
     is dropped and the next message gets a new one. TLS is required unless tls = "none" (certificates always
-    checked)."""
+    checked). With [smtp.oauth] it logs in with XOAUTH2 and a token from `tokens`."""
 
-    def __init__(self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
+    ) -> None:
         self._settings = settings
         self._tls = tls_context
         self._client: aiosmtplib.SMTP | None = None
+        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
 
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:
@@ -85,6 +89,8 @@ class SmtpTransport:
             port=settings.port,
             username=settings.username,
             password=settings.password.value if settings.password else None,
+            # Asked for at each login: MSAL hands out the token it holds until that nears its expiry.
+            oauth_token_generator=self._tokens.token if self._tokens else None,
             use_tls=settings.tls == "tls",
             # True, not None: None would fall back to plaintext when the relay offers no STARTTLS.
             start_tls=settings.tls == "starttls",
@@ -100,6 +106,17 @@ class SmtpTransport:
         try:
             client = await self._connected()
             await client.sendmail(row.sender, [row.recipient], row.content)
+        except TokenUnavailable as exc:  # no login possible now: tried again later, like a relay that is down
+            await self.close(polite=False)
+            return Attempt(False, False, str(exc))
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await self.close(polite=False)
+            if self._tokens is None:
+                return _failed(exc)
+            # A token refused (revoked, or expired early) is forgotten, and the next try gets a new one: no
+            # reason to give the message up, whatever the code.
+            await self._tokens.refused()
+            return Attempt(False, False, f"the relay refused the access token: {exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close(polite=False)  # mid-exchange: dropped; the next message gets a new connection
             return _failed(exc)
@@ -129,9 +146,11 @@ def _failed(exc: BaseException) -> Attempt:
     return Attempt(False, False, f"{type(exc).__name__}: {exc}")
 
 
-def smtp_transport(settings: SmtpSettings, tls_context: ssl.SSLContext | None = None) -> Transport:
+def smtp_transport(
+    settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
+) -> Transport:
     """Delivery to the configured relay (see SmtpTransport)."""
-    return SmtpTransport(settings, tls_context)
+    return SmtpTransport(settings, tls_context, tokens)
 
 
 async def enqueue(

@@ -12,11 +12,13 @@ from typing import Any
 import aioimaplib
 
 from gateway.config import ImapSettings
+from gateway.oauth import TokenSource
 
 COMMAND_TIMEOUT = 60.0  # every IMAP await has its own limit: a dropped link must never hang the watcher
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _RESPONSE = re.compile(rb"^\d+ FETCH \(")
+_CAPABILITY = re.compile(r"\[CAPABILITY ([^\]]*)\]")
 
 
 class MailboxError(Exception):
@@ -41,8 +43,12 @@ class Connection:
         self._lost = asyncio.Event()
 
     @classmethod
-    async def open(cls, settings: ImapSettings, tls: ssl.SSLContext | None) -> Connection:
-        """Connected and logged in, not yet selected."""
+    async def open(
+        cls, settings: ImapSettings, tls: ssl.SSLContext | None, tokens: TokenSource | None = None
+    ) -> Connection:
+        """Connected and logged in (with the password, or XOAUTH2 and a token from `tokens`), not yet selected.
+        TokenUnavailable when there is no token to log in with."""
+        token = await tokens.token() if tokens else None  # before connecting: no link is left open without one
         if settings.tls == "tls":
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
                 host=settings.host, port=settings.port, timeout=COMMAND_TIMEOUT, ssl_context=tls
@@ -54,8 +60,39 @@ class Connection:
         # instead of finding out when an IDLE or a command times out.
         client.protocol.conn_lost_cb = lambda _exc: link._lost.set()
         await link._timed(client.wait_hello_from_server())
-        await link._ok(client.login(settings.username, settings.password.value), "LOGIN")
+        if tokens is None or token is None:
+            assert settings.password is not None  # noqa: S101 - the settings give a password or an OAuth client
+            await link._ok(client.login(settings.username, settings.password.value), "LOGIN")
+            return link
+        link._answer_sasl_challenges()
+        response = await link._timed(client.xoauth2(settings.username, token))
+        if response.result != "OK":
+            await tokens.refused()  # a token the server will not take is not offered again
+            raise MailboxError(f"AUTHENTICATE XOAUTH2: {response.result} {_text(response.lines)[:200]}")
+        # What the server can do once logged in (MOVE, UIDPLUS) is in its answer; aioimaplib reads it only after
+        # LOGIN, and the greeting's list is the one from before.
+        offered = _CAPABILITY.search(_text(response.lines))
+        if offered:
+            client.protocol.capabilities |= set(offered[1].split())
+        else:
+            await link._timed(client.protocol.capability())
         return link
+
+    def _answer_sasl_challenges(self) -> None:
+        """A server that refuses an XOAUTH2 token says why in a challenge (`+ <base64 JSON>`) and waits for the
+        client's empty answer before its NO. aioimaplib has no way to answer it and would wait out the command's
+        timeout: this sends the empty answer, so a refusal is known at once."""
+        protocol = self._client.protocol
+        plain = protocol._continuation
+
+        def continuation(line: bytes) -> None:
+            command = protocol.pending_sync_command
+            if command is not None and command.name == "AUTHENTICATE":
+                protocol.transport.write(b"\r\n")
+                return
+            plain(line)
+
+        protocol._continuation = continuation
 
     async def _timed(self, call: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
         """A command's answer, or MailboxError as soon as the link drops: aioimaplib may never fail a command

@@ -19,6 +19,7 @@ from gateway.inbound.filing import Filing, Folders
 from gateway.inbound.imap import LINK_ERRORS, Connection, MailboxError, uid_set
 from gateway.inbound.ledger import CLAIM_LEASE, Ledger
 from gateway.inbound.window import Handler, Window
+from gateway.oauth import TokenSource, TokenUnavailable
 
 log = structlog.get_logger("gateway.inbound.watcher")
 
@@ -38,8 +39,11 @@ class Watcher:
         stop: asyncio.Event,
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tokens: TokenSource | None = None,
     ) -> None:
         self._settings = settings
+        # With [imap.oauth], where the login's tokens come from (the daemon's, shared with the relay's login).
+        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
         self._handle = handle
         self._stop = stop
         self._tls = tls_context
@@ -54,6 +58,10 @@ class Watcher:
             try:
                 await self._session()
                 backoff = 1.0
+            except TokenUnavailable:
+                # The provider's words are in the token source's error line, and on /healthz.
+                self.connected.clear()
+                log.warning("no access token for the mailbox; trying again", retry_in=backoff)
             except LINK_ERRORS as exc:
                 self.connected.clear()
                 metrics.IMAP_RECONNECTS.inc()
@@ -71,7 +79,7 @@ class Watcher:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _session(self) -> None:
-        link = await Connection.open(self._settings, self._tls)
+        link = await Connection.open(self._settings, self._tls, self._tokens)
         try:
             for folder in self.folders.filed_in():
                 await link.create(folder)

@@ -169,6 +169,28 @@ class ImapServer:
             message = result.stderr.decode(errors="replace").strip()
             raise RuntimeError(f"doveadm save into {folder!r} failed ({result.returncode}): {message}")
 
+    def kick(self, user: str | None = None) -> None:
+        """Drop every session of the user (the test account by default), as a server does when a token expires:
+        Dovecot checks an OAuth token only at login."""
+        self._doveadm("kick", user or self.username)
+
+    def message_count(self, folder: str) -> int:
+        """How many messages a folder holds, asked of Dovecot itself (no login: works whatever the passdb);
+        -1 when the folder does not exist."""
+        result = self._doveadm("mailbox", "status", "-u", self.username, "messages", folder, check=False)
+        found = re.search(r"messages=(\d+)", result.stdout.decode(errors="replace"))
+        return int(found[1]) if result.returncode == 0 and found else -1
+
+    def _doveadm(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        _, doveadm = _binaries()
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [doveadm, "-c", str(self.config), *argv], capture_output=True, timeout=COMMAND_TIMEOUT, check=False
+        )
+        if check and result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"doveadm {argv[0]} failed ({result.returncode}): {message}")
+        return result
+
     def _diagnostics(self) -> str:
         parts = []
         for path in (self.directory / "dovecot.stderr", self.log):
@@ -179,8 +201,49 @@ class ImapServer:
         return "; ".join(parts) or "no output"
 
 
+@dataclass(frozen=True)
+class OAuth2Passdb:
+    """Logins by OAuth 2.0 token only (XOAUTH2, OAUTHBEARER): Dovecot's `oauth2` passdb asks an introspection
+    endpoint (RFC 7662, token POSTed) whether each token is active and whose it is; passwords are refused."""
+
+    introspection_url: str
+    ca_file: Path | None = None  # the CA of an https introspection endpoint
+    username_attribute: str = "username"
+
+    def config(self) -> str:
+        ca = f"tls_ca_cert_file = {self.ca_file}\n" if self.ca_file else ""
+        return (
+            f"introspection_mode = post\nintrospection_url = {self.introspection_url}\n"
+            f"username_attribute = {self.username_attribute}\nactive_attribute = active\nactive_value = true\n"
+            f"force_introspection = yes\ntimeout_msecs = 10000\n{ca}"
+        )
+
+
+def _passdb(directory: Path, oauth2: OAuth2Passdb | None) -> str:
+    if oauth2 is None:
+        return f"""auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {directory}/users
+}}"""
+    (directory / "oauth2.conf.ext").write_text(oauth2.config())
+    return f"""# Tokens only: no mechanism that carries a password is offered, and the only passdb checks tokens.
+auth_mechanisms = xoauth2 oauthbearer
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {directory}/oauth2.conf.ext
+}}"""
+
+
 def _config(
-    directory: Path, port: int, mail_user: pwd.struct_passwd, as_root: bool, capabilities: str | None = None
+    directory: Path,
+    port: int,
+    mail_user: pwd.struct_passwd,
+    as_root: bool,
+    capabilities: str | None = None,
+    *,
+    oauth2: OAuth2Passdb | None = None,
 ) -> str:
     home = directory / "mail"
     if as_root:
@@ -206,6 +269,8 @@ default_internal_group = {grp.getgrgid(group).gr_name}
 default_login_user = {mail_user.pw_name}
 """
         userdb_home = f"{home}/{USERNAME}"
+    # A static userdb asks the passdb whether a user exists (for doveadm); a passdb of tokens cannot say.
+    all_users = " allow_all_users=yes" if oauth2 else ""
     return f"""# Written by gateway/dev/dovecot.py for one test server: loopback only, no TLS, one user.
 instance_name = gateway-test-{port}
 base_dir = {directory}/run
@@ -215,7 +280,6 @@ listen = {HOST}
 protocols = imap
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
 # Tests that try a wrong password should not wait for the anti-brute-force delay.
 auth_failure_delay = 0
 first_valid_uid = {mail_user.pw_uid}
@@ -226,13 +290,10 @@ mail_location = maildir:~/Maildir
 # inotify wakes IDLE at once; this is only the fallback where inotify is unavailable.
 mailbox_idle_check_interval = 1 secs
 {privileges}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {directory}/users
-}}
+{_passdb(directory, oauth2)}
 userdb {{
   driver = static
-  args = uid={mail_user.pw_uid} gid={mail_user.pw_gid} home={userdb_home}
+  args = uid={mail_user.pw_uid} gid={mail_user.pw_gid} home={userdb_home}{all_users}
 }}
 protocol imap {{
   # The default of 10 is easy to reach when each test opens its own connections and reconnects.
@@ -260,8 +321,9 @@ service anvil {{
 """
 
 
-def start_dovecot(directory: Path, capabilities: str | None = None) -> ImapServer:
-    """Write a config under `directory` and start Dovecot on a free loopback port.
+def start_dovecot(directory: Path, capabilities: str | None = None, oauth2: OAuth2Passdb | None = None) -> ImapServer:
+    """Write a config under `directory` and start Dovecot on a free loopback port; with `oauth2`, logins by
+    OAuth token only.
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
     """
@@ -292,7 +354,9 @@ def start_dovecot(directory: Path, capabilities: str | None = None) -> ImapServe
     last_error: RuntimeError | None = None
     for _ in range(5):
         port = free_port()
-        (directory / "dovecot.conf").write_text(_config(directory, port, mail_user, as_root, capabilities))
+        (directory / "dovecot.conf").write_text(
+            _config(directory, port, mail_user, as_root, capabilities, oauth2=oauth2)
+        )
         server = ImapServer(HOST, port, USERNAME, PASSWORD, directory)
         try:
             server.start()

@@ -1,0 +1,279 @@
+"""OAuth 2.0 logins: the watcher gets its tokens from a token endpoint through MSAL and logs in to a Dovecot that
+takes tokens only (its `oauth2` passdb asks the endpoint whether each is active); a fresh token after expiry; a
+refused client stops `gateway run` at start; a provider failing at run time shows on /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import imaplib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from gateway.compose import Templates
+from gateway.config import ImapSettings, OAuthSettings, Secret, load_config
+from gateway.crypto import Keyring
+from gateway.db.engine import create_database
+from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
+from gateway.inbound.watcher import Watcher
+from gateway.oauth import TokenSource, TokenUnavailable
+from gateway.pipeline import process
+from gateway.values import Context, Outcome
+from tests.support.daemon import get, started, until
+from tests.support.dovecot import REQUIRE_DOVECOT_ENV
+from tests.support.gateway_cli import Gateway
+from tests.support.keys import AuthorityKeys
+from tests.support.oauth import CLIENT_ID, CLIENT_SECRET, SCOPE, TokenServer, write_client_certificate
+from tests.support.requests import request_from_police
+from tests.support.sqlite_only import database_url  # noqa: F401  # logins do not depend on the database
+
+pytest_plugins = ["tests.support.oauth"]
+
+# Below MSAL's margin (it renews a token with less than five minutes left), so that each login is given a token
+# the provider issued for it; the tests that need MSAL to keep a token say so.
+SHORT_LIFETIME = 120
+
+
+@pytest.fixture
+def oauth_dovecot(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[ImapServer]:
+    """A Dovecot that takes OAuth tokens only, checking each with the token server."""
+    try:
+        server = start_dovecot(tmp_path_factory.mktemp("dovecot"), oauth2=OAuth2Passdb(token_server.introspection_url))
+    except DovecotUnavailable as exc:
+        if os.environ.get(REQUIRE_DOVECOT_ENV):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def oauth_client(token_server: TokenServer, secret: str = CLIENT_SECRET) -> OAuthSettings:
+    return OAuthSettings(
+        authority=token_server.authority, client_id=CLIENT_ID, scope=SCOPE, secret=Secret(secret),
+        ca_file=token_server.ca_file, section="imap.oauth",
+    )  # fmt: skip
+
+
+def oauth_settings_text(token_server: TokenServer, secret: str = CLIENT_SECRET) -> str:
+    return (
+        f'[imap.oauth]\nauthority = "{token_server.authority}"\nclient_id = "{CLIENT_ID}"\n'
+        f'client_secret = "{secret}"\nscope = "{SCOPE}"\nca_file = "{token_server.ca_file}"\n'
+    )
+
+
+async def eventually(check: object, timeout: float = 30.0, what: str = "") -> None:
+    await until(check, timeout, what)
+
+
+@contextlib.asynccontextmanager
+async def watching(gateway: Gateway, server: ImapServer, tokens: TokenSource) -> AsyncIterator[Watcher]:
+    """The watcher on the token-only Dovecot, logging in as the mailbox with XOAUTH2, the pipeline behind it."""
+    config = load_config(gateway.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+
+    async def handle(raw: bytes) -> Outcome:
+        return await process(ctx, raw, source="imap")
+
+    settings = ImapSettings(
+        host=server.host, port=server.port, username=server.username, password=None, tls="none", folder="INBOX",
+        idle_seconds=30, poll_seconds=1, oauth=tokens.settings,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    watcher = Watcher(settings, handle, db, stop=stop, tokens=tokens)
+    task = asyncio.create_task(watcher.run())
+    try:
+        yield watcher
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await db.close()
+
+
+def password_login(server: ImapServer) -> str:
+    client = imaplib.IMAP4(server.host, server.port)
+    try:
+        client.login(server.username, server.password)
+    except imaplib.IMAP4.error as exc:
+        return f"refused: {exc}"
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            client.logout()
+    return "accepted"
+
+
+def token_login(server: ImapServer, token: str) -> str:
+    client = imaplib.IMAP4(server.host, server.port)
+    sasl = f"user={server.username}\1auth=Bearer {token}\1\1".encode()
+    try:
+        client.authenticate("XOAUTH2", lambda challenge: sasl if not challenge else b"")
+    except imaplib.IMAP4.error as exc:
+        return f"refused: {exc}"
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            client.logout()
+    return "accepted"
+
+
+async def test_the_watcher_logs_in_with_a_token_and_answers_while_passwords_are_refused(
+    live: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer, keys: AuthorityKeys
+) -> None:
+    tokens = TokenSource(oauth_client(token_server))
+    async with watching(live, oauth_dovecot, tokens) as watcher:
+        await asyncio.wait_for(watcher.connected.wait(), 30)
+        oauth_dovecot.deliver(request_from_police(keys))
+        await eventually(lambda: oauth_dovecot.message_count("Processed") == 1, what="the request filed")
+    assert oauth_dovecot.message_count("INBOX") == 0
+    [issued] = token_server.issued
+    assert token_server.accepted_tokens() == [issued.token]  # Dovecot asked, and let the watcher in with it
+    assert token_server.token_requests[0]["grant_type"] == "client_credentials"
+    # The same Dovecot refuses the account's password, and a token nobody issued.
+    assert (await asyncio.to_thread(password_login, oauth_dovecot)).startswith("refused")
+    assert (await asyncio.to_thread(token_login, oauth_dovecot, "tok-forged")).startswith("refused")
+    assert await asyncio.to_thread(token_login, oauth_dovecot, issued.token) == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "how"),
+    [
+        (SHORT_LIFETIME, "expired"),  # MSAL sees it near its end and asks for a new one before the login
+        (3600, "revoked"),  # MSAL still holds it as good: the refusal makes it forget it and ask again
+    ],
+)
+async def test_after_a_token_ends_and_the_session_is_kicked_the_reconnect_brings_a_fresh_token(
+    live: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer, keys: AuthorityKeys, *, lifetime: int, how: str
+) -> None:
+    token_server.lifetime = lifetime
+    tokens = TokenSource(oauth_client(token_server))
+    async with watching(live, oauth_dovecot, tokens) as watcher:
+        await asyncio.wait_for(watcher.connected.wait(), 30)
+        [first] = token_server.accepted_tokens()
+        token_server.expire_tokens()  # on the provider's clock: Dovecot is now told the first token is not active
+        assert await asyncio.to_thread(token_login, oauth_dovecot, first) != "accepted", how
+        await asyncio.to_thread(oauth_dovecot.kick)  # Dovecot checks a token only at login: end the session
+        await eventually(lambda: len(token_server.accepted_tokens()) == 2, what="a second token accepted")
+        await asyncio.wait_for(watcher.connected.wait(), 30)
+        oauth_dovecot.deliver(request_from_police(keys))
+        await eventually(lambda: oauth_dovecot.message_count("Processed") == 1, what="the request filed")
+    second = token_server.accepted_tokens()[1]
+    assert second != first
+    assert len(token_server.token_requests) == 2  # one token per provider's answer: no request wasted
+    assert [token for token, active in token_server.introspected if not active].count(second) == 0
+
+
+async def test_a_client_certificate_gets_a_token_with_a_signed_assertion(
+    token_server: TokenServer, tmp_path: Path
+) -> None:
+    cert_path, key_path = write_client_certificate(tmp_path)
+    token_server.client_certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n'
+        '[imap]\nhost = "127.0.0.1"\nusername = "gateway"\n'
+        f'[imap.oauth]\nauthority = "{token_server.authority}"\nclient_id = "{CLIENT_ID}"\nscope = "{SCOPE}"\n'
+        f'certificate = "{cert_path}"\nprivate_key = "{key_path}"\nca_file = "{token_server.ca_file}"\n'
+    )
+    settings = load_config(config).imap
+    assert settings is not None
+    assert settings.oauth is not None
+    token = await TokenSource(settings.oauth).token()
+    assert [issued.token for issued in token_server.issued] == [token]
+    assert token_server.token_requests[0]["client_assertion_type"].endswith("jwt-bearer")
+    assert "client_secret" not in token_server.token_requests[0]
+
+
+async def test_a_token_endpoint_behind_an_unknown_ca_is_not_trusted(token_server: TokenServer) -> None:
+    settings = oauth_client(token_server)
+    with pytest.raises(TokenUnavailable, match=r"SSLError|certificate verify failed") as caught:
+        await TokenSource(OAuthSettings(**{**settings.__dict__, "ca_file": None})).token()
+    assert CLIENT_SECRET not in str(caught.value)
+    assert token_server.token_requests == []  # the secret never went to a server whose certificate failed
+
+
+def run_gateway(gateway: Gateway) -> tuple[int, str]:
+    result = gateway.run("run")
+    return result.code, result.err
+
+
+async def test_a_refused_client_secret_stops_gateway_run_at_start_with_one_line(
+    gateway: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer
+) -> None:
+    gateway.write_config(
+        f'\n[imap]\nhost = "{oauth_dovecot.host}"\nport = {oauth_dovecot.port}\nusername = "gateway"\ntls = "none"\n'
+        f"{oauth_settings_text(token_server, 'not-the-secret')}"
+        '\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
+    )
+    code, err = await asyncio.to_thread(run_gateway, gateway)
+    assert code == 78, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("gateway: error: [imap.oauth] no access token from https://127.0.0.1:")
+    assert "invalid_client: AADSTS7000215: Invalid client secret provided." in line
+    assert "not-the-secret" not in line
+    assert token_server.refused == ["invalid_client"]
+    assert token_server.introspected == []  # nothing reached the mailbox
+
+
+async def test_an_unreachable_token_endpoint_stops_gateway_run_at_start_with_one_line(
+    gateway: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer
+) -> None:
+    closed = free_port()
+    text = oauth_settings_text(token_server).replace(f":{token_server.port}/", f":{closed}/")
+    gateway.write_config(
+        f'\n[imap]\nhost = "{oauth_dovecot.host}"\nport = {oauth_dovecot.port}\nusername = "gateway"\ntls = "none"\n'
+        f'{text}\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
+    )
+    code, err = await asyncio.to_thread(run_gateway, gateway)
+    assert code == 75, err  # worth a restart later, unlike a refused secret
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"gateway: error: [imap.oauth] no access token from https://127.0.0.1:{closed}/")
+    assert CLIENT_SECRET not in line
+
+
+async def test_a_provider_failing_at_run_time_makes_healthz_unhealthy_until_it_is_back(
+    gateway: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer
+) -> None:
+    token_server.lifetime = SHORT_LIFETIME
+    metrics_port = free_port()
+    gateway.write_config(
+        f'\n[imap]\nhost = "{oauth_dovecot.host}"\nport = {oauth_dovecot.port}\nusername = "gateway"\ntls = "none"\n'
+        f'idle_seconds = 30\n{oauth_settings_text(token_server)}\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
+        f"\n[metrics]\nport = {metrics_port}\n"
+    )
+    healthz = f"http://127.0.0.1:{metrics_port}/healthz"
+
+    def health() -> tuple[int, dict[str, object]]:
+        status, body = get(healthz)
+        return status, json.loads(body)
+
+    daemon = await started(gateway)
+    try:
+        await eventually(lambda: health()[0] == 200, what="healthy with a token")
+        token_server.failing = True
+        token_server.expire_tokens()
+        await asyncio.to_thread(oauth_dovecot.kick)
+        await eventually(lambda: health()[1]["oauth_token"] is False, what="the failing provider on /healthz")
+        status, body = await asyncio.to_thread(health)
+        assert status == 503
+        assert body["imap_connected"] is False
+        assert str(body["oauth_error"]).endswith("HTTP Error: 503")  # the provider's own status
+        token_server.failing = False  # the provider is back: the watcher's next try logs in again
+        await eventually(lambda: health()[0] == 200, 90, what="healthy again")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(daemon.wait(), 20)
+    log = [json.loads(line) for line in (gateway.directory / "daemon.log").read_text().splitlines()]
+    [error] = [e for e in log if e.get("event") == "no OAuth access token"]
+    assert error["level"] == "error"
+    assert error["error"] == body["oauth_error"]
+    text = (gateway.directory / "daemon.log").read_text()
+    assert CLIENT_SECRET not in text
+    assert not any(issued.token in text for issued in token_server.issued)
+    assert daemon.returncode == 0

@@ -21,6 +21,7 @@ from gateway.config import ImapSettings, OAuthSettings, Secret, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
+from gateway.inbound.imap import Connection
 from gateway.inbound.watcher import Watcher
 from gateway.oauth import TokenSource, TokenUnavailable
 from gateway.pipeline import process
@@ -139,6 +140,24 @@ async def test_the_watcher_logs_in_with_a_token_and_answers_while_passwords_are_
     assert (await asyncio.to_thread(password_login, oauth_dovecot)).startswith("refused")
     assert (await asyncio.to_thread(token_login, oauth_dovecot, "tok-forged")).startswith("refused")
     assert await asyncio.to_thread(token_login, oauth_dovecot, issued.token) == "accepted"
+
+
+async def test_after_xoauth2_the_watcher_knows_what_the_logged_in_server_can_do(
+    oauth_dovecot: ImapServer, token_server: TokenServer
+) -> None:
+    """Dovecot names MOVE and UIDPLUS only once logged in; after LOGIN aioimaplib reads them, after AUTHENTICATE
+    it does not: without them every message would be filed by COPY, STORE and EXPUNGE."""
+    tokens = TokenSource(oauth_client(token_server))
+    settings = ImapSettings(
+        host=oauth_dovecot.host, port=oauth_dovecot.port, username=oauth_dovecot.username, password=None,
+        tls="none", folder="INBOX", oauth=tokens.settings,
+    )  # fmt: skip
+    link = await Connection.open(settings, None, tokens)
+    try:
+        assert link._client.has_capability("MOVE")
+        assert link._client.has_capability("UIDPLUS")
+    finally:
+        await link.logout()
 
 
 @pytest.mark.parametrize(

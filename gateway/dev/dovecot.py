@@ -96,6 +96,8 @@ class ImapServer:
     username: str
     password: str
     directory: Path
+    # Dovecot's SASL authentication on this port, when started with sasl=True: for an MTA's submission port.
+    sasl_port: int | None = None
     _process: _Process = field(default_factory=_Process, repr=False, compare=False)
 
     @property
@@ -241,9 +243,10 @@ def _config(
     port: int,
     mail_user: pwd.struct_passwd,
     as_root: bool,
-    capabilities: str | None = None,
     *,
+    capabilities: str | None = None,
     oauth2: OAuth2Passdb | None = None,
+    sasl_port: int | None = None,
 ) -> str:
     home = directory / "mail"
     if as_root:
@@ -255,9 +258,6 @@ def _config(
 default_internal_user = dovecot
 default_login_user = dovenull
 valid_chroot_dirs = {home}
-service auth {{
-  user = root
-}}
 """
         userdb_home = f"{home}/./{USERNAME}"
     else:
@@ -269,6 +269,10 @@ default_internal_group = {grp.getgrgid(group).gr_name}
 default_login_user = {mail_user.pw_name}
 """
         userdb_home = f"{home}/{USERNAME}"
+    auth_user = "user = root" if as_root else ""
+    # Dovecot's SASL for an MTA's submission port (Postfix: smtpd_sasl_type = dovecot, smtpd_sasl_path =
+    # inet:127.0.0.1:PORT): a TCP listener, which the postfix user reaches where it could not reach a socket here.
+    sasl = f"inet_listener sasl {{\n    address = {HOST}\n    port = {sasl_port}\n  }}" if sasl_port else ""
     # A static userdb asks the passdb whether a user exists (for doveadm); a passdb of tokens cannot say.
     all_users = " allow_all_users=yes" if oauth2 else ""
     return f"""# Written by gateway/dev/dovecot.py for one test server: loopback only, no TLS, one user.
@@ -310,6 +314,10 @@ service imap-login {{
     port = 0
   }}
 }}
+service auth {{
+  {auth_user}
+  {sasl}
+}}
 service anvil {{
   chroot =
   # Dovecot's documented way to turn off the auth penalty, which otherwise doubles the wait after each
@@ -321,9 +329,11 @@ service anvil {{
 """
 
 
-def start_dovecot(directory: Path, capabilities: str | None = None, oauth2: OAuth2Passdb | None = None) -> ImapServer:
+def start_dovecot(
+    directory: Path, capabilities: str | None = None, *, oauth2: OAuth2Passdb | None = None, sasl: bool = False
+) -> ImapServer:
     """Write a config under `directory` and start Dovecot on a free loopback port; with `oauth2`, logins by
-    OAuth token only.
+    OAuth token only; with `sasl`, its authentication for an MTA on another port (`sasl_port`).
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
     """
@@ -354,10 +364,11 @@ def start_dovecot(directory: Path, capabilities: str | None = None, oauth2: OAut
     last_error: RuntimeError | None = None
     for _ in range(5):
         port = free_port()
+        sasl_port = free_port() if sasl else None
         (directory / "dovecot.conf").write_text(
-            _config(directory, port, mail_user, as_root, capabilities, oauth2=oauth2)
+            _config(directory, port, mail_user, as_root, capabilities=capabilities, oauth2=oauth2, sasl_port=sasl_port)
         )
-        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory)
+        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory, sasl_port)
         try:
             server.start()
         except RuntimeError as exc:

@@ -5,32 +5,47 @@ refused client stops `gateway run` at start; a provider failing at run time show
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import imaplib
 import json
 import os
+import shutil
 import signal
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from cryptography import x509
 
 from gateway.compose import Templates
-from gateway.config import ImapSettings, OAuthSettings, Secret, load_config
+from gateway.config import ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
 from gateway.inbound.imap import Connection
 from gateway.inbound.watcher import Watcher
 from gateway.oauth import TokenSource, TokenUnavailable
+from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
+from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.daemon import get, started, until
 from tests.support.dovecot import REQUIRE_DOVECOT_ENV
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.oauth import CLIENT_ID, CLIENT_SECRET, SCOPE, TokenServer, write_client_certificate
+from tests.support.oauth import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SCOPE,
+    TokenServer,
+    write_client_certificate,
+    write_test_ca,
+)
+from tests.support.relay import START, Relay, queue, serve
 from tests.support.requests import request_from_police
 from tests.support.sqlite_only import database_url  # noqa: F401  # logins do not depend on the database
 
@@ -296,3 +311,92 @@ async def test_a_provider_failing_at_run_time_makes_healthz_unhealthy_until_it_i
     assert CLIENT_SECRET not in text
     assert not any(issued.token in text for issued in token_server.issued)
     assert daemon.returncode == 0
+
+
+@pytest.fixture
+def token_dovecot_with_sasl(
+    tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer
+) -> Iterator[ImapServer]:
+    """The token-only Dovecot, with its SASL authentication open to an MTA on a loopback port."""
+    try:
+        server = start_dovecot(
+            tmp_path_factory.mktemp("dovecot"), oauth2=OAuth2Passdb(token_server.introspection_url), sasl=True
+        )
+    except DovecotUnavailable as exc:
+        if os.environ.get(REQUIRE_DOVECOT_ENV):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_outbox_submits_to_postfix_with_xoauth2_checked_through_dovecot(
+    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer
+) -> None:
+    """Postfix's submission port (STARTTLS required, then AUTH through Dovecot's SASL, whose oauth2 passdb asks
+    the token endpoint) takes the gateway's reply with a token, refuses a forged one and any password, and
+    relays the reply on to the authority's server."""
+    postfix_support = pytest.importorskip("tests.support.postfix", reason="the private Postfix harness (border)")
+    foreground = pytest.importorskip("tests.support.foreground")
+    dovecot = token_dovecot_with_sasl
+    downstream = Relay()  # the police force's own mail server, past Postfix
+    relay_server, relay_port = await serve(downstream)
+    directory = foreground.private_directory("gw-submission-")
+    try:
+        ca, cert, key = write_test_ca(directory)
+        try:
+            postfix = postfix_support.start_postfix(
+                directory / "postfix",
+                hostname="smtp.hmci.example",
+                routes={POLICE_ADDRESS.split("@")[1]: f"smtp:[127.0.0.1]:{relay_port}"},
+                submission=postfix_support.Submission(cert, key, sasl_path=f"inet:127.0.0.1:{dovecot.sasl_port}"),
+            )
+        except foreground.ServerUnavailable as exc:
+            foreground.skip_unavailable(str(exc))
+        try:
+            await _submit_through(
+                live, postfix.submission_port, ca, token_server=token_server, dovecot=dovecot, downstream=downstream
+            )
+        finally:
+            postfix.stop()
+    finally:
+        relay_server.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _submit_through(
+    gateway: Gateway, port: int, ca: Path, *, token_server: TokenServer, dovecot: ImapServer, downstream: Relay
+) -> None:
+    tls = ssl.create_default_context(cafile=str(ca))
+    client = dataclasses.replace(oauth_client(token_server), section="smtp.oauth")
+    settings = SmtpSettings(
+        host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls", oauth=client
+    )
+    config = load_config(gateway.config_path)
+    db = create_database(config.database)
+    try:
+        outbox_id = await queue(db)
+        counts = await deliver_due(db, smtp_transport(settings, tls), admin_address=ADMIN_ADDRESS, now=START)
+        assert counts == {"sent": 1, "retrying": 0, "failed": 0}
+        await eventually(lambda: len(downstream.received) == 1, what="Postfix relaying the reply on")
+        assert downstream.received[0].rcpt_tos == [POLICE_ADDRESS]
+        assert outbox_id
+    finally:
+        await db.close()
+    [issued] = token_server.issued
+    assert token_server.accepted_tokens() == [issued.token]  # Dovecot asked about the token Postfix was given
+    # The same submission port: a forged token and the account's password are refused.
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=tls)
+    await smtp.connect()
+    try:
+        await smtp.ehlo()  # what Postfix offers once in TLS: AUTH only then
+        assert "plain" not in smtp.server_auth_methods  # Dovecot offers token mechanisms only
+        assert "xoauth2" in smtp.server_auth_methods
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await smtp.auth_xoauth2(dovecot.username, "tok-forged")
+        plain = base64.b64encode(f"\0{dovecot.username}\0{dovecot.password}".encode())
+        assert (await smtp.execute_command(b"AUTH", b"PLAIN", plain)).code >= 500
+    finally:
+        smtp.close()

@@ -15,6 +15,7 @@ import shutil
 import signal
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
@@ -332,16 +333,20 @@ def token_dovecot_with_sasl(
         server.stop()
 
 
-async def test_the_outbox_submits_to_postfix_with_xoauth2_checked_through_dovecot(
-    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer
-) -> None:
-    """Postfix's submission port (STARTTLS required, then AUTH through Dovecot's SASL, whose oauth2 passdb asks
-    the token endpoint) takes the gateway's reply with a token, refuses a forged one and any password, and
-    relays the reply on to the authority's server."""
+@dataclass(frozen=True)
+class Submission:
+    port: int  # Postfix's submission port: STARTTLS, then AUTH through the token-only Dovecot
+    ca: Path  # the CA of its certificate
+    downstream: Relay  # the police force's own mail server, where Postfix relays to
+
+
+@contextlib.asynccontextmanager
+async def postfix_submission(dovecot: ImapServer) -> AsyncIterator[Submission]:
+    """A private Postfix whose submission port authenticates through `dovecot`'s SASL, relaying the police's mail
+    to a server on loopback; skipped until the Postfix harness (tests/support/postfix.py) is there."""
     postfix_support = pytest.importorskip("tests.support.postfix", reason="the private Postfix harness (border)")
     foreground = pytest.importorskip("tests.support.foreground")
-    dovecot = token_dovecot_with_sasl
-    downstream = Relay()  # the police force's own mail server, past Postfix
+    downstream = Relay()
     relay_server, relay_port = await serve(downstream)
     directory = foreground.private_directory("gw-submission-")
     try:
@@ -356,9 +361,7 @@ async def test_the_outbox_submits_to_postfix_with_xoauth2_checked_through_doveco
         except foreground.ServerUnavailable as exc:
             foreground.skip_unavailable(str(exc))
         try:
-            await _submit_through(
-                live, postfix.submission_port, ca, token_server=token_server, dovecot=dovecot, downstream=downstream
-            )
+            yield Submission(postfix.submission_port, ca, downstream)
         finally:
             postfix.stop()
     finally:
@@ -366,10 +369,58 @@ async def test_the_outbox_submits_to_postfix_with_xoauth2_checked_through_doveco
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _submit_through(
-    gateway: Gateway, port: int, ca: Path, *, token_server: TokenServer, dovecot: ImapServer, downstream: Relay
+async def test_the_outbox_submits_to_postfix_with_xoauth2_checked_through_dovecot(
+    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer
 ) -> None:
-    tls = ssl.create_default_context(cafile=str(ca))
+    """Postfix's submission port (STARTTLS required, then AUTH through Dovecot's SASL, whose oauth2 passdb asks
+    the token endpoint) takes the gateway's reply with a token, refuses a forged one and any password, and
+    relays the reply on to the authority's server."""
+    async with postfix_submission(token_dovecot_with_sasl) as submission:
+        await _submit_through(live, submission, token_server=token_server, dovecot=token_dovecot_with_sasl)
+
+
+async def test_gateway_run_answers_through_a_mailbox_and_a_relay_that_take_only_tokens(
+    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer, keys: AuthorityKeys
+) -> None:
+    """`gateway run` with [imap.oauth] and [smtp.oauth] naming one client: one token serves both logins, the
+    request is read by XOAUTH2 and the answer submitted by XOAUTH2, past Postfix to the police."""
+    dovecot = token_dovecot_with_sasl
+    async with postfix_submission(dovecot) as submission:
+        client = oauth_settings_text(token_server)
+        live.write_config(
+            f'\n[imap]\nhost = "{dovecot.host}"\nport = {dovecot.port}\nusername = "gateway"\ntls = "none"\n{client}'
+            f'\n[smtp]\nhost = "127.0.0.1"\nport = {submission.port}\nusername = "gateway"\ntls = "starttls"\n'
+            f"{client.replace('[imap.oauth]', '[smtp.oauth]')}"
+        )
+        # The relay's certificate is the test CA's: the daemon trusts it as an admin's system would (OpenSSL's
+        # default CA file, as the process starts).
+        system_ca = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = str(submission.ca)
+        try:
+            daemon = await started(live)
+        finally:
+            if system_ca is None:
+                del os.environ["SSL_CERT_FILE"]
+            else:
+                os.environ["SSL_CERT_FILE"] = system_ca
+        try:
+            dovecot.deliver(request_from_police(keys))
+            await eventually(lambda: len(submission.downstream.received) == 1, 60, what="the answer at the police")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(daemon.wait(), 20)
+    assert submission.downstream.received[0].rcpt_tos == [POLICE_ADDRESS]
+    assert dovecot.message_count("Processed") == 1
+    assert len(token_server.issued) == 1  # the check at start, the mailbox and the relay: one token, still good
+    assert token_server.accepted_tokens() == [token_server.issued[0].token]
+    assert daemon.returncode == 0
+
+
+async def _submit_through(
+    gateway: Gateway, submission: Submission, *, token_server: TokenServer, dovecot: ImapServer
+) -> None:
+    port, downstream = submission.port, submission.downstream
+    tls = ssl.create_default_context(cafile=str(submission.ca))
     client = dataclasses.replace(oauth_client(token_server), section="smtp.oauth")
     settings = SmtpSettings(
         host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls", oauth=client

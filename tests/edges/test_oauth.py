@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import imaplib
 import json
 import os
@@ -414,6 +415,9 @@ async def test_gateway_run_answers_through_a_mailbox_and_a_relay_that_take_only_
     assert len(token_server.issued) == 1  # the check at start, the mailbox and the relay: one token, still good
     assert token_server.accepted_tokens() == [token_server.issued[0].token]
     assert daemon.returncode == 0
+    log = (live.directory / "daemon.log").read_text()
+    assert CLIENT_SECRET not in log
+    assert token_server.issued[0].token not in log
 
 
 async def _submit_through(
@@ -427,17 +431,28 @@ async def _submit_through(
     )
     config = load_config(gateway.config_path)
     db = create_database(config.database)
+    transport = smtp_transport(settings, tls)  # as the daemon's sender keeps one, with its token source
     try:
-        outbox_id = await queue(db)
-        counts = await deliver_due(db, smtp_transport(settings, tls), admin_address=ADMIN_ADDRESS, now=START)
+        await queue(db)
+        counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)
         assert counts == {"sent": 1, "retrying": 0, "failed": 0}
         await eventually(lambda: len(downstream.received) == 1, what="Postfix relaying the reply on")
         assert downstream.received[0].rcpt_tos == [POLICE_ADDRESS]
-        assert outbox_id
+        [first] = token_server.accepted_tokens()  # Dovecot asked about the token Postfix was given
+        # The token ends early (revoked) while MSAL still holds it as good: the relay refuses it, the message
+        # waits for its next attempt, which brings a new token.
+        token_server.expire_tokens()
+        await queue(db)
+        counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)
+        assert counts == {"sent": 0, "retrying": 1, "failed": 0}
+        later = START + dt.timedelta(hours=1)
+        counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=later)
+        assert counts == {"sent": 1, "retrying": 0, "failed": 0}
+        await eventually(lambda: len(downstream.received) == 2, what="the second reply relayed")
     finally:
         await db.close()
-    [issued] = token_server.issued
-    assert token_server.accepted_tokens() == [issued.token]  # Dovecot asked about the token Postfix was given
+    assert (first, False) in token_server.introspected
+    assert token_server.accepted_tokens() == [first, token_server.issued[1].token]
     # The same submission port: a forged token and the account's password are refused.
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=tls)
     await smtp.connect()

@@ -16,7 +16,7 @@ from gateway.errors import ConfigError, GatewayError
 
 log = structlog.get_logger("gateway.oauth")
 
-TOKEN_TIMEOUT = 30.0  # seconds for one HTTP request to the identity provider (MSAL's own limit, per request)
+TOKEN_TIMEOUT = 30.0  # seconds for one HTTP request to the identity provider (each is tried twice at most)
 # The provider's answers that mean the settings are wrong (the client, its secret or certificate, the scope):
 # retrying will not mend them, a person must.
 REFUSALS = frozenset(

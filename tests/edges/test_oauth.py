@@ -30,7 +30,7 @@ from gateway.db.engine import create_database
 from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
 from gateway.inbound.imap import Connection
 from gateway.inbound.watcher import Watcher
-from gateway.oauth import TokenSource, TokenUnavailable
+from gateway.oauth import Tokens, TokenSource, TokenUnavailable
 from gateway.outbox import deliver_due, smtp_transport
 from gateway.pipeline import process
 from gateway.values import Context, Outcome
@@ -466,3 +466,23 @@ async def _submit_through(
         assert (await smtp.execute_command(b"AUTH", b"PLAIN", plain)).code >= 500
     finally:
         smtp.close()
+
+
+def test_imap_and_smtp_naming_one_client_share_its_tokens(tmp_path: Path) -> None:
+    client = '[{}.oauth]\npreset = "microsoft365"\ntenant = "t"\nclient_id = "c"\nclient_secret = "s"\n'
+    path = tmp_path / "gateway.toml"
+    base = (
+        '[gateway]\naddress = "a@hmci.example"\nadmin_address = "b@hmci.example"\n'
+        '[imap]\nhost = "outlook.office365.com"\nusername = "register@hmci.example"\n' + client.format("imap")
+    )
+    path.write_text(
+        base + '[smtp]\nhost = "smtp.office365.com"\nusername = "register@hmci.example"\n' + client.format("smtp")
+    )
+    shared = Tokens(load_config(path))
+    assert shared.imap is shared.smtp
+    assert len(shared.sources()) == 1
+    other = client.format("smtp").replace('client_id = "c"', 'client_id = "another"')
+    path.write_text(base + '[smtp]\nhost = "smtp.office365.com"\nusername = "register@hmci.example"\n' + other)
+    apart = Tokens(load_config(path))
+    assert apart.imap is not apart.smtp
+    assert len(apart.sources()) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class SmtpSettings:
     password: Secret | None
     tls: SmtpTls
     retry_seconds: int = 60  # the first wait after a failed delivery; it doubles, up to an hour
+    # The CA bundle (PEM) the relay's certificate must chain to; None: the system's trust store.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -471,7 +474,15 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         password=password,
         tls=tls,
         retry_seconds=section.integer("retry_seconds", 60, 1, 3600),
+        ca_file=section.path("ca_file", "") if section.has("ca_file") else None,
     )
+    if settings.ca_file is not None:
+        if tls == "none":
+            raise section.fail("ca_file", 'has no use with tls = "none": nothing is verified in plaintext')
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))  # read now: a bad file stops the start
+        except (OSError, ssl.SSLError) as exc:
+            raise section.fail("ca_file", f"{settings.ca_file}: no CA certificate could be read ({exc})") from None
     section.finish()
     return settings
 

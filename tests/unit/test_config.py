@@ -17,6 +17,7 @@ from gateway.config import (
     resolve_config_path,
 )
 from gateway.errors import ConfigError
+from tests.support.tls import make_ca
 
 MINIMAL = '[gateway]\naddress = "requests@hmci.example"\nadmin_address = "admin@hmci.example"\n'
 
@@ -298,3 +299,34 @@ def test_smime_section_as_shipped_with_paths_beside_the_settings_file(tmp_path: 
     )  # the defaults, and no trust store unless one is named
     assert load_config(write(tmp_path, MINIMAL)).smime is None  # no section: no S/MIME identity at all
     assert refusal(tmp_path, MINIMAL + '[smime]\ncertificate = ""\n').endswith("[smime] certificate: must not be empty")
+
+
+def test_smtp_ca_file_is_read_at_load_relative_to_the_settings_file(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    text = MINIMAL + '[smtp]\nhost = "relay.hmci.example"\nca_file = "ca/ca.crt"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.smtp is not None
+    assert config.smtp.ca_file == ca.certificate.resolve()
+    without = load_config(write(tmp_path, MINIMAL + '[smtp]\nhost = "relay.hmci.example"\n'))
+    assert without.smtp is not None
+    assert without.smtp.ca_file is None  # the system's trust store
+
+
+@pytest.mark.parametrize(
+    ("ca_file", "content", "tls", "problem"),
+    [
+        ("missing.pem", None, "starttls", "missing.pem: no CA certificate could be read"),
+        ("empty.pem", b"", "starttls", "empty.pem: no CA certificate could be read"),
+        ("junk.pem", b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", "tls", "junk.pem: no CA"),
+        ("ca.pem", None, "none", 'has no use with tls = "none"'),
+    ],
+)
+def test_an_smtp_ca_file_that_cannot_serve_is_refused_at_load(
+    tmp_path: Path, ca_file: str, content: bytes | None, tls: str, problem: str
+) -> None:
+    if content is not None:
+        (tmp_path / ca_file).write_bytes(content)
+    text = MINIMAL + f'[smtp]\nhost = "relay.hmci.example"\ntls = "{tls}"\nca_file = "{ca_file}"\n'
+    said = refusal(tmp_path, text)
+    assert "[smtp] ca_file: " in said
+    assert problem in said

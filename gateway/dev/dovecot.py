@@ -1,4 +1,5 @@
-"""A private, real Dovecot IMAP server on 127.0.0.1 with its own config, state and maildir, for tests and benchmarks."""
+"""A private, real Dovecot IMAP server on 127.0.0.1 with its own config, state and maildir, for tests and benchmarks;
+optionally with LMTP on 127.0.0.1 too, for an MTA to deliver into the same mailbox."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ COMMAND_TIMEOUT = 30.0
 # Dovecot's config syntax has no quoting for passdb/userdb args and expands %-variables in paths:
 # refuse anything that could be misread rather than escaping it.
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
+# Where Debian (and a source build) put the LMTP server, which comes in a package of its own.
+_LMTP_BINARIES = ("/usr/lib/dovecot/lmtp", "/usr/libexec/dovecot/lmtp", "/usr/local/libexec/dovecot/lmtp")
 # Unix sockets live in base_dir and their paths must fit sun_path (108 bytes, minus the longest socket name).
 _MAX_BASE_DIR = 80
 
@@ -96,6 +99,9 @@ class ImapServer:
     username: str
     password: str
     directory: Path
+    # LMTP (RFC 2033) on this port, when started with lmtp=True: any address whose local part is `username`
+    # is delivered to this one mailbox's INBOX.
+    lmtp_port: int | None = None
     _process: _Process = field(default_factory=_Process, repr=False, compare=False)
 
     @property
@@ -179,8 +185,32 @@ class ImapServer:
         return "; ".join(parts) or "no output"
 
 
+def _lmtp(lmtp_port: int | None) -> str:
+    if lmtp_port is None:
+        return ""
+    return f"""
+# LMTP for an MTA on loopback: RCPT TO <{USERNAME}@any.domain> is the user {USERNAME}.
+postmaster_address = postmaster@gateway-test.invalid
+protocol lmtp {{
+  auth_username_format = %Ln
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {HOST}
+    port = {lmtp_port}
+  }}
+}}
+"""
+
+
 def _config(
-    directory: Path, port: int, mail_user: pwd.struct_passwd, as_root: bool, capabilities: str | None = None
+    directory: Path,
+    port: int,
+    mail_user: pwd.struct_passwd,
+    as_root: bool,
+    *,
+    capabilities: str | None = None,
+    lmtp_port: int | None = None,
 ) -> str:
     home = directory / "mail"
     if as_root:
@@ -212,7 +242,7 @@ base_dir = {directory}/run
 state_dir = {directory}/state
 log_path = {directory}/dovecot.log
 listen = {HOST}
-protocols = imap
+protocols = imap{" lmtp" if lmtp_port else ""}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -257,15 +287,17 @@ service anvil {{
     mode = 0
   }}
 }}
-"""
+{_lmtp(lmtp_port)}"""
 
 
-def start_dovecot(directory: Path, capabilities: str | None = None) -> ImapServer:
-    """Write a config under `directory` and start Dovecot on a free loopback port.
+def start_dovecot(directory: Path, capabilities: str | None = None, *, lmtp: bool = False) -> ImapServer:
+    """Write a config under `directory` and start Dovecot on a free loopback port (and LMTP on another, if asked).
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
     """
     _binaries()
+    if lmtp and not any(Path(path).exists() for path in _LMTP_BINARIES):
+        raise DovecotUnavailable("Dovecot's LMTP server is not installed: apt-get install dovecot-lmtpd")
     directory = directory.resolve()
     if not _SAFE_PATH.fullmatch(str(directory)):
         raise RuntimeError(f"Dovecot's config cannot hold the path {directory}: use letters, digits and ./_+- only")
@@ -292,8 +324,11 @@ def start_dovecot(directory: Path, capabilities: str | None = None) -> ImapServe
     last_error: RuntimeError | None = None
     for _ in range(5):
         port = free_port()
-        (directory / "dovecot.conf").write_text(_config(directory, port, mail_user, as_root, capabilities))
-        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory)
+        lmtp_port = free_port() if lmtp else None
+        (directory / "dovecot.conf").write_text(
+            _config(directory, port, mail_user, as_root, capabilities=capabilities, lmtp_port=lmtp_port)
+        )
+        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory, lmtp_port)
         try:
             server.start()
         except RuntimeError as exc:

@@ -291,7 +291,8 @@ service anvil {{
 
 
 def start_dovecot(directory: Path, capabilities: str | None = None, *, lmtp: bool = False) -> ImapServer:
-    """Write a config under `directory` and start Dovecot on a free loopback port (and LMTP on another, if asked).
+    """Write a config under `directory` and start Dovecot on a free loopback port (and LMTP on another, if asked:
+    then, run as root, `directory` must be reachable by the dovecot user).
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
     """
@@ -304,6 +305,14 @@ def start_dovecot(directory: Path, capabilities: str | None = None, *, lmtp: boo
     if len(str(directory / "run")) > _MAX_BASE_DIR:
         raise RuntimeError(f"{directory} is too long for Dovecot's unix sockets: use a shorter directory")
     as_root = os.geteuid() == 0
+    if lmtp and as_root:
+        # LMTP does not chroot like imap: it writes by absolute path as the mail user, who must reach the folder.
+        closed = next((p for p in directory.parents if p.exists() and not p.stat().st_mode & 0o001), None)
+        if closed is not None:
+            raise RuntimeError(
+                f"Dovecot's LMTP delivers as the dovecot user, who cannot enter {closed}: put the server in a "
+                "folder whose parents others may enter (pytest's own temporary folders are 0700)"
+            )
     try:
         mail_user = pwd.getpwnam("dovecot") if as_root else pwd.getpwuid(os.geteuid())
     except KeyError as exc:

@@ -37,7 +37,6 @@ import os
 import pwd
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -313,11 +312,3 @@ def start_postfix(
 
 def _tail(path: Path, limit: int = 3000) -> str:
     return path.read_text(errors="replace")[-limit:] if path.exists() else "none"
-
-
-def postconf(directory: Path, *names: str) -> str:
-    """What this instance's postconf says of these parameters (its configuration as Postfix reads it)."""
-    return subprocess.run(
-        [binary("postconf", "/usr/sbin/postconf", hint=INSTALL_HINT), "-c", str(directory / "config"), *names],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout  # fmt: skip

@@ -17,10 +17,11 @@ stopped by the test; never the machine's /etc/postfix setup or its service.
 - `submission_port` (with `submission`): STARTTLS before anything else (`smtpd_tls_security_level = encrypt`, so a
   plaintext MAIL or AUTH gets "530 Must issue a STARTTLS command first"), TLS 1.2 or newer, the certificate
   and key given. Without `sasl_path`, clients from 127.0.0.1 may send anywhere `routes` reach. With `sasl_path`
-  (Dovecot's auth service: `inet:127.0.0.1:PORT`, or an absolute unix socket path the postfix user can
-  reach), Postfix offers AUTH only after STARTTLS (`smtpd_sasl_type = dovecot`, `smtpd_tls_auth_only`), and
+  (Dovecot's auth service: `inet:127.0.0.1:PORT` for a Dovecot with `service auth { inet_listener sasl {
+  address = 127.0.0.1  port = PORT } }`, or an absolute unix socket path the postfix user can reach), Postfix
+  offers AUTH only after STARTTLS (`smtpd_sasl_type = dovecot`, `smtpd_tls_auth_only`), and
   only an authenticated client may send: a client that did not log in is refused with 554.
-- Delivery: each domain in `routes` goes to its Postfix transport (`lmtp:inet:HOST:PORT`,
+- Delivery: each domain (or full address) in `routes` goes to its Postfix transport (`lmtp:inet:HOST:PORT`,
   `smtp:[127.0.0.1]:PORT`); mail for any other domain bounces at once, so nothing ever leaves the machine.
   Postfix does no DNS lookups: peer names are not looked up, and routes must use IP addresses.
 - `log()`: Postfix's own log (maillog_file), the first place to look when mail does not arrive.

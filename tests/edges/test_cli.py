@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.admin.reference import local_authorities
 from gateway.cli import build_parser, main
 from gateway.crypto import kill_agent
 from gateway.db.engine import head_revision
@@ -329,3 +330,12 @@ def test_init_makes_an_older_readable_database_private_and_says_so(gateway: Gate
     assert f"database file {database} was open to other users (mode 0644): made 0600" in out.splitlines()
     assert mode(database) == 0o600
     assert "open to other users" not in gateway.ok("init")
+
+
+def test_areas_fits_a_terminal_and_lists_every_local_authority(gateway: Gateway) -> None:
+    out = gateway.ok("areas")
+    assert max(len(line) for line in out.splitlines()) <= 100
+    text = " ".join(out.split())
+    for la in local_authorities():
+        assert la.name in text
+    assert len(out.splitlines()) > 39 + 2  # long lists go on over several lines

@@ -261,10 +261,11 @@ NOBODY = 65534  # the user a GnuPG home is given to, to be another user's
 
 def test_a_gnupg_home_owned_by_another_user_is_refused_naming_both(gateway: Gateway) -> None:
     home = gateway.gnupg_home.resolve()
+    gateway.write_config('\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n')  # for outbox send
     kill_agent(home)
     os.chown(home, NOBODY, NOBODY)
     try:
-        for argv in (("key", "export"), ("init",), ("quarantine", "list")):
+        for argv in (("key", "export"), ("init",), ("quarantine", "list"), ("outbox", "send")):
             result = gateway.run(*argv)
             assert result.code == 78, argv
             assert result.err == (

@@ -1,5 +1,6 @@
 """What hostile header shapes at the size limits cost before a sender is authenticated: prints each shape's time,
-the worst per-message time and the longest event-loop stall; asserts nothing.
+the worst per-message time and the longest event-loop stall; asserts nothing. S/MIME bodies too: CMS nested as
+deep as the message limit allows, read before anything is verified.
 
     .venv/bin/python -m bench.hostile [--cap SECONDS]
 
@@ -8,7 +9,8 @@ string, many encoded words: in From, Content-Type, Message-ID or Authentication-
 header block up to the 256 kB `max_header_bytes`; and a body of parts with hostile Content-Type fields) runs in
 a child process of its own, on an event loop with a ticker task that records the longest gap between its ticks,
 through the steps `process()` and `decide()` take before anything is authenticated: arrive, too_big, parse,
-unreadable_headers, automatic_mail, sender_of, claims, sender_header_problem and dmarc_pass. A child still
+unreadable_headers, automatic_mail, sender_of, claims, sender_header_problem, dmarc_pass, and for S/MIME the
+layer and the content cipher (gateway/smime/mime.py, der.py), which run before openssl verifies anything. A child still
 running after --cap seconds is killed and reported as "> cap".
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -30,6 +33,8 @@ from gateway.config import LimitSettings
 from gateway.guard import automatic_mail, read_policy, sender_header_problem, too_big, unreadable_headers
 from gateway.lookalike import claims
 from gateway.pipeline import arrive
+from gateway.smime.der import Malformed, content_cipher
+from gateway.smime.mime import Enveloped, smime_layer
 
 HEADER_LIMIT = 256 * 1024
 POLICE = "police@westmercia.police.example"
@@ -54,6 +59,19 @@ def message(fields: str, body: str = "Request: disclosure\r\n") -> bytes:
 
 def from_police(extra: str) -> str:
     return f"From: {POLICE}\r\n{extra}"
+
+
+SMIME_DER = 6 * 1024 * 1024  # base64 of it stays within the 10 MB max_message_bytes
+
+
+def smime(smime_type: str, der: bytes) -> bytes:
+    """An opaque S/MIME part from the police address carrying `der`, base64 in lines of 76."""
+    encoded = base64.encodebytes(der).decode().replace("\n", "\r\n")
+    fields = f"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}\r\n"
+    return message(from_police(fields + "Content-Transfer-Encoding: base64\r\n"), encoded)
+
+
+ENVELOPED = bytes.fromhex("06092a864886f70d010703")  # id-envelopedData
 
 
 def shapes() -> dict[str, bytes]:
@@ -108,6 +126,12 @@ def shapes() -> dict[str, bytes]:
             from_police('MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="p"\r\n'),
             part * 150 + "--p--\r\n",
         ),
+        # BER's indefinite lengths nest without bound: three million levels in 6 MB.
+        "S/MIME signed-data: 6 MB of nested indefinite lengths": smime("signed-data", b"\x30\x80" * (SMIME_DER // 2)),
+        "S/MIME enveloped-data: its cipher under 6 MB of nesting": smime(
+            "enveloped-data",
+            b"\x30\x80" + ENVELOPED + b"\xa0\x80\x30\x80\x02\x01\x00" + b"\x31\x80" * (SMIME_DER // 2),
+        ),
     }
 
 
@@ -132,7 +156,19 @@ def steps(raw: bytes) -> list[tuple[str, Callable[[], object]]]:
         ("claims", on_message(claims, [POLICE], sender="evil@attacker.example")),
         ("sender_header_problem", on_message(sender_header_problem, POLICE)),
         ("dmarc_pass", on_message(dmarc_pass, BORDER, "westmercia.police.example")),
+        ("smime_layer", on_message(lambda message: parsed.update(layer=smime_layer(raw, message)))),
+        ("content_cipher", lambda: _cipher(parsed.get("layer"))),
     ]
+
+
+def _cipher(layer: object) -> object:
+    """What is read of an encrypted request before openssl decrypts it: its content cipher."""
+    if not isinstance(layer, Enveloped):
+        return None
+    try:
+        return content_cipher(layer.enveloped)
+    except Malformed:
+        return None
 
 
 async def measure(raw: bytes) -> dict[str, object]:

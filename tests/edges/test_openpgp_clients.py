@@ -10,8 +10,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from gateway.config import ScheduleSettings
+from gateway.db.models import Authority
 from gateway.schedule import delivery_instant
 from tests.support.addresses import GATEWAY_ADDRESS
 from tests.support.clients import (
@@ -25,9 +27,10 @@ from tests.support.clients import (
 )
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import as_shown, outbox, outbox_content, process, subscriptions
+from tests.support.live import as_shown, limited, outbox, outbox_content, process, subscriptions
 from tests.support.requests import FROM_POLICE, REQUEST, police_says, request_from_police, unsigned
 from tests.support.schedule import MONTHLY, police_at, run
+from tests.support.smime_live import change_database
 from tests.support.sqlite_only import database_url  # noqa: F401  # the clients read the same mail from either database
 from tests.support.wire import check_inner
 
@@ -115,6 +118,31 @@ def test_an_impostor_notice_opens_verified(client: Client, live: Gateway, keys: 
     assert process(live, unsigned(FROM_POLICE))["kind"] == "quarantined"
     inner = read(client, live, only(live, "impostor-notice"), keys.police.fingerprint)
     assert "used your name" in text_of(inner)
+
+
+def test_a_limit_notice_opens_verified(client: Client, live: Gateway, keys: AuthorityKeys) -> None:
+    limited(live, answers_per_day=1)
+    assert process(live, police_says(keys, REQUEST, "one"), "one.eml")["kind"] == "answered"
+    assert process(live, police_says(keys, REQUEST, "two"), "two.eml")["kind"] == "quarantined"
+    inner = read(client, live, only(live, "limit-notice"), keys.police.fingerprint)
+    assert str(inner["Subject"]).startswith("Register gateway: daily limit of answers reached")
+
+
+def test_a_subscription_end_and_a_key_expiry_notice_open_verified(
+    client: Client, walker: Gateway, keys: AuthorityKeys
+) -> None:
+    """The authority's area changed by another admin: the next run ends its subscription and says so; its key
+    about to expire (as its record says): the next run says so too."""
+    recipient = keys.police_timeless.fingerprint
+    assert process(walker, police_at(keys, MONTHLY, "m1", START), as_of=START)["kind"] == "answered"
+    expires = START + dt.timedelta(days=20)
+    change_database(walker, update(Authority).values(area="Kent", key_expires=expires))
+    done = run(walker, START + dt.timedelta(days=1))
+    assert (done["ended"], done["key notice"]) == (1, 1)
+    inner = read(client, walker, only(walker, "subscription-end"), recipient)
+    assert str(inner["Subject"]).startswith("Register gateway: monthly subscription ended")
+    inner = read(client, walker, only(walker, "key-notice"), recipient)
+    assert str(inner["Subject"]).startswith(f"Your encryption key expires on {expires:%d %B %Y}")
 
 
 def test_a_monthly_delivery_a_reminder_and_a_lapse_open_verified(

@@ -352,6 +352,11 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         templates=gw.path("templates", "") if gw.has("templates") else None,
         require_second_admin=gw.flag("require_second_admin", default=True),
     )
+    for key, placeholder in (("address", gateway.address), ("admin_address", gateway.admin_address)):
+        if placeholder.endswith(".invalid"):  # the example's: a forgotten one would send alerts nowhere, silently
+            raise gw.fail(
+                key, f"{placeholder} is a placeholder (.invalid never receives mail, RFC 6761): put the real address"
+            )
     if gateway.templates is not None and not gateway.templates.is_dir():
         raise gw.fail("templates", f"{gateway.templates} is not a directory")
     if not re.fullmatch(r"[A-Z][A-Z0-9 -]*", gateway.marking):

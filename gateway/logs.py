@@ -68,8 +68,9 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter at INFO would log SQL parameters and IMAP lines; only their warnings are wanted.
-    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler"):
+    # Library chatter at INFO would log SQL parameters and IMAP lines, and Alembic's two lines on its context at
+    # every start (the schema check) say nothing an operator needs; only their warnings are wanted.
+    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # python-gnupg warns of every non-zero gpg exit, which the gateway reads and reports itself.
     logging.getLogger("gnupg").setLevel(logging.ERROR)

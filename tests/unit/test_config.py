@@ -227,6 +227,8 @@ def test_every_setting_the_gateway_reads_is_shown_in_the_example(
     templates.mkdir()
     text = uncommented_example().replace("@hmci.invalid", "@hmci.example")
     text = text.replace('templates = "/etc/register-gateway/templates"', f'templates = "{templates}"')
+    relay_ca = make_ca(tmp_path / "relay-ca").certificate  # [smtp] ca_file is read as the settings load
+    text = text.replace('ca_file = "/etc/register-gateway/relay-ca.pem"', f'ca_file = "{relay_ca}"')
     asked: set[tuple[str, str]] = set()
     finish = config_module._Section.finish
 

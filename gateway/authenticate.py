@@ -27,7 +27,7 @@ from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress
 from gateway.gpgrun import GpgLimitExceeded, KeyProblem
 from gateway.guard import read_policy, too_big
-from gateway.signatures import SignatureStatus, hashed_subpackets
+from gateway.signatures import SIGNATURE_MISMATCH, SignatureStatus, hashed_subpackets
 from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
 from gateway.smime import cms
 from gateway.smime.certs import CertificateProblem
@@ -228,6 +228,15 @@ class Authenticated:
     signature: SignatureStatus | None = None
 
 
+# A multipart/signed part is signed as mail carries it, with CRLF line ends (RFC 3156 section 5); a script that
+# signs the text as its file holds it (LF) makes a signature that never matches: the likeliest cause when an
+# authority's own mail fails, and the authority reads this in the notice that someone used its name.
+SIGNED_PART_MISMATCH = (
+    "the PGP signature is not good: the signature does not match the signed part (it was altered or only partly "
+    "signed; if your own script signed it, sign the part with CRLF line ends, RFC 3156 section 5)"
+)
+
+
 def _by_pinned_key(status: SignatureStatus, pinned_key: str) -> str | None:
     """Why this signature does not authenticate the authority, or None when it does."""
     if not status.good:
@@ -244,7 +253,7 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
     status = verify(parts.signed_bytes, parts.signature)
     problem = _by_pinned_key(status, pinned_key)
     if problem:
-        return Refused(problem)
+        return Refused(SIGNED_PART_MISMATCH if status.problem == SIGNATURE_MISMATCH else problem)
     hashed = hashed_subpackets(parts.signature)
     if hashed is None:  # gpg took it; the gateway could not tell a replay of it: not accepted
         return Refused("the signature is not one OpenPGP v4 signature packet the gateway can read")

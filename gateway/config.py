@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,8 @@ class SmtpSettings:
     password: Secret | None
     tls: SmtpTls
     retry_seconds: int = 60  # the first wait after a failed delivery; it doubles, up to an hour
+    # The CA bundle (PEM) the relay's certificate must chain to; None: the system's trust store.
+    ca_file: Path | None = None
     oauth: OAuthSettings | None = None  # XOAUTH2 as `username` with a token from this client, instead of a password
 
 
@@ -397,6 +400,11 @@ def parse_config(path: Path, document: Mapping[str, Any]) -> Config:
         templates=gw.path("templates", "") if gw.has("templates") else None,
         require_second_admin=gw.flag("require_second_admin", default=True),
     )
+    for key, placeholder in (("address", gateway.address), ("admin_address", gateway.admin_address)):
+        if placeholder.endswith(".invalid"):  # the example's: a forgotten one would send alerts nowhere, silently
+            raise gw.fail(
+                key, f"{placeholder} is a placeholder (.invalid never receives mail, RFC 6761): put the real address"
+            )
     if gateway.templates is not None and not gateway.templates.is_dir():
         raise gw.fail("templates", f"{gateway.templates} is not a directory")
     if not re.fullmatch(r"[A-Z][A-Z0-9 -]*", gateway.marking):
@@ -620,8 +628,16 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         password=password,
         tls=tls,
         retry_seconds=section.integer("retry_seconds", 60, 1, 3600),
+        ca_file=section.path("ca_file", "") if section.has("ca_file") else None,
         oauth=oauth,
     )
+    if settings.ca_file is not None:
+        if tls == "none":
+            raise section.fail("ca_file", 'has no use with tls = "none": nothing is verified in plaintext')
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))  # read now: a bad file stops the start
+        except (OSError, ssl.SSLError) as exc:
+            raise section.fail("ca_file", f"{settings.ca_file}: no CA certificate could be read ({exc})") from None
     section.finish()
     return settings
 

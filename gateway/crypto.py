@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +44,46 @@ def kill_agent(home: Path) -> None:
             capture_output=True,
             timeout=30,
         )
+
+
+class ForeignHome(KeyProblem):
+    """The GnuPG home, or a file in it, belongs to another user than the one running the command."""
+
+    exit_code = 78  # EX_CONFIG: set-up to fix, which no restart mends (the unit does not restart on it)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def require_owner(home: Path) -> None:
+    """Refuse a GnuPG home that is not this user's, or that holds a file that is not: gpg run by another user
+    (root, say) rewrites pubring.kbx as that user's, and the owner's next import then fails with no reason given.
+    Nothing to check in a home not made yet."""
+    try:
+        owner = home.stat().st_uid
+    except OSError:
+        return
+    me = os.geteuid()
+    if owner != me:
+        raise ForeignHome(
+            f"the GnuPG home {home} belongs to {_user(owner)}, but this command runs as {_user(me)}: "
+            f"run it as {_user(owner)} (`sudo -u {_user(owner)} gateway ...`)"
+        )
+    inside = [home / "private-keys-v1.d"] if (home / "private-keys-v1.d").is_dir() else []
+    for path in [*home.iterdir(), *(p for d in inside for p in d.iterdir())]:
+        if path.name.startswith("S."):
+            continue  # the agent's sockets: its own, and gone with it
+        uid = path.lstat().st_uid
+        if uid != me:
+            raise ForeignHome(
+                f"{path} in the GnuPG home belongs to {_user(uid)}, not to {_user(me)} who owns the home "
+                f"(a command was run as {_user(uid)}): run `chown -R {_user(me)}: {home}` as root, and run every "
+                f"gateway command as {_user(me)} (`sudo -u {_user(me)} gateway ...`)"
+            )
 
 
 SOCKET_PATH_MAX = 107  # a Unix socket's path must fit in 108 bytes, its terminating NUL included
@@ -83,6 +124,7 @@ class Keyring:
         problem = exposed(home)
         if problem:
             raise KeyProblem(f"the GnuPG home is not private: {problem}")
+        require_owner(home)
         return cls(home, binary)
 
     @staticmethod

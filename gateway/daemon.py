@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
+import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics
 from gateway.compose import Templates
-from gateway.config import Config, InboundSmtpSettings, SmtpSettings
-from gateway.crypto import Keyring
+from gateway.config import Config, ImapSettings, InboundSmtpSettings, SmtpSettings
+from gateway.crypto import Keyring, kill_agent
 from gateway.db.engine import Database, create_database, require_current_schema
 from gateway.errors import ConfigError
 from gateway.gpgrun import KeyProblem, in_thread
@@ -37,6 +40,7 @@ log = structlog.get_logger("gateway.daemon")
 
 SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, the messages in hand included
 OUTBOX_INTERVAL = 5.0
+RUN_LOCK = "gateway-run.lock"  # in the GnuPG home: held (shared) by each `gateway run` using it
 
 
 @contextlib.contextmanager
@@ -226,8 +230,35 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     if config.imap is None or config.smtp is None:
         missing = "[imap]" if config.imap is None else "[smtp]"
         raise ConfigError(f"{config.path}: {missing} is not configured: `gateway run` needs a mailbox and a relay")
+    if not config.gpg.home.is_dir():
+        raise KeyProblem(f"GnuPG home {config.gpg.home} does not exist: run `gateway init` first")
     stop = stop or asyncio.Event()
     keyring = Keyring.private(config.gpg.home, config.gpg.binary)
+    async with _agent_stopped_after(config.gpg.home):
+        await _serve(config, config.imap, config.smtp, keyring, stop)
+
+
+@contextlib.asynccontextmanager
+async def _agent_stopped_after(home: Path) -> AsyncIterator[None]:
+    """gpg-agent outlives the gpg that started it: the last `gateway run` on this GnuPG home to stop, stops it.
+    Each holds a shared lock on a file in the home; the one that can then take the lock whole is the last (a
+    second gateway on the host keeps its agent, which a command's gpg would otherwise have to start again)."""
+    lock = os.open(home / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+    finally:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("gpg-agent left running for the other gateway on this GnuPG home")
+        else:
+            await asyncio.to_thread(kill_agent, home)
+        finally:
+            os.close(lock)
+
+
+async def _serve(config: Config, imap: ImapSettings, smtp: SmtpSettings, keyring: Keyring, stop: asyncio.Event) -> None:
     await _check_key(config, keyring)
     identity = load_identity(config)  # the S/MIME identity, if [smime] names one: checked now, like the key
     tokens = Tokens(config)
@@ -236,10 +267,8 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     await require_current_schema(db)
     context = Context(config, db, keyring, Templates(config.gateway.templates), smime=identity)
     services = Services(context, stop, tokens)
-    watcher = Watcher(config.imap, services.handle, db, stop=stop, tokens=tokens.imap)
-    log.info(
-        "started", mailbox=f"{config.imap.host}:{config.imap.port}", relay=f"{config.smtp.host}:{config.smtp.port}"
-    )
+    watcher = Watcher(imap, services.handle, db, stop=stop, tokens=tokens.imap)
+    log.info("started", mailbox=f"{imap.host}:{imap.port}", relay=f"{smtp.host}:{smtp.port}")
     scheduler = services.scheduler()
     scheduler.start()
     try:
@@ -247,7 +276,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             # Serve: when stop is set the watcher finishes the messages in hand (its window) and the sender its round.
             async with asyncio.timeout(None) as limit, asyncio.TaskGroup() as tasks:
                 tasks.create_task(watcher.run())
-                tasks.create_task(services.send_outbox(config.smtp))
+                tasks.create_task(services.send_outbox(smtp))
                 tasks.create_task(services.lead())
                 if config.inbound_smtp is not None:
                     tasks.create_task(services.listen(config.inbound_smtp))

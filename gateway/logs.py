@@ -68,9 +68,10 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter at INFO would log SQL parameters and IMAP lines; only their warnings are wanted.
-    # MSAL at DEBUG would log the token requests and answers.
-    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler", "msal"):
+    # Library chatter at INFO would log SQL parameters and IMAP lines, and Alembic's two lines on its context at
+    # every start (the schema check) say nothing an operator needs; only their warnings are wanted. MSAL at DEBUG
+    # would log the token requests and answers.
+    for noisy in ("aioimaplib", "sqlalchemy", "aiosqlite", "asyncio", "mail.log", "apscheduler", "alembic", "msal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # urllib3 warns of each retry of a token request whose failure the gateway then reports in its own words.
     logging.getLogger("urllib3").setLevel(logging.ERROR)

@@ -76,7 +76,7 @@ class SmtpTransport:
         self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
     ) -> None:
         self._settings = settings
-        self._tls = tls_context
+        self._tls = tls_context or relay_tls_context(settings)
         self._client: aiosmtplib.SMTP | None = None
         self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
 
@@ -144,6 +144,12 @@ def _failed(exc: BaseException) -> Attempt:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return Attempt(False, exc.code >= 500, f"{exc.code} {exc.message}")
     return Attempt(False, False, f"{type(exc).__name__}: {exc}")
+
+
+def relay_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    """A context that trusts only [smtp] ca_file (a site's own CA; the hostname is still checked), or None:
+    aiosmtplib's default context, the system's trust store. The file was read once already, at load."""
+    return ssl.create_default_context(cafile=str(settings.ca_file)) if settings.ca_file else None
 
 
 def smtp_transport(

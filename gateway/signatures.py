@@ -86,8 +86,11 @@ def _dearmoured(signature: bytes) -> bytes | None:
         return None
 
 
+# gpg's BADSIG: the signature was made over other bytes than those it came with.
+SIGNATURE_MISMATCH = "the signature does not match the signed part (it was altered or only partly signed)"
+
 _BAD_SIGNATURE = {
-    "BADSIG": "the signature does not match the signed part (it was altered or only partly signed)",
+    "BADSIG": SIGNATURE_MISMATCH,
     "EXPKEYSIG": "the signing key has expired",
     "REVKEYSIG": "the signing key is revoked",
     "EXPSIG": "the signature has expired",

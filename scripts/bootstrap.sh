@@ -25,6 +25,16 @@ bootstrap() {
     local clients=()
     [ "$extras" != dev ] || command -v sq >/dev/null || clients+=(sq)
     [ "$extras" != dev ] || command -v rnp >/dev/null || clients+=(rnp)
+    # The real-border test (tests/border/) runs Postfix with Rspamd as its milter, Unbound as their DNS server
+    # and Dovecot's LMTP, all from private folders on loopback ports (tests/support/postfix.py, rspamd.py, dns.py).
+    # Likewise optional: without them that test skips (CI sets GATEWAY_TEST_REQUIRE_BORDER and fails instead).
+    local border=()
+    if [ "$extras" = dev ]; then
+        [ -x /usr/sbin/postfix ] || border+=(postfix)
+        command -v rspamd >/dev/null || border+=(rspamd)
+        [ -x /usr/sbin/unbound ] || border+=(unbound)
+        [ -x /usr/lib/dovecot/lmtp ] || border+=(dovecot-lmtpd)
+    fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ "${#packages[@]}" -gt 0 ]; then
@@ -40,6 +50,13 @@ bootstrap() {
         if ! { [ "${#packages[@]}" -gt 0 ] || $sudo apt-get update -qq; } ||
             ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${clients[@]}" >/dev/null; then
             echo "scripts: could not install ${clients[*]}: the client-matrix tests will skip (or fail in CI)" >&2
+        fi
+    fi
+    if [ "${#border[@]}" -gt 0 ]; then
+        echo "scripts: installing ${border[*]} with apt-get, their services kept from starting (for the border test)" >&2
+        if ! { [ "${#packages[@]}" -gt 0 ] || [ "${#clients[@]}" -gt 0 ] || $sudo apt-get update -qq; } ||
+            ! install_without_starting "$sudo" "${border[@]}"; then
+            echo "scripts: could not install ${border[*]}: the border test will skip (or fail in CI)" >&2
         fi
     fi
     if [ ! -x .venv/bin/python ]; then
@@ -58,4 +75,29 @@ bootstrap() {
         return 1
     fi
     rm -f "$log"
+}
+
+# Usage: install_without_starting SUDO PACKAGE...
+# Installs Debian packages whose services must not start: Postfix would start as the machine's mail system (and
+# replaces any other installed MTA), Rspamd and Unbound as system services. While apt-get runs, a policy-rc.d
+# that answers 101 ("action forbidden") keeps invoke-rc.d and deb-systemd-invoke from starting anything. It is
+# removed afterwards; one that was there before (container images often ship one) is set aside meanwhile and put
+# back as it was. Postfix's debconf question is answered "No configuration": no /etc/postfix/main.cf is written.
+install_without_starting() {
+    local sudo="$1"
+    shift
+    (
+        guard=/usr/sbin/policy-rc.d
+        saved="$guard.bootstrap-saved"
+        if [ -e "$guard" ]; then
+            $sudo mv "$guard" "$saved" || exit 1
+            trap '$sudo mv -f "$saved" "$guard"' EXIT
+        else
+            trap '$sudo rm -f "$guard"' EXIT
+        fi
+        printf '#!/bin/sh\n# scripts/bootstrap.sh: no service starts while test servers are installed.\nexit 101\n' |
+            $sudo tee "$guard" >/dev/null && $sudo chmod 755 "$guard" || exit 1
+        echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections || exit 1
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    )
 }

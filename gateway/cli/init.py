@@ -14,8 +14,8 @@ from gateway.cli.opening import config_of, keyring
 from gateway.cli.output import date
 from gateway.cli.tree import Commands
 from gateway.config import Config, SmimeSettings
-from gateway.crypto import Keyring
-from gateway.db.engine import Database, create_database, upgrade_schema
+from gateway.crypto import Keyring, require_owner
+from gateway.db.engine import Database, create_database, made_private, sqlite_path, upgrade_schema
 from gateway.errors import ConfigError, UsageError
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.keyinfo import KeyInfo
@@ -34,8 +34,12 @@ async def cmd_init(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"0|[1-9][0-9]*[dwmy]?", args.key_expiry):
         raise UsageError(f"--key-expiry {args.key_expiry!r}: use 0 (never), or a number with d, w, m or y (e.g. 2y)")
     smime = _check_smime_options(config, args)
+    require_owner(config.gpg.home)  # before gpg writes a file in it that its owner could no longer read
     created = Keyring.create_home(config.gpg.home)
     print(f"GnuPG home {config.gpg.home} {'created' if created else 'exists'} (mode 0700)")
+    file = sqlite_path(config.database)
+    for line in made_private(file) if file is not None else []:
+        print(line)
     db = create_database(config.database)
     try:
         before, after = await upgrade_schema(db)

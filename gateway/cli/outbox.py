@@ -37,7 +37,7 @@ async def cmd_outbox_send(args: argparse.Namespace) -> int:
     if config.smtp is None:
         raise ConfigError(f"{config.path}: [smtp] is not configured: there is no relay to send through")
     async with database(config) as db:
-        keyring = Keyring(config.gpg.home, config.gpg.binary)
+        keyring = Keyring.private(config.gpg.home, config.gpg.binary)  # it signs the admins' alerts
         counts = await outbox.deliver_due(
             db, outbox.smtp_transport(config.smtp), admin_address=config.gateway.admin_address,
             now=dt.datetime.now(dt.UTC), retry=outbox.RetryPolicy.of(config.smtp),

@@ -17,9 +17,20 @@ async def cmd_quarantine_list(args: argparse.Namespace) -> int:
     config = config_of(args)
     async with context(config) as ctx:
         rows = [dataclasses.asdict(held) for held in await quarantine.listing(ctx, everything=args.all)]
-    shown = rows if args.json else [{**row, "reason": row["reason"][:80]} for row in rows]
+    shown = rows if args.json else [{**row, "reason": _shortened(row["reason"])} for row in rows]
     emit_rows(args, shown, empty="nothing was ever quarantined" if args.all else "nothing is held in quarantine")
     return 0
+
+
+def _shortened(reason: str, width: int = 80) -> str:
+    """A reason cut to fit a table at a word's end, marked as cut: `quarantine show` gives it whole."""
+    if len(reason) <= width:
+        return reason
+    room = width - len(" ...")
+    cut = reason[:room]
+    if reason[room] != " " and " " in cut:  # mid-word: back to the last whole word
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + " ..."  # one word longer than the room (a digest) is cut where it is
 
 
 async def cmd_quarantine_show(args: argparse.Namespace) -> int:
@@ -29,8 +40,10 @@ async def cmd_quarantine_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(shown)
         return 0
-    for key in ("id", "status", "received_at", "source", "size", "sha256", "why", "decided_by"):
+    for key in ("id", "status", "received_at", "source", "size", "sha256", "why"):
         print(f"{key}: {printable(shown[key])}")
+    if shown["decided_by"] is not None:  # a held message has nobody's decision to show
+        print(f"decided_by: {printable(shown['decided_by'])}")
     print("headers:")
     for name, value in shown["headers"]:
         print(f"  {name}: {printable(value)}")

@@ -102,14 +102,29 @@ async def cmd_areas(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print_table(
-        ["police force area", "local authorities"],
-        [
-            [pfa, ", ".join(la.name for la in local_authorities() if la.police_force_area == pfa)]
-            for pfa in police_force_areas()
-        ],
-    )
+    rows: list[list[str]] = []
+    room = AREAS_COLUMNS - len("  ") - max(len(pfa) for pfa in police_force_areas())
+    for pfa in police_force_areas():
+        lines = _packed([la.name for la in local_authorities() if la.police_force_area == pfa], room)
+        rows += [[pfa if i == 0 else "", line] for i, line in enumerate(lines)]
+    print_table(["police force area", "local authorities"], rows)
     return 0
+
+
+AREAS_COLUMNS = 100  # the table's widest line: the local authorities are wrapped to fit
+
+
+def _packed(names: list[str], width: int) -> list[str]:
+    """Names joined with commas into lines of at most `width`, never breaking a name."""
+    lines = [""]
+    for name in names:
+        joined = f"{lines[-1]}, {name}" if lines[-1] else name
+        if len(joined) + 1 > width and lines[-1]:  # the comma that follows counts too
+            lines[-1] += ","
+            lines.append(name)
+        else:
+            lines[-1] = joined
+    return lines
 
 
 def add_commands(c: Commands) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -157,6 +158,36 @@ def sqlite_path(settings: DatabaseSettings) -> Path | None:
     return Path(make_url(settings.url.value).database or "") if settings.is_sqlite else None
 
 
+def sqlite_files(file: Path) -> tuple[Path, Path, Path]:
+    """The database file and the two SQLite keeps beside it in WAL mode; all three hold the register."""
+    return file, file.with_name(f"{file.name}-wal"), file.with_name(f"{file.name}-shm")
+
+
+def made_private(file: Path) -> list[str]:
+    """Make the SQLite file (created here, mode 0600, when missing) and its -wal and -shm files private to this
+    user; a line for each that was open to others. SQLite creates the other two with the database file's mode,
+    so a private database file keeps them private whatever the umask."""
+    told = []
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(f"cannot create database file {file}: {exc.strerror or exc}") from None
+    for path in sqlite_files(file):
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(path, 0o600)
+                told.append(f"database file {path} was open to other users (mode {mode:04o}): made 0600")
+        except FileNotFoundError:
+            continue  # no -wal or -shm while no connection is open
+        except OSError as exc:
+            raise DatabaseError(f"cannot make {path} private (mode 0600): {exc.strerror or exc}") from None
+    return told
+
+
 def create_database(settings: DatabaseSettings) -> Database:
     url = settings.url.value
     file = sqlite_path(settings)
@@ -204,7 +235,7 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
     file = sqlite_path(db.settings)
     try:
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+            made_private(file)
         async with db.engine.connect() as connection:
             if file is None:
                 async with connection.begin():

@@ -1,4 +1,5 @@
-"""A private, real Dovecot IMAP server on 127.0.0.1 with its own config, state and maildir, for tests and benchmarks."""
+"""A private, real Dovecot IMAP server on 127.0.0.1 with its own config, state and maildir, for tests and benchmarks;
+optionally with LMTP on 127.0.0.1 too, for an MTA to deliver into the same mailbox."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ COMMAND_TIMEOUT = 30.0
 # Dovecot's config syntax has no quoting for passdb/userdb args and expands %-variables in paths:
 # refuse anything that could be misread rather than escaping it.
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
+# Where Debian (and a source build) put the LMTP server, which comes in a package of its own.
+_LMTP_BINARIES = ("/usr/lib/dovecot/lmtp", "/usr/libexec/dovecot/lmtp", "/usr/local/libexec/dovecot/lmtp")
 # Unix sockets live in base_dir and their paths must fit sun_path (108 bytes, minus the longest socket name).
 _MAX_BASE_DIR = 80
 
@@ -96,6 +99,9 @@ class ImapServer:
     username: str
     password: str
     directory: Path
+    # LMTP (RFC 2033) on this port, when started with lmtp=True: any address whose local part is `username`
+    # is delivered to this one mailbox's INBOX.
+    lmtp_port: int | None = None
     # Dovecot's SASL authentication on this port, when started with sasl=True: for an MTA's submission port.
     sasl_port: int | None = None
     _process: _Process = field(default_factory=_Process, repr=False, compare=False)
@@ -203,6 +209,24 @@ class ImapServer:
         return "; ".join(parts) or "no output"
 
 
+def _lmtp(lmtp_port: int | None) -> str:
+    if lmtp_port is None:
+        return ""
+    return f"""
+# LMTP for an MTA on loopback: RCPT TO <{USERNAME}@any.domain> is the user {USERNAME}.
+postmaster_address = postmaster@gateway-test.invalid
+protocol lmtp {{
+  auth_username_format = %Ln
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {HOST}
+    port = {lmtp_port}
+  }}
+}}
+"""
+
+
 @dataclass(frozen=True)
 class OAuth2Passdb:
     """Logins by OAuth 2.0 token only (XOAUTH2, OAUTHBEARER): Dovecot's `oauth2` passdb asks an introspection
@@ -245,6 +269,7 @@ def _config(
     as_root: bool,
     *,
     capabilities: str | None = None,
+    lmtp_port: int | None = None,
     oauth2: OAuth2Passdb | None = None,
     sasl_port: int | None = None,
 ) -> str:
@@ -281,7 +306,7 @@ base_dir = {directory}/run
 state_dir = {directory}/state
 log_path = {directory}/dovecot.log
 listen = {HOST}
-protocols = imap
+protocols = imap{" lmtp" if lmtp_port else ""}
 ssl = no
 disable_plaintext_auth = no
 # Tests that try a wrong password should not wait for the anti-brute-force delay.
@@ -326,24 +351,40 @@ service anvil {{
     mode = 0
   }}
 }}
-"""
+{_lmtp(lmtp_port)}"""
 
 
 def start_dovecot(
-    directory: Path, capabilities: str | None = None, *, oauth2: OAuth2Passdb | None = None, sasl: bool = False
+    directory: Path,
+    capabilities: str | None = None,
+    *,
+    lmtp: bool = False,
+    oauth2: OAuth2Passdb | None = None,
+    sasl: bool = False,
 ) -> ImapServer:
-    """Write a config under `directory` and start Dovecot on a free loopback port; with `oauth2`, logins by
-    OAuth token only; with `sasl`, its authentication for an MTA on another port (`sasl_port`).
+    """Write a config under `directory` and start Dovecot on a free loopback port (and LMTP on another, if asked:
+    then, run as root, `directory` must be reachable by the dovecot user); with `oauth2`, logins by OAuth token
+    only; with `sasl`, its authentication for an MTA on another port (`sasl_port`).
 
     Raises DovecotUnavailable (a RuntimeError) when Dovecot is not installed, RuntimeError when it will not start.
     """
     _binaries()
+    if lmtp and not any(Path(path).exists() for path in _LMTP_BINARIES):
+        raise DovecotUnavailable("Dovecot's LMTP server is not installed: apt-get install dovecot-lmtpd")
     directory = directory.resolve()
     if not _SAFE_PATH.fullmatch(str(directory)):
         raise RuntimeError(f"Dovecot's config cannot hold the path {directory}: use letters, digits and ./_+- only")
     if len(str(directory / "run")) > _MAX_BASE_DIR:
         raise RuntimeError(f"{directory} is too long for Dovecot's unix sockets: use a shorter directory")
     as_root = os.geteuid() == 0
+    if lmtp and as_root:
+        # LMTP does not chroot like imap: it writes by absolute path as the mail user, who must reach the folder.
+        closed = next((p for p in directory.parents if p.exists() and not p.stat().st_mode & 0o001), None)
+        if closed is not None:
+            raise RuntimeError(
+                f"Dovecot's LMTP delivers as the dovecot user, who cannot enter {closed}: put the server in a "
+                "folder whose parents others may enter (pytest's own temporary folders are 0700)"
+            )
     try:
         mail_user = pwd.getpwnam("dovecot") if as_root else pwd.getpwuid(os.geteuid())
     except KeyError as exc:
@@ -364,11 +405,14 @@ def start_dovecot(
     last_error: RuntimeError | None = None
     for _ in range(5):
         port = free_port()
+        lmtp_port = free_port() if lmtp else None
         sasl_port = free_port() if sasl else None
-        (directory / "dovecot.conf").write_text(
-            _config(directory, port, mail_user, as_root, capabilities=capabilities, oauth2=oauth2, sasl_port=sasl_port)
-        )
-        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory, sasl_port)
+        config = _config(
+            directory, port, mail_user, as_root,
+            capabilities=capabilities, lmtp_port=lmtp_port, oauth2=oauth2, sasl_port=sasl_port,
+        )  # fmt: skip
+        (directory / "dovecot.conf").write_text(config)
+        server = ImapServer(HOST, port, USERNAME, PASSWORD, directory, lmtp_port=lmtp_port, sasl_port=sasl_port)
         try:
             server.start()
         except RuntimeError as exc:

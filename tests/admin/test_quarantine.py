@@ -9,7 +9,7 @@ from gateway.dev.dovecot import ImapServer
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import limited, process, sent
+from tests.support.live import alert_text, limited, process, sent
 from tests.support.mailbox import counts_are, eventually, watching
 from tests.support.requests import FROM_POLICE, REQUEST, request_from_police
 
@@ -95,3 +95,32 @@ async def test_the_quarantine_folder_follows_a_release_and_a_discard(
         dovecot_server.deliver(b"From: nobody@else.example\r\n\r\nwake up\r\n")  # the next round settles it
         expected = {"INBOX": 0, "Processed": 2, "Rejected": 2, "Quarantine": 0}
         await eventually(counts_are(dovecot_server, expected))
+
+
+def test_the_admins_alert_names_the_quarantine_commands(live: Gateway) -> None:
+    raw = (FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode()  # unsigned, from the police address
+    assert process(live, raw)["kind"] == "quarantined"
+    text = " ".join(alert_text(live).split())
+    assert "`gateway quarantine show ID`" in text
+    assert "`gateway quarantine list`" in text
+    assert "audit list" not in text
+
+
+def test_quarantine_list_cuts_a_long_reason_at_a_word_and_show_names_no_decider_while_held(live: Gateway) -> None:
+    raw = (FROM_POLICE.replace("\n", "\r\n") + "\r\n" + REQUEST).encode()
+    ident = str(process(live, raw)["inbound_id"])
+    [whole] = [row["reason"] for row in json.loads(live.ok("quarantine", "list", "--json"))]
+    assert len(whole) > 80
+    header, *rows = live.ok("quarantine", "list").splitlines()
+    row = next(line for line in rows if line.startswith(ident))
+    column = row[header.index("reason") : header.index("status")].rstrip()
+    assert column.endswith(" ...")
+    kept = column.removesuffix(" ...")
+    assert whole.startswith(kept)
+    assert whole[len(kept)] in " ,;:"  # it stops where a word does
+    assert len(kept) + len(" ...") <= 80
+    held = live.ok("quarantine", "show", ident)
+    assert "decided_by" not in held
+    assert "None" not in held
+    live.ok("quarantine", "discard", ident, "--actor", "alice")
+    assert "decided_by: alice" in live.ok("quarantine", "show", ident).splitlines()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.admin.reference import local_authorities
 from gateway.cli import build_parser, main
 from gateway.crypto import kill_agent
 from gateway.db.engine import head_revision
@@ -252,3 +254,89 @@ def test_a_gnupg_home_too_long_for_the_agents_sockets_is_named(gateway: Gateway,
     assert result.code == 1
     assert "is too long a path for gpg-agent's sockets" in result.err
     assert result.err.strip().endswith("use a shorter path")
+
+
+NOBODY = 65534  # the user a GnuPG home is given to, to be another user's
+
+
+def test_a_gnupg_home_owned_by_another_user_is_refused_naming_both(gateway: Gateway) -> None:
+    home = gateway.gnupg_home.resolve()
+    gateway.write_config('\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n')  # for outbox send
+    kill_agent(home)
+    os.chown(home, NOBODY, NOBODY)
+    try:
+        for argv in (("key", "export"), ("init",), ("quarantine", "list"), ("outbox", "send")):
+            result = gateway.run(*argv)
+            assert result.code == 78, argv
+            assert result.err == (
+                f"gateway: error: the GnuPG home {home} belongs to nobody, but this command runs as root: "
+                "run it as nobody (`sudo -u nobody gateway ...`)\n"
+            ), argv
+    finally:
+        os.chown(home, 0, 0)
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in gateway.ok("key", "export")
+
+
+def test_a_file_left_in_the_gnupg_home_by_another_user_is_refused_naming_the_fix(gateway: Gateway) -> None:
+    """What root's `change approve` once did: pubring.kbx rewritten as root's, the owner's next import failing."""
+    home = gateway.gnupg_home.resolve()
+    pubring = home / "pubring.kbx"
+    os.chown(pubring, NOBODY, NOBODY)
+    try:
+        result = gateway.run("key", "export")
+    finally:
+        os.chown(pubring, 0, 0)
+    assert result.code == 78
+    assert result.err == (
+        f"gateway: error: {pubring} in the GnuPG home belongs to nobody, not to root who owns the home "
+        f"(a command was run as nobody): run `chown -R root: {home}` as root, and run every gateway command as "
+        "root (`sudo -u root gateway ...`)\n"
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_makes_the_sqlite_database_and_its_wal_and_shm_private(fresh_gateway: Gateway) -> None:
+    if not fresh_gateway.database_url.startswith("sqlite"):
+        pytest.skip("SQLite files only")
+    old = os.umask(0o022)  # the usual umask, whatever the test run's
+    try:
+        fresh_gateway.ok("init")
+    finally:
+        os.umask(old)
+    database = fresh_gateway.directory / "gateway.db"
+    assert mode(database) == 0o600
+    # SQLite makes -wal and -shm while a connection is open, with the database file's mode.
+    os.umask(0o022)
+    try:
+        connection = sqlite3.connect(database)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE probe (x)")
+        connection.commit()
+        assert mode(database.with_name("gateway.db-wal")) == 0o600
+        assert mode(database.with_name("gateway.db-shm")) == 0o600
+        connection.close()
+    finally:
+        os.umask(old)
+
+
+def test_init_makes_an_older_readable_database_private_and_says_so(gateway: Gateway) -> None:
+    if not gateway.database_url.startswith("sqlite"):
+        pytest.skip("SQLite files only")
+    database = (gateway.directory / "gateway.db").resolve()
+    database.chmod(0o644)
+    out = gateway.ok("init")
+    assert f"database file {database} was open to other users (mode 0644): made 0600" in out.splitlines()
+    assert mode(database) == 0o600
+    assert "open to other users" not in gateway.ok("init")
+
+
+def test_areas_fits_a_terminal_and_lists_every_local_authority(gateway: Gateway) -> None:
+    out = gateway.ok("areas")
+    assert max(len(line) for line in out.splitlines()) <= 100
+    text = " ".join(out.split())
+    for la in local_authorities():
+        assert la.name in text
+    assert len(out.splitlines()) > 39 + 2  # long lists go on over several lines

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import signal
+import subprocess
 import sys
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -177,3 +178,49 @@ async def test_a_backlog_bigger_than_a_round_goes_out_at_once_not_a_round_per_ti
         server.close()
         await db.close()
     assert len(relay.received) == backlog
+
+
+def agent_running(home: Path) -> bool:
+    """Whether a gpg-agent answers on this home's socket (never starting one)."""
+    result = subprocess.run(
+        ["gpg-connect-agent", "--homedir", str(home), "--no-autostart", "GETINFO pid", "/bye"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    return result.returncode == 0 and result.stdout.startswith("D ")
+
+
+async def test_the_daemon_logs_no_library_chatter_and_stops_its_gpg_agent(
+    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
+) -> None:
+    relay = Relay()
+    server, port = await serve(relay)
+    live.write_config(daemon_settings(dovecot_server, port))
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        early = await wait_started(daemon)
+        dovecot_server.deliver(request_from_police(keys))
+        for _ in range(300):
+            if relay.received or daemon.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        running_before = agent_running(live.gnupg_home)  # it signed the answer
+        daemon.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(daemon.communicate(), 15)
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+        server.close()
+    assert daemon.returncode == 0, (early + rest).decode()[-2000:]
+    assert relay.received
+    events = [json.loads(line) for line in (early + rest).decode().splitlines()]
+    assert any(e["event"] == "started" for e in events)
+    # Alembic's two lines on its migration context, at every start (the schema check), are gone; below WARNING
+    # only the gateway's own events are left, as the README says.
+    assert not [e for e in events if str(e["event"]).startswith(("Context impl", "Will assume"))]
+    ours = {"started", "scheduler leader", "message", "outbox", "schedule", "metrics endpoint", "stopped"}
+    assert {e["event"] for e in events if e["level"] in ("debug", "info")} <= ours
+    assert running_before
+    assert not agent_running(live.gnupg_home)

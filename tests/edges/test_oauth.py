@@ -391,19 +391,10 @@ async def test_gateway_run_answers_through_a_mailbox_and_a_relay_that_take_only_
         live.write_config(
             f'\n[imap]\nhost = "{dovecot.host}"\nport = {dovecot.port}\nusername = "gateway"\ntls = "none"\n{client}'
             f'\n[smtp]\nhost = "127.0.0.1"\nport = {submission.port}\nusername = "gateway"\ntls = "starttls"\n'
+            f'ca_file = "{submission.ca}"\n'  # the relay's certificate is the test CA's
             f"{client.replace('[imap.oauth]', '[smtp.oauth]')}"
         )
-        # The relay's certificate is the test CA's: the daemon trusts it as an admin's system would (OpenSSL's
-        # default CA file, as the process starts).
-        system_ca = os.environ.get("SSL_CERT_FILE")
-        os.environ["SSL_CERT_FILE"] = str(submission.ca)
-        try:
-            daemon = await started(live)
-        finally:
-            if system_ca is None:
-                del os.environ["SSL_CERT_FILE"]
-            else:
-                os.environ["SSL_CERT_FILE"] = system_ca
+        daemon = await started(live)
         try:
             dovecot.deliver(request_from_police(keys))
             await eventually(lambda: len(submission.downstream.received) == 1, 60, what="the answer at the police")

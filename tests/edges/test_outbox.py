@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import outbox
-from gateway.config import DatabaseSettings
+from gateway.config import DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
 from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.relay import START, Relay, plain_relay, queue, serve
+from tests.support.tls import make_ca
 
 
 @pytest.fixture
@@ -172,6 +176,35 @@ async def test_starttls_required_means_no_plaintext_to_a_relay_without_it(db: Da
     assert failed.status == "pending"
     assert failed.last_error is not None
     assert "STARTTLS" in failed.last_error or "TLS" in failed.last_error
+
+
+async def test_smtp_ca_file_is_the_only_trust_for_the_relays_certificate(db: Database, tmp_path: Path) -> None:
+    """[smtp] ca_file: a relay whose certificate another CA issued gets nothing; one issued by that CA gets the mail."""
+    site_ca, other_ca = make_ca(tmp_path / "site", "Site CA"), make_ca(tmp_path / "other", "Other CA")
+    served = site_ca.issue("relay.hmci.example", ips=("127.0.0.1",))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(served.certificate, served.key)
+    relay = Relay()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(relay, tls_context=context, require_starttls=True), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    def trusting(ca: Path) -> SmtpSettings:
+        return dataclasses.replace(plain_relay(port, tls="starttls"), ca_file=ca)
+
+    try:
+        outbox_id = await queue(db)
+        await deliver_due(db, smtp_transport(trusting(other_ca.certificate)), admin_address=ADMIN_ADDRESS, now=START)
+        refused = await row(db, outbox_id)
+        later = START + dt.timedelta(hours=1)
+        await deliver_due(db, smtp_transport(trusting(site_ca.certificate)), admin_address=ADMIN_ADDRESS, now=later)
+    finally:
+        server.close()
+    assert refused.status == "pending"
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.last_error)
+    assert (await row(db, outbox_id)).status == "sent"
+    assert len(relay.received) == 1
 
 
 @dataclass

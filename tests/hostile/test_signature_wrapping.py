@@ -23,7 +23,8 @@ from tests.support.wire import parse
 
 FORGED = REQUEST.replace("our force area", "all of England")
 BAD = (
-    "the PGP signature is not good: the signature does not match the signed part (it was altered or only partly signed)"
+    "the PGP signature is not good: the signature does not match the signed part (it was altered or only partly "
+    "signed; if your own script signed it, sign the part with CRLF line ends, RFC 3156 section 5)"
 )
 
 

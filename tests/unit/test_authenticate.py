@@ -146,8 +146,8 @@ def test_a_signature_by_another_authoritys_key_is_refused(keyring: Keyring, keys
 def test_an_altered_signed_part_is_refused(keyring: Keyring, keys: AuthorityKeys) -> None:
     result = check(signed_message(keys, keys.police.fingerprint, alter=True), keyring, pinned=keys.police.fingerprint)
     assert result == Refused(
-        "the PGP signature is not good: "
-        "the signature does not match the signed part (it was altered or only partly signed)"
+        "the PGP signature is not good: the signature does not match the signed part (it was altered or only partly "
+        "signed; if your own script signed it, sign the part with CRLF line ends, RFC 3156 section 5)"
     )
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from gateway import config as config_module
 from gateway.config import (
     DEFAULT_CONFIG_PATH,
     DatabaseSettings,
     LimitSettings,
+    MetricsSettings,
     Secret,
     SmimeSettings,
     load_config,
     resolve_config_path,
 )
 from gateway.errors import ConfigError
+from tests.support.tls import make_ca
 
 MINIMAL = '[gateway]\naddress = "requests@hmci.example"\nadmin_address = "admin@hmci.example"\n'
 
@@ -189,30 +193,73 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.toml"
 
 
-def test_shipped_example_works_as_copied() -> None:
-    config = load_config(EXAMPLE)
+def test_the_shipped_example_is_refused_until_its_placeholder_addresses_are_replaced(tmp_path: Path) -> None:
+    """Copied and forgotten, the example's addresses (at .invalid, which never receives mail) stop every command."""
+    copy = write(tmp_path, EXAMPLE.read_text())
+    with pytest.raises(ConfigError) as caught:
+        load_config(copy)
+    assert str(caught.value) == (
+        f"{copy.resolve()}: [gateway] address: register-requests@hmci.invalid is a placeholder "
+        "(.invalid never receives mail, RFC 6761): put the real address"
+    )
+    admin = write(tmp_path, EXAMPLE.read_text().replace("register-requests@hmci.invalid", "requests@hmci.example"))
+    with pytest.raises(ConfigError, match=r"\[gateway\] admin_address: gateway-admin@hmci.invalid is a placeholder"):
+        load_config(admin)
+    config = load_config(write(tmp_path, EXAMPLE.read_text().replace("@hmci.invalid", "@hmci.example")))
     assert config.gateway.address == "register-requests@hmci.example"
     assert config.imap is None
+    assert config.metrics is None
 
 
-def test_shipped_example_mailbox_sections_work_when_uncommented(
+def uncommented_example() -> str:
+    """The example with every commented section header and `key = value` line made live."""
+    setting = re.compile(r"^# (\[\w+\]|\w+ = .*)$")
+    return "\n".join(setting.sub(r"\1", line) for line in EXAMPLE.read_text().splitlines())
+
+
+def test_every_setting_the_gateway_reads_is_shown_in_the_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The example claims to show every setting: uncommented whole, it parses, and no setting config.py asks
+    for is missing from it (a secret counts once, in whichever of its three forms it is shown)."""
     monkeypatch.setenv("GATEWAY_IMAP_PASSWORD", "x")
     monkeypatch.setenv("GATEWAY_SMTP_PASSWORD", "y")
-    settings = ("[imap]", "[smtp]", "[inbound_smtp]", "host = ", "username = ", "password_env = ")
-    lines = [
-        line[2:] if line.startswith("# ") and line[2:].startswith(settings) else line
-        for line in EXAMPLE.read_text().splitlines()
-    ]
-    config = load_config(write(tmp_path, "\n".join(lines)))
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    text = uncommented_example().replace("@hmci.invalid", "@hmci.example")
+    text = text.replace('templates = "/etc/register-gateway/templates"', f'templates = "{templates}"')
+    relay_ca = make_ca(tmp_path / "relay-ca").certificate  # [smtp] ca_file is read as the settings load
+    text = text.replace('ca_file = "/etc/register-gateway/relay-ca.pem"', f'ca_file = "{relay_ca}"')
+    asked: set[tuple[str, str]] = set()
+    finish = config_module._Section.finish
+
+    def recording(section: config_module._Section) -> None:  # every key each section asked for, given or not
+        asked.update((section._name, key) for key in section._seen)
+        finish(section)
+
+    monkeypatch.setattr(config_module._Section, "finish", recording)
+    config = load_config(write(tmp_path, text))
     assert config.imap is not None
     assert config.imap.password is not None
     assert config.imap.password.value == "x"
     assert config.smtp is not None
-    assert config.smtp.tls == "starttls"
+    assert config.smtp.retry_seconds == 60
     assert config.inbound_smtp is not None
-    assert (config.inbound_smtp.host, config.inbound_smtp.port) == ("127.0.0.1", 2525)
+    assert config.metrics == MetricsSettings()  # the example states the defaults
+    assert config.limits == LimitSettings()
+    assert config.smime is not None
+    shown = {(section, key) for section, table in tomllib.loads(text).items() for key in table}
+    # A table inside a section ([imap.oauth]) stands instead of a setting shown live (the password): it is shown
+    # commented out, and checked by a test of its own.
+    shown |= {(section, key) for section, key in asked if f"# [{section}.{key}]\n" in text}
+    missing = set()
+    for section, key in asked:
+        base = key.removesuffix("_file").removesuffix("_env")
+        forms = {(section, base), (section, f"{base}_file"), (section, f"{base}_env")}
+        if not forms & shown:
+            missing.add(f"[{section}] {key}")
+    assert not missing
+    assert {section for section, _ in asked} == set(config_module._SECTIONS)
 
 
 def test_empty_secrets_are_refused(tmp_path: Path) -> None:
@@ -261,8 +308,10 @@ def test_a_templates_directory_must_exist(tmp_path: Path) -> None:
 
 
 def test_limits_section_as_shipped_and_checked(tmp_path: Path) -> None:
-    start = EXAMPLE.read_text().index("# [limits]")
-    block = "\n".join(line[2:] for line in EXAMPLE.read_text()[start:].splitlines() if line.startswith("# "))
+    text = EXAMPLE.read_text()
+    start = text.index("# [limits]")
+    section = text[start : text.index("\n\n", start)]  # up to the next section's comment
+    block = "\n".join(line[2:] for line in section.splitlines() if line.startswith("# "))
     config = load_config(write(tmp_path, MINIMAL + block))
     assert config.limits == LimitSettings()  # the example states the defaults
     assert refusal(tmp_path, MINIMAL + "[limits]\nanswers_per_day = 0\n").endswith(
@@ -433,3 +482,24 @@ def test_an_oauth_client_certificate_must_match_its_private_key(tmp_path: Path) 
     both = text.replace('client_id = "c"\n', 'client_id = "c"\nclient_secret = "s"\n')
     key.chmod(0o600)
     assert "[imap.oauth] client_secret: give a client secret" in refusal(tmp_path, both)
+
+
+def test_the_examples_oauth_tables_work_when_uncommented_and_show_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[imap.oauth] and [smtp.oauth] as the example shows them (the Microsoft 365 preset live, the other forms as
+    alternatives) load as they are; every key the table reads is in the example."""
+    monkeypatch.setenv("GATEWAY_OAUTH_SECRET", "from-env")
+    example = EXAMPLE.read_text()
+    for name in ("imap", "smtp"):
+        block = example.split(f"# [{name}.oauth]\n")[1].split("\n\n")[0]
+        live = "\n".join(line[4:] for line in block.splitlines() if re.match(r"#   \w+ = ", line))
+        text = MINIMAL + f'[{name}]\nhost = "h.example"\nusername = "register@hmci.example"\n[{name}.oauth]\n{live}\n'
+        section = getattr(load_config(write(tmp_path, text)), name)
+        assert section.oauth is not None
+        assert section.oauth.authority == "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000"
+        assert section.oauth.secret == Secret("from-env")
+    shown = example.split("# [imap.oauth]\n")[1].split("\n\n")[0]
+    keys = ("preset", "tenant", "client_id", "client_secret", "certificate", "private_key", "authority", "scope")
+    for key in (*keys, "ca_file"):
+        assert re.search(rf"^#   (# )?{key}(_env|_file)? = ", shown, re.M), key

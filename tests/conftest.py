@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.support.live",
     "tests.support.mailbox",
     "tests.support.schedule",
+    "tests.support.oauth",
 ]

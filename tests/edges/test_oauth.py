@@ -51,8 +51,6 @@ from tests.support.relay import START, Relay, queue, serve
 from tests.support.requests import request_from_police
 from tests.support.sqlite_only import database_url  # noqa: F401  # logins do not depend on the database
 
-pytest_plugins = ["tests.support.oauth"]
-
 # Below MSAL's margin (it renews a token with less than five minutes left), so that each login is given a token
 # the provider issued for it; the tests that need MSAL to keep a token say so.
 SHORT_LIFETIME = 120

@@ -369,9 +369,7 @@ class Allowlist:
     def _use_openpgp(row: Authority, addresses: Sequence[str]) -> None:
         """These addresses go back to OpenPGP, to the authority's pinned key (which must carry them)."""
         for address in addresses:
-            entry = next((a for a in row.addresses if a.address == address), None)
-            if entry is None:
-                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            entry = _address_of(row, address)
             if row.key_fingerprint is None:
                 raise AllowlistError(f"{row.name!r} has no OpenPGP key: pin one first (`gateway authority set-key`)")
             entry.method = OPENPGP
@@ -466,9 +464,7 @@ class Allowlist:
             raise AllowlistError(f"certificate refused: {exc}") from None
         async with self._change() as (session, _):
             row = await self._find(session, name)
-            entry = next((a for a in row.addresses if a.address == address), None)
-            if entry is None:
-                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            entry = _address_of(row, address)
             warnings = await self._check_certificate(session, info, address, row)
             before = {"method": entry.method, "cert_fingerprint": entry.cert_fingerprint}
             if before == {"method": SMIME, "cert_fingerprint": info.fingerprint}:
@@ -507,9 +503,7 @@ class Allowlist:
         address = addresses_of([address])[0]
         async with self._change() as (session, _):
             row = await self._find(session, name)
-            entry = next((a for a in row.addresses if a.address == address), None)
-            if entry is None:
-                raise AllowlistError(f"{address} is not an address of {row.name!r}")
+            entry = _address_of(row, address)
             if entry.cert_fingerprint is None:
                 raise AllowlistError(f"no certificate is pinned for {address}")
             old = entry.cert_fingerprint
@@ -527,3 +521,11 @@ class Allowlist:
             ended = await self._review(session, row, actor=actor)
             view = AuthorityView.of(row)
         return Change(view, ended)
+
+
+def _address_of(row: Authority, address: str) -> AuthorityAddress:
+    """One of the authority's registered addresses, as stored; AllowlistError when it is not one of them."""
+    entry = next((a for a in row.addresses if a.address == address), None)
+    if entry is None:
+        raise AllowlistError(f"{address} is not an address of {row.name!r}")
+    return entry

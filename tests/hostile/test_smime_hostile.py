@@ -11,7 +11,6 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
-import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -35,7 +34,6 @@ from tests.support.smime import REQUEST_PART, SmimeCerts, openssl, smime_encrypt
 from tests.support.wire import parse
 
 AT = dt.datetime(2027, 2, 10, 9, 0, tzinfo=dt.UTC)
-SECONDS = 10.0  # the most any one message may take (as in test_corpus)
 PURPOSE = "Safeguarding children in our force area"
 SIGNED_DATA = b"\x06\x09" + der.oid("1.2.840.113549.1.7.2")
 ENVELOPED_DATA = b"\x06\x09" + der.oid("1.2.840.113549.1.7.3")
@@ -120,18 +118,24 @@ def test_the_outer_type_is_read_from_two_headers_whatever_follows() -> None:
     assert content_kind(b"") is None
 
 
-def test_reading_the_cipher_costs_time_linear_in_the_message() -> None:
-    """Two million nested indefinite-length elements in the recipientInfos: walked once, not decoded."""
+def test_reading_the_cipher_costs_time_linear_in_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two million nested indefinite-length elements in the recipientInfos: walked once, not decoded. Counted in
+    element headers read, not seconds, so that the verdict never depends on the machine's speed (bench.hostile
+    prints the seconds)."""
     small, big = 200_000, 2_000_000
-    timings = []
+    reads = []
+    header = der._header
+
+    def counted(data: bytes, at: int, end: int) -> tuple[int, int, int | None]:
+        reads[-1] += 1
+        return header(data, at, end)
+
+    monkeypatch.setattr(der, "_header", counted)
     for depth in (small, big):
         infos = b"\x31\x80" + b"\x30\x80" * depth + b"\x00\x00" * (depth + 1)
-        data = enveloped(infos)
-        start = time.perf_counter()
-        assert der.content_cipher(data) == der.oid("2.16.840.1.101.3.4.1.42")
-        timings.append(time.perf_counter() - start)
-    assert timings[1] < 5.0
-    assert timings[1] < 30 * max(timings[0], 0.001)  # ten times the input: not a hundred times the time
+        reads.append(0)
+        assert der.content_cipher(enveloped(infos)) == der.oid("2.16.840.1.101.3.4.1.42")
+    assert reads[1] <= 10 * reads[0] + 100  # ten times the input: ten times the reads, not a hundred
 
 
 @pytest.mark.parametrize(
@@ -248,20 +252,16 @@ def test_malformed_cms_from_an_smime_address_is_refused_and_recorded(
         failures = []
         try:
             for name, raw in cases.items():
-                start = time.perf_counter()
                 try:
                     outcome = await process(ctx, raw, source="file")
                 except Exception as exc:  # that is the finding; the other messages still run
                     failures.append(f"{name}: {type(exc).__name__} escaped the pipeline: {str(exc)[:300]}")
                     continue
-                seconds = time.perf_counter() - start
                 found = problems(outcome, await left_behind(db, raw), Expect(MUST_QUARANTINE, why=name), "")
                 if not outcome.reason.startswith("authentication failed: "):
                     found.append(f"not refused by authentication: {outcome.reason[:200]}")
                 if "send requests unsigned" in outcome.reason:
                     found.append("the sender's sentence is in the reason")
-                if seconds > SECONDS:
-                    found.append(f"the pipeline took {seconds:.1f} s")
                 if found:
                     failures.append(f"{name}: " + "; ".join(found))
         finally:

@@ -123,7 +123,7 @@ def test_reading_the_cipher_costs_time_linear_in_the_message(monkeypatch: pytest
     element headers read, not seconds, so that the verdict never depends on the machine's speed (bench.hostile
     prints the seconds)."""
     small, big = 200_000, 2_000_000
-    reads = []
+    reads: list[int] = []
     header = der._header
 
     def counted(data: bytes, at: int, end: int) -> tuple[int, int, int | None]:

@@ -39,8 +39,9 @@ class DovecotUnavailable(RuntimeError):
     """Dovecot is not installed: callers should skip (or fail, when Dovecot is required) rather than error."""
 
 
-def _binary(name: str, *fallbacks: str) -> str | None:
-    # /usr/sbin is often missing from a non-root PATH, and that is exactly where Debian puts dovecot.
+def find_binary(name: str, *fallbacks: str) -> str | None:
+    """A program's path, else the first of `fallbacks` that can run: /usr/sbin is often missing from a non-root
+    PATH, and that is exactly where Debian puts its servers (dovecot, postfix, unbound)."""
     found = shutil.which(name)
     if found:
         return found
@@ -48,8 +49,8 @@ def _binary(name: str, *fallbacks: str) -> str | None:
 
 
 def _binaries() -> tuple[str, str]:
-    dovecot = _binary("dovecot", "/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
-    doveadm = _binary("doveadm", "/usr/bin/doveadm", "/usr/local/bin/doveadm")
+    dovecot = find_binary("dovecot", "/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
+    doveadm = find_binary("doveadm", "/usr/bin/doveadm", "/usr/local/bin/doveadm")
     if dovecot is None or doveadm is None:
         raise DovecotUnavailable(f"IMAP tests need a real Dovecot server, which is not installed: {INSTALL_HINT}")
     return dovecot, doveadm
@@ -63,7 +64,8 @@ def free_port() -> int:
         return port
 
 
-def _port_open(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Something listens on `port` on 127.0.0.1."""
     try:
         with socket.create_connection((HOST, port), timeout=1):
             return True
@@ -71,11 +73,12 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _greets(port: int) -> bool:
-    # A bare TCP accept is not enough: the kernel accepts into the backlog before imap-login is ready.
+def greets(port: int, prefix: bytes = b"* OK") -> bool:
+    """The server on `port` accepted a connection and its first words start with `prefix` (b"" for any). A bare
+    TCP accept is not enough: the kernel accepts into the backlog before imap-login is ready."""
     try:
         with socket.create_connection((HOST, port), timeout=2) as connection:
-            return connection.recv(1024).startswith(b"* OK")
+            return not prefix or connection.recv(1024).startswith(prefix)
     except OSError:
         return False
 
@@ -131,7 +134,7 @@ class ImapServer:
             )
         self._process.popen = popen
         deadline = time.monotonic() + START_TIMEOUT
-        while not _greets(self.port):
+        while not greets(self.port):
             if popen.poll() is not None:
                 self._process.popen = None
                 raise RuntimeError(f"Dovecot exited with status {popen.returncode} on start: {self._diagnostics()}")
@@ -158,7 +161,7 @@ class ImapServer:
             _signal_group(popen.pid, signal.SIGKILL)
         # imap-login children share the listening socket and can outlive the master by a moment.
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _port_open(self.port):
+        while accepts(self.port):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.host}:{self.port} still accepts connections after Dovecot stopped")
             time.sleep(0.02)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-HOST = "127.0.0.1"
+from gateway.dev.dovecot import HOST, accepts, find_binary, free_port, greets
+
+__all__ = ["HOST", "accepts", "binary", "free_port", "greets"]  # the servers' harnesses import these from here
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 # Postfix, Rspamd and the DNS server come together as "the border"; scripts/test installs them (Debian packages).
@@ -37,35 +38,10 @@ def skip_unavailable(reason: str) -> None:
 
 def binary(name: str, *fallbacks: str, hint: str) -> str:
     """The program's path (Debian keeps servers in /usr/sbin, which a non-root PATH often lacks)."""
-    found = shutil.which(name) or next((path for path in fallbacks if os.access(path, os.X_OK)), None)
+    found = find_binary(name, *fallbacks)
     if found is None:
         raise ServerUnavailable(f"{name} is not installed: {hint}")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def greets(port: int, prefix: bytes) -> bool:
-    """The server on `port` accepted a connection and its first words start with `prefix` (b"" for any)."""
-    try:
-        with socket.create_connection((HOST, port), timeout=2) as connection:
-            return not prefix or connection.recv(1024).startswith(prefix)
-    except OSError:
-        return False
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def private_directory(prefix: str) -> Path:

@@ -602,8 +602,19 @@ def _imap(section: _Section | None) -> ImapSettings | None:
         check_ms=section.integer("check_ms", 200, 0, 60_000),
         oauth=oauth,
     )
+    _no_token_in_clear(section, settings.tls, settings.host, oauth)
     section.finish()
     return settings
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _no_token_in_clear(section: _Section, tls: str, host: str, oauth: OAuthSettings | None) -> None:
+    """An OAuth access token opens the mailbox (for Microsoft 365, any in the tenant) until it expires: it never
+    crosses a network unencrypted. tls = "none" stays for a server on loopback."""
+    if oauth is not None and tls == "none" and host not in LOOPBACK:
+        raise section.fail("tls", f'"none" would send the OAuth token to {host} unencrypted: use TLS')
 
 
 def _smtp(section: _Section | None) -> SmtpSettings | None:
@@ -631,6 +642,7 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         ca_file=section.path("ca_file", "") if section.has("ca_file") else None,
         oauth=oauth,
     )
+    _no_token_in_clear(section, tls, settings.host, oauth)
     if settings.ca_file is not None:
         if tls == "none":
             raise section.fail("ca_file", 'has no use with tls = "none": nothing is verified in plaintext')
@@ -696,7 +708,7 @@ def _metrics(section: _Section | None) -> MetricsSettings | None:
         return None
     d = MetricsSettings()
     host = section.text("host", d.host) or d.host
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    if host not in LOOPBACK:
         raise section.fail("host", f"must be a loopback address (127.0.0.1, ::1 or localhost), got {host!r}")
     settings = MetricsSettings(
         host=host,

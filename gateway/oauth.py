@@ -122,11 +122,12 @@ class _Session(requests.Session):
     def __init__(self, ca_file: Path | None) -> None:
         super().__init__()
         self._verify: str | bool = str(ca_file) if ca_file else True
-        retry_once = requests.adapters.HTTPAdapter(max_retries=1)
-        self.mount("https://", retry_once)
-        self.mount("http://", retry_once)
+        self.mount("https://", requests.adapters.HTTPAdapter(max_retries=1))
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        # The discovery document names the token endpoint: the client's secret never goes to a plain-HTTP one.
+        if not (url.decode() if isinstance(url, bytes) else url).lower().startswith("https://"):
+            raise requests.exceptions.InvalidURL("the identity provider must be reached over https")
         kwargs.setdefault("timeout", TOKEN_TIMEOUT)
         if self._verify is not True:
             kwargs.setdefault("verify", self._verify)

@@ -164,7 +164,9 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
     suspect = sender_header_problem(message, sender) or replay
     if suspect is not None:
         return await impostor(ctx, arrival, message, suspect, sender, authority)
-    pinned = credential_of(authority, sender, arrival.received_at)  # the sending address's own, and no other
+    # The sending address's own, and no other, as it stands now: a message released from quarantine is judged
+    # by a certificate valid today, as gpg judges a key.
+    pinned = credential_of(authority, sender, ctx.clock())
     with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check: off the event loop
         authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority.auth_policy, pinned)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks

@@ -442,16 +442,19 @@ class Allowlist:
             problem = await in_thread(chain_problem, info.pem, self._trust_store, self._openssl)
             if problem:
                 raise AllowlistError(f"certificate {info.fingerprint} refused for {address}: {problem}")
-        # One certificate, one authority: whoever holds its private key could read every address it is pinned for.
-        holder = (
+        # One certificate, one address: whoever holds its private key could read every address it is pinned for
+        # (and each address's expiry notice is its own).
+        pinned = (
             await session.execute(
-                select(Authority.name)
+                select(Authority.name, AuthorityAddress.address)
                 .join(AuthorityAddress)
-                .where(AuthorityAddress.cert_fingerprint == info.fingerprint, Authority.id != owner.id)
+                .where(AuthorityAddress.cert_fingerprint == info.fingerprint, AuthorityAddress.address != address)
             )
-        ).scalar()
-        if holder is not None:
-            raise AllowlistError(f"certificate {info.fingerprint} is already pinned for authority {holder!r}")
+        ).first()
+        if pinned is not None and pinned.name != owner.name:
+            raise AllowlistError(f"certificate {info.fingerprint} is already pinned for authority {pinned.name!r}")
+        if pinned is not None:
+            raise AllowlistError(f"certificate {info.fingerprint} is already pinned for {pinned.address}")
         return warnings
 
     async def set_certificate(self, name: str, address: str, cert_data: bytes, *, actor: str) -> Change:

@@ -261,3 +261,15 @@ def test_a_certificate_from_a_message_leaves_json_output_whole(
     assert result.code == 0, result.err
     assert json.loads(result.out)["delivery"][0]["method"] == "smime"
     assert "confirm this fingerprint" in result.err
+
+
+def test_one_certificate_is_never_pinned_for_two_addresses_of_one_authority(
+    gateway: Gateway, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    duty = "duty@westmercia.police.example"
+    both = certificate(tmp_path, "both-addresses", (POLICE_ADDRESS, duty))
+    assert add_police(gateway, keys.police).code == 0
+    gateway.ok("authority", "update", "West Mercia Police", "--add-email", duty)
+    gateway.ok("authority", "set-cert", "West Mercia Police", "--email", POLICE_ADDRESS, "--cert", str(both.cert))
+    second = gateway.run("authority", "set-cert", "West Mercia Police", "--email", duty, "--cert", str(both.cert))
+    assert refused(second).endswith(f"is already pinned for {POLICE_ADDRESS}")  # each address's key is its own

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+import requests
 from cryptography import x509
 
+from gateway import oauth
 from gateway.compose import Templates
 from gateway.config import ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
 from gateway.crypto import Keyring
@@ -475,3 +477,8 @@ def test_imap_and_smtp_naming_one_client_share_its_tokens(tmp_path: Path) -> Non
     apart = Tokens(load_config(path))
     assert apart.imap is not apart.smtp
     assert len(apart.sources()) == 2
+
+
+def test_the_identity_provider_is_reached_over_https_only() -> None:
+    with pytest.raises(requests.exceptions.InvalidURL, match="over https"):
+        oauth._Session(None).request("POST", "http://login.example/token", data={"client_secret": "s"})

@@ -503,3 +503,18 @@ def test_the_examples_oauth_tables_work_when_uncommented_and_show_every_key(
     keys = ("preset", "tenant", "client_id", "client_secret", "certificate", "private_key", "authority", "scope")
     for key in (*keys, "ca_file"):
         assert re.search(rf"^#   (# )?{key}(_env|_file)? = ", shown, re.M), key
+
+
+def test_an_oauth_token_never_crosses_a_network_unencrypted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_OAUTH_SECRET", "s")
+    client = (
+        f'preset = "microsoft365"\ntenant = "{TENANT}"\nclient_id = "app-id"\nclient_secret_env = "TEST_OAUTH_SECRET"\n'
+    )
+    plain = MINIMAL + '[imap]\nhost = "imap.hmci.example"\nusername = "u"\ntls = "none"\n[imap.oauth]\n' + client
+    assert refusal(tmp_path, plain).endswith(
+        '[imap] tls: "none" would send the OAuth token to imap.hmci.example unencrypted: use TLS'
+    )
+    loopback = plain.replace("imap.hmci.example", "127.0.0.1")  # a server on this machine: nothing crosses a wire
+    config = load_config(write(tmp_path, loopback))
+    assert config.imap is not None
+    assert config.imap.tls == "none"

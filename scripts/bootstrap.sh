@@ -35,6 +35,14 @@ bootstrap() {
         [ -x /usr/sbin/unbound ] || border+=(unbound)
         [ -x /usr/lib/dovecot/lmtp ] || border+=(dovecot-lmtpd)
     fi
+    # The service test (tests/edges/test_service_sandbox.py) rebuilds the systemd unit's sandbox: bubblewrap,
+    # libseccomp for Debian's python3 and systemd-analyze (which lists the unit's allowed system calls). Optional
+    # as above (CI sets GATEWAY_TEST_REQUIRE_SANDBOX and fails instead).
+    if [ "$extras" = dev ]; then
+        command -v bwrap >/dev/null || clients+=(bubblewrap)
+        /usr/bin/python3 -c 'import seccomp' 2>/dev/null || clients+=(python3-seccomp)
+        command -v systemd-analyze >/dev/null || clients+=(systemd)
+    fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ "${#packages[@]}" -gt 0 ]; then
@@ -46,10 +54,10 @@ bootstrap() {
         fi
     fi
     if [ "${#clients[@]}" -gt 0 ]; then
-        echo "scripts: installing ${clients[*]} with apt-get (for the client-matrix tests)" >&2
+        echo "scripts: installing ${clients[*]} with apt-get (for the client-matrix and service tests)" >&2
         if ! { [ "${#packages[@]}" -gt 0 ] || $sudo apt-get update -qq; } ||
             ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${clients[@]}" >/dev/null; then
-            echo "scripts: could not install ${clients[*]}: the client-matrix tests will skip (or fail in CI)" >&2
+            echo "scripts: could not install ${clients[*]}: the tests that need them will skip (or fail in CI)" >&2
         fi
     fi
     if [ "${#border[@]}" -gt 0 ]; then

@@ -134,4 +134,9 @@ async def make_or_propose(args: argparse.Namespace, proposal: approvals.Proposal
     if not args.json:
         print(f"a different admin checks it with `gateway change show {ident}` and approves it with:")
         print(f"  gateway change approve {ident} --local-user THEIR-KEY")
+        print(
+            f"(or, with the key on another machine: `gateway change show {ident} > change-{ident}.txt`, "
+            f"`gpg --armor --detach-sign change-{ident}.txt` there, then --signature change-{ident}.txt.asc "
+            "in place of --local-user)"
+        )
     return 0

@@ -3,10 +3,8 @@ ends it with exit 78, the status it does not restart on."""
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -16,19 +14,11 @@ from pathlib import Path
 import pytest
 
 from gateway.crypto import kill_agent
+from tests.support.unit import UNIT, exec_start, unit
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "config" / "gateway.example.toml"
-UNIT = ROOT / "config" / "register-gateway.service"
 SCRIPT = Path(sys.executable).parent / "gateway"  # the console script, as the unit runs it
-
-
-def unit() -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
-    # systemd's keys are case-sensitive; configparser would lower-case them.
-    parser.optionxform = str  # type: ignore[assignment, method-assign]
-    parser.read(UNIT)
-    return parser
 
 
 def service_lines() -> dict[str, str]:
@@ -48,16 +38,15 @@ def test_the_units_paths_and_the_examples_service_paths_agree() -> None:
     settings = Path(service["Environment"].removeprefix("GATEWAY_CONFIG="))
     assert not settings.is_relative_to(state)
     lines = service_lines()
-    assert set(lines) == {"url", "home"}  # the two settings whose defaults are relative to the settings file
-    document = "[database]\n" + lines["url"] + "\n[gpg]\n" + lines["home"] + "\n"
+    # The settings whose defaults are relative to the settings file and that the gateway writes: the database and
+    # the GnuPG home, and the S/MIME certificate and key `gateway init --smime` (or --smime-csr) makes.
+    assert set(lines) == {"url", "home", "certificate", "key"}
     header = "\n".join(line.removeprefix("#").strip() for line in UNIT.read_text().splitlines()[:20])
-    assert lines["url"] in header
-    assert lines["home"] in header  # the unit's header shows the very same lines
-    url = re.search(r'url = "sqlite:///(/[^"]+)"', document)
-    home = re.search(r'home = "(/[^"]+)"', document)
-    assert url is not None
-    assert home is not None
-    for path in (Path(url[1]), Path(home[1])):
+    for line in lines.values():
+        assert line in header  # the unit's header shows the very same lines
+    found = [re.search(r'= "(?:sqlite:///)?(/[^"]+)"', line) for line in lines.values()]
+    assert all(found)
+    for path in (Path(match[1]) for match in found if match):
         assert path.is_absolute()
         assert path.is_relative_to(state)
 
@@ -88,11 +77,9 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
 
 def unit_command(config: Path) -> subprocess.CompletedProcess[str]:
     """The unit's ExecStart, as systemd runs it (sh -c), with this checkout's gateway."""
-    command = unit()["Service"]["ExecStart"].replace("/opt/register-gateway/.venv/bin/gateway", str(SCRIPT))
-    argv = shlex.split(command)
     return subprocess.run(
-        argv, capture_output=True, text=True, check=False, env={**os.environ, "GATEWAY_CONFIG": str(config)},
-        timeout=120,
+        exec_start(SCRIPT), capture_output=True, text=True, check=False,
+        env={**os.environ, "GATEWAY_CONFIG": str(config)}, timeout=120,
     )  # fmt: skip
 
 
@@ -118,12 +105,13 @@ def test_a_settings_error_ends_the_units_command_with_78_at_either_step(tmp_path
 
 def test_init_with_the_examples_service_paths_writes_only_in_the_state_directory(tmp_path: Path) -> None:
     """The unit's layout: settings in a directory the service cannot write, state in one it can. With the example's
-    service paths, init leaves the settings directory as it was and makes the database and GnuPG home in the
-    state directory. (Run as root here, which could write anywhere: so what it wrote is what is checked.)"""
+    service paths, `init --smime` leaves the settings directory as it was and makes the database, the GnuPG home
+    and the S/MIME certificate and key in the state directory. (Run as root here, which could write anywhere:
+    so what it wrote is what is checked.)"""
     settings, state = tmp_path / "etc", tmp_path / "state"
     settings.mkdir()
     state.mkdir(mode=0o700)
-    text = EXAMPLE.read_text().replace("@hmci.invalid", "@hmci.example")
+    text = EXAMPLE.read_text().replace("@hmci.invalid", "@hmci.example").replace("\n# [smime]\n", "\n[smime]\n")
     for key, line in service_lines().items():
         live = line.replace("/var/lib/register-gateway", str(state))
         text, count = re.subn(rf"^# {key} = .*$", live, text, count=1, flags=re.MULTILINE)
@@ -132,13 +120,14 @@ def test_init_with_the_examples_service_paths_writes_only_in_the_state_directory
     config.write_text(text)
     try:
         result = subprocess.run(
-            [str(SCRIPT), "--config", str(config), "init"], capture_output=True, text=True, check=False, cwd=tmp_path,
-            timeout=120,
+            [str(SCRIPT), "--config", str(config), "init", "--smime"], capture_output=True, text=True, check=False,
+            cwd=tmp_path, timeout=120,
         )  # fmt: skip
     finally:
         kill_agent(state / "gnupg")
     assert result.returncode == 0, result.stderr
     assert "generated the gateway's signing and encryption key" in result.stdout
     assert [path.name for path in settings.iterdir()] == ["gateway.toml"]
-    assert {"gateway.db", "gnupg"} <= {path.name for path in state.iterdir()}
+    assert {"gateway.db", "gnupg", "smime-cert.pem", "smime-key.pem"} <= {path.name for path in state.iterdir()}
+    assert stat.S_IMODE((state / "smime-key.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE((state / "gateway.db").stat().st_mode) == 0o600

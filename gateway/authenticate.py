@@ -93,9 +93,9 @@ class PinnedCertificate:
 Credential = PinnedKey | PinnedCertificate | Refused
 
 
-def credential_of(authority: Authority, address: str, now: dt.datetime) -> Credential:
-    """The credential pinned for this registered address of the authority, as it stands at `now`: the method
-    the address was registered with decides which, and the other never counts for it."""
+def pinned_credential(authority: Authority, address: str, now: dt.datetime) -> Credential:
+    """What a request from this registered address of the authority must be signed by, as it stands at `now`:
+    the method the address was registered with decides which, and the other never counts for it."""
     row = next((row for row in authority.addresses if row.address == address), None)
     if row is None:
         return Refused(f"{address} is not a registered address of this authority")

@@ -20,7 +20,15 @@ from sqlalchemy.orm import selectinload
 from gateway import audit, limits, shown
 from gateway.admin.authorities import OPENPGP
 from gateway.authenticate import registered_addresses
-from gateway.compose import admin_mail, admin_notice, credential_of, envelope_for, new_reference, reply_values, seal
+from gateway.compose import (
+    admin_mail,
+    admin_notice,
+    envelope_for,
+    new_reference,
+    reply_values,
+    seal,
+    sealing_credential,
+)
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -112,7 +120,7 @@ async def authority_notice(
 ) -> Outgoing | None:
     """A notice to the first of an authority's addresses that has a credential pinned (an S/MIME address waiting
     for its certificate has none), encrypted to it and signed; None when there is none, or it cannot be used."""
-    recipient = next((a.address for a in authority.addresses if credential_of(authority, a.address)), None)
+    recipient = next((a.address for a in authority.addresses if sealing_credential(authority, a.address)), None)
     if recipient is None:
         return None  # fail closed: the admins' alert says what happened
     try:

@@ -18,8 +18,8 @@ from gateway.authenticate import (
     Credential,
     Refused,
     authenticate,
-    credential_of,
     find_authority,
+    pinned_credential,
     registered_addresses,
     sender_of,
 )
@@ -166,7 +166,7 @@ async def decide(ctx: Context, arrival: Arrival, *, releasing: int | None = None
         return await impostor(ctx, arrival, message, suspect, sender, authority)
     # The sending address's own, and no other, as it stands now: a message released from quarantine is judged
     # by a certificate valid today, as gpg judges a key.
-    pinned = credential_of(authority, sender, ctx.clock())
+    pinned = pinned_credential(authority, sender, ctx.clock())
     with metrics.timed_gpg("verify"):  # the signature check, or decryption then the check: off the event loop
         authentic = await in_thread(_authenticate, ctx, message, arrival.raw, authority.auth_policy, pinned)
     if isinstance(authentic, Refused):  # a registered address that fails authentication: a person looks

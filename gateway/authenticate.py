@@ -459,6 +459,10 @@ def _smime_opened(
 # ---------------------------------------------------------------- the policy: the pinned credential, or the border
 
 
+# The authentication policies under which a signature by the pinned credential is checked.
+SIGNED_POLICIES = frozenset({"signed", "signed-or-dmarc"})
+
+
 def authenticate(
     message: EmailMessage,
     raw: bytes,
@@ -478,7 +482,7 @@ def authenticate(
     the gateway's own identity, to decrypt with; `limits` bound what decryption opens).
     """
     reasons: list[str] = []
-    if policy in ("signed", "signed-or-dmarc"):
+    if policy in SIGNED_POLICIES:
         signed: Authenticated | Refused
         if isinstance(pinned, PinnedCertificate):
             signed = _smime(message, raw, pinned, smime, limits or LimitSettings())

@@ -27,7 +27,7 @@ from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress
 from gateway.gpgrun import GpgLimitExceeded, KeyProblem
 from gateway.guard import read_policy, too_big
-from gateway.signatures import SIGNATURE_MISMATCH, SignatureStatus, hashed_subpackets
+from gateway.signatures import BADSIG, SignatureStatus, hashed_subpackets
 from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
 from gateway.smime import cms
 from gateway.smime.certs import CertificateProblem
@@ -253,7 +253,7 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
     status = verify(parts.signed_bytes, parts.signature)
     problem = _by_pinned_key(status, pinned_key)
     if problem:
-        return Refused(SIGNED_PART_MISMATCH if status.problem == SIGNATURE_MISMATCH else problem)
+        return Refused(SIGNED_PART_MISMATCH if status.code == BADSIG else problem)
     hashed = hashed_subpackets(parts.signature)
     if hashed is None:  # gpg took it; the gateway could not tell a replay of it: not accepted
         return Refused("the signature is not one OpenPGP v4 signature packet the gateway can read")

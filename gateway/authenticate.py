@@ -27,7 +27,7 @@ from gateway.db.engine import Database
 from gateway.db.models import Authority, AuthorityAddress
 from gateway.gpgrun import GpgLimitExceeded, KeyProblem
 from gateway.guard import read_policy, too_big
-from gateway.signatures import SIGNATURE_MISMATCH, SignatureStatus, hashed_subpackets
+from gateway.signatures import BADSIG, SignatureStatus, hashed_subpackets
 from gateway.signedpart import BARE_CR, first_part_bytes, has_bare_cr
 from gateway.smime import cms
 from gateway.smime.certs import CertificateProblem
@@ -93,9 +93,9 @@ class PinnedCertificate:
 Credential = PinnedKey | PinnedCertificate | Refused
 
 
-def credential_of(authority: Authority, address: str, now: dt.datetime) -> Credential:
-    """The credential pinned for this registered address of the authority, as it stands at `now`: the method
-    the address was registered with decides which, and the other never counts for it."""
+def pinned_credential(authority: Authority, address: str, now: dt.datetime) -> Credential:
+    """What a request from this registered address of the authority must be signed by, as it stands at `now`:
+    the method the address was registered with decides which, and the other never counts for it."""
     row = next((row for row in authority.addresses if row.address == address), None)
     if row is None:
         return Refused(f"{address} is not a registered address of this authority")
@@ -253,7 +253,7 @@ def _signed_by(message: Message, raw: bytes, pinned_key: str, verify: Verify) ->
     status = verify(parts.signed_bytes, parts.signature)
     problem = _by_pinned_key(status, pinned_key)
     if problem:
-        return Refused(SIGNED_PART_MISMATCH if status.problem == SIGNATURE_MISMATCH else problem)
+        return Refused(SIGNED_PART_MISMATCH if status.code == BADSIG else problem)
     hashed = hashed_subpackets(parts.signature)
     if hashed is None:  # gpg took it; the gateway could not tell a replay of it: not accepted
         return Refused("the signature is not one OpenPGP v4 signature packet the gateway can read")
@@ -459,6 +459,10 @@ def _smime_opened(
 # ---------------------------------------------------------------- the policy: the pinned credential, or the border
 
 
+# The authentication policies under which a signature by the pinned credential is checked.
+SIGNED_POLICIES = frozenset({"signed", "signed-or-dmarc"})
+
+
 def authenticate(
     message: EmailMessage,
     raw: bytes,
@@ -478,7 +482,7 @@ def authenticate(
     the gateway's own identity, to decrypt with; `limits` bound what decryption opens).
     """
     reasons: list[str] = []
-    if policy in ("signed", "signed-or-dmarc"):
+    if policy in SIGNED_POLICIES:
         signed: Authenticated | Refused
         if isinstance(pinned, PinnedCertificate):
             signed = _smime(message, raw, pinned, smime, limits or LimitSettings())

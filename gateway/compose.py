@@ -435,8 +435,8 @@ async def seal(
     return Outgoing(kind, envelope.recipient, message_id_of(wire), wire, credential)
 
 
-def credential_of(authority: Authority, recipient: str) -> Credential | None:
-    """What is pinned for mail to `recipient`, one of the authority's addresses, as the authority is now: its
+def sealing_credential(authority: Authority, recipient: str) -> Credential | None:
+    """What mail to `recipient`, one of the authority's addresses, is sealed to, as the authority is now: its
     OpenPGP key, or the address's certificate. None when the address is not the authority's, or nothing usable
     by its method is pinned. What a delivery was sealed to is compared with this when it is recorded."""
     address = _address(authority, recipient)
@@ -460,7 +460,7 @@ async def _sealer(ctx: Context, authority: Authority, envelope: Envelope) -> tup
     address = _address(authority, recipient)
     if address is None:
         raise KeyProblem(f"{recipient} is not a registered address of {authority.name!r}")
-    credential = credential_of(authority, recipient)
+    credential = sealing_credential(authority, recipient)
     if address.method not in (OPENPGP, SMIME):
         raise KeyProblem(f"{recipient} of {authority.name!r} has an unknown delivery method {address.method!r}")
     if credential is None:

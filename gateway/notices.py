@@ -20,7 +20,15 @@ from sqlalchemy.orm import selectinload
 from gateway import audit, limits, shown
 from gateway.admin.authorities import OPENPGP
 from gateway.authenticate import registered_addresses
-from gateway.compose import admin_mail, admin_notice, credential_of, envelope_for, new_reference, reply_values, seal
+from gateway.compose import (
+    admin_mail,
+    admin_notice,
+    envelope_for,
+    new_reference,
+    reply_values,
+    seal,
+    sealing_credential,
+)
 from gateway.db.models import Authority, InboundMessage, KeyNotice, Notice
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.lookalike import Claim, claims
@@ -110,18 +118,21 @@ async def impostor(  # noqa: PLR0917 - the message, why, and who it says it is f
 async def authority_notice(
     ctx: Context, authority: Authority, title: str, lines: list[str], kind: str
 ) -> Outgoing | None:
-    """A notice to the first of an authority's addresses that has a credential pinned (an S/MIME address waiting
-    for its certificate has none), encrypted to it and signed; None when there is none, or it cannot be used."""
-    recipient = next((a.address for a in authority.addresses if credential_of(authority, a.address)), None)
-    if recipient is None:
-        return None  # fail closed: the admins' alert says what happened
-    try:
-        return await encrypted_notice(
-            ctx, authority, kind=kind, reference=new_reference(ctx.clock()), subject=f"Register gateway: {title}",
-            template="authority-notice.txt.j2", values={"title": title, "lines": lines}, recipient=recipient,
-        )  # fmt: skip
-    except KeyProblem:
-        return None  # fail closed: the admins' alert says what happened
+    """A notice to the first of an authority's addresses whose pinned credential can be used now, encrypted to it
+    and signed: an S/MIME address waiting for its certificate has none, and one whose certificate expired (or an
+    OpenPGP address whose key did) cannot be sealed to, so the next address is told. None when none can be."""
+    reference = new_reference(ctx.clock())
+    for address in authority.addresses:
+        if sealing_credential(authority, address.address) is None:
+            continue
+        try:  # seal refuses (KeyProblem) what cannot be used at ctx.clock(): never plaintext
+            return await encrypted_notice(
+                ctx, authority, kind=kind, reference=reference, subject=f"Register gateway: {title}",
+                template="authority-notice.txt.j2", values={"title": title, "lines": lines}, recipient=address.address,
+            )  # fmt: skip
+        except KeyProblem:
+            continue
+    return None  # fail closed: the admins' alert says what happened
 
 
 async def encrypted_notice(

@@ -21,11 +21,11 @@ from gateway.admin.authorities import SMIME
 from gateway.compose import (
     Envelope,
     admin_notice,
-    credential_of,
     envelope_for,
     new_reference,
     reply_values,
     seal,
+    sealing_credential,
 )
 from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
@@ -223,7 +223,7 @@ async def _still_due(session: AsyncSession, due: Due, sealed_to: Credential | No
     if isinstance(still_allowed(authority, sub), ScopeRefusal):
         raise _NoLongerAllowed
     # Sealed to a key or certificate since replaced (or to a method the address no longer takes): not sent.
-    if sealed_to is None or credential_of(authority, sub.address) != sealed_to:
+    if sealed_to is None or sealing_credential(authority, sub.address) != sealed_to:
         raise _NoLongerAllowed
 
 

@@ -29,6 +29,9 @@ class SignatureStatus:
     # notations, ...), or of a CMS SignerInfo's signed attributes, with the SHA-256 of the bytes it covers. Set
     # by whoever verified them (authenticate.py for OpenPGP, smime/cms.py for S/MIME).
     signed_sha256: str | None = None
+    # gpg's status keyword that made it not good (BADSIG, EXPKEYSIG, NO_PUBKEY, ...), for whoever must tell one
+    # cause from another: `problem` is words for people, never to compare. None when good, and for S/MIME.
+    code: str | None = None
 
     def replay_keys(self) -> tuple[str, ...]:
         """What makes this signature the one it is, each enough to know it again (each at most 71 characters:
@@ -87,10 +90,10 @@ def _dearmoured(signature: bytes) -> bytes | None:
 
 
 # gpg's BADSIG: the signature was made over other bytes than those it came with.
-SIGNATURE_MISMATCH = "the signature does not match the signed part (it was altered or only partly signed)"
+BADSIG = "BADSIG"
 
 _BAD_SIGNATURE = {
-    "BADSIG": SIGNATURE_MISMATCH,
+    BADSIG: "the signature does not match the signed part (it was altered or only partly signed)",
     "EXPKEYSIG": "the signing key has expired",
     "REVKEYSIG": "the signing key is revoked",
     "EXPSIG": "the signature has expired",
@@ -100,7 +103,7 @@ _BAD_SIGNATURE = {
 
 
 # What gpg says of a signature by a key it does not hold.
-UNKNOWN_SIGNER = frozenset({_BAD_SIGNATURE["ERRSIG"], _BAD_SIGNATURE["NO_PUBKEY"]})
+UNKNOWN_SIGNER = frozenset({"ERRSIG", "NO_PUBKEY"})
 
 
 _SIGNATURE_WORDS = frozenset({"NEWSIG", "GOODSIG", "VALIDSIG", *_BAD_SIGNATURE})
@@ -112,7 +115,7 @@ def signature_status(status_text: str) -> SignatureStatus:
         return SignatureStatus(False, None, None, "there is no signature", signed=False)
     for words in lines:
         if words and words[0] in _BAD_SIGNATURE:
-            return SignatureStatus(False, None, None, _BAD_SIGNATURE[words[0]])
+            return SignatureStatus(False, None, None, _BAD_SIGNATURE[words[0]], code=words[0])
     valid = [words for words in lines if words and words[0] == "VALIDSIG"]
     if len(valid) != 1 or not any(words and words[0] == "GOODSIG" for words in lines):
         count = len(valid)

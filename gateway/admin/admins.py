@@ -200,7 +200,7 @@ def _verify(statement: bytes, signature: bytes, keys: Mapping[str, str], binary:
         status = scratch.verify_detached(statement, signature)
     if not status.good or status.primary_fingerprint is None:
         # Only the admins' keys are in the scratch home: a key gpg cannot find is nobody's who counts.
-        unknown = status.problem in UNKNOWN_SIGNER
+        unknown = status.code in UNKNOWN_SIGNER
         raise AdminError(
             "the signature is not by a registered admin's key"
             if unknown

@@ -40,6 +40,7 @@ from gateway.admin.authorities import (
     clean_name,
     key_checks,
     name_key,
+    openpgp_address_checks,
     resolve_area,
 )
 from gateway.crypto import Keyring, scan_key
@@ -312,7 +313,7 @@ class Allowlist:
             if auth_policy is not None:
                 row.auth_policy = auth_policy
             await self._change_addresses(session, row, addresses_of(add_emails), addresses_of(remove_emails))
-            self._use_openpgp(row, addresses_of(use_openpgp))
+            warnings = await self._use_openpgp(row, addresses_of(use_openpgp))
             after = AuthorityView.of(row)
             changed = {k: [v, after.as_dict()[k]] for k, v in before.as_dict().items() if after.as_dict()[k] != v}
             if not changed:
@@ -328,7 +329,7 @@ class Allowlist:
                 details={"changed": changed},
             )
             ended = await self._review(session, row, actor=actor)
-        return Change(after, ended)
+        return Change(after, (*warnings, *ended))
 
     async def _rename(self, session: AsyncSession, row: Authority, new_name: str) -> None:
         new_name = clean_name(new_name, NEW_NAME)
@@ -365,16 +366,24 @@ class Allowlist:
         method = OPENPGP if row.key_fingerprint is not None else SMIME
         row.addresses.extend(AuthorityAddress(address=a, method=method) for a in add if a not in current)
 
-    @staticmethod
-    def _use_openpgp(row: Authority, addresses: Sequence[str]) -> None:
-        """These addresses go back to OpenPGP, to the authority's pinned key (which must carry them)."""
-        for address in addresses:
-            entry = _address_of(row, address)
-            if row.key_fingerprint is None:
-                raise AllowlistError(f"{row.name!r} has no OpenPGP key: pin one first (`gateway authority set-key`)")
+    async def _use_openpgp(self, row: Authority, addresses: Sequence[str]) -> tuple[str, ...]:
+        """These addresses go back to OpenPGP, to the authority's pinned key, which must carry each as a user ID
+        and pass the checks `authority add` makes of a key; returns its warnings."""
+        if not addresses:
+            return ()
+        entries = [_address_of(row, address) for address in addresses]
+        if row.key_fingerprint is None:
+            raise AllowlistError(f"{row.name!r} has no OpenPGP key: pin one first (`gateway authority set-key`)")
+        info = await in_thread(self._keyring.inspect, row.key_fingerprint)
+        if info is None:
+            raise AllowlistError(f"the pinned key {row.key_fingerprint} of {row.name!r} is not in the keyring")
+        now = dt.datetime.now(dt.UTC)
+        warnings = [line for entry in entries for line in openpgp_address_checks(info, entry.address, now)]
+        for entry in entries:
             entry.method = OPENPGP
             entry.cert_fingerprint = entry.cert_pem = entry.cert_subject = None
             entry.cert_expires = None
+        return tuple(dict.fromkeys(warnings))  # the key's own warning (expiring soon) once, not once an address
 
     async def set_status(self, name: str, status: str, *, actor: str) -> Change:
         async with self._change() as (session, _):

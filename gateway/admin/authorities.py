@@ -190,6 +190,18 @@ def key_checks(info: KeyInfo, addresses: Sequence[str], now: dt.datetime) -> lis
     return []
 
 
+def openpgp_address_checks(info: KeyInfo, address: str, now: dt.datetime) -> list[str]:
+    """Warnings for an address going back to OpenPGP, to the authority's pinned key `info`; AllowlistError when
+    the key carries no user ID for that address, or is refused as `authority add` refuses one (key_checks)."""
+    if address not in info.emails:
+        carried = ", ".join(sorted(info.emails)) or "no email address"
+        raise AllowlistError(
+            f"{address} cannot go back to OpenPGP: the pinned key {info.fingerprint} has no user ID for it (it "
+            f"carries {carried}); pin a key that does first (`gateway authority set-key`)"
+        )
+    return key_checks(info, [address], now)
+
+
 def certificate_checks(info: CertInfo, address: str, now: dt.datetime) -> list[str]:
     """Warnings for a certificate that can be pinned for `address`; AllowlistError for one that cannot."""
     problems = info.problems(address, now)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,17 @@ def _extended_key_usage(certificate: x509.Certificate) -> frozenset[str] | None:
 
 
 def read_certificate(data: bytes) -> CertInfo:
-    """Exactly one X.509 certificate, PEM or DER; CertificateProblem saying what the data is otherwise."""
+    """Exactly one X.509 certificate, PEM or DER; CertificateProblem saying what the data is otherwise.
+
+    A pinned certificate is read again at every seal and every check of a request: each distinct run of bytes
+    is read once and its CertInfo (frozen, and a value of those bytes alone: nothing in it depends on the time)
+    kept. The key is the exact bytes, never their stripped or decoded text; a refusal is not kept."""
+    return _read_certificate(bytes(data))
+
+
+# Some hundreds: every pinned certificate (one an address) and the gateway's own, a few KB each.
+@functools.lru_cache(maxsize=512)
+def _read_certificate(data: bytes) -> CertInfo:
     text = data.strip()
     if not text:
         raise CertificateProblem("the certificate file is empty")

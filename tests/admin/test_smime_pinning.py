@@ -245,6 +245,25 @@ def test_an_address_goes_back_to_openpgp_only_when_asked_and_only_with_a_key(
     assert "has no OpenPGP key: pin one first" in refused(no_key)
 
 
+def test_an_address_goes_back_to_openpgp_only_if_the_pinned_key_carries_it(
+    gateway: Gateway, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    """The key is checked as `authority add` checks one: an address none of its user IDs names keeps its
+    certificate, and the admin is told why in one line."""
+    duty = "duty@westmercia.police.example"  # the police key names POLICE_ADDRESS alone
+    assert add_police(gateway, keys.police).code == 0
+    gateway.ok("authority", "update", "West Mercia Police", "--add-email", duty)
+    duty_cert = certificate(tmp_path, "duty", (duty,))
+    gateway.ok("authority", "set-cert", "West Mercia Police", "--email", duty, "--cert", str(duty_cert.cert))
+    result = gateway.run("authority", "update", "West Mercia Police", "--use-openpgp", duty)
+    assert refused(result) == (
+        f"gateway: error: {duty} cannot go back to OpenPGP: the pinned key {keys.police.fingerprint} has no user ID "
+        f"for it (it carries {POLICE_ADDRESS}); pin a key that does first (`gateway authority set-key`)"
+    )
+    [kept] = [entry for entry in delivery(gateway) if entry["address"] == duty]
+    assert (kept["method"], kept["cert_fingerprint"]) == ("smime", fingerprint_of(duty_cert.cert))
+
+
 def test_a_certificate_from_a_message_leaves_json_output_whole(
     gateway: Gateway, keys: AuthorityKeys, smime_certs: SmimeCerts
 ) -> None:

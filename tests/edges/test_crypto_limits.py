@@ -199,6 +199,7 @@ def test_a_detached_signature_still_verifies(keys: AuthorityKeys, recipient: Rec
     bad = recipient.ring.verify_detached(data + b"x", detached(keys, keys.police.fingerprint, data))
     assert not bad.good
     assert bad.problem == "the signature does not match the signed part (it was altered or only partly signed)"
+    assert bad.code == "BADSIG"  # what authenticate.py tells a CRLF mistake by, never the words above
 
 
 def test_a_flood_of_signatures_is_stopped_by_the_status_limit(keys: AuthorityKeys, recipient: Recipient) -> None:

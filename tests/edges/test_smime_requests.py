@@ -24,7 +24,7 @@ from gateway.authenticate import (
     PinnedKey,
     Refused,
     authenticate,
-    credential_of,
+    pinned_credential,
 )
 from gateway.config import LimitSettings
 from gateway.db.models import Authority, AuthorityAddress
@@ -377,8 +377,8 @@ def test_the_address_method_decides_which_credential_counts(smime_certs: SmimeCe
         AuthorityAddress(address=LA_ADDRESS, method="openpgp"),
         key=fingerprint,
     )  # fmt: skip
-    assert credential_of(both, POLICE_ADDRESS, AT) == PinnedCertificate(POLICE_ADDRESS, pem.encode())
-    assert credential_of(both, LA_ADDRESS, AT) == PinnedKey(LA_ADDRESS, fingerprint)
+    assert pinned_credential(both, POLICE_ADDRESS, AT) == PinnedCertificate(POLICE_ADDRESS, pem.encode())
+    assert pinned_credential(both, LA_ADDRESS, AT) == PinnedKey(LA_ADDRESS, fingerprint)
 
 
 def test_no_usable_credential_is_a_refusal(smime_certs: SmimeCerts) -> None:
@@ -399,14 +399,14 @@ def test_no_usable_credential_is_a_refusal(smime_certs: SmimeCerts) -> None:
         ),
     }
     for name, (holder, reason) in cases.items():
-        credential = credential_of(holder, POLICE_ADDRESS, AT)
+        credential = pinned_credential(holder, POLICE_ADDRESS, AT)
         assert credential == Refused(reason), name
         # Whatever the message carries: a good signature by the very certificate, or anything else.
         assert check(smime_signed(smime_certs.police, AT), smime_certs, pinned=credential) == Refused(reason), name
 
 
 def test_no_usable_credential_leaves_the_borders_dmarc_where_the_policy_allows_it(smime_certs: SmimeCerts) -> None:
-    nothing = credential_of(authority(AuthorityAddress(address=POLICE_ADDRESS, method="smime")), POLICE_ADDRESS, AT)
+    nothing = pinned_credential(authority(AuthorityAddress(address=POLICE_ADDRESS, method="smime")), POLICE_ADDRESS, AT)
     border = f"Authentication-Results: {BORDER}; dmarc=pass header.from={DOMAIN}\r\n".encode()
     mail = smime_signed(smime_certs.police, AT)
     result = check(mail, smime_certs, pinned=nothing, policy="signed-or-dmarc", headers=border)

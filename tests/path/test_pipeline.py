@@ -21,7 +21,15 @@ from gateway.values import Context
 from tests.support.addresses import ADMIN_ADDRESS, GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import open_as_recipient, outbox, outbox_content, process, register_urns, subscriptions
+from tests.support.live import (
+    checks_timed,
+    open_as_recipient,
+    outbox,
+    outbox_content,
+    process,
+    register_urns,
+    subscriptions,
+)
 from tests.support.requests import BORDER, FROM_POLICE, REQUEST, police_says, request_from_police
 
 DOMAIN = POLICE_ADDRESS.rpartition("@")[2]
@@ -226,6 +234,23 @@ def test_renewal_and_cancellation_are_acknowledged(live: Gateway, keys: Authorit
     assert "no active monthly subscription for West Mercia police force area" in str(nothing["reason"])
     actions = [r["action"] for r in json.loads(live.ok("audit", "list", "--json")) if r["action"].startswith("subscr")]
     assert actions == ["subscription.create", "subscription.renew", "subscription.cancel"]
+
+
+async def test_a_pgp_signature_check_is_timed_as_gpgs_never_as_openssls(live: Gateway, keys: AuthorityKeys) -> None:
+    """What operators read of each tool: gpg's time checking a PGP/MIME request goes to gateway_gpg_seconds, and
+    none of it to gateway_openssl_seconds. The message goes through the path in this process, where the
+    histograms are."""
+    config = load_config(live.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    openssl_before, gpg_before = checks_timed()
+    try:
+        outcome = await pipeline_process(ctx, request_from_police(keys), source="file")
+    finally:
+        await db.close()
+    assert outcome.kind == "answered"
+    openssl_after, gpg_after = checks_timed()
+    assert (openssl_after - openssl_before, gpg_after - gpg_before) == (0.0, 1.0)
 
 
 async def test_a_message_that_breaks_a_step_is_quarantined_not_lost(live: Gateway, tmp_path: Path) -> None:

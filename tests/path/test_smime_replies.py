@@ -360,6 +360,42 @@ def test_no_notice_on_a_request_goes_without_a_usable_certificate_and_identity(
     assert details(record)["outgoing"] == {"alert": [outbox(smime_live)[-1]["id"]]}
 
 
+@pytest.mark.parametrize("unusable", ["expired certificate", "no identity"])
+@pytest.mark.parametrize("kind", ["impostor-notice", "limit-notice"])
+def test_a_notice_on_a_request_goes_to_the_next_address_that_can_be_sealed_to(  # noqa: PLR0917 - the fixtures
+    walker: Gateway, keys: AuthorityKeys, smime_certs: SmimeCerts, tmp_path: Path, unusable: str, kind: str
+) -> None:
+    """The police's first address cannot be sealed to any more (its certificate expired, or the gateway lost its
+    S/MIME identity); their second takes OpenPGP: the notice goes there, encrypted to their key. Timeless keys
+    (`walker`): the key is still good when the certificate has expired."""
+    limits = "\n[limits]\nanswers_per_day = 1\n" if kind == "limit-notice" else ""
+    smime_settings(walker, smime_certs, limits)
+    expired = unusable == "expired certificate"
+    pinned = certificate(tmp_path, "police-until-2098", (POLICE_ADDRESS,), not_after=SHORT_LIVED_UNTIL)
+    walker.ok("authority", "set-cert", POLICE, "--email", POLICE_ADDRESS, "--cert", str(pinned.cert))
+    duty = "duty@westmercia.police.example"  # sorts after POLICE_ADDRESS: the authority's second address
+    walker.ok("authority", "update", POLICE, "--add-email", duty)
+    start, after = dt.datetime(2098, 6, 29, 12, 0, tzinfo=dt.UTC), dt.datetime(2098, 6, 30, 9, 0, tzinfo=dt.UTC)
+    if limits:
+        assert asks(walker, POLICE_ADDRESS, REQUEST, "one", start)["kind"] == "answered"
+    if not expired:
+        walker.write_config(limits)  # the [smime] section gone: no identity
+    at = after if expired else start
+    before = to(walker, POLICE_ADDRESS)
+    if kind == "impostor-notice":
+        outcome = impostor(walker, POLICE_ADDRESS, "fake", at)
+    else:
+        outcome = asks(walker, POLICE_ADDRESS, REQUEST, "two", at)
+    assert outcome["kind"] == "quarantined"
+    nothing_more_to_the_police(walker, before)
+    [notice] = to(walker, duty, kind)
+    inner, status = open_as_recipient(walker, keys, outbox_content(walker, notice["id"]))
+    assert "[GNUPG:] GOODSIG" in status
+    assert str(inner["To"]) == duty
+    [record] = audit_actions(walker, "inbound.quarantined")
+    assert details(record)["outgoing"][kind] == [notice["id"]]  # type: ignore[index]
+
+
 @pytest.mark.parametrize("kind", ["delivery", "reminder", "lapse"])
 def test_no_scheduled_mail_goes_without_a_usable_certificate_and_identity(
     smime_live: Gateway, broken: Broken, kind: str

@@ -10,6 +10,7 @@ answer to it fails closed; these tests judge the recorded authentication, not th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
@@ -17,14 +18,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway import pipeline
+from gateway.cli.opening import context
 from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.db.models import SeenSignature
 from gateway.dev.sample import write_sample
+from gateway.values import Outcome
 from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
-from tests.support.live import audit_actions, details, process
+from tests.support.live import audit_actions, checks_timed, details, process
 from tests.support.requests import BORDER, signed_message
 from tests.support.smime import SmimeCerts, as_sent, smime_encrypted, smime_signed
 
@@ -75,6 +79,26 @@ def test_an_smime_signed_request_is_authenticated_by_the_pinned_certificate(
     )  # fmt: skip
     # Answered once replies go out in S/MIME; until then the answer fails closed, nothing sent in the clear.
     assert outcome["kind"] == "answered" or reason.startswith("no data sent:"), outcome
+
+
+def test_an_smime_signature_check_is_timed_as_openssls_never_as_gpgs(
+    smime_live: Gateway, smime_certs: SmimeCerts
+) -> None:
+    """What operators read of each tool: openssl's time checking an S/MIME request goes to
+    gateway_openssl_seconds, as its sealing of a reply does, and none of it to gateway_gpg_seconds. The
+    message goes through the path in this process, where the histograms are."""
+    raw = as_sent(smime_signed(smime_certs.police, AT), "timed", AT)
+
+    async def processed() -> Outcome:
+        async with context(load_config(smime_live.config_path)) as opened:
+            ctx = dataclasses.replace(opened, clock=lambda: AT + dt.timedelta(minutes=3))
+            return await pipeline.process(ctx, raw, "test")
+
+    openssl_before, gpg_before = checks_timed()
+    outcome = asyncio.run(processed())
+    assert recorded(smime_live, outcome.inbound_id)["authenticated"] == "smime"
+    openssl_after, gpg_after = checks_timed()
+    assert (openssl_after - openssl_before, gpg_after - gpg_before) == (1.0, 0.0)
 
 
 def test_the_same_signature_under_a_new_message_id_is_a_replay(smime_live: Gateway, smime_certs: SmimeCerts) -> None:

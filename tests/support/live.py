@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway import metrics
 from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.db.models import OutboxMessage
@@ -179,3 +180,13 @@ def as_shown(message: EmailMessage) -> EmailMessage:
         for key, value in params.items():
             part.set_param(key, str(value))
     return message
+
+
+def checks_timed() -> tuple[float, float]:
+    """How many signature checks of requests this process has timed as openssl's, and as gpg's (the operators'
+    gateway_openssl_seconds and gateway_gpg_seconds)."""
+
+    def count(tool: str) -> float:
+        return metrics.REGISTRY.get_sample_value(f"gateway_{tool}_seconds_count", {"operation": "verify"}) or 0.0
+
+    return count("openssl"), count("gpg")

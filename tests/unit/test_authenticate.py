@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from gateway.authenticate import Authenticated, PinnedKey, Refused, authenticate, dmarc_pass, sender_of
+from gateway.authenticate import (
+    SIGNED_PART_MISMATCH,
+    Authenticated,
+    PinnedKey,
+    Refused,
+    Verify,
+    authenticate,
+    dmarc_pass,
+    sender_of,
+)
 from gateway.crypto import Keyring, kill_agent
 from gateway.requests import body_text, parse_request
 from gateway.shown import digest
+from gateway.signatures import SignatureStatus
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 from tests.support.keys import AuthorityKeys
 from tests.support.requests import BORDER, FROM_POLICE, plain, signed_message
@@ -109,7 +120,7 @@ def keyring(tmp_path: Path, keys: AuthorityKeys) -> Iterator[Keyring]:
 
 
 def check(
-    raw: bytes, keyring: Keyring, *, pinned: str, auth: str = "signed", headers: str = ""
+    raw: bytes, keyring: Keyring, *, pinned: str, auth: str = "signed", headers: str = "", verify: Verify | None = None
 ) -> Authenticated | Refused:
     raw = headers.replace("\n", "\r\n").encode() + raw
     return authenticate(
@@ -118,7 +129,7 @@ def check(
         policy=auth,
         pinned=PinnedKey(POLICE_ADDRESS, pinned),
         authserv_id=BORDER,
-        verify=keyring.verify_detached,
+        verify=verify or keyring.verify_detached,
     )
 
 
@@ -149,6 +160,16 @@ def test_an_altered_signed_part_is_refused(keyring: Keyring, keys: AuthorityKeys
         "the PGP signature is not good: the signature does not match the signed part (it was altered or only partly "
         "signed; if your own script signed it, sign the part with CRLF line ends, RFC 3156 section 5)"
     )
+
+
+def test_the_line_end_hint_follows_gpgs_badsig_not_the_words_for_it(keyring: Keyring, keys: AuthorityKeys) -> None:
+    """The hint about CRLF line ends is given because gpg said BADSIG, however that problem is worded."""
+
+    def reworded(data: bytes, signature: bytes) -> SignatureStatus:
+        return dataclasses.replace(keyring.verify_detached(data, signature), problem="worded otherwise")
+
+    altered = signed_message(keys, keys.police.fingerprint, alter=True)
+    assert check(altered, keyring, pinned=keys.police.fingerprint, verify=reworded) == Refused(SIGNED_PART_MISMATCH)
 
 
 def test_pgp_policy_does_not_accept_dmarc_and_pgp_or_dmarc_does(keyring: Keyring, keys: AuthorityKeys) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import metrics
-from gateway.compose import Templates, credential_of, envelope_for, seal
+from gateway.compose import Templates, envelope_for, seal, sealing_credential
 from gateway.config import load_config
 from gateway.db.engine import create_database
 from gateway.db.models import Authority, AuthorityAddress
@@ -87,19 +87,19 @@ async def test_each_address_gets_mail_in_its_own_method(
     ctx: Context, keys: AuthorityKeys, smime_certs: SmimeCerts, tmp_path: Path
 ) -> None:
     """One authority, two addresses: PGP/MIME to the one that takes OpenPGP, S/MIME to the one with a
-    certificate; each names the credential it was sealed to, as credential_of says for that address."""
+    certificate; each names the credential it was sealed to, as sealing_credential says for that address."""
     authority = police(keys, smime_certs)
     gpg_before, openssl_before = observed("sign_and_encrypt", "gpg"), observed("sign_and_encrypt", "openssl")
 
     pgp, _, pgp_credential = await sealed(ctx, authority, OPENPGP_ADDRESS)
     assert pgp.get_content_type() == "multipart/encrypted"
     assert pgp_credential == Credential("openpgp", keys.police_timeless.fingerprint)
-    assert credential_of(authority, OPENPGP_ADDRESS) == pgp_credential
+    assert sealing_credential(authority, OPENPGP_ADDRESS) == pgp_credential
 
     smime, wire, smime_credential = await sealed(ctx, authority, POLICE_ADDRESS)
     assert smime.get_content_type() == "application/pkcs7-mime"
     assert smime_credential == Credential("smime", read_certificate(smime_certs.police.pem).fingerprint)
-    assert credential_of(authority, POLICE_ADDRESS) == smime_credential
+    assert sealing_credential(authority, POLICE_ADDRESS) == smime_credential
     assert b"A notice." in opened_by_openssl(wire, smime_certs.police, smime_certs.gateway.cert, tmp_path)
 
     # openssl's time is recorded beside gpg's, one call each

@@ -134,6 +134,21 @@ def test_der_is_read_as_well_as_pem(smime_certs: SmimeCerts) -> None:
     assert read_certificate(der) == read_certificate(smime_certs.police.pem)
 
 
+def test_the_same_bytes_are_read_once_and_any_other_bytes_for_themselves(smime_certs: SmimeCerts) -> None:
+    """A pinned certificate is read at every seal and every check of a request: the same bytes, in any bytes
+    object, give the CertInfo read the first time; other bytes are read for themselves, even the same
+    certificate with one more line end; a refusal is given again each time, never kept."""
+    first = read_certificate(smime_certs.police.pem)
+    copy = bytes(bytearray(smime_certs.police.pem))  # equal bytes, another object
+    assert read_certificate(copy) is first
+    longer = read_certificate(smime_certs.police.pem + b"\n")
+    assert longer == first
+    assert longer is not first
+    for _ in range(2):
+        with pytest.raises(CertificateProblem, match="empty"):
+            read_certificate(b" \n")
+
+
 def test_a_chain_a_key_or_anything_else_is_refused_with_its_reason(smime_certs: SmimeCerts) -> None:
     with pytest.raises(CertificateProblem, match="holds 2 PEM blocks: give exactly one certificate"):
         read_certificate(smime_certs.police.pem + smime_certs.la.pem)

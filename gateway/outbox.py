@@ -115,7 +115,7 @@ class SmtpTransport:
                 return _failed(exc)
             # A token refused (revoked, or expired early) is forgotten, and the next try gets a new one: no
             # reason to give the message up, whatever the code.
-            await self._tokens.refused()
+            await self._tokens.forget()
             return Attempt(False, False, f"the relay refused the access token: {exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close(polite=False)  # mid-exchange: dropped; the next message gets a new connection

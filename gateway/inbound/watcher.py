@@ -16,7 +16,7 @@ from gateway import metrics
 from gateway.config import ImapSettings
 from gateway.db.engine import Database
 from gateway.inbound.filing import Filing, Folders
-from gateway.inbound.imap import LINK_ERRORS, Connection, MailboxError, uid_set
+from gateway.inbound.imap import LINK_ERRORS, Connection, MailboxError, TokenNotAccepted, uid_set
 from gateway.inbound.ledger import CLAIM_LEASE, Ledger
 from gateway.inbound.window import Handler, Window
 from gateway.oauth import TokenSource, TokenUnavailable
@@ -62,6 +62,10 @@ class Watcher:
                 # The provider's words are in the token source's error line, and on /healthz.
                 self.connected.clear()
                 log.warning("no access token for the mailbox; trying again", retry_in=backoff)
+            except TokenNotAccepted:
+                # The mailbox's words are in the token source's error line, and on /healthz.
+                self.connected.clear()
+                log.warning("the mailbox refused the access token; trying again with a new one", retry_in=backoff)
             except LINK_ERRORS as exc:
                 self.connected.clear()
                 metrics.IMAP_RECONNECTS.inc()

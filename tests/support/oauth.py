@@ -132,6 +132,9 @@ class TokenServer:
     lifetime: int = 3600  # expires_in of each token, seconds
     client_certificate: x509.Certificate | None = None  # with it, a signed client assertion is accepted too
     failing: bool = False  # the token endpoint answers 503 (an outage at the provider)
+    # Introspection calls every token inactive: the mailbox lets none in, though the provider issues them (as
+    # Exchange Online does for an app never given the mailbox).
+    mailbox_closed: bool = False
     skew: float = 0.0  # seconds the server's clock is ahead of the wall clock
     token_requests: list[dict[str, str]] = field(default_factory=list)  # the forms, secrets left out
     refused: list[str] = field(default_factory=list)  # the error code of each refused request
@@ -305,7 +308,7 @@ class TokenServer:
         token = form.get("token", "")
         with self._lock:
             found = next((issued for issued in self.issued if issued.token == token), None)
-            active = found is not None and found.expires > self.now()
+            active = not self.mailbox_closed and found is not None and found.expires > self.now()
             self.introspected.append((token, active))
         if not active:
             self._answer(handler, 200, {"active": False})

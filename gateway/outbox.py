@@ -75,10 +75,12 @@ class SmtpTransport:
     def __init__(
         self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
     ) -> None:
+        if (settings.oauth is None) != (tokens is None):
+            raise ValueError("[smtp.oauth] and a token source go together: the gateway's Tokens give it")
         self._settings = settings
         self._tls = tls_context or relay_tls_context(settings)
         self._client: aiosmtplib.SMTP | None = None
-        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
+        self._tokens = tokens
 
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:

@@ -41,9 +41,11 @@ class Watcher:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tokens: TokenSource | None = None,
     ) -> None:
+        if (settings.oauth is None) != (tokens is None):
+            raise ValueError("[imap.oauth] and a token source go together: the daemon's Tokens give it")
         self._settings = settings
         # With [imap.oauth], where the login's tokens come from (the daemon's, shared with the relay's login).
-        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
+        self._tokens = tokens
         self._handle = handle
         self._stop = stop
         self._tls = tls_context

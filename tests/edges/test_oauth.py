@@ -466,6 +466,28 @@ async def test_gateway_run_answers_through_a_mailbox_and_a_relay_that_take_only_
     assert token_server.issued[0].token not in log
 
 
+async def test_gateway_outbox_send_submits_with_a_token_from_smtp_oauth(
+    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer
+) -> None:
+    """`gateway outbox send`, with no daemon to hand it a token source, builds its own from [smtp.oauth]."""
+    async with postfix_submission(token_dovecot_with_sasl) as submission:
+        client = oauth_settings_text(token_server).replace("[imap.oauth]", "[smtp.oauth]")
+        live.write_config(
+            f'\n[smtp]\nhost = "127.0.0.1"\nport = {submission.port}\nusername = "gateway"\ntls = "starttls"\n'
+            f'ca_file = "{submission.ca}"\n{client}'
+        )
+        db = create_database(load_config(live.config_path).database)
+        try:
+            await queue(db)
+        finally:
+            await db.close()
+        said = await asyncio.to_thread(live.ok, "outbox", "send")
+        await eventually(lambda: len(submission.downstream.received) == 1, what="the reply relayed on")
+    assert said.strip() == "sent 1, will retry 0, failed 0"
+    assert submission.downstream.received[0].rcpt_tos == [POLICE_ADDRESS]
+    assert token_server.accepted_tokens() == [token_server.issued[0].token]  # Postfix let it in with the token
+
+
 async def _submit_through(
     gateway: Gateway, submission: Submission, *, token_server: TokenServer, dovecot: ImapServer
 ) -> None:
@@ -477,7 +499,7 @@ async def _submit_through(
     )
     config = load_config(gateway.config_path)
     db = create_database(config.database)
-    transport = smtp_transport(settings, tls)  # as the daemon's sender keeps one, with its token source
+    transport = smtp_transport(settings, tls, TokenSource(client))  # as the daemon's sender keeps one
     try:
         await queue(db)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ssl
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -70,15 +69,15 @@ class SmtpTransport:
     """Delivery to the configured relay, over one connection for as long as the sender has messages: a
     connection (and TLS handshake) per message was most of the outbox's cost. After any failure the connection
     is dropped and the next message gets a new one. TLS is required unless tls = "none" (certificates always
-    checked). With [smtp.oauth] it logs in with XOAUTH2 and a token from `tokens`."""
+    checked, against [smtp] ca_file's CAs alone when it is set). With [smtp.oauth] it logs in with XOAUTH2 and a
+    token from `tokens`."""
 
-    def __init__(
-        self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
-    ) -> None:
+    def __init__(self, settings: SmtpSettings, tokens: TokenSource | None = None) -> None:
         if (settings.oauth is None) != (tokens is None):
             raise ValueError("[smtp.oauth] and a token source go together: the gateway's Tokens give it")
         self._settings = settings
-        self._tls = tls_context or relay_tls_context(settings)
+        # None: aiosmtplib's default context, the system's trust store.
+        self._tls = settings.ca.context() if settings.ca else None
         self._client: aiosmtplib.SMTP | None = None
         self._tokens = tokens
 
@@ -148,17 +147,9 @@ def _failed(exc: BaseException) -> Attempt:
     return Attempt(False, False, f"{type(exc).__name__}: {exc}")
 
 
-def relay_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
-    """A context that trusts only [smtp] ca_file (a site's own CA; the hostname is still checked), or None:
-    aiosmtplib's default context, the system's trust store. The file was read once already, at load."""
-    return ssl.create_default_context(cafile=str(settings.ca_file)) if settings.ca_file else None
-
-
-def smtp_transport(
-    settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
-) -> Transport:
+def smtp_transport(settings: SmtpSettings, tokens: TokenSource | None = None) -> Transport:
     """Delivery to the configured relay (see SmtpTransport)."""
-    return SmtpTransport(settings, tls_context, tokens)
+    return SmtpTransport(settings, tokens)
 
 
 async def enqueue(

@@ -28,7 +28,7 @@ from cryptography import x509
 
 from gateway import oauth
 from gateway.compose import Templates
-from gateway.config import ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
+from gateway.config import CaBundle, ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
@@ -495,11 +495,12 @@ async def _submit_through(
     tls = ssl.create_default_context(cafile=str(submission.ca))
     client = dataclasses.replace(oauth_client(token_server), section="smtp.oauth")
     settings = SmtpSettings(
-        host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls", oauth=client
-    )
+        host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls",
+        ca=CaBundle.read(submission.ca), oauth=client,
+    )  # fmt: skip
     config = load_config(gateway.config_path)
     db = create_database(config.database)
-    transport = smtp_transport(settings, tls, TokenSource(client))  # as the daemon's sender keeps one
+    transport = smtp_transport(settings, TokenSource(client))  # as the daemon's sender keeps one
     try:
         await queue(db)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)

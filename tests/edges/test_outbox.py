@@ -15,7 +15,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import outbox
-from gateway.config import DatabaseSettings, SmtpSettings
+from gateway.config import CaBundle, DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
@@ -191,14 +191,16 @@ async def test_smtp_ca_file_is_the_only_trust_for_the_relays_certificate(db: Dat
     port = server.sockets[0].getsockname()[1]
 
     def trusting(ca: Path) -> SmtpSettings:
-        return dataclasses.replace(plain_relay(port, tls="starttls"), ca_file=ca)
+        return dataclasses.replace(plain_relay(port, tls="starttls"), ca=CaBundle.read(ca))
 
+    site, other = trusting(site_ca.certificate), trusting(other_ca.certificate)
+    site_ca.certificate.unlink()  # read once, as the settings loaded: the file is not read again
     try:
         outbox_id = await queue(db)
-        await deliver_due(db, smtp_transport(trusting(other_ca.certificate)), admin_address=ADMIN_ADDRESS, now=START)
+        await deliver_due(db, smtp_transport(other), admin_address=ADMIN_ADDRESS, now=START)
         refused = await row(db, outbox_id)
         later = START + dt.timedelta(hours=1)
-        await deliver_due(db, smtp_transport(trusting(site_ca.certificate)), admin_address=ADMIN_ADDRESS, now=later)
+        await deliver_due(db, smtp_transport(site), admin_address=ADMIN_ADDRESS, now=later)
     finally:
         server.close()
     assert refused.status == "pending"

@@ -49,11 +49,11 @@ from tests.support.oauth import (
     SCOPE,
     TokenServer,
     write_client_certificate,
-    write_test_ca,
 )
 from tests.support.relay import START, Relay, queue, serve
 from tests.support.requests import request_from_police
 from tests.support.sqlite_only import database_url  # noqa: F401  # logins do not depend on the database
+from tests.support.tls import make_ca
 
 # Below MSAL's margin (it renews a token with less than five minutes left), so that each login is given a token
 # the provider issued for it; the tests that need MSAL to keep a token say so.
@@ -406,18 +406,20 @@ async def postfix_submission(dovecot: ImapServer) -> AsyncIterator[Submission]:
     relay_server, relay_port = await serve(downstream)
     directory = foreground.private_directory("gw-submission-")
     try:
-        ca, cert, key = write_test_ca(directory)
+        ca = make_ca(directory / "ca", "Submission Test CA")
+        served = ca.issue("smtp.hmci.example", ips=("127.0.0.1",))
+        sasl = f"inet:127.0.0.1:{dovecot.sasl_port}"
         try:
             postfix = postfix_support.start_postfix(
                 directory / "postfix",
                 hostname="smtp.hmci.example",
                 routes={POLICE_ADDRESS.split("@")[1]: f"smtp:[127.0.0.1]:{relay_port}"},
-                submission=postfix_support.Submission(cert, key, sasl_path=f"inet:127.0.0.1:{dovecot.sasl_port}"),
+                submission=postfix_support.Submission(served.certificate, served.key, sasl_path=sasl),
             )
         except foreground.ServerUnavailable as exc:
             foreground.skip_unavailable(str(exc))
         try:
-            yield Submission(postfix.submission_port, ca, downstream)
+            yield Submission(postfix.submission_port, ca.certificate, downstream)
         finally:
             postfix.stop()
     finally:

@@ -269,9 +269,14 @@ async def deliver_due(
 # Mail queued for an authority goes only while its address is still registered to an active authority:
 # a suspension, a removal or an address taken away also stops what was already waiting in the outbox.
 # And it goes only while what it was sealed to is still what is pinned for that address: a key or certificate
-# replaced since, or a certificate removed at once (its private key lost, say), stops it too.
+# replaced since, or a certificate removed at once (its private key lost, say), stops it too; so does not
+# knowing what it was sealed to (queued before migration 0018 recorded it), which could be either.
 WITHHELD = Attempt(False, True, "withheld: the recipient is no longer a registered address of an active authority")
 UNPINNED = Attempt(False, True, "withheld: what it was encrypted to is no longer pinned for the recipient")
+UNRECORDED = Attempt(
+    False, True, "withheld: queued before the outbox recorded what it was encrypted to (schema 0018), so it cannot "
+    "be shown to be encrypted to what is pinned for the recipient now",
+)  # fmt: skip
 
 
 async def _withheld(db: Database, row: OutboxMessage) -> Attempt | None:
@@ -285,8 +290,8 @@ async def _withheld(db: Database, row: OutboxMessage) -> Attempt | None:
         pinned = (await session.execute(query.limit(1))).first()
     if pinned is None:
         return WITHHELD
-    if row.sealed_method is None:  # queued before the outbox recorded it (migration 0018)
-        return None
+    if row.sealed_method is None:  # only before migration 0018: every message to an authority records it since
+        return UNRECORDED
     method, certificate, key = pinned
     current = certificate if method == "smime" else key
     return None if (method, current) == (row.sealed_method, row.sealed_fingerprint) else UNPINNED

@@ -31,7 +31,7 @@ from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
 from gateway.extracts import ExtractFile, defuse
-from gateway.gpgrun import KeyProblem
+from gateway.gpgrun import KeyProblem, in_thread
 from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed
@@ -264,28 +264,91 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
 
 async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) -> None:
     """Fail closed: nothing goes to an unusable key. The admins are told once, under a key of its own, so the
-    mail still goes if the key is mended before the next run."""
-    withheld = Due(due.subscription, due.authority, "withheld", f"{due.kind}/{due.key}")
+    mail still goes if the key is mended before the next run. The alert names what is to be mended: the
+    authority's credential, or the gateway's own identity when that is what cannot be used (told under a key
+    of its own too: once it is mended, a problem on the authority's side is still told)."""
+    own = await _own_identity_problem(ctx, due)
+    withheld = Due(due.subscription, due.authority, "withheld", f"{due.kind}/{due.key}" + ("/gateway" if own else ""))
     if await _already(ctx, withheld):
         return
     title = f"{due.kind} to {due.authority.name} not sent"
-    name, address = due.authority.name, due.subscription.address
-    smime = any(row.address == address and row.method == SMIME for row in due.authority.addresses)
-    pin = (
-        ("certificate", f"gateway authority set-cert '{name}' --email {address} --cert <file.pem>")
-        if smime
-        else ("key", f"gateway authority set-key '{name}' <file.asc>")
-    )
     lines = [
         f"The {due.kind} ({due.key}) for subscription {due.subscription.id}, {due.subscription.area},",
         f"was not sent: {problem}.",
         "",
-        f"Nothing was sent in its place. Once a usable {pin[0]} is pinned",
-        f"({pin[1]}) the next schedule run sends it.",
+        *(_mend_own(ctx, due, own) if own else _mend_authority(due)),
     ]
     warning = admin_notice(ctx, title, lines)
     prepared = Prepared(warning, new_reference(as_of))
     await _record(ctx, withheld, prepared, as_of)
+
+
+def _takes_smime(due: Due) -> bool:
+    return any(row.address == due.subscription.address and row.method == SMIME for row in due.authority.addresses)
+
+
+async def _own_identity_problem(ctx: Context, due: Due) -> str | None:
+    """Why the gateway's own identity that signs mail to the subscription's address cannot be used now (its
+    S/MIME certificate, or its OpenPGP signing key), or None when it can."""
+    if not _takes_smime(due):
+        return await _own_key_problem(ctx)
+    if ctx.smime is None:
+        return "the gateway has no S/MIME identity ([smime])"
+    own = ctx.smime.certificate
+    problems = own.problems(ctx.config.gateway.address, ctx.clock())
+    return f"the gateway's S/MIME certificate {own.fingerprint}: {'; '.join(problems)}" if problems else None
+
+
+async def _own_key_problem(ctx: Context) -> str | None:
+    signer = ctx.config.gpg.signing_key
+    if signer is None:
+        return "the gateway has no signing key ([gpg] signing_key)"
+    info = await ctx.keyring.inspect_cached(signer)
+    if info is None or not await in_thread(ctx.keyring.has_secret, signer):
+        return f"the gateway's signing key {signer} is not in {ctx.config.gpg.home} with its secret key"
+    if info.revoked:
+        return f"the gateway's signing key {signer} is revoked"
+    if not info.can_sign or (info.signing_expires is not None and info.signing_expires <= ctx.clock()):
+        ended = f" (since {info.signing_expires:%Y-%m-%d})" if info.signing_expires else ""
+        return f"the gateway's signing key {signer} can no longer sign{ended}"
+    return None
+
+
+def _mend_own(ctx: Context, due: Due, own: str) -> list[str]:
+    """What the admins do when the gateway's own identity is the cause: nothing is wrong with the authority's."""
+    if _takes_smime(due):
+        how = [
+            "Give the gateway a usable S/MIME certificate ([smime] certificate and key: `gateway init",
+            "--smime-csr FILE` writes a request for the CA with the same key), run `gateway init` to check",
+            "it, restart the gateway, and send authorities the new certificate (`gateway key export --smime`).",
+        ]
+    else:
+        home = ctx.config.gpg.home
+        how = [
+            f"Mend the gateway's signing key in {home}: an expired one is extended by",
+            f"gpg --homedir {home} --quick-set-expire <fingerprint> 2y (and its encryption subkey);",
+            "for a lost or revoked one, unset [gpg] signing_key and run `gateway init` to make a new key,",
+            "then send authorities the public key (`gateway key export`).",
+        ]
+    return [
+        f"The cause is the gateway's own identity, not {due.authority.name}'s: {own}.",
+        "",
+        *how,
+        "Nothing was sent in its place; the next schedule run after that sends it.",
+    ]
+
+
+def _mend_authority(due: Due) -> list[str]:
+    name, address = due.authority.name, due.subscription.address
+    pin = (
+        ("certificate", f"gateway authority set-cert '{name}' --email {address} --cert <file.pem>")
+        if _takes_smime(due)
+        else ("key", f"gateway authority set-key '{name}' <file.asc>")
+    )
+    return [
+        f"Nothing was sent in its place. Once a usable {pin[0]} is pinned",
+        f"({pin[1]}) the next schedule run sends it.",
+    ]
 
 
 async def _end(ctx: Context, sub: Subscription, why: str, as_of: dt.datetime) -> int:

@@ -132,6 +132,42 @@ class ImapSettings:
     oauth: OAuthSettings | None = None  # XOAUTH2 with a token from this client, instead of the password
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)CERTIFICATE-----.+?-----END \1CERTIFICATE-----", re.S)
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """CA certificates a server's certificate must chain to, read from their file once, at load."""
+
+    path: Path  # where they were read, for messages
+    pem: str  # the file's certificates, PEM, as `ssl` takes them (`cadata`); its comments left out
+
+    @classmethod
+    def read(cls, path: Path) -> CaBundle:
+        """The certificates of a PEM bundle, checked to load; ValueError saying why not."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(exc.strerror or str(exc)) from None
+        # Only the certificate blocks: a bundle's comments (certifi's name its CAs) may be any UTF-8, and `ssl`
+        # takes ASCII only.
+        blocks = [match[0] for match in _PEM_CERTIFICATE.finditer(data)]
+        if not blocks:
+            raise ValueError("it holds no PEM certificate")
+        try:
+            bundle = cls(path, b"\n".join([*blocks, b""]).decode("ascii"))
+            bundle.context()
+        except UnicodeDecodeError:
+            raise ValueError("a certificate in it is not ASCII") from None
+        except ssl.SSLError as exc:
+            raise ValueError(str(exc)) from None
+        return bundle
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts these CAs alone; the server's name is checked as always."""
+        return ssl.create_default_context(cadata=self.pem)
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
@@ -140,8 +176,8 @@ class SmtpSettings:
     password: Secret | None
     tls: SmtpTls
     retry_seconds: int = 60  # the first wait after a failed delivery; it doubles, up to an hour
-    # The CA bundle (PEM) the relay's certificate must chain to; None: the system's trust store.
-    ca_file: Path | None = None
+    # [smtp] ca_file: the CAs the relay's certificate must chain to; None: the system's trust store.
+    ca: CaBundle | None = None
     oauth: OAuthSettings | None = None  # XOAUTH2 as `username` with a token from this client, instead of a password
 
 
@@ -639,19 +675,25 @@ def _smtp(section: _Section | None) -> SmtpSettings | None:
         password=password,
         tls=tls,
         retry_seconds=section.integer("retry_seconds", 60, 1, 3600),
-        ca_file=section.path("ca_file", "") if section.has("ca_file") else None,
+        ca=_ca_bundle(section, "ca_file"),
         oauth=oauth,
     )
     _no_token_in_clear(section, tls, settings.host, oauth)
-    if settings.ca_file is not None:
-        if tls == "none":
-            raise section.fail("ca_file", 'has no use with tls = "none": nothing is verified in plaintext')
-        try:
-            ssl.create_default_context(cafile=str(settings.ca_file))  # read now: a bad file stops the start
-        except (OSError, ssl.SSLError) as exc:
-            raise section.fail("ca_file", f"{settings.ca_file}: no CA certificate could be read ({exc})") from None
+    if settings.ca is not None and tls == "none":
+        raise section.fail("ca_file", 'has no use with tls = "none": nothing is verified in plaintext')
     section.finish()
     return settings
+
+
+def _ca_bundle(section: _Section, key: str) -> CaBundle | None:
+    """Read now, and only now: a bad file stops the start, and the relay's TLS uses what was read here."""
+    if not section.has(key):
+        return None
+    path = section.path(key, "")
+    try:
+        return CaBundle.read(path)
+    except ValueError as exc:
+        raise section.fail(key, f"{path}: no CA certificate could be read ({exc})") from None
 
 
 def _inbound_smtp(section: _Section | None) -> InboundSmtpSettings | None:

@@ -137,10 +137,10 @@ class Leadership:
 class Services:
     """What runs inside the daemon's task group; each loop ends soon after `stop` is set."""
 
-    def __init__(self, ctx: Context, stop: asyncio.Event, tokens: Tokens | None = None) -> None:
+    def __init__(self, ctx: Context, stop: asyncio.Event, tokens: Tokens) -> None:
         self.ctx = ctx
         self.stop = stop
-        self.tokens = tokens or Tokens(ctx.config)
+        self.tokens = tokens
         self.leadership = Leadership(ctx.db)
         self.outbox_due = asyncio.Event()
         self.spooled = asyncio.Event()

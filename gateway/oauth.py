@@ -45,8 +45,16 @@ class TokenSource:
         self.settings = settings
         self._app: msal.ConfidentialClientApplication | None = None
         self._lock = asyncio.Lock()
-        # Why the last attempt failed (one line, no secret), or None once a token was had: for /healthz.
-        self.problem: str | None = None
+        # Why the provider gave no token at the last attempt (one line, no secret), or None once it gave one.
+        self._unobtainable: str | None = None
+        # By server: why it refused the last token offered to it, until it takes one again.
+        self._refusals: dict[str, str] = {}
+
+    @property
+    def problem(self) -> str | None:
+        """Why this client has no token that logs in now (one line, no secret), or None: for /healthz. The
+        provider's failure, or else a server's refusal of the token it gave."""
+        return self._unobtainable or next(iter(self._refusals.values()), None)
 
     async def token(self, *, report: bool = True) -> str:
         """A token valid for some minutes yet; TokenRefused or TokenUnavailable (one line each) when none.
@@ -55,21 +63,37 @@ class TokenSource:
             try:
                 token = await asyncio.to_thread(self._acquire)
             except TokenUnavailable as exc:
-                if report and self.problem != str(exc):  # once per kind of failure: the callers retry with backoff
+                if report and self._unobtainable != str(exc):  # once per kind of failure: callers retry with backoff
                     log.error("no OAuth access token", client=self.settings.section, error=str(exc))  # noqa: TRY400 - the one line says it all; a traceback would be MSAL's insides
-                self.problem = str(exc)
+                self._unobtainable = str(exc)
                 raise
-        if self.problem is not None:
+        if self._unobtainable is not None:
             log.info("OAuth access token obtained again", client=self.settings.section)
-        self.problem = None
+        self._unobtainable = None
         return token
 
-    async def refused(self) -> None:
+    async def forget(self) -> None:
         """The server refused a token MSAL still holds as valid (revoked, say): forget it, so the next login
         asks the provider for a new one instead of offering the same token until it expires."""
         async with self._lock:
             if self._app is not None:
                 await asyncio.to_thread(self._app.remove_tokens_for_client)
+
+    async def refused(self, server: str, said: str) -> None:
+        """`server` refused the token at login (`said`: its answer, which holds no token): forgotten as by
+        `forget`, and the problem on /healthz until `accepted(server)`. A token the provider gives that the
+        server will not take (a client the mailbox was never opened to, say) must not look like a healthy
+        gateway that merely cannot connect."""
+        problem = f"[{self.settings.section}] {server} refused the access token: {_line(said)}"
+        if self._refusals.get(server) != problem:  # once per kind of refusal: the callers retry with backoff
+            log.error("OAuth access token refused", client=self.settings.section, server=server, error=problem)
+        self._refusals[server] = problem
+        await self.forget()
+
+    def accepted(self, server: str) -> None:
+        """`server` let a login in with a token: whatever it refused before is no longer a problem."""
+        if self._refusals.pop(server, None) is not None:
+            log.info("OAuth access token accepted again", client=self.settings.section, server=server)
 
     def _acquire(self) -> str:
         settings = self.settings

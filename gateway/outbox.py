@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ssl
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -70,15 +69,17 @@ class SmtpTransport:
     """Delivery to the configured relay, over one connection for as long as the sender has messages: a
     connection (and TLS handshake) per message was most of the outbox's cost. After any failure the connection
     is dropped and the next message gets a new one. TLS is required unless tls = "none" (certificates always
-    checked). With [smtp.oauth] it logs in with XOAUTH2 and a token from `tokens`."""
+    checked, against [smtp] ca_file's CAs alone when it is set). With [smtp.oauth] it logs in with XOAUTH2 and a
+    token from `tokens`."""
 
-    def __init__(
-        self, settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
-    ) -> None:
+    def __init__(self, settings: SmtpSettings, tokens: TokenSource | None = None) -> None:
+        if (settings.oauth is None) != (tokens is None):
+            raise ValueError("[smtp.oauth] and a token source go together: the gateway's Tokens give it")
         self._settings = settings
-        self._tls = tls_context or relay_tls_context(settings)
+        # None: aiosmtplib's default context, the system's trust store.
+        self._tls = settings.ca.context() if settings.ca else None
         self._client: aiosmtplib.SMTP | None = None
-        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
+        self._tokens = tokens
 
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:
@@ -115,7 +116,7 @@ class SmtpTransport:
                 return _failed(exc)
             # A token refused (revoked, or expired early) is forgotten, and the next try gets a new one: no
             # reason to give the message up, whatever the code.
-            await self._tokens.refused()
+            await self._tokens.forget()
             return Attempt(False, False, f"the relay refused the access token: {exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close(polite=False)  # mid-exchange: dropped; the next message gets a new connection
@@ -146,17 +147,9 @@ def _failed(exc: BaseException) -> Attempt:
     return Attempt(False, False, f"{type(exc).__name__}: {exc}")
 
 
-def relay_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
-    """A context that trusts only [smtp] ca_file (a site's own CA; the hostname is still checked), or None:
-    aiosmtplib's default context, the system's trust store. The file was read once already, at load."""
-    return ssl.create_default_context(cafile=str(settings.ca_file)) if settings.ca_file else None
-
-
-def smtp_transport(
-    settings: SmtpSettings, tls_context: ssl.SSLContext | None = None, tokens: TokenSource | None = None
-) -> Transport:
+def smtp_transport(settings: SmtpSettings, tokens: TokenSource | None = None) -> Transport:
     """Delivery to the configured relay (see SmtpTransport)."""
-    return SmtpTransport(settings, tls_context, tokens)
+    return SmtpTransport(settings, tokens)
 
 
 async def enqueue(
@@ -276,9 +269,14 @@ async def deliver_due(
 # Mail queued for an authority goes only while its address is still registered to an active authority:
 # a suspension, a removal or an address taken away also stops what was already waiting in the outbox.
 # And it goes only while what it was sealed to is still what is pinned for that address: a key or certificate
-# replaced since, or a certificate removed at once (its private key lost, say), stops it too.
+# replaced since, or a certificate removed at once (its private key lost, say), stops it too; so does not
+# knowing what it was sealed to (queued before migration 0018 recorded it), which could be either.
 WITHHELD = Attempt(False, True, "withheld: the recipient is no longer a registered address of an active authority")
 UNPINNED = Attempt(False, True, "withheld: what it was encrypted to is no longer pinned for the recipient")
+UNRECORDED = Attempt(
+    False, True, "withheld: queued before the outbox recorded what it was encrypted to (schema 0018), so it cannot "
+    "be shown to be encrypted to what is pinned for the recipient now",
+)  # fmt: skip
 
 
 async def _withheld(db: Database, row: OutboxMessage) -> Attempt | None:
@@ -292,8 +290,8 @@ async def _withheld(db: Database, row: OutboxMessage) -> Attempt | None:
         pinned = (await session.execute(query.limit(1))).first()
     if pinned is None:
         return WITHHELD
-    if row.sealed_method is None:  # queued before the outbox recorded it (migration 0018)
-        return None
+    if row.sealed_method is None:  # only before migration 0018: every message to an authority records it since
+        return UNRECORDED
     method, certificate, key = pinned
     current = certificate if method == "smime" else key
     return None if (method, current) == (row.sealed_method, row.sealed_fingerprint) else UNPINNED

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,12 +32,14 @@ from gateway.config import ScheduleSettings
 from gateway.db.models import Authority, Subscription, SubscriptionEvent
 from gateway.disclose import read_register, record_disclosure, seal_disclosure
 from gateway.extracts import ExtractFile, defuse
-from gateway.gpgrun import KeyProblem
+from gateway.gpgrun import KeyProblem, in_thread
 from gateway.notices import check_keys, summarise_held_alerts
 from gateway.outbox import enqueue
 from gateway.scope import Scope, ScopeRefusal, still_allowed
 from gateway.subscriptions import Ending, end, lapse
 from gateway.values import GATEWAY_ACTOR, Context, Credential, DisclosureFacts, Outgoing
+
+log = structlog.get_logger("gateway.schedule")
 
 # ---------------------------------------------------------------- when
 
@@ -98,6 +101,12 @@ def changes(previous: dict[str, Any] | None, current: dict[str, Any]) -> Changes
 # ---------------------------------------------------------------- doing it once
 
 SUBSCRIPTION_KINDS = frozenset({"delivery", "reminder", "lapse"})  # what goes to the authority
+WITHHELD = "withheld"  # the admins' notice that one of those could not go
+
+
+class UnknownKind(ValueError):
+    """Something scheduled of a kind the gateway does not make: a fault in the gateway. Nothing is sent for it
+    (above all not a lapse notice, which tells an authority its data has stopped), and the admins are told."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ class Due:
 
     subscription: Subscription
     authority: Authority
-    kind: str  # delivery, reminder, lapse
+    kind: str  # delivery, reminder, lapse (SUBSCRIPTION_KINDS), or withheld (the admins told of one)
     key: str
 
 
@@ -167,13 +176,15 @@ async def _prepare(ctx: Context, due: Due, as_of: dt.datetime) -> Prepared:
             f"Without that confirmation, deliveries stop on {when}, as the joint protocol requires.",
         ]
         subject = f"Monthly subscription review due ({reference})"
-    else:  # the lapse
+    elif due.kind == "lapse":
         lines = [
             f"Your monthly subscription for {sub.area} was not confirmed by {when} and has lapsed.",
             "No further deliveries will be made. To receive monthly updates again, send a new request with",
             "Request: disclosure and Frequency: monthly.",
         ]
         subject = f"Monthly subscription lapsed ({reference})"
+    else:  # no kind is a default: a lapse notice tells an authority its data has stopped
+        raise UnknownKind(f"the gateway does not make scheduled mail of the kind {due.kind!r}")
     text = ctx.templates.render("acknowledgement.txt.j2", {**common, "lines": lines})
     return Prepared(await seal(ctx, due.kind, _envelope(ctx, due, reference, subject), text, authority), reference)
 
@@ -215,8 +226,10 @@ async def _as_now(session: AsyncSession, sub: Subscription) -> tuple[Subscriptio
 async def _still_due(session: AsyncSession, due: Due, sealed_to: Credential | None) -> None:
     """Asked again under the write lock, at the moment of recording: an allowlist change committed since the
     run read the subscription (a new area, a removed address, a suspension) stops what it no longer allows."""
+    if due.kind == WITHHELD:
+        return  # the admins' own notice
     if due.kind not in SUBSCRIPTION_KINDS:
-        return  # the admins' own notices
+        raise _NoLongerAllowed  # no kind is let through unchecked
     sub, authority = await _as_now(session, due.subscription)
     if sub is None or authority is None or sub.status != "active" or authority.status != "active":
         raise _NoLongerAllowed
@@ -264,28 +277,102 @@ async def _record(ctx: Context, due: Due, prepared: Prepared, as_of: dt.datetime
 
 async def _withhold(ctx: Context, due: Due, problem: str, as_of: dt.datetime) -> None:
     """Fail closed: nothing goes to an unusable key. The admins are told once, under a key of its own, so the
-    mail still goes if the key is mended before the next run."""
-    withheld = Due(due.subscription, due.authority, "withheld", f"{due.kind}/{due.key}")
+    mail still goes if the key is mended before the next run. The alert names what is to be mended: the
+    authority's credential, or the gateway's own identity when that is what cannot be used (told under a key
+    of its own too: once it is mended, a problem on the authority's side is still told)."""
+    own = await _own_identity_problem(ctx, due)
+    if own is not None:
+        await _tell_withheld(ctx, due, problem, as_of, cause="gateway", mend=_mend_own(ctx, due, own))
+    else:
+        await _tell_withheld(ctx, due, problem, as_of, cause=None, mend=_mend_authority(due))
+
+
+async def _tell_withheld(
+    ctx: Context, due: Due, problem: str, as_of: dt.datetime, *, cause: str | None, mend: list[str]
+) -> None:
+    """The admins' alert that `due` was not sent, and why, recorded once for each cause (None: the authority's
+    credential, as before causes were told apart)."""
+    withheld = Due(due.subscription, due.authority, WITHHELD, f"{due.kind}/{due.key}" + (f"/{cause}" if cause else ""))
     if await _already(ctx, withheld):
         return
     title = f"{due.kind} to {due.authority.name} not sent"
-    name, address = due.authority.name, due.subscription.address
-    smime = any(row.address == address and row.method == SMIME for row in due.authority.addresses)
-    pin = (
-        ("certificate", f"gateway authority set-cert '{name}' --email {address} --cert <file.pem>")
-        if smime
-        else ("key", f"gateway authority set-key '{name}' <file.asc>")
-    )
     lines = [
         f"The {due.kind} ({due.key}) for subscription {due.subscription.id}, {due.subscription.area},",
         f"was not sent: {problem}.",
         "",
-        f"Nothing was sent in its place. Once a usable {pin[0]} is pinned",
-        f"({pin[1]}) the next schedule run sends it.",
+        *mend,
     ]
     warning = admin_notice(ctx, title, lines)
     prepared = Prepared(warning, new_reference(as_of))
     await _record(ctx, withheld, prepared, as_of)
+
+
+def _takes_smime(due: Due) -> bool:
+    return any(row.address == due.subscription.address and row.method == SMIME for row in due.authority.addresses)
+
+
+async def _own_identity_problem(ctx: Context, due: Due) -> str | None:
+    """Why the gateway's own identity that signs mail to the subscription's address cannot be used now (its
+    S/MIME certificate, or its OpenPGP signing key), or None when it can."""
+    if not _takes_smime(due):
+        return await _own_key_problem(ctx)
+    if ctx.smime is None:
+        return "the gateway has no S/MIME identity ([smime])"
+    own = ctx.smime.certificate
+    problems = own.problems(ctx.config.gateway.address, ctx.clock())
+    return f"the gateway's S/MIME certificate {own.fingerprint}: {'; '.join(problems)}" if problems else None
+
+
+async def _own_key_problem(ctx: Context) -> str | None:
+    signer = ctx.config.gpg.signing_key
+    if signer is None:
+        return "the gateway has no signing key ([gpg] signing_key)"
+    info = await ctx.keyring.inspect_cached(signer)
+    if info is None or not await in_thread(ctx.keyring.has_secret, signer):
+        return f"the gateway's signing key {signer} is not in {ctx.config.gpg.home} with its secret key"
+    if info.revoked:
+        return f"the gateway's signing key {signer} is revoked"
+    if not info.can_sign or (info.signing_expires is not None and info.signing_expires <= ctx.clock()):
+        ended = f" (since {info.signing_expires:%Y-%m-%d})" if info.signing_expires else ""
+        return f"the gateway's signing key {signer} can no longer sign{ended}"
+    return None
+
+
+def _mend_own(ctx: Context, due: Due, own: str) -> list[str]:
+    """What the admins do when the gateway's own identity is the cause: nothing is wrong with the authority's."""
+    if _takes_smime(due):
+        how = [
+            "Give the gateway a usable S/MIME certificate ([smime] certificate and key: `gateway init",
+            "--smime-csr FILE` writes a request for the CA with the same key), run `gateway init` to check",
+            "it, restart the gateway, and send authorities the new certificate (`gateway key export --smime`).",
+        ]
+    else:
+        home = ctx.config.gpg.home
+        how = [
+            f"Mend the gateway's signing key in {home}: an expired one is extended by",
+            f"gpg --homedir {home} --quick-set-expire <fingerprint> 2y (and its encryption subkey);",
+            "for a lost or revoked one, unset [gpg] signing_key and run `gateway init` to make a new key,",
+            "then send authorities the public key (`gateway key export`).",
+        ]
+    return [
+        f"The cause is the gateway's own identity, not {due.authority.name}'s: {own}.",
+        "",
+        *how,
+        "Nothing was sent in its place; the next schedule run after that sends it.",
+    ]
+
+
+def _mend_authority(due: Due) -> list[str]:
+    name, address = due.authority.name, due.subscription.address
+    pin = (
+        ("certificate", f"gateway authority set-cert '{name}' --email {address} --cert <file.pem>")
+        if _takes_smime(due)
+        else ("key", f"gateway authority set-key '{name}' <file.asc>")
+    )
+    return [
+        f"Nothing was sent in its place. Once a usable {pin[0]} is pinned",
+        f"({pin[1]}) the next schedule run sends it.",
+    ]
 
 
 async def _end(ctx: Context, sub: Subscription, why: str, as_of: dt.datetime) -> int:
@@ -335,17 +422,32 @@ async def run_due(ctx: Context, as_of: dt.datetime) -> dict[str, int]:
             counts["ended"] += await _end(ctx, sub, verdict.reason, as_of)
             continue
         for due in _what_is_due(sub, authority, as_of, today, settings):
-            if await _already(ctx, due):
-                continue
-            try:
-                prepared = await _prepare(ctx, due, as_of)
-            except KeyProblem as exc:
-                await _withhold(ctx, due, str(exc), as_of)
-                counts["skipped"] += 1
-                continue
-            if await _record(ctx, due, prepared, as_of):
-                counts[due.kind] += 1
+            done = await settle_due(ctx, due, as_of)
+            if done is not None:
+                counts[done] += 1
     return counts
+
+
+async def settle_due(ctx: Context, due: Due, as_of: dt.datetime) -> str | None:
+    """One thing due, at most once: built, sealed and recorded (its kind returned), or withheld with the admins
+    told ("skipped"); None when it was done already, or is no longer allowed."""
+    if await _already(ctx, due):
+        return None
+    try:
+        prepared = await _prepare(ctx, due, as_of)
+    except KeyProblem as exc:
+        await _withhold(ctx, due, str(exc), as_of)
+        return "skipped"
+    except UnknownKind as exc:
+        # A fault in the gateway, its traceback wanted: the kind is all the error says, no register data.
+        log.exception("scheduled mail of an unknown kind withheld", kind=due.kind, subscription=due.subscription.id)
+        mend = [
+            "This is a fault in the gateway, not in the subscription: nothing was sent for it, and",
+            "nothing will be. Report it with this message.",
+        ]
+        await _tell_withheld(ctx, due, str(exc), as_of, cause="unknown", mend=mend)
+        return "skipped"
+    return due.kind if await _record(ctx, due, prepared, as_of) else None
 
 
 def _what_is_due(

@@ -15,7 +15,7 @@ from gateway.cli.output import date
 from gateway.cli.tree import Commands
 from gateway.config import Config, SmimeSettings
 from gateway.crypto import Keyring, require_owner
-from gateway.db.engine import Database, create_database, made_private, sqlite_path, upgrade_schema
+from gateway.db.engine import Database, create_database, upgrade_schema
 from gateway.errors import ConfigError, UsageError
 from gateway.gpgrun import KeyProblem, in_thread
 from gateway.keyinfo import KeyInfo
@@ -37,12 +37,12 @@ async def cmd_init(args: argparse.Namespace) -> int:
     require_owner(config.gpg.home)  # before gpg writes a file in it that its owner could no longer read
     created = Keyring.create_home(config.gpg.home)
     print(f"GnuPG home {config.gpg.home} {'created' if created else 'exists'} (mode 0700)")
-    file = sqlite_path(config.database)
-    for line in made_private(file) if file is not None else []:
-        print(line)
     db = create_database(config.database)
     try:
-        before, after = await upgrade_schema(db)
+        upgrade = await upgrade_schema(db)  # a SQLite database's files made private first: said here if they were not
+        for line in upgrade.made_private:
+            print(line)
+        before, after = upgrade.before, upgrade.after
         if before == after:
             print(f"database {config.database.display_url} is up to date (schema {after})")
         else:

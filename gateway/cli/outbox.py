@@ -11,6 +11,7 @@ from gateway.cli.output import emit_rows
 from gateway.cli.tree import Commands
 from gateway.crypto import Keyring
 from gateway.errors import ConfigError, GatewayError
+from gateway.oauth import Tokens
 
 
 async def cmd_outbox_list(args: argparse.Namespace) -> int:
@@ -38,8 +39,9 @@ async def cmd_outbox_send(args: argparse.Namespace) -> int:
         raise ConfigError(f"{config.path}: [smtp] is not configured: there is no relay to send through")
     async with database(config) as db:
         keyring = Keyring.private(config.gpg.home, config.gpg.binary)  # it signs the admins' alerts
+        transport = outbox.smtp_transport(config.smtp, tokens=Tokens(config).smtp)  # with [smtp.oauth], its tokens
         counts = await outbox.deliver_due(
-            db, outbox.smtp_transport(config.smtp), admin_address=config.gateway.admin_address,
+            db, transport, admin_address=config.gateway.admin_address,
             now=dt.datetime.now(dt.UTC), retry=outbox.RetryPolicy.of(config.smtp),
             sign=keyring.signer(config.gpg.signing_key),
         )  # fmt: skip

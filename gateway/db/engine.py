@@ -224,8 +224,18 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(inner).split()) or type(inner).__name__
 
 
-async def upgrade_schema(db: Database) -> tuple[str | None, str]:
-    """Bring the schema to the newest migration; returns (revision before, revision after)."""
+@dataclass(frozen=True)
+class Upgrade:
+    """What upgrade_schema did: the schema's revision before and after, and a line for each SQLite file it made
+    private (mode 0600) because it was open to other users."""
+
+    before: str | None
+    after: str
+    made_private: tuple[str, ...] = ()
+
+
+async def upgrade_schema(db: Database) -> Upgrade:
+    """Bring the schema to the newest migration, a SQLite database's files made private first."""
 
     def run(connection: Connection) -> str | None:
         before = MigrationContext.configure(connection).get_current_revision()
@@ -233,9 +243,10 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
         return before
 
     file = sqlite_path(db.settings)
+    told: list[str] = []
     try:
         if file is not None:
-            made_private(file)
+            told = made_private(file)
         async with db.engine.connect() as connection:
             if file is None:
                 async with connection.begin():
@@ -244,7 +255,7 @@ async def upgrade_schema(db: Database) -> tuple[str | None, str]:
                 before = await _sqlite_migration(connection, run)
     except (SQLAlchemyError, OSError, ValueError, TypeError) as exc:
         raise DatabaseError(f"cannot migrate database {db.settings.display_url}: {_describe(exc)}") from None
-    return before, head_revision()
+    return Upgrade(before, head_revision(), tuple(told))
 
 
 async def _sqlite_migration(connection: AsyncConnection, run: Callable[[Connection], str | None]) -> str | None:

@@ -25,6 +25,11 @@ class MailboxError(Exception):
     """The server said NO or BAD, or answered in a way the watcher cannot use: reconnect and try again."""
 
 
+class TokenNotAccepted(MailboxError):
+    """The server refused the OAuth access token at login: the next try brings a new one. Until a login succeeds,
+    the token source reports it (on /healthz)."""
+
+
 # What ends a session and is mended by reconnecting after a backoff; anything else is a failure of the work.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -47,7 +52,7 @@ class Connection:
         cls, settings: ImapSettings, tls: ssl.SSLContext | None, tokens: TokenSource | None = None
     ) -> Connection:
         """Connected and logged in (with the password, or XOAUTH2 and a token from `tokens`), not yet selected.
-        TokenUnavailable when there is no token to log in with."""
+        TokenUnavailable when there is no token to log in with, TokenNotAccepted when the server refuses it."""
         token = await tokens.token() if tokens else None  # before connecting: no link is left open without one
         if settings.tls == "tls":
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
@@ -59,24 +64,34 @@ class Connection:
         # Told at once when the link drops (IMAP4_SSL does not pass the callback on, so it is set here),
         # instead of finding out when an IDLE or a command times out.
         client.protocol.conn_lost_cb = lambda _exc: link._lost.set()
-        await link._timed(client.wait_hello_from_server())
-        if tokens is None or token is None:
-            assert settings.password is not None  # noqa: S101 - the settings give a password or an OAuth client
-            await link._ok(client.login(settings.username, settings.password.value), "LOGIN")
-            return link
-        link._answer_sasl_challenges()
-        response = await link._timed(client.xoauth2(settings.username, token))
+        try:
+            await link._timed(client.wait_hello_from_server())
+            if tokens is None or token is None:
+                assert settings.password is not None  # noqa: S101 - the settings give a password or an OAuth client
+                await link._ok(client.login(settings.username, settings.password.value), "LOGIN")
+            else:
+                await link._xoauth2(settings.username, token, tokens)
+        except BaseException:
+            await link.logout()  # a login refused (or cut short) leaves no session open behind it
+            raise
+        return link
+
+    async def _xoauth2(self, username: str, token: str, tokens: TokenSource) -> None:
+        client = self._client
+        self._answer_sasl_challenges()
+        response = await self._timed(client.xoauth2(username, token))
         if response.result != "OK":
-            await tokens.refused()  # a token the server will not take is not offered again
-            raise MailboxError(f"AUTHENTICATE XOAUTH2: {response.result} {_text(response.lines)[:200]}")
+            said = f"AUTHENTICATE XOAUTH2: {response.result} {_text(response.lines)[:200]}"
+            await tokens.refused("the mailbox", said)  # not offered again, and on /healthz until a login succeeds
+            raise TokenNotAccepted(said)
+        tokens.accepted("the mailbox")
         # What the server can do once logged in (MOVE, UIDPLUS) is in its answer; aioimaplib reads it only after
         # LOGIN, and the greeting's list is the one from before.
         offered = _CAPABILITY.search(_text(response.lines))
         if offered:
             client.protocol.capabilities |= set(offered[1].split())
         else:
-            await link._timed(client.protocol.capability())
-        return link
+            await self._timed(client.protocol.capability())
 
     def _answer_sasl_challenges(self) -> None:
         """A server that refuses an XOAUTH2 token says why in a challenge (`+ <base64 JSON>`) and waits for the
@@ -222,7 +237,7 @@ class Connection:
 
     async def logout(self) -> None:
         # If the link is already gone there is nothing to log out of.
-        with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout):
+        with contextlib.suppress(OSError, TimeoutError, MailboxError, aioimaplib.Abort, aioimaplib.CommandTimeout):
             await self._timed(self._client.logout(), 5)
 
 

@@ -16,7 +16,7 @@ from gateway import metrics
 from gateway.config import ImapSettings
 from gateway.db.engine import Database
 from gateway.inbound.filing import Filing, Folders
-from gateway.inbound.imap import LINK_ERRORS, Connection, MailboxError, uid_set
+from gateway.inbound.imap import LINK_ERRORS, Connection, MailboxError, TokenNotAccepted, uid_set
 from gateway.inbound.ledger import CLAIM_LEASE, Ledger
 from gateway.inbound.window import Handler, Window
 from gateway.oauth import TokenSource, TokenUnavailable
@@ -41,9 +41,11 @@ class Watcher:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tokens: TokenSource | None = None,
     ) -> None:
+        if (settings.oauth is None) != (tokens is None):
+            raise ValueError("[imap.oauth] and a token source go together: the daemon's Tokens give it")
         self._settings = settings
         # With [imap.oauth], where the login's tokens come from (the daemon's, shared with the relay's login).
-        self._tokens = tokens or (TokenSource(settings.oauth) if settings.oauth else None)
+        self._tokens = tokens
         self._handle = handle
         self._stop = stop
         self._tls = tls_context
@@ -62,6 +64,10 @@ class Watcher:
                 # The provider's words are in the token source's error line, and on /healthz.
                 self.connected.clear()
                 log.warning("no access token for the mailbox; trying again", retry_in=backoff)
+            except TokenNotAccepted:
+                # The mailbox's words are in the token source's error line, and on /healthz.
+                self.connected.clear()
+                log.warning("the mailbox refused the access token; trying again with a new one", retry_in=backoff)
             except LINK_ERRORS as exc:
                 self.connected.clear()
                 metrics.IMAP_RECONNECTS.inc()

@@ -21,6 +21,7 @@ from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.db.models import Subscription
 from gateway.dev.dovecot import ImapServer, free_port
+from gateway.oauth import Tokens
 from gateway.outbox import ROUND
 from gateway.values import Context
 from tests.support.addresses import POLICE_ADDRESS
@@ -162,11 +163,8 @@ async def test_a_backlog_bigger_than_a_round_goes_out_at_once_not_a_round_per_ti
     for _ in range(backlog):
         await queue(db)
     stop = asyncio.Event()
-    sender = asyncio.create_task(
-        gateway_daemon.Services(Context(config, db, Keyring(config.gpg.home), Templates()), stop).send_outbox(
-            plain_relay(port)
-        )
-    )
+    services = gateway_daemon.Services(Context(config, db, Keyring(config.gpg.home), Templates()), stop, Tokens(config))
+    sender = asyncio.create_task(services.send_outbox(plain_relay(port)))
     try:
         for _ in range(600):
             if len(relay.received) >= backlog:

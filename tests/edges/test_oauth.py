@@ -1,6 +1,7 @@
 """OAuth 2.0 logins: the watcher gets its tokens from a token endpoint through MSAL and logs in to a Dovecot that
 takes tokens only (its `oauth2` passdb asks the endpoint whether each is active); a fresh token after expiry; a
-refused client stops `gateway run` at start; a provider failing at run time shows on /healthz."""
+refused client stops `gateway run` at start; a provider failing at run time, or a token the mailbox refuses,
+shows on /healthz."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import os
 import shutil
 import signal
 import ssl
-from collections.abc import AsyncIterator, Iterator
+import urllib.error
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from cryptography import x509
 
 from gateway import oauth
 from gateway.compose import Templates
-from gateway.config import ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
+from gateway.config import CaBundle, ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
 from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
@@ -47,15 +49,17 @@ from tests.support.oauth import (
     SCOPE,
     TokenServer,
     write_client_certificate,
-    write_test_ca,
 )
 from tests.support.relay import START, Relay, queue, serve
 from tests.support.requests import request_from_police
 from tests.support.sqlite_only import database_url  # noqa: F401  # logins do not depend on the database
+from tests.support.tls import make_ca
 
 # Below MSAL's margin (it renews a token with less than five minutes left), so that each login is given a token
 # the provider issued for it; the tests that need MSAL to keep a token say so.
 SHORT_LIFETIME = 120
+
+Health = tuple[int, dict[str, object]]  # /healthz: its status and its body
 
 
 @pytest.fixture
@@ -273,29 +277,37 @@ async def test_an_unreachable_token_endpoint_stops_gateway_run_at_start_with_one
     assert CLIENT_SECRET not in line
 
 
+def with_healthz(gateway: Gateway, dovecot: ImapServer, token_server: TokenServer) -> Callable[[], Health]:
+    """The gateway set to read the token-only mailbox and serve /healthz; what asks /healthz (status, body)."""
+    metrics_port = free_port()
+    gateway.write_config(
+        f'\n[imap]\nhost = "{dovecot.host}"\nport = {dovecot.port}\nusername = "gateway"\ntls = "none"\n'
+        f'idle_seconds = 30\n{oauth_settings_text(token_server)}\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
+        f"\n[metrics]\nport = {metrics_port}\n"
+    )
+
+    def health() -> Health:
+        try:
+            status, body = get(f"http://127.0.0.1:{metrics_port}/healthz")
+        except urllib.error.URLError:  # not listening yet: the daemon says it started before it serves /healthz
+            return 0, {}
+        return status, json.loads(body)
+
+    return health
+
+
 async def test_a_provider_failing_at_run_time_makes_healthz_unhealthy_until_it_is_back(
     gateway: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer
 ) -> None:
     token_server.lifetime = SHORT_LIFETIME
-    metrics_port = free_port()
-    gateway.write_config(
-        f'\n[imap]\nhost = "{oauth_dovecot.host}"\nport = {oauth_dovecot.port}\nusername = "gateway"\ntls = "none"\n'
-        f'idle_seconds = 30\n{oauth_settings_text(token_server)}\n[smtp]\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
-        f"\n[metrics]\nport = {metrics_port}\n"
-    )
-    healthz = f"http://127.0.0.1:{metrics_port}/healthz"
-
-    def health() -> tuple[int, dict[str, object]]:
-        status, body = get(healthz)
-        return status, json.loads(body)
-
+    health = with_healthz(gateway, oauth_dovecot, token_server)
     daemon = await started(gateway)
     try:
         await eventually(lambda: health()[0] == 200, what="healthy with a token")
         token_server.failing = True
         token_server.expire_tokens()
         await asyncio.to_thread(oauth_dovecot.kick)
-        await eventually(lambda: health()[1]["oauth_token"] is False, what="the failing provider on /healthz")
+        await eventually(lambda: health()[1].get("oauth_token") is False, what="the failing provider on /healthz")
         status, body = await asyncio.to_thread(health)
         assert status == 503
         assert body["imap_connected"] is False
@@ -312,6 +324,49 @@ async def test_a_provider_failing_at_run_time_makes_healthz_unhealthy_until_it_i
     text = (gateway.directory / "daemon.log").read_text()
     assert CLIENT_SECRET not in text
     assert not any(issued.token in text for issued in token_server.issued)
+    assert daemon.returncode == 0
+
+
+async def test_a_token_the_mailbox_refuses_makes_healthz_unhealthy_saying_so_until_a_login_succeeds(
+    gateway: Gateway, oauth_dovecot: ImapServer, token_server: TokenServer
+) -> None:
+    """The provider issues tokens but the mailbox takes none (an app never given it): /healthz names the refusal,
+    not only a mailbox that is not connected; each refused session is logged out; a login that succeeds clears it."""
+    token_server.lifetime = SHORT_LIFETIME  # each login asks the provider for a token of its own
+    health = with_healthz(gateway, oauth_dovecot, token_server)
+    daemon = await started(gateway)
+    try:
+        await eventually(lambda: health()[0] == 200, what="healthy with a token")
+        token_server.mailbox_closed = True
+        await asyncio.to_thread(oauth_dovecot.kick)
+        await eventually(lambda: health()[1].get("oauth_token") is False, what="the refusal on /healthz")
+        status, body = await asyncio.to_thread(health)
+        refused = len([token for token, active in token_server.introspected if not active])
+        token_server.mailbox_closed = False
+        await eventually(lambda: health()[0] == 200, 90, what="healthy again")
+        _, healthy = await asyncio.to_thread(health)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(daemon.wait(), 20)
+    assert status == 503
+    assert (body["imap_connected"], body["oauth_token"]) == (False, False)
+    assert body["oauth_error"] == (
+        "[imap.oauth] the mailbox refused the access token: AUTHENTICATE XOAUTH2: NO [AUTHENTICATIONFAILED] "
+        "Authentication failed."
+    )
+    assert healthy["oauth_token"] is True
+    assert "oauth_error" not in healthy
+    assert refused >= 1
+    log = [json.loads(line) for line in (gateway.directory / "daemon.log").read_text().splitlines()]
+    [error] = [e for e in log if e.get("event") == "OAuth access token refused"]  # once, however often refused
+    assert (error["level"], error["error"]) == ("error", body["oauth_error"])
+    assert [e["level"] for e in log if e.get("event") == "OAuth access token accepted again"] == ["info"]
+    text = (gateway.directory / "daemon.log").read_text()
+    assert not any(issued.token in text for issued in token_server.issued)
+    # Each refused login was ended by the gateway's LOGOUT, not left open for Dovecot to time out.
+    failed = [line for line in oauth_dovecot.log.read_text().splitlines() if "auth failed" in line]
+    assert len(failed) == refused, failed
+    assert all("Aborted login by logging out" in line for line in failed), failed
     assert daemon.returncode == 0
 
 
@@ -351,18 +406,20 @@ async def postfix_submission(dovecot: ImapServer) -> AsyncIterator[Submission]:
     relay_server, relay_port = await serve(downstream)
     directory = foreground.private_directory("gw-submission-")
     try:
-        ca, cert, key = write_test_ca(directory)
+        ca = make_ca(directory / "ca", "Submission Test CA")
+        served = ca.issue("smtp.hmci.example", ips=("127.0.0.1",))
+        sasl = f"inet:127.0.0.1:{dovecot.sasl_port}"
         try:
             postfix = postfix_support.start_postfix(
                 directory / "postfix",
                 hostname="smtp.hmci.example",
                 routes={POLICE_ADDRESS.split("@")[1]: f"smtp:[127.0.0.1]:{relay_port}"},
-                submission=postfix_support.Submission(cert, key, sasl_path=f"inet:127.0.0.1:{dovecot.sasl_port}"),
+                submission=postfix_support.Submission(served.certificate, served.key, sasl_path=sasl),
             )
         except foreground.ServerUnavailable as exc:
             foreground.skip_unavailable(str(exc))
         try:
-            yield Submission(postfix.submission_port, ca, downstream)
+            yield Submission(postfix.submission_port, ca.certificate, downstream)
         finally:
             postfix.stop()
     finally:
@@ -411,6 +468,28 @@ async def test_gateway_run_answers_through_a_mailbox_and_a_relay_that_take_only_
     assert token_server.issued[0].token not in log
 
 
+async def test_gateway_outbox_send_submits_with_a_token_from_smtp_oauth(
+    live: Gateway, token_dovecot_with_sasl: ImapServer, token_server: TokenServer
+) -> None:
+    """`gateway outbox send`, with no daemon to hand it a token source, builds its own from [smtp.oauth]."""
+    async with postfix_submission(token_dovecot_with_sasl) as submission:
+        client = oauth_settings_text(token_server).replace("[imap.oauth]", "[smtp.oauth]")
+        live.write_config(
+            f'\n[smtp]\nhost = "127.0.0.1"\nport = {submission.port}\nusername = "gateway"\ntls = "starttls"\n'
+            f'ca_file = "{submission.ca}"\n{client}'
+        )
+        db = create_database(load_config(live.config_path).database)
+        try:
+            await queue(db)
+        finally:
+            await db.close()
+        said = await asyncio.to_thread(live.ok, "outbox", "send")
+        await eventually(lambda: len(submission.downstream.received) == 1, what="the reply relayed on")
+    assert said.strip() == "sent 1, will retry 0, failed 0"
+    assert submission.downstream.received[0].rcpt_tos == [POLICE_ADDRESS]
+    assert token_server.accepted_tokens() == [token_server.issued[0].token]  # Postfix let it in with the token
+
+
 async def _submit_through(
     gateway: Gateway, submission: Submission, *, token_server: TokenServer, dovecot: ImapServer
 ) -> None:
@@ -418,11 +497,12 @@ async def _submit_through(
     tls = ssl.create_default_context(cafile=str(submission.ca))
     client = dataclasses.replace(oauth_client(token_server), section="smtp.oauth")
     settings = SmtpSettings(
-        host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls", oauth=client
-    )
+        host="127.0.0.1", port=port, username=dovecot.username, password=None, tls="starttls",
+        ca=CaBundle.read(submission.ca), oauth=client,
+    )  # fmt: skip
     config = load_config(gateway.config_path)
     db = create_database(config.database)
-    transport = smtp_transport(settings, tls)  # as the daemon's sender keeps one, with its token source
+    transport = smtp_transport(settings, TokenSource(client))  # as the daemon's sender keeps one
     try:
         await queue(db)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)

@@ -8,6 +8,8 @@ import datetime as dt
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import outbox
-from gateway.config import DatabaseSettings, SmtpSettings
+from gateway.config import CaBundle, DatabaseSettings, SmtpSettings
 from gateway.db.engine import Database, create_database
 from gateway.db.models import AuditRecord, Authority, AuthorityAddress, OutboxMessage
 from gateway.outbox import RetryPolicy, deliver_due, retry_now, smtp_transport
@@ -40,6 +42,13 @@ async def db(migrated_settings: DatabaseSettings) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+def text_of(mail: bytes) -> str:
+    """The plain text of a message the gateway wrote, decoded."""
+    body = message_from_bytes(mail, policy=policy.default).get_body(preferencelist=("plain",))
+    assert isinstance(body, EmailMessage)
+    return str(body.get_content())
 
 
 async def row(db: Database, outbox_id: int) -> OutboxMessage:
@@ -129,6 +138,33 @@ async def test_what_waits_in_the_outbox_sealed_to_a_credential_no_longer_pinned_
     assert len([e for e in relay.received if POLICE_ADDRESS in e.rcpt_tos]) == 1  # the one sealed to the cert
 
 
+async def test_what_was_queued_before_the_outbox_recorded_its_credential_is_withheld_and_the_admins_told(
+    db: Database,
+) -> None:
+    """A message queued before schema 0018 cannot be shown to be sealed to what is pinned now (the key may have
+    been replaced since): it fails closed, as one sealed to a credential no longer pinned does."""
+    relay = Relay()
+    server, port = await serve(relay)
+    try:
+        unrecorded = await queue(db, recorded=False)
+        current = await queue(db)  # sealed to the key pinned now, and recorded so
+        counts = await deliver_due(db, smtp_transport(plain_relay(port)), admin_address=ADMIN_ADDRESS, now=START)
+    finally:
+        server.close()
+    assert counts == {"sent": 1, "retrying": 0, "failed": 1}
+    withheld = await row(db, unrecorded)
+    assert (withheld.status, withheld.last_error) == ("failed", outbox.UNRECORDED.error)
+    assert (await row(db, current)).status == "sent"
+    assert [envelope.rcpt_tos for envelope in relay.received] == [[POLICE_ADDRESS]]  # the recorded one only
+    async with db.transaction(write=False) as session:
+        alerts = (await session.execute(select(OutboxMessage).where(OutboxMessage.kind == "alert"))).scalars().all()
+    [alert] = alerts
+    assert alert.recipient == ADMIN_ADDRESS
+    said = " ".join(text_of(alert.content).split())
+    assert f"Outgoing message {unrecorded} (disclosure) to {POLICE_ADDRESS} was not delivered" in said
+    assert f"Last error: {outbox.UNRECORDED.error}" in said
+
+
 async def test_what_waits_in_the_outbox_for_an_authority_suspended_meanwhile_is_withheld(db: Database) -> None:
     """A suspension, a removal or an address taken away also stops mail already queued for it."""
     relay = Relay()
@@ -191,14 +227,16 @@ async def test_smtp_ca_file_is_the_only_trust_for_the_relays_certificate(db: Dat
     port = server.sockets[0].getsockname()[1]
 
     def trusting(ca: Path) -> SmtpSettings:
-        return dataclasses.replace(plain_relay(port, tls="starttls"), ca_file=ca)
+        return dataclasses.replace(plain_relay(port, tls="starttls"), ca=CaBundle.read(ca))
 
+    site, other = trusting(site_ca.certificate), trusting(other_ca.certificate)
+    site_ca.certificate.unlink()  # read once, as the settings loaded: the file is not read again
     try:
         outbox_id = await queue(db)
-        await deliver_due(db, smtp_transport(trusting(other_ca.certificate)), admin_address=ADMIN_ADDRESS, now=START)
+        await deliver_due(db, smtp_transport(other), admin_address=ADMIN_ADDRESS, now=START)
         refused = await row(db, outbox_id)
         later = START + dt.timedelta(hours=1)
-        await deliver_due(db, smtp_transport(trusting(site_ca.certificate)), admin_address=ADMIN_ADDRESS, now=later)
+        await deliver_due(db, smtp_transport(site), admin_address=ADMIN_ADDRESS, now=later)
     finally:
         server.close()
     assert refused.status == "pending"

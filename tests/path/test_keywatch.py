@@ -13,7 +13,7 @@ from gateway.schedule import delivery_instant
 from gateway.subscriptions import add_months
 from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
-from tests.support.keys import AuthorityKeys
+from tests.support.keys import AuthorityKeys, run_gpg
 from tests.support.live import open_as_recipient, outbox, outbox_content, process, subscriptions
 from tests.support.requests import police_says
 from tests.support.schedule import MONTHLY, run
@@ -87,6 +87,35 @@ def test_no_delivery_to_an_expired_key_until_a_new_one_is_pinned(
     pin(live, tmp_path, "police", keys)  # the police send a renewed key; HMCI pins it
     assert run(live, moment + dt.timedelta(hours=2))["delivery"] == 1  # the withheld month goes now, once
     assert run(live, moment + dt.timedelta(hours=3))["delivery"] == 0
+
+
+def test_a_delivery_withheld_for_the_gateways_own_revoked_key_names_that_key_not_the_authoritys(
+    live: Gateway, keys: AuthorityKeys
+) -> None:
+    """The police's key is fine; the gateway's cannot sign: the admins are told to mend the gateway's key, and
+    not to pin a new key for the police, who have nothing to do."""
+    assert process(live, police_says(keys, MONTHLY, "k5"))["kind"] == "answered"
+    gateway_key = str(live.signing_key)
+    home = live.gnupg_home
+    kept = (home / "openpgp-revocs.d" / f"{gateway_key}.rev").read_text()  # gpg keeps one for each key it makes
+    run_gpg(home, "--import", data=kept.replace(":-----BEGIN", "-----BEGIN").encode())
+    started = dt.date.fromisoformat(str(subscriptions(live)[0]["started_on"]))
+    month = add_months(started.replace(day=1), 1)
+    moment = delivery_instant(month.year, month.month, SETTINGS)
+    counts = run(live, moment)
+    assert (counts["delivery"], counts["skipped"]) == (0, 1)
+    assert run(live, moment + dt.timedelta(hours=1))["delivery"] == 0
+    withheld = [
+        " ".join(text.split())
+        for text in (text_of(live, row["id"]) for row in outbox(live) if row["kind"] == "alert")
+        if "delivery to West Mercia Police not sent" in text
+    ]
+    assert len(withheld) == 1  # told once
+    [alert] = withheld
+    assert f"the gateway's signing key {gateway_key} is revoked" in alert
+    assert "The cause is the gateway's own identity, not West Mercia Police's" in alert
+    assert "--quick-set-expire" in alert
+    assert "gateway authority set-key" not in alert
 
 
 def test_the_gateways_own_key_is_noticed_to_the_admins(fresh_gateway: Gateway) -> None:

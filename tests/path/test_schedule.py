@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -9,12 +10,23 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ScheduleSettings
-from gateway.schedule import delivery_instant, due_period
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from gateway.compose import Templates
+from gateway.config import ScheduleSettings, load_config
+from gateway.crypto import Keyring
+from gateway.db.engine import create_database
+from gateway.db.models import Authority, Subscription, SubscriptionEvent
+from gateway.schedule import Due, delivery_instant, due_period, settle_due
 from gateway.subscriptions import add_months
+from gateway.values import Context
+from tests.support.addresses import POLICE_ADDRESS
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.support.live import open_as_recipient, outbox, outbox_content, process, subscriptions
@@ -280,3 +292,53 @@ def test_admins_see_and_change_subscriptions_by_hand(live: Gateway, keys: Author
     records = [r for r in json.loads(live.ok("audit", "list", "--json")) if r["actor"] == "alice"]
     assert [r["action"] for r in records] == ["subscription.extend", "subscription.cancel"]
     assert json.loads(live.ok("schedule", "show", "--json")) == []
+
+
+def test_a_scheduled_kind_the_gateway_does_not_make_is_withheld_and_recorded_never_sent_as_a_lapse(
+    live: Gateway, keys: AuthorityKeys
+) -> None:
+    """Nothing goes to the authority (a lapse notice would tell it its data had stopped), its subscription stays
+    active, and the admins are told once, recorded as withheld like mail that could not be sealed."""
+    assert process(live, police_says(keys, MONTHLY, "u1"))["kind"] == "answered"
+    settled, events = asyncio.run(settle_unknown_twice(live))
+    assert settled == ["skipped", "skipped"]  # still not made the second time
+    assert ("withheld", "renewal-offer/2027-01/unknown") in events
+    assert not any(kind in ("lapse", "renewal-offer") for kind, _ in events)
+    assert [row["status"] for row in subscriptions(live)] == ["active"]
+    assert [row["kind"] for row in outbox(live) if row["recipient"] == POLICE_ADDRESS] == ["disclosure"]
+    [alert] = [row for row in outbox(live) if row["kind"] == "alert"]  # told once
+    told = " ".join(alert_text(live, alert["id"]).split())
+    assert "renewal-offer to West Mercia Police not sent" in told
+    assert "the gateway does not make scheduled mail of the kind 'renewal-offer'" in told
+    assert "This is a fault in the gateway" in told
+    audit = json.loads(live.ok("audit", "list", "--json"))
+    assert [r["details"]["key"] for r in audit if r["action"] == "subscription.withheld"] == [
+        "renewal-offer/2027-01/unknown"
+    ]
+
+
+async def settle_unknown_twice(gateway: Gateway) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """The police's subscription given something due of a kind no code makes, an hour apart; then its events."""
+    config = load_config(gateway.config_path)
+    db = create_database(config.database)
+    ctx = Context(config, db, Keyring(config.gpg.home), Templates())
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with db.transaction(write=False) as session:
+            sub = (await session.execute(select(Subscription))).scalar_one()
+            query = select(Authority).options(selectinload(Authority.addresses))
+            authority = (await session.execute(query)).scalar_one()
+        unknown = Due(sub, authority, "renewal-offer", "2027-01")
+        settled = [await settle_due(ctx, unknown, now), await settle_due(ctx, unknown, now + dt.timedelta(hours=1))]
+        async with db.transaction(write=False) as session:
+            events = [(e.kind, e.key) for e in (await session.execute(select(SubscriptionEvent))).scalars()]
+    finally:
+        await db.close()
+    return settled, events
+
+
+def alert_text(gateway: Gateway, outbox_id: object) -> str:
+    mail = message_from_bytes(outbox_content(gateway, outbox_id), policy=policy.default)
+    body = mail.get_body(preferencelist=("plain",))
+    assert isinstance(body, EmailMessage)
+    return str(body.get_content())

@@ -232,7 +232,8 @@ async def test_existing_subscriptions_get_the_address_that_asked_when_still_regi
     try:
         async with db.engine.begin() as connection:
             await connection.run_sync(before_0012)
-        assert await upgrade_schema(db) == ("0011", head_revision())
+        upgrade = await upgrade_schema(db)
+        assert (upgrade.before, upgrade.after) == ("0011", head_revision())
         async with db.transaction(write=False) as session:
             rows = (
                 await session.execute(select(Subscription.id, Subscription.address).order_by(Subscription.id))

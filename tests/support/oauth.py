@@ -25,8 +25,10 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from tests.support.tls import make_ca
 
 HOST = "127.0.0.1"
 TENANT = "test-tenant"
@@ -39,54 +41,6 @@ VALID_UNTIL = dt.datetime(2099, 12, 31, tzinfo=dt.UTC)
 
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def write_test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 and localhost signed by it: (ca.pem, server.pem, server-key.pem)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("gateway test CA"))
-        .issuer_name(_name("gateway test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(VALID_FROM)
-        .not_valid_after(VALID_UNTIL)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )  # keyCertSign, cRLSign
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress  # noqa: PLC0415 - only here
-
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(VALID_FROM)
-        .not_valid_after(VALID_UNTIL)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    paths[2].chmod(0o600)
-    return paths
 
 
 def write_client_certificate(directory: Path) -> tuple[Path, Path]:
@@ -132,6 +86,9 @@ class TokenServer:
     lifetime: int = 3600  # expires_in of each token, seconds
     client_certificate: x509.Certificate | None = None  # with it, a signed client assertion is accepted too
     failing: bool = False  # the token endpoint answers 503 (an outage at the provider)
+    # Introspection calls every token inactive: the mailbox lets none in, though the provider issues them (as
+    # Exchange Online does for an app never given the mailbox).
+    mailbox_closed: bool = False
     skew: float = 0.0  # seconds the server's clock is ahead of the wall clock
     token_requests: list[dict[str, str]] = field(default_factory=list)  # the forms, secrets left out
     refused: list[str] = field(default_factory=list)  # the error code of each refused request
@@ -142,7 +99,7 @@ class TokenServer:
 
     @property
     def ca_file(self) -> Path:
-        return self.directory / "ca.pem"
+        return self.directory / "ca.crt"  # where make_ca wrote it
 
     @property
     def port(self) -> int:
@@ -176,9 +133,9 @@ class TokenServer:
             return list(dict.fromkeys(token for token, active in self.introspected if active))
 
     def start(self) -> None:
-        write_test_ca(self.directory)
+        served = make_ca(self.directory, "Identity Provider Test CA").issue("localhost", ips=(HOST,))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.directory / "server.pem", self.directory / "server-key.pem")
+        context.load_cert_chain(served.certificate, served.key)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -305,7 +262,7 @@ class TokenServer:
         token = form.get("token", "")
         with self._lock:
             found = next((issued for issued in self.issued if issued.token == token), None)
-            active = found is not None and found.expires > self.now()
+            active = not self.mailbox_closed and found is not None and found.expires > self.now()
             self.introspected.append((token, active))
         if not active:
             self._answer(handler, 200, {"active": False})

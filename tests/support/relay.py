@@ -11,10 +11,11 @@ from email import message_from_bytes, policy
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
 
 from gateway.config import SmtpSettings
 from gateway.db.engine import Database
-from gateway.db.models import OutboxMessage
+from gateway.db.models import Authority, AuthorityAddress, OutboxMessage
 from tests.support.addresses import GATEWAY_ADDRESS, POLICE_ADDRESS
 
 START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
@@ -48,9 +49,23 @@ def plain_relay(port: int, tls: Any = "none") -> SmtpSettings:
     return SmtpSettings(host="127.0.0.1", port=port, username=None, password=None, tls=tls)
 
 
-async def queue(db: Database, kind: str = "disclosure", sealed: tuple[str, str] | None = None) -> int:
-    """A message queued for the police; `sealed`: the (method, fingerprint) it was encrypted to, if recorded."""
+async def queue(
+    db: Database, kind: str = "disclosure", sealed: tuple[str, str] | None = None, *, recorded: bool = True
+) -> int:
+    """A message queued for the police, sealed to `sealed` (method, fingerprint): unless said, to what is pinned
+    for their address now, as the gateway records it. `recorded=False`: as queued before schema 0018, which
+    recorded nothing of what a message was sealed to."""
     async with db.transaction() as session:
+        if recorded and sealed is None:
+            query = (
+                select(AuthorityAddress.method, AuthorityAddress.cert_fingerprint, Authority.key_fingerprint)
+                .join(Authority, Authority.id == AuthorityAddress.authority_id)
+                .where(AuthorityAddress.address == POLICE_ADDRESS)
+            )
+            method, certificate, key = (await session.execute(query)).one()
+            pinned = certificate if method == "smime" else key
+            assert pinned is not None, "nothing is pinned for the police to seal to"
+            sealed = (method, pinned)
         row = OutboxMessage(
             kind=kind, inbound_id=None, sender=GATEWAY_ADDRESS, recipient=POLICE_ADDRESS,
             message_id="<m1@hmci.example>", content=b"From: x\r\nTo: y\r\nSubject: [OFFICIAL-SENSITIVE] R\r\n\r\nb\r\n",

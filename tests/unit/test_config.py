@@ -38,6 +38,24 @@ def refusal(tmp_path: Path, text: str) -> str:
     return str(caught.value)
 
 
+def test_smtp_ca_file_is_read_at_load_comments_and_all_and_refused_without_a_certificate(tmp_path: Path) -> None:
+    """A bundle as certifi writes it (a UTF-8 comment above each CA) loads; its certificates are kept, so that the
+    relay's TLS trusts what was checked at start; a file with no certificate stops the start, naming it."""
+    ca = make_ca(tmp_path / "relay-ca")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes("# Issuer: CN=Főtanúsítvány\n".encode() + ca.certificate.read_bytes() + b"# the end\n")
+    text = MINIMAL + '[smtp]\nhost = "smtp.example"\nca_file = "bundle.pem"\n'
+    config = load_config(write(tmp_path, text))
+    assert config.smtp is not None
+    assert config.smtp.ca is not None
+    assert config.smtp.ca.path == bundle
+    assert config.smtp.ca.pem == ca.certificate.read_text()
+    bundle.write_text("# nothing but a comment\n")
+    assert refusal(tmp_path, text).endswith(
+        f"[smtp] ca_file: {bundle}: no CA certificate could be read (it holds no PEM certificate)"
+    )
+
+
 def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert config.gateway.marking == "OFFICIAL-SENSITIVE"

@@ -18,7 +18,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Rows queued before this have neither: they are sent while their address is registered, as before.
+    # Rows queued before this have neither: what they were sealed to cannot be checked, so the outbox withholds
+    # them (failed, the admins alerted) rather than send what may be encrypted to a key replaced since.
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(sa.Column("sealed_method", sa.String(10), nullable=True))
         batch.add_column(sa.Column("sealed_fingerprint", sa.String(64), nullable=True))

@@ -100,6 +100,8 @@ class SmtpTransport:
             timeout=SEND_TIMEOUT,
         )
         await client.connect()  # STARTTLS and login, as configured
+        if self._tokens is not None:
+            self._tokens.accepted("the relay")  # logged in with a token: any refusal before is over
         self._client = client
         return client
 
@@ -115,9 +117,11 @@ class SmtpTransport:
             if self._tokens is None:
                 return _failed(exc)
             # A token refused (revoked, or expired early) is forgotten, and the next try gets a new one: no
-            # reason to give the message up, whatever the code.
-            await self._tokens.forget()
-            return Attempt(False, False, f"the relay refused the access token: {exc.code} {exc.message}")
+            # reason to give the message up, whatever the code. Until a login succeeds, /healthz says so: the
+            # message waits for its retry, which is that login.
+            said = f"{exc.code} {exc.message}"
+            await self._tokens.refused("the relay", said)
+            return Attempt(False, False, f"the relay refused the access token: {said}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close(polite=False)  # mid-exchange: dropped; the next message gets a new connection
             return _failed(exc)

@@ -502,7 +502,8 @@ async def _submit_through(
     )  # fmt: skip
     config = load_config(gateway.config_path)
     db = create_database(config.database)
-    transport = smtp_transport(settings, TokenSource(client))  # as the daemon's sender keeps one
+    tokens = TokenSource(client)
+    transport = smtp_transport(settings, tokens)  # as the daemon's sender keeps one
     try:
         await queue(db)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)
@@ -516,13 +517,17 @@ async def _submit_through(
         await queue(db)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=START)
         assert counts == {"sent": 0, "retrying": 1, "failed": 0}
+        refused = tokens.problem  # on /healthz until the retry logs in
         later = START + dt.timedelta(hours=1)
         counts = await deliver_due(db, transport, admin_address=ADMIN_ADDRESS, now=later)
         assert counts == {"sent": 1, "retrying": 0, "failed": 0}
+        assert tokens.problem is None
         await eventually(lambda: len(downstream.received) == 2, what="the second reply relayed")
     finally:
         await db.close()
     assert (first, False) in token_server.introspected
+    assert refused is not None
+    assert refused.startswith("[smtp.oauth] the relay refused the access token: 535 ")
     assert token_server.accepted_tokens() == [first, token_server.issued[1].token]
     # The same submission port: a forged token and the account's password are refused.
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=tls)

@@ -89,6 +89,20 @@ def _signal_group(group: int, signo: signal.Signals) -> None:
         os.killpg(group, signo)
 
 
+def stop_group(popen: subprocess.Popen[bytes]) -> None:
+    """Stop a server started as the leader of its own process group (start_new_session): SIGTERM to the group,
+    SIGKILL if the leader is still there after STOP_TIMEOUT, then SIGKILL to whatever ignored SIGTERM or
+    outlived its leader; the leader is reaped. The whole group, not just the leader: a Dovecot master told to
+    stop leaves logged-in imap processes serving their clients, and tests of reconnection need those to drop."""
+    _signal_group(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _signal_group(popen.pid, signal.SIGKILL)
+        popen.wait(STOP_TIMEOUT)
+    _signal_group(popen.pid, signal.SIGKILL)
+
+
 @dataclass
 class _Process:
     # The dataclass below is frozen; the running master is the one thing about a server that changes.
@@ -148,17 +162,7 @@ class ImapServer:
         popen = self._process.popen
         self._process.popen = None
         if popen is not None:
-            # The master leads its own process group (start_new_session), so this signals this instance only.
-            # Signalling the whole group, not just the master, matters: a master told to stop leaves logged-in
-            # imap processes serving their clients, and tests of reconnection need those connections to drop.
-            _signal_group(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _signal_group(popen.pid, signal.SIGKILL)
-                popen.wait(STOP_TIMEOUT)
-            # Anything that ignored SIGTERM is no longer needed by anyone.
-            _signal_group(popen.pid, signal.SIGKILL)
+            stop_group(popen)  # this instance's group only: never a system Dovecot
         # imap-login children share the listening socket and can outlive the master by a moment.
         deadline = time.monotonic() + STOP_TIMEOUT
         while accepts(self.port):

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -33,9 +34,17 @@ from tests.support.relay import Relay, plain_relay, queue, serve
 from tests.support.requests import police_says, request_from_police
 
 
-async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
-    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class OneRequest:
+    """What `gateway run` did with one signed request in the mailbox, from its start to SIGTERM."""
+
+    returncode: int | None
+    log: bytes  # everything it wrote to stderr
+    relay: Relay
+    agent_before_stop: bool  # whether its gpg-agent answered just before SIGTERM
+
+
+async def one_request_then_sigterm(live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys) -> OneRequest:
     relay = Relay()
     server, port = await serve(relay)
     live.write_config(daemon_settings(dovecot_server, port))
@@ -44,20 +53,39 @@ async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
+        early = await wait_started(daemon)
         dovecot_server.deliver(request_from_police(keys))
         for _ in range(300):
             if relay.received or daemon.returncode is not None:
                 break
             await asyncio.sleep(0.1)
+        agent = agent_running(live.gnupg_home)
         daemon.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(daemon.communicate(), 15)
+        _, rest = await asyncio.wait_for(daemon.communicate(), 15)
     finally:
         if daemon.returncode is None:
             daemon.kill()
         server.close()
+    return OneRequest(daemon.returncode, early + rest, relay, agent)
 
-    assert daemon.returncode == 0, stderr.decode()[-2000:]
-    [delivered] = relay.received
+
+def agent_running(home: Path) -> bool:
+    """Whether a gpg-agent answers on this home's socket (never starting one)."""
+    result = subprocess.run(
+        ["gpg-connect-agent", "--homedir", str(home), "--no-autostart", "GETINFO pid", "/bye"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    return result.returncode == 0 and result.stdout.startswith("D ")
+
+
+async def test_the_daemon_answers_from_the_mailbox_and_stops_on_sigterm(
+    live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys, tmp_path: Path
+) -> None:
+    run = await one_request_then_sigterm(live, dovecot_server, keys)
+    stderr = run.log
+
+    assert run.returncode == 0, stderr.decode()[-2000:]
+    [delivered] = run.relay.received
     assert delivered.rcpt_tos == [POLICE_ADDRESS]
     reply = message_from_bytes(bytes(delivered.original_content or b""), policy=policy.default)
     assert reply.get_content_type() == "multipart/encrypted"
@@ -178,47 +206,18 @@ async def test_a_backlog_bigger_than_a_round_goes_out_at_once_not_a_round_per_ti
     assert len(relay.received) == backlog
 
 
-def agent_running(home: Path) -> bool:
-    """Whether a gpg-agent answers on this home's socket (never starting one)."""
-    result = subprocess.run(
-        ["gpg-connect-agent", "--homedir", str(home), "--no-autostart", "GETINFO pid", "/bye"],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
-    return result.returncode == 0 and result.stdout.startswith("D ")
-
-
 async def test_the_daemon_logs_no_library_chatter_and_stops_its_gpg_agent(
     live: Gateway, dovecot_server: ImapServer, keys: AuthorityKeys
 ) -> None:
-    relay = Relay()
-    server, port = await serve(relay)
-    live.write_config(daemon_settings(dovecot_server, port))
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(live.config_path), "run",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        early = await wait_started(daemon)
-        dovecot_server.deliver(request_from_police(keys))
-        for _ in range(300):
-            if relay.received or daemon.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
-        running_before = agent_running(live.gnupg_home)  # it signed the answer
-        daemon.send_signal(signal.SIGTERM)
-        _, rest = await asyncio.wait_for(daemon.communicate(), 15)
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-        server.close()
-    assert daemon.returncode == 0, (early + rest).decode()[-2000:]
-    assert relay.received
-    events = [json.loads(line) for line in (early + rest).decode().splitlines()]
+    run = await one_request_then_sigterm(live, dovecot_server, keys)
+    assert run.returncode == 0, run.log.decode()[-2000:]
+    assert run.relay.received
+    events = [json.loads(line) for line in run.log.decode().splitlines()]
     assert any(e["event"] == "started" for e in events)
     # Alembic's two lines on its migration context, at every start (the schema check), are gone; below WARNING
     # only the gateway's own events are left, as the README says.
     assert not [e for e in events if str(e["event"]).startswith(("Context impl", "Will assume"))]
     ours = {"started", "scheduler leader", "message", "outbox", "schedule", "metrics endpoint", "stopped"}
     assert {e["event"] for e in events if e["level"] in ("debug", "info")} <= ours
-    assert running_before
+    assert run.agent_before_stop  # it signed the answer
     assert not agent_running(live.gnupg_home)

@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import imaplib
 import json
-import os
 import shutil
 import signal
 import ssl
@@ -31,7 +30,7 @@ from gateway.compose import Templates
 from gateway.config import CaBundle, ImapSettings, OAuthSettings, Secret, SmtpSettings, load_config
 from gateway.crypto import Keyring
 from gateway.db.engine import create_database
-from gateway.dev.dovecot import DovecotUnavailable, ImapServer, OAuth2Passdb, free_port, start_dovecot
+from gateway.dev.dovecot import ImapServer, OAuth2Passdb, free_port
 from gateway.inbound.imap import Connection
 from gateway.inbound.watcher import Watcher
 from gateway.oauth import Tokens, TokenSource, TokenUnavailable
@@ -40,7 +39,7 @@ from gateway.pipeline import process
 from gateway.values import Context, Outcome
 from tests.support.addresses import ADMIN_ADDRESS, POLICE_ADDRESS
 from tests.support.daemon import get, started, until
-from tests.support.dovecot import REQUIRE_DOVECOT_ENV
+from tests.support.dovecot import running_dovecot
 from tests.support.gateway_cli import Gateway
 from tests.support.keys import AuthorityKeys
 from tests.support.oauth import (
@@ -65,16 +64,9 @@ Health = tuple[int, dict[str, object]]  # /healthz: its status and its body
 @pytest.fixture
 def oauth_dovecot(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[ImapServer]:
     """A Dovecot that takes OAuth tokens only, checking each with the token server."""
-    try:
-        server = start_dovecot(tmp_path_factory.mktemp("dovecot"), oauth2=OAuth2Passdb(token_server.introspection_url))
-    except DovecotUnavailable as exc:
-        if os.environ.get(REQUIRE_DOVECOT_ENV):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    passdb = OAuth2Passdb(token_server.introspection_url)
+    with running_dovecot(tmp_path_factory.mktemp("dovecot"), oauth2=passdb) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def oauth_client(token_server: TokenServer, secret: str = CLIENT_SECRET) -> OAuthSettings:
@@ -375,18 +367,9 @@ def token_dovecot_with_sasl(
     tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer
 ) -> Iterator[ImapServer]:
     """The token-only Dovecot, with its SASL authentication open to an MTA on a loopback port."""
-    try:
-        server = start_dovecot(
-            tmp_path_factory.mktemp("dovecot"), oauth2=OAuth2Passdb(token_server.introspection_url), sasl=True
-        )
-    except DovecotUnavailable as exc:
-        if os.environ.get(REQUIRE_DOVECOT_ENV):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    passdb = OAuth2Passdb(token_server.introspection_url)
+    with running_dovecot(tmp_path_factory.mktemp("dovecot"), oauth2=passdb, sasl=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)

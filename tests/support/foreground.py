@@ -3,9 +3,7 @@ stopped with every process it forked, so that nothing outlives the test (the tes
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -15,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dev.dovecot import HOST, accepts, find_binary, free_port, greets
+from gateway.dev.dovecot import HOST, STOP_TIMEOUT, accepts, find_binary, free_port, greets, stop_group
 
-__all__ = ["HOST", "accepts", "binary", "free_port", "greets"]  # the servers' harnesses import these from here
+# The servers' harnesses import these from here.
+__all__ = ["HOST", "STOP_TIMEOUT", "accepts", "binary", "free_port", "greets"]
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 # Postfix, Rspamd and the DNS server come together as "the border"; scripts/test installs them (Debian packages).
 REQUIRE_BORDER_ENV = "GATEWAY_TEST_REQUIRE_BORDER"
 
@@ -82,23 +80,10 @@ class Foreground:
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL to what is left of it; the leader is reaped."""
         popen, self.popen = self.popen, None
-        if popen is None:
-            return
-        _signal_group(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(popen.pid, signal.SIGKILL)
-            popen.wait(STOP_TIMEOUT)
-        # Workers that ignored SIGTERM, or outlived their leader, are no longer anyone's.
-        _signal_group(popen.pid, signal.SIGKILL)
+        if popen is not None:
+            stop_group(popen)
 
     def said(self, limit: int = 3000) -> str:
         """The end of the server's log, for a person reading a failure."""
         text = self.log.read_text(errors="replace").strip() if self.log.exists() else ""
         return text[-limit:] or "no output"
-
-
-def _signal_group(group: int, signo: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signo)

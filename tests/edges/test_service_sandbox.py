@@ -90,7 +90,7 @@ async def test_the_units_command_answers_a_request_inside_the_units_sandbox(
         await until(lambda: relay.received, 60, "the reply at the relay")
         # systemd signals the main process: bubblewrap's child, which `exec gateway run` became.
         [main] = Path(f"/proc/{bwrap.pid}/task/{bwrap.pid}/children").read_text().split()
-        Path(f"/proc/{main}/cmdline").read_bytes().split(b"\0").index(b"run")
+        assert b"run" in Path(f"/proc/{main}/cmdline").read_bytes().split(b"\0")  # `exec gateway run` took its place
         subprocess.run(["kill", "-TERM", main], check=True)
         stdout, stderr = await asyncio.wait_for(bwrap.communicate(), 30)
     finally:

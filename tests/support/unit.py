@@ -47,8 +47,10 @@ def require_sandbox() -> None:
     if os.geteuid() != 0:
         missing.append("root (bubblewrap binds paths and setpriv drops capabilities)")
     missing += [tool for tool in ("bwrap", "setpriv", "systemd-analyze") if shutil.which(tool) is None]
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False)
-    if probe.returncode != 0:
+    has_seccomp = Path(SYSTEM_PYTHON).exists() and (
+        subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False).returncode == 0
+    )
+    if not has_seccomp:
         missing.append(f"{SYSTEM_PYTHON} with the seccomp module")
     if not missing:
         return
